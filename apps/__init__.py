@@ -1,0 +1,1 @@
+"""The built-in apps; run one with ``mapreduce run NAME ...``."""

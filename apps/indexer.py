@@ -1,0 +1,13 @@
+"""Inverted index: for each word (as in wordcount), the number of input files
+containing it and their paths as given, sorted and comma-joined."""
+
+from mapreduce.apps.wordcount import words
+
+
+def map(path, text):
+    return ((word, path) for word in set(words(text)))
+
+
+def reduce(word, paths):
+    documents = sorted(set(paths))
+    return f"{len(documents)} {','.join(documents)}"

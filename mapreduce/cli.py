@@ -1,0 +1,193 @@
+"""The ``mapreduce`` command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import runner
+from .errors import JobFailed, MapReduceError
+from .job import builtin_apps
+from .scheduler import Scheduler
+
+_SIZE = re.compile(r"^(\d+)([kmg]?)b?$", re.IGNORECASE)
+
+
+class Size(click.ParamType):
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        match = _SIZE.match(str(value).strip())
+        if not match:
+            self.fail(f"{value!r} is not a size like 4096, 512k, 64M or 1G", param, ctx)
+        return int(match.group(1)) * 1024 ** " kmg".index((match.group(2) or " ").lower())
+
+
+def _params(values: tuple[str, ...]) -> dict[str, str]:
+    params = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--param")
+        params[name] = value
+    return params
+
+
+def _job_options(f):
+    options = [
+        click.argument("app"),
+        click.argument("inputs", nargs=-1, required=True),
+        click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for part-* files and _SUCCESS."),
+        click.option("--reduce", "-r", "n_reduce", default=8, show_default=True, help="Number of reduce tasks (output partitions)."),
+        click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE", help="A parameter for the app's init(params); repeatable."),
+        click.option("--split-size", type=Size(), default="32M", show_default=True, help="Largest input split given to one map task."),
+        click.option("--overwrite", is_flag=True, help="Replace the part-* files of an earlier job in the output folder."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _cluster_options(f):
+    options = [
+        click.option("--heartbeat-interval", default=1.0, show_default=True, help="Seconds between heartbeats, both ways."),
+        click.option("--worker-timeout", default=5.0, show_default=True, help="Seconds of silence before a worker is declared dead."),
+        click.option("--max-attempts", default=4, show_default=True, help="Attempts per task whose user code raised before the job fails."),
+        click.option("--task-timeout", type=float, default=None, help="Fail an attempt running longer than this many seconds (default: no limit)."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress display."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """A MapReduce framework: run jobs on a local cluster or on workers anywhere."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@cli.command()
+@_job_options
+@click.option("--workers", "-w", default=os.cpu_count() or 1, show_default=True, help="Number of local worker processes.")
+@_cluster_options
+@click.option("--keep-logs", is_flag=True, help="Keep the workers' log files and print where they are.")
+def run(app, inputs, output, n_reduce, params, split_size, overwrite, workers, heartbeat_interval, worker_timeout, max_attempts, task_timeout, quiet, keep_logs):
+    """Run APP over INPUTS on a local cluster of worker processes."""
+    options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), heartbeat_interval, worker_timeout, max_attempts, task_timeout)
+    progress = None if quiet else Progress()
+    started = time.monotonic()
+    result = _guard(lambda: runner.run_local(app, inputs, output, workers, options, progress, keep_logs))
+    if progress:
+        progress.close()
+    if not quiet:
+        click.echo(f"{app}: {result.n_map} maps, {result.n_reduce} reduces on {workers} workers in {time.monotonic() - started:.2f} s; output in {output}", err=True)
+
+
+@cli.command()
+@_job_options
+def seq(app, inputs, output, n_reduce, params, split_size, overwrite):
+    """Run APP over INPUTS in this one process: the reference output."""
+    options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params))
+    _guard(lambda: runner.run_seq(app, inputs, output, options))
+
+
+@cli.command()
+@_job_options
+@click.option("--bind", default="tcp://127.0.0.1:5555", show_default=True, help="ZeroMQ endpoint workers connect to.")
+@_cluster_options
+def coordinator(app, inputs, output, n_reduce, params, split_size, overwrite, bind, heartbeat_interval, worker_timeout, max_attempts, task_timeout, quiet):
+    """Serve one job to workers that connect with `mapreduce worker`."""
+    options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), heartbeat_interval, worker_timeout, max_attempts, task_timeout)
+    progress = None if quiet else Progress()
+    announce = (lambda address: click.echo(f"coordinator for {app} listening on {address}", err=True)) if not quiet else None
+    result = _guard(lambda: runner.serve(app, inputs, output, bind, options, progress, announce))
+    if progress:
+        progress.close()
+    if not quiet:
+        click.echo(f"{app}: {result.n_map} maps, {result.n_reduce} reduces in {result.seconds:.2f} s; output in {output}", err=True)
+
+
+@cli.command()
+@click.option("--connect", "-c", required=True, help="The coordinator's endpoint, e.g. tcp://host:5555.")
+@click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for map output (default: a per-user folder in the temp dir).")
+@click.option("--name", default="", help="A name for logs (default host:pid).")
+@click.option("--advertise", default="127.0.0.1", show_default=True, help="Address this worker's data server binds and advertises.")
+@click.option("--heartbeat-interval", default=1.0, show_default=True, help="Seconds between heartbeats.")
+@click.option("--coordinator-timeout", default=20.0, show_default=True, help="Exit non-zero after this many seconds without word from the coordinator.")
+def worker(connect, scratch, name, advertise, heartbeat_interval, coordinator_timeout):
+    """Run tasks for the coordinator at CONNECT until its job is done."""
+    from .node import default_scratch
+    from .worker import Worker, WorkerOptions
+
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    options = WorkerOptions(connect, scratch or default_scratch(), name, advertise, heartbeat_interval, coordinator_timeout=coordinator_timeout)
+    code = Worker(options).run()
+    if code != 0:
+        click.echo(f"error: coordinator at {connect} unreachable for {coordinator_timeout:.0f} s; worker exiting", err=True)
+    sys.exit(code)
+
+
+@cli.command("apps")
+def list_apps() -> None:
+    """List the built-in apps."""
+    for name in builtin_apps():
+        click.echo(name)
+
+
+def _guard(action):
+    """Run an action, turning expected errors into one plain message and exit status."""
+    try:
+        return action()
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: every worker stopped, no output committed beyond what is listed", err=True)
+        sys.exit(130)
+    except JobFailed as exc:
+        click.echo(f"\njob failed: {exc}", err=True)
+        sys.exit(1)
+    except MapReduceError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+class Progress:
+    """A one-line progress display on a terminal; nothing when stderr is not one."""
+
+    def __init__(self, stream=sys.stderr, every: float = 0.2):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.every = every
+        self._last = 0.0
+        self._shown = False
+
+    def __call__(self, scheduler: Scheduler) -> None:
+        now = time.monotonic()
+        if not self.tty or now - self._last < self.every:
+            return
+        self._last = now
+        c = scheduler.counters
+        line = f"maps {c.maps_done}/{len(scheduler.maps)}  reduces {c.reduces_done}/{len(scheduler.reduces)}  workers {len(scheduler.live_workers())}"
+        if c.workers_dead:
+            line += f"  dead {c.workers_dead}"
+        self.stream.write("\r" + line.ljust(70))
+        self.stream.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        if self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def main() -> None:
+    cli(prog_name="mapreduce")

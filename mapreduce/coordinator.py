@@ -1,0 +1,177 @@
+"""The coordinator's socket loop around the scheduler, and the output commits.
+
+The loop owns one ROUTER socket. Workers' frames are decoded and validated
+(never unpickled), handed to the scheduler with the current monotonic time, and
+the scheduler's actions are carried out: messages sent, partitions committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import zmq
+
+from . import output, protocol as p
+from .errors import ProtocolError
+from .inputs import Split
+from .job import App
+from .node import host_id
+from .scheduler import Commit, Counters, Discard, Scheduler, Send, Settings
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[["Scheduler"], None]
+
+
+@dataclass(frozen=True)
+class JobResult:
+    ok: bool
+    message: str
+    counters: Counters
+    seconds: float
+    n_map: int
+    n_reduce: int
+
+
+class Coordinator:
+    def __init__(
+        self,
+        app: App,
+        splits: list[Split],
+        output_dir: Path,
+        settings: Settings,
+        bind: str = "tcp://127.0.0.1:*",
+        progress: Progress | None = None,
+        goodbye_grace: float = 3.0,
+    ):
+        self.app, self.splits, self.output_dir, self.settings = app, splits, output_dir, settings
+        self.progress = progress
+        self.goodbye_grace = goodbye_grace
+        self.job_id = uuid.uuid4().hex[:12]
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 1000)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.socket.bind(bind)
+        self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._app_blob = app.to_bytes()
+        self._host_id = host_id()
+        self.rejected_messages = 0
+
+    def _welcome(self, worker: int) -> p.Welcome:
+        return p.Welcome(
+            worker, self.job_id, self._app_blob, len(self.splits), self.settings.n_reduce,
+            self.settings.heartbeat_interval, str(self.output_dir.resolve()), self._host_id,
+        )
+
+    def run(self) -> JobResult:
+        started = time.monotonic()
+        scheduler = Scheduler(self.splits, self.settings, started)
+        try:
+            self._serve(scheduler)
+            if scheduler.succeeded:
+                output.finish(self.output_dir, self.settings.n_reduce)
+                ok, message = True, f"output committed to {self.output_dir}"
+            else:
+                ok, message = False, scheduler.failure or "stopped"
+        except KeyboardInterrupt:
+            ok, message = False, "the coordinator was interrupted"
+            self._farewell(scheduler, False, message, grace=0.5)
+            raise
+        except Exception as exc:
+            ok, message = False, f"the coordinator failed: {type(exc).__name__}: {exc}"
+            log.exception("coordinator failure")
+        finally:
+            if not scheduler.succeeded:
+                output.remove_temps(self.output_dir)
+        self._farewell(scheduler, ok, message, self.goodbye_grace)
+        self.socket.close()
+        self.context.term()
+        return JobResult(ok, message, scheduler.counters, time.monotonic() - started, len(self.splits), self.settings.n_reduce)
+
+    def _serve(self, scheduler: Scheduler) -> None:
+        tick_every = min(0.1, self.settings.heartbeat_interval / 4)
+        next_tick = time.monotonic()
+        while not scheduler.finished:
+            if self.socket.poll(max(0.0, next_tick - time.monotonic()) * 1000):
+                for _ in range(1000):  # drain a burst, but keep ticking under load
+                    try:
+                        identity, frame = self._recv()
+                    except zmq.Again:
+                        break
+                    if identity is None:
+                        continue
+                    self._carry_out(scheduler, self._handle(scheduler, identity, frame))
+                    if scheduler.finished:
+                        return
+            now = time.monotonic()
+            if now >= next_tick:
+                self._carry_out(scheduler, scheduler.tick(now))
+                next_tick = now + tick_every
+                if self.progress is not None:
+                    self.progress(scheduler)
+
+    def _recv(self) -> tuple[bytes | None, bytes]:
+        frames = self.socket.recv_multipart(zmq.NOBLOCK)
+        if len(frames) != 2:
+            self.rejected_messages += 1
+            return None, b""
+        return frames[0], frames[1]
+
+    def _handle(self, scheduler: Scheduler, identity: bytes, frame: bytes) -> list:
+        now = time.monotonic()
+        try:
+            message = p.decode(frame, p.WORKER_MESSAGES)
+        except ProtocolError as exc:
+            self.rejected_messages += 1
+            log.warning("rejected a message from %r: %s", identity, exc)
+            return []
+        if isinstance(message, p.Register):
+            return scheduler.register(now, identity, message, self._welcome)
+        return scheduler.receive(now, identity, message)
+
+    def _carry_out(self, scheduler: Scheduler, actions: list) -> None:
+        now = time.monotonic()
+        for action in actions:
+            if isinstance(action, Send):
+                self.socket.send_multipart([action.identity, p.encode(action.message)])
+                scheduler.sent(action.identity, now)
+            elif isinstance(action, Commit):
+                try:
+                    output.commit(self.output_dir, action.temp, action.partition)
+                except OSError as exc:
+                    scheduler.failure = f"could not commit partition {action.partition} to {self.output_dir}: {exc}"
+            elif isinstance(action, Discard):
+                if action.temp.startswith(".part-"):
+                    (self.output_dir / action.temp).unlink(missing_ok=True)
+
+    def _farewell(self, scheduler: Scheduler, ok: bool, message: str, grace: float) -> None:
+        """Tell every worker the job is over, and wait a little for their goodbyes."""
+        done = p.encode(p.JobDone(ok, message))
+        waiting = {w.identity for w in scheduler.live_workers()}
+        for identity in waiting:
+            self.socket.send_multipart([identity, done])
+        deadline = time.monotonic() + grace
+        while waiting and time.monotonic() < deadline:
+            if not self.socket.poll(50):
+                continue
+            try:
+                identity, frame = self._recv()
+            except zmq.Again:
+                continue
+            if identity is None:
+                continue
+            try:
+                message = p.decode(frame, p.WORKER_MESSAGES)
+            except ProtocolError:
+                continue
+            if isinstance(message, p.Goodbye):
+                waiting.discard(identity)
+            else:
+                self.socket.send_multipart([identity, done])  # a latecomer: tell it too

@@ -1,0 +1,154 @@
+"""The app contract: loading an app and checking it has what a job needs.
+
+An app is a module with ``map(key, value)`` yielding ``(key, value)`` pairs and
+``reduce(key, values)`` returning one value; optionally ``combine(key, values)``
+(same shape as reduce, run map-side), ``partition(key, n)`` and ``init(params)``
+(called once per process, before any task, with the ``--param`` values).
+A module constant ``whole_files = True`` asks for each input file to reach map
+whole, never split (for apps that number lines, say).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import cloudpickle
+
+from .errors import AppError
+
+BUILTIN_PACKAGE = "mapreduce.apps"
+
+MapFn = Callable[[str, Any], Iterable[tuple[str, Any]]]
+ReduceFn = Callable[[str, Iterator[Any]], Any]
+PartitionFn = Callable[[str, int], int]
+
+
+def stable_partition(key: str, n: int) -> int:
+    """The default partitioner: crc32 is stable across processes and machines,
+    unlike ``hash()`` of a str, which is salted per process."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % n
+
+
+@dataclass(frozen=True)
+class App:
+    """A loaded app: the user's functions plus the parameters they run with."""
+
+    name: str
+    map: MapFn
+    reduce: ReduceFn
+    combine: ReduceFn | None = None
+    partition: PartitionFn = stable_partition
+    init: Callable[[Mapping[str, str]], None] | None = None
+    params: Mapping[str, str] | None = None
+    whole_files: bool = False  # the app needs each input file in one map call
+
+    def start(self) -> None:
+        """Run the app's ``init`` hook; call once per process before any task."""
+        if self.init is not None:
+            self.init(dict(self.params or {}))
+
+    def to_bytes(self) -> bytes:
+        """Pickle the app by value so workers need not have it installed."""
+        return cloudpickle.dumps(self)
+
+    @staticmethod
+    def from_bytes(blob: bytes) -> "App":
+        app = cloudpickle.loads(blob)
+        if not isinstance(app, App):
+            raise AppError("the job code received is not a mapreduce app")
+        return app
+
+
+def load_app(ref: str, params: Mapping[str, str] | None = None) -> App:
+    """Load an app named by short name (``wordcount``), module (``pkg.job``) or
+    path to a ``.py`` file, and check it follows the app contract."""
+    module = _import_app_module(ref)
+    functions = {name: getattr(module, name, None) for name in ("map", "reduce", "combine", "partition", "init")}
+    for required in ("map", "reduce"):
+        if not callable(functions[required]):
+            raise AppError(f"app {ref!r} ({module.__name__}) defines no {required}(key, value) function")
+    for optional in ("combine", "partition", "init"):
+        if functions[optional] is not None and not callable(functions[optional]):
+            raise AppError(f"app {ref!r}: {optional} is defined but is not a function")
+    if functions["init"] is None and params:
+        raise AppError(f"app {ref!r} takes no parameters (it defines no init(params)), got {sorted(params)}")
+    # Ship the module's code by value: a worker may not have the app installed.
+    if module.__name__ not in ("__main__",) and not module.__name__.startswith("mapreduce."):
+        cloudpickle.register_pickle_by_value(module)
+    app = App(
+        name=ref,
+        map=functions["map"],
+        reduce=functions["reduce"],
+        combine=functions["combine"],
+        partition=_checked_partition(functions["partition"]) if functions["partition"] else stable_partition,
+        init=functions["init"],
+        params=dict(params or {}),
+        whole_files=bool(getattr(module, "whole_files", False)),
+    )
+    try:
+        app.start()
+    except Exception as exc:
+        raise AppError(f"app {ref!r} rejected its parameters: {type(exc).__name__}: {exc}") from exc
+    return app
+
+
+def _checked_partition(partition: PartitionFn) -> PartitionFn:
+    def checked(key: str, n: int) -> int:
+        index = partition(key, n)
+        if type(index) is not int or not 0 <= index < n:
+            raise AppError(f"partition({key!r}, {n}) returned {index!r}: expected an int in [0, {n})")
+        return index
+
+    return checked
+
+
+def _import_app_module(ref: str) -> ModuleType:
+    if ref.endswith(".py") or "/" in ref:
+        return _import_path(Path(ref))
+    candidates = [ref]
+    if "." not in ref:
+        candidates.insert(0, f"{BUILTIN_PACKAGE}.{ref}")
+    elif ref.startswith("apps."):
+        candidates.append(f"{BUILTIN_PACKAGE}.{ref[len('apps.'):]}")
+    for name in candidates:
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            # Only "this module does not exist" means try the next name; an app that
+            # fails to import one of its own dependencies is a broken app.
+            if exc.name is not None and name.startswith(exc.name) and (exc.name == name or name.startswith(exc.name + ".")):
+                continue
+            raise AppError(f"app {ref!r} failed to import: {exc}") from exc
+        except Exception as exc:
+            raise AppError(f"app {ref!r} failed to import: {type(exc).__name__}: {exc}") from exc
+    raise AppError(f"unknown app {ref!r}: not a built-in ({', '.join(builtin_apps())}), an importable module or a .py file")
+
+
+def _import_path(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise AppError(f"app file {str(path)!r} does not exist")
+    name = "mapreduce_app_" + path.stem.replace("-", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise AppError(f"app file {str(path)!r} is not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise AppError(f"app file {str(path)!r} failed to import: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def builtin_apps() -> list[str]:
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    folder = Path(package.__file__).parent
+    return sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))

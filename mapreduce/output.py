@@ -1,0 +1,130 @@
+"""The output folder: checking it before a job, and committing partitions atomically.
+
+Each partition is written to a temporary file inside the output folder, fsynced,
+and renamed to ``part-NNNNN``; the first attempt to commit a partition wins.
+``_SUCCESS`` is written last, only when every partition is committed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import UsageError
+
+SUCCESS = "_SUCCESS"
+_OURS = re.compile(r"^(part-\d{5}|_SUCCESS|\.part-\d{5}\.[0-9a-z-]+\.tmp)$")
+
+
+def part_name(partition: int) -> str:
+    return f"part-{partition:05d}"
+
+
+def temp_name(partition: int, attempt_tag: str) -> str:
+    return f".{part_name(partition)}.{attempt_tag}.tmp"
+
+
+def prepare_output(folder: str | Path, overwrite: bool) -> Path:
+    """Check the output folder can take a new job's output, creating it if needed.
+
+    A folder holding anything is refused unless ``overwrite``; even then only a
+    previous mapreduce output (``part-*``, ``_SUCCESS``) may be replaced, and it is
+    replaced as the new partitions commit, so a failed job leaves no ``_SUCCESS``.
+    """
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"output {str(folder)!r} exists and is not a folder")
+    if path.exists():
+        entries = sorted(os.listdir(path))
+        if entries and not overwrite:
+            raise UsageError(
+                f"output folder {str(folder)!r} already holds {len(entries)} file(s) "
+                f"(e.g. {entries[0]!r}); choose another folder or pass --overwrite"
+            )
+        foreign = [e for e in entries if not _OURS.match(e)]
+        if foreign:
+            raise UsageError(
+                f"output folder {str(folder)!r} holds {foreign[0]!r}, which is not mapreduce output; "
+                "--overwrite only replaces a previous job's part-* files: choose another folder"
+            )
+    else:
+        try:
+            path.mkdir(parents=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create output folder {str(folder)!r}: {exc.strerror}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"output folder {str(folder)!r} is not writable")
+    probe = path / f".mapreduce-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"output folder {str(folder)!r} is not writable: {exc.strerror}") from exc
+    # A stale success marker must never vouch for a mix of old and new parts.
+    (path / SUCCESS).unlink(missing_ok=True)
+    return path
+
+
+def format_value(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+def write_lines(path: Path, results: Iterable[tuple[str, Any]]) -> int:
+    """Write ``key<TAB>value`` lines and fsync; return the number of lines."""
+    count = 0
+    with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+        batch = []
+        for key, value in results:
+            batch.append(f"{key}\t{format_value(value)}\n")
+            count += 1
+            if len(batch) >= 4096:
+                f.write("".join(batch))
+                batch.clear()
+        f.write("".join(batch))
+        f.flush()
+        os.fsync(f.fileno())
+    return count
+
+
+def commit(folder: Path, temp: str, partition: int) -> None:
+    """Atomically publish a partition written to ``temp`` inside ``folder``."""
+    os.replace(folder / temp, folder / part_name(partition))
+    fsync_dir(folder)
+
+
+def finish(folder: Path, n_partitions: int) -> None:
+    """Remove parts left from an older, wider job and leftover temp files, then write _SUCCESS."""
+    wanted = {part_name(p) for p in range(n_partitions)}
+    for entry in os.listdir(folder):
+        if _OURS.match(entry) and entry != SUCCESS and entry not in wanted:
+            (folder / entry).unlink(missing_ok=True)
+    missing = [name for name in sorted(wanted) if not (folder / name).exists()]
+    if missing:
+        raise RuntimeError(f"cannot write {SUCCESS}: {missing[0]} was never committed")
+    with open(folder / SUCCESS, "wb") as f:
+        os.fsync(f.fileno())
+    fsync_dir(folder)
+
+
+def remove_temps(folder: Path) -> None:
+    for entry in os.listdir(folder):
+        if entry.startswith(".part-") and entry.endswith(".tmp"):
+            (folder / entry).unlink(missing_ok=True)
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_output(folder: str | Path) -> Iterator[str]:
+    """Every line of a committed output, partition by partition (for tests and tools)."""
+    folder = Path(folder)
+    for part in sorted(folder.glob("part-*")):
+        with open(part, encoding="utf-8") as f:
+            yield from f

@@ -1,0 +1,107 @@
+"""Running a job: every check before any work, then the sequential oracle, a
+coordinator serving external workers, or a coordinator with its own local cluster."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from . import output
+from .cluster import LocalCluster
+from .coordinator import Coordinator, JobResult, Progress
+from .errors import JobFailed, UsageError
+from .inputs import DEFAULT_SPLIT_SIZE, Split, make_splits
+from .job import App, load_app
+from .scheduler import Settings
+from .seq import run_sequential
+
+log = logging.getLogger(__name__)
+
+WHOLE_FILE = 1 << 62
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    n_reduce: int = 8
+    split_size: int = DEFAULT_SPLIT_SIZE
+    overwrite: bool = False
+    params: Mapping[str, str] = field(default_factory=dict)
+    heartbeat_interval: float = 1.0
+    worker_timeout: float = 5.0
+    max_attempts: int = 4
+    task_timeout: float | None = None
+
+    def settings(self) -> Settings:
+        return Settings(self.n_reduce, self.heartbeat_interval, self.worker_timeout, self.max_attempts, task_timeout=self.task_timeout)
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    app: App
+    splits: list[Split]
+    output_dir: Path
+    split_size: int
+
+
+def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options: JobOptions) -> PreparedJob:
+    """Check everything a job needs, in the order a user would fix it; change nothing
+    on disk except creating an empty output folder (and dropping a stale _SUCCESS)."""
+    if options.n_reduce < 1:
+        raise UsageError(f"the number of reduce tasks must be at least 1, got {options.n_reduce}")
+    if options.max_attempts < 1:
+        raise UsageError(f"--max-attempts must be at least 1, got {options.max_attempts}")
+    if options.worker_timeout <= options.heartbeat_interval:
+        raise UsageError(f"--worker-timeout ({options.worker_timeout} s) must exceed --heartbeat-interval ({options.heartbeat_interval} s)")
+    app = load_app(app_ref, options.params)
+    split_size = WHOLE_FILE if app.whole_files else options.split_size
+    splits = make_splits(list(inputs), split_size)
+    folder = output.prepare_output(output_dir, options.overwrite)
+    return PreparedJob(app, splits, folder, split_size)
+
+
+def run_seq(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options: JobOptions = JobOptions()) -> int:
+    job = prepare(app_ref, inputs, output_dir, options)
+    return run_sequential(job.app, list(inputs), job.output_dir, options.n_reduce, job.split_size)
+
+
+def serve(
+    app_ref: str, inputs: Sequence[str], output_dir: str | Path, bind: str,
+    options: JobOptions = JobOptions(), progress: Progress | None = None, on_ready=None,
+) -> JobResult:
+    """Serve one job to workers that connect to ``bind``; raise JobFailed if it fails."""
+    job = prepare(app_ref, inputs, output_dir, options)
+    try:
+        coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), bind, progress)
+    except Exception as exc:  # zmq.ZMQError for a bad or busy address
+        raise UsageError(f"cannot bind {bind}: {exc}") from exc
+    if on_ready is not None:
+        on_ready(coordinator.address)
+    return _finished(coordinator.run())
+
+
+def run_local(
+    app_ref: str, inputs: Sequence[str], output_dir: str | Path, workers: int,
+    options: JobOptions = JobOptions(), progress: Progress | None = None, keep_logs: bool = False,
+) -> JobResult:
+    """Run a job on a coordinator in this process and ``workers`` local worker processes."""
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    job = prepare(app_ref, inputs, output_dir, options)
+    coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), "tcp://127.0.0.1:*", progress)
+    extra = ["--heartbeat-interval", str(options.heartbeat_interval)]
+    cluster = LocalCluster(coordinator.address, workers, extra, keep_logs=keep_logs)
+    with cluster:
+        result = coordinator.run()
+        if not result.ok and not keep_logs:
+            tail = cluster.log_tail()
+            if tail:
+                log.info("worker logs:\n%s", tail)
+    return _finished(result)
+
+
+def _finished(result: JobResult) -> JobResult:
+    if not result.ok:
+        raise JobFailed(result.message)
+    return result

@@ -1,0 +1,49 @@
+"""The sequential oracle: the whole job in one process, no sockets, no spills.
+
+Deliberately simple and independent of the distributed shuffle: every pair in
+memory, one stable sort, one reduce per key. Values pass through the
+intermediate format once, so reduce sees what it sees in a distributed run.
+"""
+
+from __future__ import annotations
+
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+from . import output
+from .errors import AppError
+from .inputs import DEFAULT_SPLIT_SIZE, make_splits, read_split
+from .job import App
+from .shuffle import roundtrip
+
+
+def run_sequential(app: App, inputs: list[str], output_dir: Path, n_reduce: int, split_size: int = DEFAULT_SPLIT_SIZE) -> int:
+    """Run the job; return the number of output lines. ``output_dir`` must be prepared."""
+    partitions: list[list[tuple[str, Any]]] = [[] for _ in range(n_reduce)]
+    for split in make_splits(inputs, split_size):
+        where = f"input {split.key!r} (bytes {split.start}-{split.end})"
+        for pair in app.map(split.key, read_split(split)):
+            if not (isinstance(pair, tuple | list) and len(pair) == 2):
+                raise AppError(f"map emitted {pair!r} for {where}: expected a (key, value) pair")
+            key, value = pair
+            if type(key) is not str:
+                raise AppError(f"map emitted key {key!r} ({type(key).__name__}) for {where}: keys must be str")
+            partitions[app.partition(key, n_reduce)].append((key, roundtrip(value)))
+    lines = 0
+    for index, pairs in enumerate(partitions):
+        pairs.sort(key=itemgetter(0))
+        results = []
+        start = 0
+        while start < len(pairs):
+            key = pairs[start][0]
+            end = start
+            while end < len(pairs) and pairs[end][0] == key:
+                end += 1
+            results.append((key, app.reduce(key, iter([v for _, v in pairs[start:end]]))))
+            start = end
+        temp = output.temp_name(index, "seq")
+        lines += output.write_lines(output_dir / temp, results)
+        output.commit(output_dir, temp, index)
+    output.finish(output_dir, n_reduce)
+    return lines

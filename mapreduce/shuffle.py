@@ -1,0 +1,180 @@
+"""Partitioning, map-side buffering and spilling, sorted runs and their merge.
+
+A map task writes one file: its R partitions one after another, each a sorted
+run of msgpack-encoded ``[key, value]`` records, plus the lengths of the
+partitions (its index), which travel to the coordinator in the completion
+message. Reducers read their partition's byte range of every map's file and
+merge the sorted runs as streams. Sorting is stable, and runs are merged in
+map-task order, so a reducer sees a key's values in the order the maps (in
+input order) emitted them: the same order the sequential oracle uses.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from itertools import groupby
+from operator import itemgetter
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
+
+import msgpack
+
+from .errors import AppError
+
+DEFAULT_BUFFER_RECORDS = 400_000
+_READ_CHUNK = 1 << 20
+_first = itemgetter(0)
+
+Record = tuple[str, Any]
+
+
+def roundtrip(value: Any) -> Any:
+    """A value as a reducer sees it after the intermediate format (tuples become lists)."""
+    return msgpack.unpackb(msgpack.packb(value), raw=False)
+
+
+def iter_run(f: BinaryIO, offset: int, length: int) -> Iterator[list]:
+    """Stream the records of the run at ``[offset, offset+length)`` of an open file."""
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
+    f.seek(offset)
+    left = length
+    while left > 0:
+        chunk = f.read(min(_READ_CHUNK, left))
+        if not chunk:
+            raise OSError(f"{getattr(f, 'name', 'run')}: ends {left} bytes early")
+        left -= len(chunk)
+        unpacker.feed(chunk)
+        yield from unpacker
+
+
+def iter_run_file(path: str, offset: int, length: int) -> Iterator[list]:
+    if length == 0:
+        return
+    with open(path, "rb") as f:
+        yield from iter_run(f, offset, length)
+
+
+def combine_sorted(records: Iterable[Record], combine: Callable[[str, Iterator[Any]], Any]) -> Iterator[Record]:
+    for key, group in groupby(records, key=_first):
+        yield key, combine(key, (value for _, value in group))
+
+
+def merge_runs(runs: Sequence[Iterable[Record]]) -> Iterator[Record]:
+    """A stable k-way merge: equal keys keep the order of ``runs``."""
+    if len(runs) == 1:
+        return iter(runs[0])
+    return heapq.merge(*runs, key=_first)
+
+
+def group_sorted(records: Iterable[Record]) -> Iterator[tuple[str, Iterator[Any]]]:
+    for key, group in groupby(records, key=_first):
+        yield key, (value for _, value in group)
+
+
+def write_run(f: BinaryIO, records: Iterable[Record]) -> int:
+    """Write records, return the number of bytes written."""
+    pack = msgpack.Packer(use_bin_type=True).pack
+    written = 0
+    batch: list[bytes] = []
+    for record in records:
+        batch.append(pack(record))
+        if len(batch) >= 4096:
+            data = b"".join(batch)
+            f.write(data)
+            written += len(data)
+            batch.clear()
+    data = b"".join(batch)
+    f.write(data)
+    return written + len(data)
+
+
+class MapOutputBuffer:
+    """Collects a map task's output in memory up to a limit, sorting, combining and
+    spilling partitioned runs to disk when full; `finish` writes the one file."""
+
+    def __init__(
+        self,
+        n_partitions: int,
+        partition: Callable[[str, int], int],
+        combine: Callable[[str, Iterator[Any]], Any] | None,
+        scratch: Path,
+        limit_records: int = DEFAULT_BUFFER_RECORDS,
+    ):
+        self.n = n_partitions
+        self.partition = partition
+        self.combine = combine
+        self.scratch = scratch
+        self.limit = limit_records
+        self.buffers: list[list[Record]] = [[] for _ in range(n_partitions)]
+        self.count = 0
+        self.spills: list[tuple[Path, list[int]]] = []
+
+    def add_all(self, pairs: Iterable[Any], where: str) -> None:
+        n, partition, buffers, limit = self.n, self.partition, self.buffers, self.limit
+        count = self.count
+        for pair in pairs:
+            try:
+                key, value = pair
+            except (TypeError, ValueError):
+                raise AppError(f"map emitted {pair!r} for {where}: expected a (key, value) pair") from None
+            if type(key) is not str:
+                raise AppError(f"map emitted key {key!r} ({type(key).__name__}) for {where}: keys must be str")
+            p = partition(key, n)
+            buffers[p].append((key, value))
+            count += 1
+            if count >= limit:
+                self.count = count
+                self._spill()
+                count = 0
+        self.count = count
+
+    def _sorted_partitions(self) -> list[list[Record]]:
+        runs = []
+        for buf in self.buffers:
+            buf.sort(key=_first)
+            runs.append(list(combine_sorted(buf, self.combine)) if self.combine and buf else buf)
+        self.buffers = [[] for _ in range(self.n)]
+        self.count = 0
+        return runs
+
+    def _spill(self) -> None:
+        path = self.scratch / f"spill-{len(self.spills)}.run"
+        with open(path, "wb") as f:
+            lengths = [write_run(f, run) for run in self._sorted_partitions()]
+        self.spills.append((path, lengths))
+
+    def finish(self, path: Path) -> list[int]:
+        """Write the partitioned output file at ``path``; return each partition's length."""
+        with open(path, "wb") as f:
+            if not self.spills:
+                lengths = [write_run(f, run) for run in self._sorted_partitions()]
+            else:
+                self._spill()
+                lengths = self._merge_spills(f)
+            f.flush()
+            os.fsync(f.fileno())
+        for spill, _ in self.spills:
+            spill.unlink()
+        self.spills.clear()
+        return lengths
+
+    def _merge_spills(self, out: BinaryIO) -> list[int]:
+        files = [open(path, "rb") for path, _ in self.spills]
+        try:
+            offsets = [0] * len(files)
+            lengths = []
+            for p in range(self.n):
+                runs = []
+                for i, (f, (_, spill_lengths)) in enumerate(zip(files, self.spills)):
+                    runs.append(iter_run(f, offsets[i], spill_lengths[p]) if spill_lengths[p] else iter(()))
+                    offsets[i] += spill_lengths[p]
+                # Each run reads its own file, so the k-way merge streams them side by side.
+                merged: Iterable[Record] = merge_runs(runs)
+                if self.combine:
+                    merged = combine_sorted(merged, self.combine)
+                lengths.append(write_run(out, merged))
+            return lengths
+        finally:
+            for f in files:
+                f.close()

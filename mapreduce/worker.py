@@ -1,0 +1,253 @@
+"""The worker: register, heartbeat, run one task at a time, serve map output, reconnect.
+
+Three threads with one job each: the control loop owns the coordinator socket
+(so heartbeats flow while user code runs), the executor runs task bodies, and
+the data server answers reducers. The executor hands results back through a
+queue and wakes the control loop with an inproc socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from . import protocol as p
+from .dataserver import DataServer, FetchError, Fetcher
+from .errors import ProtocolError
+from .job import App
+from .node import default_scratch, host_id, hostname
+from .tasks import AttemptCancelled, AttemptContext, JobContext, run_map, run_reduce
+
+log = logging.getLogger(__name__)
+
+
+class ExitCode:
+    DONE = 0
+    COORDINATOR_LOST = 3
+    FATAL = 1
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    connect: str
+    scratch: Path = field(default_factory=default_scratch)
+    name: str = ""
+    advertise: str = "127.0.0.1"
+    heartbeat_interval: float = 1.0
+    liveness: int = 3  # heartbeats missed before reconnecting
+    coordinator_timeout: float = 30.0  # silence after which the worker gives up
+    max_backoff: float = 8.0
+
+
+class Worker:
+    def __init__(self, options: WorkerOptions):
+        self.options = options
+        self.name = options.name or f"{hostname()}:{os.getpid()}"
+        self.context = zmq.Context()
+        self.host_id = host_id()
+        self.scratch = options.scratch.resolve()
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self.data_server = DataServer(self.context, self.scratch, options.advertise)
+        self.fetcher = Fetcher(self.context)
+        self.incarnation: int | None = None
+        self.job: JobContext | None = None
+        self.current: AttemptContext | None = None
+        self._work: "queue.Queue[Any]" = queue.Queue()
+        self._results: "queue.Queue[tuple[AttemptContext, Any]]" = queue.Queue()
+        wake = f"inproc://wake-{uuid.uuid4().hex}"
+        self._wake_recv = self.context.socket(zmq.PAIR)
+        self._wake_recv.bind(wake)
+        self._wake_send = self.context.socket(zmq.PAIR)
+        self._wake_send.connect(wake)
+        self._executor = threading.Thread(target=self._execute, name="executor", daemon=True)
+        self.socket: zmq.Socket | None = None
+
+    # ---- control loop ----------------------------------------------------
+
+    def run(self) -> int:
+        self.data_server.start()
+        self._executor.start()
+        try:
+            return self._loop()
+        finally:
+            self._work.put(None)
+            if self.socket is not None:
+                self.socket.close(linger=500)
+            self.data_server.stop()
+            self.fetcher.close()
+            self._wake_recv.close(0)
+            self._wake_send.close(0)
+            self._executor.join(timeout=2)
+            self.context.term()
+
+    def _loop(self) -> int:
+        opts = self.options
+        self._connect()
+        last_heard = time.monotonic()
+        next_heartbeat = last_heard + opts.heartbeat_interval
+        next_reconnect = last_heard + opts.liveness * opts.heartbeat_interval
+        backoff = opts.heartbeat_interval
+        poller = zmq.Poller()
+        poller.register(self._wake_recv, zmq.POLLIN)
+        while True:
+            poller.register(self.socket, zmq.POLLIN)
+            timeout = max(0.0, min(next_heartbeat, next_reconnect) - time.monotonic())
+            ready = dict(poller.poll(timeout * 1000))
+            now = time.monotonic()
+            if self._wake_recv in ready:
+                self._wake_recv.recv()
+                self._forward_results()
+            if self.socket in ready:
+                frame = self.socket.recv()
+                last_heard = now
+                next_reconnect = now + opts.liveness * opts.heartbeat_interval
+                backoff = opts.heartbeat_interval
+                try:
+                    message = p.decode(frame, p.COORDINATOR_MESSAGES)
+                except ProtocolError as exc:
+                    log.warning("ignored a malformed message from the coordinator: %s", exc)
+                    continue
+                code = self._handle(message)
+                if code is not None:
+                    return code
+            if now >= next_heartbeat:
+                if self.incarnation is not None:
+                    self._send(p.Heartbeat(self.incarnation))
+                next_heartbeat = now + opts.heartbeat_interval
+            if now >= next_reconnect:
+                silent = now - last_heard
+                if silent > opts.coordinator_timeout:
+                    log.error("coordinator at %s unreachable for %.0f s: giving up", opts.connect, silent)
+                    return ExitCode.COORDINATOR_LOST
+                log.warning("no word from the coordinator for %.1f s: reconnecting", silent)
+                poller.unregister(self.socket)
+                self._connect()
+                next_reconnect = now + backoff
+                backoff = min(backoff * 2, opts.max_backoff)
+
+    def _connect(self) -> None:
+        self._drop_attempt()
+        if self.socket is not None:
+            self.socket.close(0)
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
+        self.socket.connect(self.options.connect)
+        self.incarnation = None
+        self._register()
+
+    def _register(self) -> None:
+        self._send(p.Register(self.name, os.getpid(), hostname(), self.host_id, self.data_server.address, str(self.scratch)))
+
+    def _send(self, message: Any) -> None:
+        self.socket.send(p.encode(message))
+
+    def _handle(self, message: Any) -> int | None:
+        if isinstance(message, p.Welcome):
+            self._welcome(message)
+        elif isinstance(message, (p.AssignMap, p.AssignReduce)):
+            self._assign(message)
+        elif isinstance(message, p.MapOutputs):
+            if self.current is not None and self.current.attempt == message.attempt:
+                self.current.inbox.put(message.outputs)
+        elif isinstance(message, p.Cancel):
+            if self.current is not None and self.current.attempt == message.attempt:
+                log.info("attempt %d cancelled by the coordinator", message.attempt)
+                self.current.cancelled.set()
+        elif isinstance(message, p.Unknown):
+            log.warning("the coordinator does not know this worker (%s): registering again", message.reason)
+            self._drop_attempt()
+            self.incarnation = None
+            self._register()
+        elif isinstance(message, p.JobDone):
+            return self._job_done(message)
+        return None
+
+    def _welcome(self, welcome: p.Welcome) -> None:
+        self.incarnation = welcome.worker
+        if self.job is None or self.job.job_id != welcome.job_id:
+            app = App.from_bytes(welcome.app)
+            app.start()
+            workdir = self.scratch / f"job-{welcome.job_id}" / f"w-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            workdir.mkdir(parents=True)
+            self.job = JobContext(app, welcome.job_id, welcome.n_map, welcome.n_reduce, self.host_id, workdir, Path(welcome.output_dir), welcome.output_host_id)
+        log.info("registered as worker %d for job %s", welcome.worker, welcome.job_id)
+
+    def _assign(self, assign: p.AssignMap | p.AssignReduce) -> None:
+        if self.job is None or self.incarnation is None:
+            return
+        if self.current is not None:
+            # Only after a lost registration: the old attempt is gone for the coordinator.
+            self._drop_attempt()
+        self.current = AttemptContext(assign.attempt)
+        self._work.put((self.job, assign, self.current))
+
+    def _drop_attempt(self) -> None:
+        if self.current is not None:
+            self.current.cancelled.set()
+            self.current = None
+
+    def _forward_results(self) -> None:
+        while True:
+            try:
+                ctx, result = self._results.get_nowait()
+            except queue.Empty:
+                return
+            if ctx is not self.current or self.incarnation is None:
+                continue  # dropped: the coordinator no longer expects it
+            self.current = None
+            self._send(_with_worker(result, self.incarnation))
+
+    def _job_done(self, done: p.JobDone) -> int:
+        if self.incarnation is not None:
+            self._send(p.Goodbye(self.incarnation))
+        self._drop_attempt()
+        if self.job is not None:
+            shutil.rmtree(self.job.workdir, ignore_errors=True)
+            try:
+                self.job.workdir.parent.rmdir()
+            except OSError:
+                pass  # other workers of this host still use it
+        log.info("job finished (%s): exiting", "succeeded" if done.ok else f"failed: {done.message}")
+        return ExitCode.DONE
+
+    # ---- executor thread -------------------------------------------------
+
+    def _execute(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            job, assign, ctx = item
+            result = self._run_attempt(job, assign, ctx)
+            self._results.put((ctx, result))
+            self._wake_send.send(b"")
+
+    def _run_attempt(self, job: JobContext, assign: Any, ctx: AttemptContext) -> Any:
+        try:
+            ctx.check()
+            if isinstance(assign, p.AssignMap):
+                return run_map(job, assign, ctx)
+            return run_reduce(job, assign, ctx, self.fetcher)
+        except AttemptCancelled:
+            return p.Cancelled(0, assign.attempt)
+        except FetchError as exc:
+            return p.TaskFailed(0, assign.attempt, f"FetchError: {exc}", "", user_error=False)
+        except Exception as exc:
+            log.warning("attempt %d failed: %s: %s", assign.attempt, type(exc).__name__, exc)
+            return p.TaskFailed(0, assign.attempt, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+def _with_worker(message: Any, worker: int) -> Any:
+    return type(message)(**{**message.__dict__, "worker": worker})
