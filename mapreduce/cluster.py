@@ -65,6 +65,13 @@ class LocalCluster:
         self.processes.append(process)
         return process
 
+    def all_exited(self) -> str | None:
+        """A failure message once every worker process has exited, else None."""
+        if not self.processes or any(process.poll() is None for process in self.processes):
+            return None
+        codes = sorted({process.returncode for process in self.processes})
+        return f"all {len(self.processes)} local workers exited (exit codes {codes}); their last log lines:\n{self.log_tail(5)}"
+
     def stop(self, grace: float = 3.0) -> None:
         """Wait briefly for workers to exit on their own, then terminate, then kill."""
         for process in self.processes:

@@ -21,7 +21,8 @@ from .errors import ProtocolError
 from .inputs import Split
 from .job import App
 from .node import host_id
-from .scheduler import Commit, Counters, Discard, Scheduler, Send, Settings
+from .events import EventLog
+from .scheduler import Commit, Counters, Discard, EventKind, Scheduler, Send, Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class Coordinator:
         bind: str = "tcp://127.0.0.1:*",
         progress: Progress | None = None,
         goodbye_grace: float = 3.0,
+        events: Path | None = None,
+        watchdog: Callable[[], str | None] | None = None,
     ):
         self.app, self.splits, self.output_dir, self.settings = app, splits, output_dir, settings
         self.progress = progress
@@ -63,6 +66,8 @@ class Coordinator:
         self._app_blob = app.to_bytes()
         self._host_id = host_id()
         self.rejected_messages = 0
+        self.events = EventLog(events)
+        self.watchdog = watchdog
 
     def _welcome(self, worker: int) -> p.Welcome:
         return p.Welcome(
@@ -90,6 +95,9 @@ class Coordinator:
         finally:
             if not scheduler.succeeded:
                 output.remove_temps(self.output_dir)
+            scheduler.record(time.monotonic(), EventKind.JOB_FINISHED, ok=scheduler.succeeded, message=scheduler.failure or "")
+            self._flush_events(scheduler)
+            self.events.close()
         self._farewell(scheduler, ok, message, self.goodbye_grace)
         self.socket.close()
         self.context.term()
@@ -116,6 +124,13 @@ class Coordinator:
                 next_tick = now + tick_every
                 if self.progress is not None:
                     self.progress(scheduler)
+                if self.watchdog is not None and scheduler.failure is None:
+                    scheduler.failure = self.watchdog()
+            self._flush_events(scheduler)
+
+    def _flush_events(self, scheduler: Scheduler) -> None:
+        self.events.write(scheduler.events)
+        scheduler.events.clear()
 
     def _recv(self) -> tuple[bytes | None, bytes]:
         frames = self.socket.recv_multipart(zmq.NOBLOCK)
@@ -145,6 +160,7 @@ class Coordinator:
             elif isinstance(action, Commit):
                 try:
                     output.commit(self.output_dir, action.temp, action.partition)
+                    scheduler.record(now, EventKind.OUTPUT_COMMITTED, partition=action.partition)
                 except OSError as exc:
                     scheduler.failure = f"could not commit partition {action.partition} to {self.output_dir}: {exc}"
             elif isinstance(action, Discard):

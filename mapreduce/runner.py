@@ -69,11 +69,12 @@ def run_seq(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
 def serve(
     app_ref: str, inputs: Sequence[str], output_dir: str | Path, bind: str,
     options: JobOptions = JobOptions(), progress: Progress | None = None, on_ready=None,
+    events: Path | None = None,
 ) -> JobResult:
     """Serve one job to workers that connect to ``bind``; raise JobFailed if it fails."""
     job = prepare(app_ref, inputs, output_dir, options)
     try:
-        coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), bind, progress)
+        coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), bind, progress, events=events)
     except Exception as exc:  # zmq.ZMQError for a bad or busy address
         raise UsageError(f"cannot bind {bind}: {exc}") from exc
     if on_ready is not None:
@@ -84,17 +85,21 @@ def serve(
 def run_local(
     app_ref: str, inputs: Sequence[str], output_dir: str | Path, workers: int,
     options: JobOptions = JobOptions(), progress: Progress | None = None, keep_logs: bool = False,
+    events: Path | None = None,
 ) -> JobResult:
     """Run a job on a coordinator in this process and ``workers`` local worker processes."""
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     job = prepare(app_ref, inputs, output_dir, options)
-    coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), "tcp://127.0.0.1:*", progress)
+    coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), "tcp://127.0.0.1:*", progress, events=events)
     extra = ["--heartbeat-interval", str(options.heartbeat_interval)]
     cluster = LocalCluster(coordinator.address, workers, extra, keep_logs=keep_logs)
+    coordinator.watchdog = cluster.all_exited
     with cluster:
         result = coordinator.run()
-        if not result.ok and not keep_logs:
+        if keep_logs:
+            log.warning("worker logs kept in %s", cluster.logs)
+        elif not result.ok:
             tail = cluster.log_tail()
             if tail:
                 log.info("worker logs:\n%s", tail)

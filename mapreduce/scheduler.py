@@ -66,6 +66,32 @@ class WorkerState(enum.Enum):
 LIVE = (WorkerState.IDLE, WorkerState.BUSY)
 
 
+class EventKind(enum.Enum):
+    WORKER_JOINED = "worker_joined"
+    WORKER_DEAD = "worker_dead"
+    WORKER_LEFT = "worker_left"
+    MESSAGE_FENCED = "message_fenced"
+    TASK_ASSIGNED = "task_assigned"
+    TASK_FINISHED = "task_finished"
+    TASK_FAILED = "task_failed"
+    TASK_LOST = "task_lost"
+    TASK_CANCELLED = "task_cancelled"
+    RESULT_DISCARDED = "result_discarded"
+    MAP_OUTPUT_MOVED = "map_output_moved"
+    MAP_RERUN = "map_rerun"
+    OUTPUT_COMMITTED = "output_committed"
+    JOB_FINISHED = "job_finished"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened, for the event log; ``time`` is monotonic seconds."""
+
+    time: float
+    kind: EventKind
+    fields: dict
+
+
 @dataclass(frozen=True)
 class Settings:
     n_reduce: int
@@ -172,6 +198,13 @@ class Scheduler:
         self.started = now
         self._next_worker = 1
         self._next_attempt = 1
+        self.events: list[Event] = []
+
+    def record(self, now: float, kind: EventKind, **fields: Any) -> None:
+        self.events.append(Event(now, kind, fields))
+
+    def _attempt_fields(self, attempt: "Attempt") -> dict:
+        return {"attempt": attempt.id, "task": attempt.task.index, "phase": attempt.task.kind.value, "worker": attempt.worker.id}
 
     # ---- state queries -----------------------------------------------------
 
@@ -199,6 +232,7 @@ class Scheduler:
         self.workers[worker.id] = worker
         self.by_identity[identity] = worker
         log.info("%s joined", worker.describe())
+        self.record(now, EventKind.WORKER_JOINED, worker=worker.id, name=hello.name, pid=hello.pid, host=hello.host)
         actions.append(Send(identity, welcome(worker.id)))
         return actions + self._dispatch(now)
 
@@ -209,12 +243,14 @@ class Scheduler:
                 return []
             why = "unknown worker" if worker is None else f"worker {worker.id} is {worker.state.value}"
             log.info("fenced %s from %r: %s", type(message).__name__, identity, why)
+            self.record(now, EventKind.MESSAGE_FENCED, worker=getattr(message, "worker", None), message=type(message).__name__, attempt=getattr(message, "attempt", None), why=why)
             return [Send(identity, p.Unknown(why))]
         worker.last_seen = now
         if isinstance(message, p.Heartbeat):
             return []
         if isinstance(message, p.Goodbye):
             worker.state = WorkerState.LEFT
+            self.record(now, EventKind.WORKER_LEFT, worker=worker.id)
             return self._release(now, worker, "it left")
         attempt = self.attempts.get(message.attempt)
         if attempt is None or attempt.worker is not worker or worker.attempt is not attempt:
@@ -268,6 +304,7 @@ class Scheduler:
             done = [m for m in self.maps if m.state is TaskState.DONE]
             message = p.AssignReduce(attempt.id, task.index, [self._location(m, task.index) for m in done])
         log.debug("attempt %d: %s on %s", attempt.id, task.describe(), worker.describe())
+        self.record(now, EventKind.TASK_ASSIGNED, **self._attempt_fields(attempt))
         return Send(worker.identity, message)
 
     def _location(self, map_task: Task, partition: int) -> p.MapOutput:
@@ -286,11 +323,14 @@ class Scheduler:
     def _succeeded(self, now: float, attempt: Attempt, done: p.TaskDone) -> list:
         task = attempt.task
         if task.state is TaskState.DONE or attempt.state is not AttemptState.RUNNING:
-            self._end(attempt, AttemptState.SUPERSEDED)
+            self.record(now, EventKind.RESULT_DISCARDED, **self._attempt_fields(attempt), was=attempt.state.value)
+            if attempt.state is AttemptState.RUNNING:
+                self._end(attempt, AttemptState.SUPERSEDED)
             return [Discard(done.path)] if task.kind is TaskKind.REDUCE else []
         if task.kind is TaskKind.MAP and len(done.partition_lengths) != self.settings.n_reduce:
             return self._failed(now, attempt, p.TaskFailed(done.worker, attempt.id, f"map output index has {len(done.partition_lengths)} partitions, expected {self.settings.n_reduce}", user_error=False))
         self._end(attempt, AttemptState.SUCCEEDED)
+        self.record(now, EventKind.TASK_FINISHED, **self._attempt_fields(attempt), records=done.records, seconds=round(now - attempt.started, 6))
         task.state = TaskState.DONE
         task.lost = 0
         for other in list(task.running):  # losers of a race: stop them
@@ -328,6 +368,7 @@ class Scheduler:
             task.lost += 1
             limit, count = self.settings.max_lost, task.lost
         log.warning("attempt %d of %s failed on %s (%d of %d): %s", attempt.id, task.describe(), attempt.worker.describe(), count, limit, failed.error)
+        self.record(now, EventKind.TASK_FAILED, **self._attempt_fields(attempt), error=failed.error, user_error=failed.user_error)
         if count >= limit and self.failure is None:
             self.failure = (
                 f"{task.describe()} failed {count} times; the last attempt, on {attempt.worker.describe()}, "
@@ -346,6 +387,7 @@ class Scheduler:
         self.counters.workers_dead += 1
         doing = f", running attempt {worker.attempt.id} of {worker.attempt.task.describe()}" if worker.attempt else ""
         log.warning("%s declared dead: %s%s", worker.describe(), why, doing)
+        self.record(now, EventKind.WORKER_DEAD, worker=worker.id, why=why, silent=round(now - worker.last_seen, 6))
         return self._release(now, worker, why)
 
     def _release(self, now: float, worker: Worker, why: str) -> list:
@@ -353,6 +395,7 @@ class Scheduler:
         attempt, worker.attempt = worker.attempt, None
         if attempt is not None and attempt.state is AttemptState.RUNNING:
             self._end(attempt, AttemptState.LOST)
+            self.record(now, EventKind.TASK_LOST, **self._attempt_fields(attempt))
             self.counters.lost_attempts += 1
             task = attempt.task
             task.lost += 1
@@ -366,18 +409,20 @@ class Scheduler:
             for map_task in self.maps:
                 r = map_task.result
                 if map_task.state is TaskState.DONE and r is not None and r.worker is worker:
-                    actions += self._rehome(map_task)
+                    actions += self._rehome(now, map_task)
         return actions
 
-    def _rehome(self, map_task: Task) -> list:
+    def _rehome(self, now: float, map_task: Task) -> list:
         """Move a finished map's output to a live worker that can serve it, or run it again."""
         old = map_task.result.worker.info
         for candidate in self.live_workers():
             same_folder = candidate.info.host_id == old.host_id and candidate.info.scratch == old.scratch
             if same_folder and candidate.info.data_address != old.data_address:
                 map_task.result.worker = candidate
+                self.record(now, EventKind.MAP_OUTPUT_MOVED, task=map_task.index, worker=candidate.id)
                 return self._announce(map_task)
         log.info("output of %s is lost with its worker: running it again", map_task.describe())
+        self.record(now, EventKind.MAP_RERUN, task=map_task.index)
         map_task.state = TaskState.PENDING
         map_task.result = None
         self.counters.maps_done -= 1
@@ -399,10 +444,10 @@ class Scheduler:
         if pending_maps:
             # Workers still finishing a cancelled attempt will be free soon: count them.
             freeing = sum(1 for w in self.live_workers() if w.attempt is not None and w.attempt.state is not AttemptState.RUNNING)
-            actions += self._preempt_reduces(len(pending_maps) - freeing)
+            actions += self._preempt_reduces(now, len(pending_maps) - freeing)
         return actions
 
-    def _preempt_reduces(self, wanted: int) -> list:
+    def _preempt_reduces(self, now: float, wanted: int) -> list:
         if wanted <= 0:
             return []
         running = sorted((a for t in self.reduces for a in t.running), key=lambda a: a.id, reverse=True)
@@ -410,5 +455,6 @@ class Scheduler:
         for attempt in running[:wanted]:
             log.info("cancelling attempt %d of %s to run a pending map", attempt.id, attempt.task.describe())
             self._end(attempt, AttemptState.CANCELLED)
+            self.record(now, EventKind.TASK_CANCELLED, **self._attempt_fields(attempt), why="a map must run first")
             actions.append(Send(attempt.worker.identity, p.Cancel(attempt.id)))
         return actions

@@ -107,7 +107,8 @@ class MapOutputBuffer:
         self.scratch = scratch
         self.limit = limit_records
         self.buffers: list[list[Record]] = [[] for _ in range(n_partitions)]
-        self.count = 0
+        self.count = 0  # records in the buffer now
+        self.total = 0  # records added in all
         self.spills: list[tuple[Path, list[int]]] = []
 
     def add_all(self, pairs: Iterable[Any], where: str) -> None:
@@ -135,6 +136,7 @@ class MapOutputBuffer:
             buf.sort(key=_first)
             runs.append(list(combine_sorted(buf, self.combine)) if self.combine and buf else buf)
         self.buffers = [[] for _ in range(self.n)]
+        self.total += self.count
         self.count = 0
         return runs
 

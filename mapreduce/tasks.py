@@ -62,7 +62,7 @@ def run_map(job: JobContext, task: p.AssignMap, ctx: AttemptContext, buffer_reco
     path = job.workdir / f"map-{task.task:06d}.a{task.attempt}.out"
     lengths = buffer.finish(path)
     attempt_dir.rmdir()
-    return p.TaskDone(0, task.attempt, lengths, str(path), buffer.count)
+    return p.TaskDone(0, task.attempt, lengths, str(path), buffer.total)
 
 
 class ReduceInputs:
