@@ -139,6 +139,19 @@ def worker(connect, scratch, name, advertise, heartbeat_interval, coordinator_ti
     sys.exit(code)
 
 
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--size", type=Size(), default="20M", show_default=True, help="Total size of the text.")
+@click.option("--files", default=8, show_default=True, help="Number of files.")
+@click.option("--seed", default=0, show_default=True, help="The same seed gives the same text.")
+def corpus(folder, size, files, seed):
+    """Write a generated text corpus into FOLDER (for demos and benchmarks)."""
+    from .corpus import write_corpus
+
+    paths = write_corpus(folder, size, files, seed)
+    click.echo(f"wrote {len(paths)} files, {sum(p.stat().st_size for p in paths)} bytes, into {folder}")
+
+
 @cli.command("apps")
 def list_apps() -> None:
     """List the built-in apps."""

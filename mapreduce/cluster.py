@@ -32,7 +32,8 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def worker_command(connect: str, scratch: Path, name: str, extra: Sequence[str] = ()) -> list[str]:
-    return [sys.executable, "-m", "mapreduce", "worker", "--connect", connect, "--scratch", str(scratch), "--name", name, *extra]
+    # -P: never import a `mapreduce` folder that happens to be the current directory.
+    return [sys.executable, "-P", "-m", "mapreduce", "worker", "--connect", connect, "--scratch", str(scratch), "--name", name, *extra]
 
 
 class LocalCluster:
