@@ -246,7 +246,15 @@ class Worker:
             return p.TaskFailed(0, assign.attempt, f"FetchError: {exc}", "", user_error=False)
         except Exception as exc:
             log.warning("attempt %d failed: %s: %s", assign.attempt, type(exc).__name__, exc)
-            return p.TaskFailed(0, assign.attempt, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            return p.TaskFailed(0, assign.attempt, f"{type(exc).__name__}: {exc}", user_traceback(exc))
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The exception's traceback without the framework's own frames: the user's code only."""
+    package = os.path.dirname(os.path.abspath(__file__))  # not its apps/ subfolder: those are user code too
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.dirname(f.filename) != package]
+    lines = traceback.format_list(frames) + traceback.format_exception_only(type(exc), exc)
+    return "".join(["Traceback (most recent call last):\n", *lines] if frames else lines)
 
 
 def _with_worker(message: Any, worker: int) -> Any:

@@ -1,0 +1,12 @@
+"""Word count whose map sleeps on inputs whose name contains "slow": for overlap and interrupt tests."""
+
+import os
+import time
+
+from mapreduce.apps.wordcount import combine, map as count_words, reduce  # noqa: F401
+
+
+def map(path, text):
+    if "slow" in path:
+        time.sleep(float(os.environ.get("SLOWMAP_SECONDS", "2")))
+    return count_words(path, text)
