@@ -87,7 +87,10 @@ class Coordinator:
                 ok, message = False, scheduler.failure or "stopped"
         except KeyboardInterrupt:
             ok, message = False, "the coordinator was interrupted"
+            scheduler.record(time.monotonic(), EventKind.JOB_FINISHED, ok=False, message=message)
             self._farewell(scheduler, False, message, grace=0.5)
+            self._flush_events(scheduler)
+            self.events.close()
             raise
         except Exception as exc:
             ok, message = False, f"the coordinator failed: {type(exc).__name__}: {exc}"
@@ -96,9 +99,9 @@ class Coordinator:
             if not scheduler.succeeded:
                 output.remove_temps(self.output_dir)
             scheduler.record(time.monotonic(), EventKind.JOB_FINISHED, ok=scheduler.succeeded, message=scheduler.failure or "")
-            self._flush_events(scheduler)
-            self.events.close()
         self._farewell(scheduler, ok, message, self.goodbye_grace)
+        self._flush_events(scheduler)
+        self.events.close()
         self.socket.close()
         self.context.term()
         return JobResult(ok, message, scheduler.counters, time.monotonic() - started, len(self.splits), self.settings.n_reduce)
@@ -189,5 +192,6 @@ class Coordinator:
                 continue
             if isinstance(message, p.Goodbye):
                 waiting.discard(identity)
+                scheduler.receive(time.monotonic(), identity, message)
             else:
                 self.socket.send_multipart([identity, done])  # a latecomer: tell it too

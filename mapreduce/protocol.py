@@ -173,7 +173,7 @@ def decode(frame: bytes, allowed: tuple[type, ...]) -> Any:
     if not isinstance(envelope, list) or len(envelope) != 3:
         raise ProtocolError("a message must be [version, type, fields]")
     version, name, fields = envelope
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
     cls = _BY_NAME.get(name) if isinstance(name, str) else None
     if cls is None or cls not in allowed:

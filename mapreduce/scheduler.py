@@ -357,6 +357,8 @@ class Scheduler:
 
     def _failed(self, now: float, attempt: Attempt, failed: p.TaskFailed) -> list:
         task = attempt.task
+        if attempt.state is not AttemptState.RUNNING:
+            return []  # already accounted for when it timed out or was cancelled
         self._end(attempt, AttemptState.FAILED)
         self.counters.failed_attempts += 1
         if task.state is TaskState.DONE:

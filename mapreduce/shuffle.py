@@ -46,6 +46,8 @@ def iter_run(f: BinaryIO, offset: int, length: int) -> Iterator[list]:
         left -= len(chunk)
         unpacker.feed(chunk)
         yield from unpacker
+    if unpacker.tell() != length:
+        raise OSError(f"{getattr(f, 'name', 'run')}: a record is cut at byte {offset + length}")
 
 
 def iter_run_file(path: str, offset: int, length: int) -> Iterator[list]:
@@ -115,10 +117,9 @@ class MapOutputBuffer:
         n, partition, buffers, limit = self.n, self.partition, self.buffers, self.limit
         count = self.count
         for pair in pairs:
-            try:
-                key, value = pair
-            except (TypeError, ValueError):
-                raise AppError(f"map emitted {pair!r} for {where}: expected a (key, value) pair") from None
+            if (pair.__class__ is not tuple and pair.__class__ is not list) or len(pair) != 2:
+                raise AppError(f"map emitted {pair!r} for {where}: expected a (key, value) pair")
+            key, value = pair
             if type(key) is not str:
                 raise AppError(f"map emitted key {key!r} ({type(key).__name__}) for {where}: keys must be str")
             p = partition(key, n)
@@ -127,7 +128,7 @@ class MapOutputBuffer:
             if count >= limit:
                 self.count = count
                 self._spill()
-                count = 0
+                buffers, count = self.buffers, 0  # the spill started fresh buffers
         self.count = count
 
     def _sorted_partitions(self) -> list[list[Record]]:
