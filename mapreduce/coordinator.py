@@ -61,7 +61,13 @@ class Coordinator:
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        self.socket.bind(bind)
+        try:
+            self.socket.bind(bind)
+        except zmq.ZMQError:
+            # Close now: a context left with an open socket blocks whoever collects it.
+            self.socket.close(0)
+            self.context.term()
+            raise
         self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._app_blob = app.to_bytes()
         self._host_id = host_id()
