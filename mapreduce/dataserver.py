@@ -118,8 +118,11 @@ class Fetcher:
             socket.close(0)
             del self._sockets[address]
             raise FetchError(f"data server {address} did not answer within {self._timeout_ms / 1000:.0f} s")
-        ok, payload = msgpack.unpackb(socket.recv(), raw=False)
-        if not ok:
+        try:
+            ok, payload = msgpack.unpackb(socket.recv(), raw=False)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            raise FetchError(f"data server {address} sent a malformed reply") from None
+        if not ok or not isinstance(payload, bytes):
             raise FetchError(f"data server {address} refused {path}: {payload}")
         return payload
 

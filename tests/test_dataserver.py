@@ -1,0 +1,102 @@
+"""The data plane: serving byte ranges of scratch files, and reducers fetching from other hosts."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import zmq
+
+from mapreduce import protocol as p, shuffle
+from mapreduce.dataserver import CHUNK, DataServer, FetchError, Fetcher
+from mapreduce.job import load_app
+from mapreduce.tasks import AttemptCancelled, AttemptContext, JobContext, ReduceInputs, run_reduce
+
+
+@pytest.fixture
+def served(tmp_path):
+    context = zmq.Context()
+    root = tmp_path / "scratch"
+    root.mkdir()
+    server = DataServer(context, root).start()
+    fetcher = Fetcher(context, timeout=5)
+    yield root, server, fetcher
+    fetcher.close()
+    server.stop()
+    context.term()
+
+
+def test_copies_exact_ranges_across_chunks(served):
+    root, server, fetcher = served
+    data = bytes(range(256)) * (CHUNK // 256 * 2 + 3)  # more than two chunks
+    (root / "file").write_bytes(data)
+    for offset, length in [(0, len(data)), (5, 1), (CHUNK - 3, CHUNK + 10), (len(data) - 7, 7), (0, 0)]:
+        out = io.BytesIO()
+        fetcher.copy(server.address, str(root / "file"), offset, length, out)
+        assert out.getvalue() == data[offset:offset + length]
+
+
+def test_refuses_files_outside_its_folder(served, tmp_path):
+    root, server, fetcher = served
+    secret = tmp_path / "secret"
+    secret.write_text("no")
+    for path in [str(secret), str(root / ".." / "secret"), "/etc/passwd", str(root)]:
+        with pytest.raises(FetchError, match="refused"):
+            fetcher.copy(server.address, path, 0, 2, io.BytesIO())
+
+
+def test_short_file_is_an_error(served):
+    root, server, fetcher = served
+    (root / "short").write_bytes(b"abc")
+    with pytest.raises(FetchError, match="served 3 of 10"):
+        fetcher.copy(server.address, str(root / "short"), 0, 10, io.BytesIO())
+
+
+def test_silent_server_times_out():
+    context = zmq.Context()
+    sink = context.socket(zmq.ROUTER)
+    sink.bind("tcp://127.0.0.1:*")
+    fetcher = Fetcher(context, timeout=0.3)
+    try:
+        with pytest.raises(FetchError, match="did not answer"):
+            fetcher.copy(sink.getsockopt_string(zmq.LAST_ENDPOINT), "/x", 0, 1, io.BytesIO())
+    finally:
+        fetcher.close()
+        sink.close(0)
+        context.term()
+
+
+def test_reducer_on_another_host_fetches_and_reduces(served, tmp_path):
+    """Map outputs on 'mapper-host' reach a reducer on 'reducer-host' only through the data server."""
+    root, server, fetcher = served
+    app = load_app("wordcount")
+    locations = []
+    for m, words in enumerate([["b", "a", "b"], ["c", "a"]]):
+        buffer = shuffle.MapOutputBuffer(1, app.partition, app.combine, root)
+        buffer.add_all([(w, 1) for w in words], "test")
+        path = root / f"map-{m}.out"
+        (length,) = buffer.finish(path)
+        locations.append(p.MapOutput(m, m + 1, "mapper-host", str(path), server.address, 0, length))
+    out = tmp_path / "out"
+    out.mkdir()
+    workdir = tmp_path / "reducer"
+    workdir.mkdir()
+    job = JobContext(app, "job", 2, 1, "reducer-host", workdir, out, "reducer-host")
+    ctx = AttemptContext(7)
+    ctx.inbox.put([locations[1]])  # the second location arrives while the reduce runs
+    done = run_reduce(job, p.AssignReduce(7, 0, [locations[0]]), ctx, fetcher)
+    assert (out / done.path).read_text() == "a\t2\nb\t2\nc\t1\n"
+    assert done.records == 3
+    assert list(workdir.iterdir()) == []  # fetched copies are removed
+
+
+def test_cancelled_reduce_stops_waiting(served, tmp_path):
+    root, server, fetcher = served
+    app = load_app("wordcount")
+    job = JobContext(app, "job", 3, 1, "h", tmp_path, tmp_path, "h")
+    ctx = AttemptContext(1)
+    ctx.cancelled.set()
+    inputs = ReduceInputs(job, ctx, fetcher, tmp_path)
+    with pytest.raises(AttemptCancelled):
+        inputs.gather([])
