@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,18 @@ def test_stopping_run_stops_every_worker(sig, tmp_path):
         assert "interrupted" in process.stderr.read()
     _wait_for(lambda: not any(_alive(pid) for pid in pids), 20, f"worker processes {pids} to exit")
     assert not (out / "_SUCCESS").exists()
+
+
+def test_readme_example_app(gutenberg, oracle, tmp_path):
+    """The app in the README runs as documented, distributed and sequentially alike."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    app = tmp_path / "longest.py"
+    app.write_text(code)
+    args = ["--param", "min_length=3", "--reduce", "3"]
+    expected = oracle(str(app), gutenberg, *args)
+    out = tmp_path / "out"
+    run_cli("run", str(app), *gutenberg, *args, "--workers", "2", "--output", str(out), "--quiet")
+    assert_same_output(expected, out)
+    lines = dict(line.rstrip("\n").split("\t") for line in (out / "part-00000").open())
+    assert lines and all(len(word) >= 3 and word.startswith(letter) for letter, word in lines.items())
