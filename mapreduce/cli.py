@@ -62,6 +62,8 @@ def _cluster_options(f):
         click.option("--worker-timeout", default=5.0, show_default=True, help="Seconds of silence before a worker is declared dead."),
         click.option("--max-attempts", default=4, show_default=True, help="Attempts per task whose user code raised before the job fails."),
         click.option("--task-timeout", type=float, default=None, help="Fail an attempt running longer than this many seconds (default: no limit)."),
+        click.option("--speculation/--no-speculation", default=True, show_default=True, help="Give stragglers a backup attempt on an idle worker."),
+        click.option("--max-worker-losses", default=8, show_default=True, help="Fail the job when one task has lost this many workers in a row."),
         click.option("--events", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the job's event log here (JSON lines)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress display."),
     ]
@@ -83,9 +85,9 @@ def cli(verbose: int) -> None:
 @click.option("--workers", "-w", default=os.cpu_count() or 1, show_default=True, help="Number of local worker processes.")
 @_cluster_options
 @click.option("--keep-logs", is_flag=True, help="Keep the workers' log files and print where they are.")
-def run(app, inputs, output, n_reduce, params, split_size, overwrite, workers, heartbeat_interval, worker_timeout, max_attempts, task_timeout, events, quiet, keep_logs):
+def run(app, inputs, output, n_reduce, params, split_size, overwrite, workers, heartbeat_interval, worker_timeout, max_attempts, task_timeout, speculation, max_worker_losses, events, quiet, keep_logs):
     """Run APP over INPUTS on a local cluster of worker processes."""
-    options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), heartbeat_interval, worker_timeout, max_attempts, task_timeout)
+    options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), heartbeat_interval, worker_timeout, max_attempts, task_timeout, speculation, max_worker_losses)
     progress = None if quiet else Progress()
     started = time.monotonic()
     result = _guard(lambda: runner.run_local(app, inputs, output, workers, options, progress, keep_logs, events))
@@ -107,9 +109,9 @@ def seq(app, inputs, output, n_reduce, params, split_size, overwrite):
 @_job_options
 @click.option("--bind", default="tcp://127.0.0.1:5555", show_default=True, help="ZeroMQ endpoint workers connect to.")
 @_cluster_options
-def coordinator(app, inputs, output, n_reduce, params, split_size, overwrite, bind, heartbeat_interval, worker_timeout, max_attempts, task_timeout, events, quiet):
+def coordinator(app, inputs, output, n_reduce, params, split_size, overwrite, bind, heartbeat_interval, worker_timeout, max_attempts, task_timeout, speculation, max_worker_losses, events, quiet):
     """Serve one job to workers that connect with `mapreduce worker`."""
-    options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), heartbeat_interval, worker_timeout, max_attempts, task_timeout)
+    options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), heartbeat_interval, worker_timeout, max_attempts, task_timeout, speculation, max_worker_losses)
     progress = None if quiet else Progress()
     announce = (lambda address: click.echo(f"coordinator for {app} listening on {address}", err=True)) if not quiet else None
     result = _guard(lambda: runner.serve(app, inputs, output, bind, options, progress, announce, events))

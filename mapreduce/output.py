@@ -18,6 +18,14 @@ SUCCESS = "_SUCCESS"
 _OURS = re.compile(r"^(part-\d{5}|_SUCCESS|\.part-\d{5}\.[0-9a-z-]+\.tmp)$")
 
 
+_TEMP = re.compile(r"^\.part-\d{5}\.[0-9a-z-]+\.tmp$")
+
+
+def is_temp_name(name: str) -> bool:
+    """A reduce attempt's temporary output name (never a path: no folder can sneak in)."""
+    return bool(_TEMP.match(name))
+
+
 def part_name(partition: int) -> str:
     return f"part-{partition:05d}"
 

@@ -63,6 +63,18 @@ class TaskFailed:
 
 
 @dataclass(frozen=True)
+class FetchFailed:
+    """A running reduce could not read one map's output; it waits for a new location."""
+
+    worker: int
+    attempt: int
+    map_task: int
+    map_attempt: int
+    data_address: str
+    error: str
+
+
+@dataclass(frozen=True)
 class Cancelled:
     worker: int
     attempt: int
@@ -144,7 +156,7 @@ class JobDone:
     message: str = ""
 
 
-WORKER_MESSAGES: tuple[type, ...] = (Register, Heartbeat, TaskDone, TaskFailed, Cancelled, Goodbye)
+WORKER_MESSAGES: tuple[type, ...] = (Register, Heartbeat, TaskDone, TaskFailed, FetchFailed, Cancelled, Goodbye)
 COORDINATOR_MESSAGES: tuple[type, ...] = (Welcome, Heartbeat, AssignMap, AssignReduce, MapOutputs, Cancel, Unknown, JobDone)
 _BY_NAME: dict[str, type] = {cls.__name__: cls for cls in WORKER_MESSAGES + COORDINATOR_MESSAGES + (MapOutput,)}
 _HINTS: dict[type, dict[str, Any]] = {}

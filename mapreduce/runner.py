@@ -32,9 +32,14 @@ class JobOptions:
     worker_timeout: float = 5.0
     max_attempts: int = 4
     task_timeout: float | None = None
+    speculation: bool = True
+    max_worker_losses: int = 8
 
     def settings(self) -> Settings:
-        return Settings(self.n_reduce, self.heartbeat_interval, self.worker_timeout, self.max_attempts, task_timeout=self.task_timeout)
+        return Settings(
+            self.n_reduce, self.heartbeat_interval, self.worker_timeout, self.max_attempts,
+            max_lost=self.max_worker_losses, task_timeout=self.task_timeout, speculation=self.speculation,
+        )
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
     on disk except creating an empty output folder (and dropping a stale _SUCCESS)."""
     if options.n_reduce < 1:
         raise UsageError(f"the number of reduce tasks must be at least 1, got {options.n_reduce}")
+    if options.max_worker_losses < 1:
+        raise UsageError(f"--max-worker-losses must be at least 1, got {options.max_worker_losses}")
     if options.max_attempts < 1:
         raise UsageError(f"--max-attempts must be at least 1, got {options.max_attempts}")
     if options.worker_timeout <= options.heartbeat_interval:

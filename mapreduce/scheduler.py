@@ -25,12 +25,14 @@ Rules worth knowing:
 
 from __future__ import annotations
 
+import bisect
 import enum
+import heapq
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import protocol as p
+from . import output, protocol as p
 from .inputs import Split
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,10 @@ class EventKind(enum.Enum):
     RESULT_DISCARDED = "result_discarded"
     MAP_OUTPUT_MOVED = "map_output_moved"
     MAP_RERUN = "map_rerun"
+    WORKER_SUSPECT = "worker_suspect"
+    BACKUP_LAUNCHED = "backup_launched"
+    FETCH_FAILED = "fetch_failed"
+    COMMIT_FAILED = "commit_failed"
     OUTPUT_COMMITTED = "output_committed"
     JOB_FINISHED = "job_finished"
 
@@ -100,6 +106,15 @@ class Settings:
     max_attempts: int = 4
     max_lost: int = 8
     task_timeout: float | None = None
+    speculation: bool = True
+    # An attempt is a straggler once it has run slow_factor times the median time of its
+    # phase's finished tasks and slow_margin seconds longer than that median.
+    slow_factor: float = 3.0
+    slow_margin: float = 2.0
+
+    @property
+    def suspect_after(self) -> float:
+        return 2.5 * self.heartbeat_interval
 
 
 @dataclass
@@ -136,6 +151,7 @@ class Attempt:
     worker: "Worker"
     started: float
     state: AttemptState = AttemptState.RUNNING
+    backup: bool = False
 
 
 @dataclass
@@ -148,6 +164,7 @@ class Worker:
     last_sent: float
     state: WorkerState = WorkerState.IDLE
     attempt: Attempt | None = None
+    suspect: bool = False  # silent for a while, not yet declared dead
 
     def describe(self) -> str:
         return f"worker {self.id} ({self.info.name}, pid {self.info.pid} on {self.info.host})"
@@ -183,6 +200,9 @@ class Counters:
     lost_attempts: int = 0
     workers_dead: int = 0
     maps_rerun: int = 0
+    backups: int = 0
+    fenced: int = 0
+    fetch_failures: int = 0
 
 
 class Scheduler:
@@ -196,9 +216,17 @@ class Scheduler:
         self.counters = Counters()
         self.failure: str | None = None
         self.started = now
+        self.events: list[Event] = []
         self._next_worker = 1
         self._next_attempt = 1
-        self.events: list[Event] = []
+        # Pending tasks by phase: a heap of indices (lowest first) checked lazily on pop,
+        # so choosing the next task costs O(log n) however many tasks a job has.
+        self._pending_heap = {TaskKind.MAP: list(range(len(self.maps))), TaskKind.REDUCE: list(range(len(self.reduces)))}
+        self._pending_count = {TaskKind.MAP: len(self.maps), TaskKind.REDUCE: len(self.reduces)}
+        self._durations: dict[TaskKind, list[float]] = {TaskKind.MAP: [], TaskKind.REDUCE: []}  # sorted
+        self._maps_done_at: float | None = None if self.maps else now
+        self._running: dict[TaskKind, set[int]] = {TaskKind.MAP: set(), TaskKind.REDUCE: set()}
+        self._now = now
 
     def record(self, now: float, kind: EventKind, **fields: Any) -> None:
         self.events.append(Event(now, kind, fields))
@@ -210,7 +238,7 @@ class Scheduler:
 
     @property
     def succeeded(self) -> bool:
-        return all(t.state is TaskState.DONE for t in self.reduces)
+        return self.counters.reduces_done == len(self.reduces)
 
     @property
     def finished(self) -> bool:
@@ -219,10 +247,51 @@ class Scheduler:
     def live_workers(self) -> list[Worker]:
         return [w for w in self.workers.values() if w.state in LIVE]
 
+    # ---- task states -------------------------------------------------------
+
+    def _tasks(self, kind: TaskKind) -> list[Task]:
+        return self.maps if kind is TaskKind.MAP else self.reduces
+
+    def _set_state(self, task: Task, state: TaskState) -> None:
+        """The one place a task changes state, so the pending queues stay right."""
+        if task.state is state:
+            return
+        if task.state is TaskState.PENDING:
+            self._pending_count[task.kind] -= 1
+        if task.state is TaskState.RUNNING:
+            self._running[task.kind].discard(task.index)
+        if state is TaskState.RUNNING:
+            self._running[task.kind].add(task.index)
+        if state is TaskState.PENDING:
+            self._pending_count[task.kind] += 1
+            heapq.heappush(self._pending_heap[task.kind], task.index)
+        if task.kind is TaskKind.MAP:
+            if state is TaskState.DONE:
+                self.counters.maps_done += 1
+                if self.counters.maps_done == len(self.maps):
+                    self._maps_done_at = self._now
+            elif task.state is TaskState.DONE:
+                self.counters.maps_done -= 1
+                self._maps_done_at = None
+        elif state is TaskState.DONE:
+            self.counters.reduces_done += 1
+        elif task.state is TaskState.DONE:
+            self.counters.reduces_done -= 1
+        task.state = state
+
+    def _next_pending(self, kind: TaskKind) -> Task | None:
+        heap, tasks = self._pending_heap[kind], self._tasks(kind)
+        while heap:
+            task = tasks[heapq.heappop(heap)]
+            if task.state is TaskState.PENDING:
+                return task
+        return None
+
     # ---- inputs ------------------------------------------------------------
 
     def register(self, now: float, identity: bytes, hello: p.Register, welcome: Any) -> list:
         """A worker joined (or rejoined: its old incarnation is gone for good)."""
+        self._now = now
         old = self.by_identity.get(identity)
         actions: list = []
         if old is not None and old.state in LIVE:
@@ -237,25 +306,24 @@ class Scheduler:
         return actions + self._dispatch(now)
 
     def receive(self, now: float, identity: bytes, message: Any) -> list:
+        self._now = now
         worker = self.workers.get(getattr(message, "worker", -1))
         if worker is None or worker.identity != identity or worker.state not in LIVE:
-            if isinstance(message, p.Goodbye):
-                return []
-            why = "unknown worker" if worker is None else f"worker {worker.id} is {worker.state.value}"
-            log.info("fenced %s from %r: %s", type(message).__name__, identity, why)
-            self.record(now, EventKind.MESSAGE_FENCED, worker=getattr(message, "worker", None), message=type(message).__name__, attempt=getattr(message, "attempt", None), why=why)
-            return [Send(identity, p.Unknown(why))]
+            return self._fence(now, identity, worker, message)
         worker.last_seen = now
+        worker.suspect = False
         if isinstance(message, p.Heartbeat):
             return []
         if isinstance(message, p.Goodbye):
             worker.state = WorkerState.LEFT
             self.record(now, EventKind.WORKER_LEFT, worker=worker.id)
-            return self._release(now, worker, "it left")
+            return self._release(now, worker, "it left") + self._dispatch(now)
         attempt = self.attempts.get(message.attempt)
         if attempt is None or attempt.worker is not worker or worker.attempt is not attempt:
             log.warning("ignored %s from %s for attempt %s it is not running", type(message).__name__, worker.describe(), message.attempt)
             return []
+        if isinstance(message, p.FetchFailed):
+            return self._fetch_failed(now, attempt, message) + self._dispatch(now)
         worker.attempt = None
         worker.state = WorkerState.IDLE
         if isinstance(message, p.TaskDone):
@@ -266,13 +334,32 @@ class Scheduler:
             actions = []
         return actions + self._dispatch(now)
 
+    def _fence(self, now: float, identity: bytes, worker: Worker | None, message: Any) -> list:
+        """A message from an incarnation that is not alive: ignore its content, tell it to re-register."""
+        if isinstance(message, p.Goodbye):
+            return []
+        why = "unknown worker" if worker is None else f"worker {worker.id} is {worker.state.value}"
+        log.info("fenced %s from %r: %s", type(message).__name__, identity, why)
+        self.counters.fenced += 1
+        self.record(now, EventKind.MESSAGE_FENCED, worker=getattr(message, "worker", None), message=type(message).__name__, attempt=getattr(message, "attempt", None), why=why)
+        actions: list = [Send(identity, p.Unknown(why))]
+        if isinstance(message, p.TaskDone) and is_reduce_temp(message.path):
+            actions.append(Discard(message.path))  # a zombie's finished reduce: never committed
+        return actions
+
     def tick(self, now: float) -> list:
         """Expire silent workers and overdue attempts; keep heartbeats flowing."""
+        self._now = now
         actions: list = []
         for worker in self.live_workers():
-            if now - worker.last_seen > self.settings.worker_timeout:
-                actions += self._declare_dead(now, worker, f"silent for {now - worker.last_seen:.1f} s")
-            elif now - worker.last_sent >= self.settings.heartbeat_interval:
+            silent = now - worker.last_seen
+            if silent > self.settings.worker_timeout:
+                actions += self._declare_dead(now, worker, f"silent for {silent:.1f} s")
+                continue
+            if silent > self.settings.suspect_after and not worker.suspect:
+                worker.suspect = True
+                self.record(now, EventKind.WORKER_SUSPECT, worker=worker.id, silent=round(silent, 6))
+            if now - worker.last_sent >= self.settings.heartbeat_interval:
                 actions.append(Send(worker.identity, p.Heartbeat(0)))
         timeout = self.settings.task_timeout
         if timeout is not None:
@@ -286,14 +373,26 @@ class Scheduler:
         if worker is not None:
             worker.last_sent = now
 
+    def commit_failed(self, now: float, partition: int, why: str) -> list:
+        """The coordinator could not publish a reduce's output: run that reduce again."""
+        self._now = now
+        task = self.reduces[partition]
+        self.record(now, EventKind.COMMIT_FAILED, task=partition, why=why)
+        log.warning("could not commit %s (%s): running it again", task.describe(), why)
+        self._set_state(task, TaskState.PENDING)
+        task.lost += 1
+        if task.lost >= self.settings.max_lost and self.failure is None:
+            self.failure = f"{task.describe()} could not be committed {task.lost} times; the last error: {why}"
+        return self._dispatch(now)
+
     # ---- transitions -------------------------------------------------------
 
-    def _start(self, now: float, worker: Worker, task: Task) -> Send:
-        attempt = Attempt(self._next_attempt, task, worker, now)
+    def _start(self, now: float, worker: Worker, task: Task, backup: bool = False) -> Send:
+        attempt = Attempt(self._next_attempt, task, worker, now, backup=backup)
         self._next_attempt += 1
         self.attempts[attempt.id] = attempt
         self.counters.attempts += 1
-        task.state = TaskState.RUNNING
+        self._set_state(task, TaskState.RUNNING)
         task.running.append(attempt)
         worker.state = WorkerState.BUSY
         worker.attempt = attempt
@@ -304,7 +403,7 @@ class Scheduler:
             done = [m for m in self.maps if m.state is TaskState.DONE]
             message = p.AssignReduce(attempt.id, task.index, [self._location(m, task.index) for m in done])
         log.debug("attempt %d: %s on %s", attempt.id, task.describe(), worker.describe())
-        self.record(now, EventKind.TASK_ASSIGNED, **self._attempt_fields(attempt))
+        self.record(now, EventKind.BACKUP_LAUNCHED if backup else EventKind.TASK_ASSIGNED, **self._attempt_fields(attempt))
         return Send(worker.identity, message)
 
     def _location(self, map_task: Task, partition: int) -> p.MapOutput:
@@ -318,7 +417,7 @@ class Scheduler:
         if attempt in task.running:
             task.running.remove(attempt)
         if task.state is TaskState.RUNNING and not task.running:
-            task.state = TaskState.PENDING
+            self._set_state(task, TaskState.PENDING)
 
     def _succeeded(self, now: float, attempt: Attempt, done: p.TaskDone) -> list:
         task = attempt.task
@@ -326,34 +425,57 @@ class Scheduler:
             self.record(now, EventKind.RESULT_DISCARDED, **self._attempt_fields(attempt), was=attempt.state.value)
             if attempt.state is AttemptState.RUNNING:
                 self._end(attempt, AttemptState.SUPERSEDED)
-            return [Discard(done.path)] if task.kind is TaskKind.REDUCE else []
-        if task.kind is TaskKind.MAP and len(done.partition_lengths) != self.settings.n_reduce:
-            return self._failed(now, attempt, p.TaskFailed(done.worker, attempt.id, f"map output index has {len(done.partition_lengths)} partitions, expected {self.settings.n_reduce}", user_error=False))
+            return [Discard(done.path)] if task.kind is TaskKind.REDUCE and is_reduce_temp(done.path) else []
+        problem = self._check_result(attempt, done)
+        if problem:
+            return self._failed(now, attempt, p.TaskFailed(done.worker, attempt.id, problem, user_error=False))
         self._end(attempt, AttemptState.SUCCEEDED)
-        self.record(now, EventKind.TASK_FINISHED, **self._attempt_fields(attempt), records=done.records, seconds=round(now - attempt.started, 6))
-        task.state = TaskState.DONE
+        self.record(now, EventKind.TASK_FINISHED, **self._attempt_fields(attempt), records=done.records, seconds=round(now - attempt.started, 6), backup=attempt.backup)
+        bisect.insort(self._durations[task.kind], now - self._effective_start(attempt))
         task.lost = 0
-        for other in list(task.running):  # losers of a race: stop them
+        actions: list = []
+        for other in list(task.running):  # the losers of a race: stop them, discard their output
             self._end(other, AttemptState.SUPERSEDED)
+            self.record(now, EventKind.TASK_CANCELLED, **self._attempt_fields(other), why=f"attempt {attempt.id} finished first")
+            actions.append(Send(other.worker.identity, p.Cancel(other.id)))
+        self._set_state(task, TaskState.DONE)
         if task.kind is TaskKind.REDUCE:
-            self.counters.reduces_done += 1
-            return [Commit(task.index, done.path)]
-        self.counters.maps_done += 1
+            return actions + [Commit(task.index, done.path)]
         offsets, total = [], 0
         for length in done.partition_lengths:
             offsets.append(total)
             total += length
         task.result = MapResult(attempt.id, attempt.worker, done.path, list(done.partition_lengths), offsets)
-        return self._announce(task)
+        return actions + self._announce(task)
 
-    def _announce(self, map_task: Task) -> list:
-        """Tell every running reduce attempt where this map's output is."""
-        actions = []
-        for reduce_task in self.reduces:
-            for attempt in reduce_task.running:
-                location = self._location(map_task, reduce_task.index)
-                actions.append(Send(attempt.worker.identity, p.MapOutputs(attempt.id, [location])))
-        return actions
+    def _check_result(self, attempt: Attempt, done: p.TaskDone) -> str:
+        if attempt.task.kind is TaskKind.MAP:
+            if len(done.partition_lengths) != self.settings.n_reduce or any(n < 0 for n in done.partition_lengths):
+                return f"map output index has {len(done.partition_lengths)} partitions, expected {self.settings.n_reduce}"
+            return ""
+        expected = output.temp_name(attempt.task.index, f"a{attempt.id}")
+        return "" if done.path == expected else f"reduce output named {done.path!r}, expected {expected!r}"
+
+    def _announce(self, map_task: Task, only: Attempt | None = None) -> list:
+        """Tell running reduce attempts (or just ``only``) where this map's output is."""
+        attempts = [only] if only is not None else [a for t in self.reduces for a in t.running]
+        return [Send(a.worker.identity, p.MapOutputs(a.id, [self._location(map_task, a.task.index)])) for a in attempts]
+
+    def _fetch_failed(self, now: float, attempt: Attempt, failed: p.FetchFailed) -> list:
+        """A reducer could not read a map's output: point it elsewhere, or run the map again."""
+        self.counters.fetch_failures += 1
+        self.record(now, EventKind.FETCH_FAILED, **self._attempt_fields(attempt), map_task=failed.map_task, map_attempt=failed.map_attempt, error=failed.error)
+        if not 0 <= failed.map_task < len(self.maps):
+            return []
+        map_task = self.maps[failed.map_task]
+        r = map_task.result
+        if map_task.state is not TaskState.DONE or r is None:
+            return []  # it is running again already; the new output will be announced
+        if r.attempt == failed.map_attempt and r.worker.info.data_address == failed.data_address:
+            log.warning("%s cannot read the output of %s from %s: running that map again", attempt.worker.describe(), map_task.describe(), failed.data_address)
+            self._lose_map_output(now, map_task)
+            return []
+        return self._announce(map_task, only=attempt)  # it has moved since: say where
 
     def _failed(self, now: float, attempt: Attempt, failed: p.TaskFailed) -> list:
         task = attempt.task
@@ -387,9 +509,13 @@ class Scheduler:
     def _declare_dead(self, now: float, worker: Worker, why: str) -> list:
         worker.state = WorkerState.DEAD
         self.counters.workers_dead += 1
-        doing = f", running attempt {worker.attempt.id} of {worker.attempt.task.describe()}" if worker.attempt else ""
-        log.warning("%s declared dead: %s%s", worker.describe(), why, doing)
-        self.record(now, EventKind.WORKER_DEAD, worker=worker.id, why=why, silent=round(now - worker.last_seen, 6))
+        doing = f" while running attempt {worker.attempt.id} of {worker.attempt.task.describe()}" if worker.attempt else " while idle"
+        log.warning(
+            "%s declared dead: %s%s, last heard %.1f s after the job started; see that worker's log",
+            worker.describe(), why, doing, worker.last_seen - self.started,
+        )
+        self.record(now, EventKind.WORKER_DEAD, worker=worker.id, why=why, silent=round(now - worker.last_seen, 6),
+                    attempt=worker.attempt.id if worker.attempt else None)
         return self._release(now, worker, why)
 
     def _release(self, now: float, worker: Worker, why: str) -> list:
@@ -424,30 +550,69 @@ class Scheduler:
                 self.record(now, EventKind.MAP_OUTPUT_MOVED, task=map_task.index, worker=candidate.id)
                 return self._announce(map_task)
         log.info("output of %s is lost with its worker: running it again", map_task.describe())
-        self.record(now, EventKind.MAP_RERUN, task=map_task.index)
-        map_task.state = TaskState.PENDING
-        map_task.result = None
-        self.counters.maps_done -= 1
-        self.counters.maps_rerun += 1
+        self._lose_map_output(now, map_task)
         return []
+
+    def _lose_map_output(self, now: float, map_task: Task) -> None:
+        self.record(now, EventKind.MAP_RERUN, task=map_task.index)
+        map_task.result = None
+        self._set_state(map_task, TaskState.PENDING)
+        self.counters.maps_rerun += 1
+
+    # ---- decisions ---------------------------------------------------------
 
     def _dispatch(self, now: float) -> list:
         if self.finished:
             return []
         actions: list = []
-        pending_maps = [t for t in self.maps if t.state is TaskState.PENDING]
-        pending_reduces = [t for t in self.reduces if t.state is TaskState.PENDING]
-        idle = [w for w in self.workers.values() if w.state is WorkerState.IDLE]
-        for worker in idle:
-            if pending_maps:
-                actions.append(self._start(now, worker, pending_maps.pop(0)))
-            elif pending_reduces and not any(t.state is TaskState.PENDING for t in self.maps):
-                actions.append(self._start(now, worker, pending_reduces.pop(0)))
+        for worker in [w for w in self.workers.values() if w.state is WorkerState.IDLE]:
+            task = self._next_pending(TaskKind.MAP)
+            if task is None and self._pending_count[TaskKind.MAP] == 0:
+                task = self._next_pending(TaskKind.REDUCE)
+            if task is not None:
+                actions.append(self._start(now, worker, task))
+            elif self.settings.speculation:
+                straggler = self._straggler(now, worker)
+                if straggler is None:
+                    break
+                self.counters.backups += 1
+                log.info("backup attempt for %s, slow on %s", straggler.task.describe(), straggler.worker.describe())
+                actions.append(self._start(now, worker, straggler.task, backup=True))
+        pending_maps = self._pending_count[TaskKind.MAP]
         if pending_maps:
             # Workers still finishing a cancelled attempt will be free soon: count them.
             freeing = sum(1 for w in self.live_workers() if w.attempt is not None and w.attempt.state is not AttemptState.RUNNING)
-            actions += self._preempt_reduces(now, len(pending_maps) - freeing)
+            actions += self._preempt_reduces(now, pending_maps - freeing)
         return actions
+
+    def _effective_start(self, attempt: Attempt) -> float:
+        """When an attempt could start working: a reduce waits for the last map."""
+        if attempt.task.kind is TaskKind.REDUCE and self._maps_done_at is not None:
+            return max(attempt.started, self._maps_done_at)
+        return attempt.started
+
+    def _straggler(self, now: float, idle: Worker) -> Attempt | None:
+        """The running attempt most overdue against its phase's median, if any is a straggler.
+
+        Only tasks with a single running attempt qualify (one backup per task), and a
+        reduce only once every map is done (before that, it is waiting, not slow)."""
+        best, best_over = None, 0.0
+        for kind in (TaskKind.MAP, TaskKind.REDUCE):
+            durations = self._durations[kind]
+            if not durations or (kind is TaskKind.REDUCE and self._maps_done_at is None):
+                continue
+            median = durations[len(durations) // 2]
+            limit = max(self.settings.slow_factor * median, median + self.settings.slow_margin)
+            tasks = self._tasks(kind)
+            for index in self._running[kind]:
+                task = tasks[index]
+                if len(task.running) != 1:
+                    continue
+                attempt = task.running[0]
+                over = (now - self._effective_start(attempt)) - limit
+                if over > best_over and attempt.worker is not idle:
+                    best, best_over = attempt, over
+        return best
 
     def _preempt_reduces(self, now: float, wanted: int) -> list:
         if wanted <= 0:
@@ -460,3 +625,7 @@ class Scheduler:
             self.record(now, EventKind.TASK_CANCELLED, **self._attempt_fields(attempt), why="a map must run first")
             actions.append(Send(attempt.worker.identity, p.Cancel(attempt.id)))
         return actions
+
+
+def is_reduce_temp(name: str) -> bool:
+    return output.is_temp_name(name)

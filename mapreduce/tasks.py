@@ -14,7 +14,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from . import output, protocol as p, shuffle
 from .dataserver import FetchError, Fetcher
@@ -66,11 +66,18 @@ def run_map(job: JobContext, task: p.AssignMap, ctx: AttemptContext, buffer_reco
 
 
 class ReduceInputs:
-    """Collects one partition of every map's output, local or fetched, as it arrives."""
+    """Collects one partition of every map's output as its location arrives.
 
-    def __init__(self, job: JobContext, ctx: AttemptContext, fetcher: Fetcher, folder: Path):
-        self.job, self.ctx, self.fetcher, self.folder = job, ctx, fetcher, folder
-        self.runs: dict[int, tuple[str, int, int]] = {}  # map task -> (path, offset, length)
+    A run on this host is opened at once (an open file outlives its deletion); a run
+    elsewhere is fetched from the serving worker into this attempt's folder. A run
+    that cannot be read is reported with ``report`` and skipped: the coordinator
+    answers with a new location, from a moved server or a re-run map.
+    """
+
+    def __init__(self, job: JobContext, ctx: AttemptContext, fetcher: Fetcher, folder: Path, report: Callable[[object], None]):
+        self.job, self.ctx, self.fetcher, self.folder, self.report = job, ctx, fetcher, folder, report
+        self.runs: dict[int, tuple[BinaryIO | None, int, int]] = {}  # map task -> (file, offset, length)
+        self.failed: set[tuple[int, int, str]] = set()
 
     def gather(self, initial: list[p.MapOutput]) -> None:
         self._take(initial)
@@ -85,28 +92,44 @@ class ReduceInputs:
         for loc in locations:
             if loc.map_task in self.runs or not 0 <= loc.map_task < self.job.n_map:
                 continue  # a re-run map's output is the same data: the first copy serves
-            if loc.length == 0:
-                self.runs[loc.map_task] = ("", 0, 0)
-            elif loc.host_id == self.job.host_id and Path(loc.path).is_file():
-                self.runs[loc.map_task] = (loc.path, loc.offset, loc.length)
-            else:
-                local = self.folder / f"fetched-{loc.map_task:06d}.run"
-                with open(local, "wb") as out:
-                    self.fetcher.copy(loc.data_address, loc.path, loc.offset, loc.length, out)
-                self.runs[loc.map_task] = (str(local), 0, loc.length)
+            if (loc.map_task, loc.attempt, loc.data_address) in self.failed:
+                continue
+            try:
+                self.runs[loc.map_task] = self._open(loc)
+            except (OSError, FetchError) as exc:
+                self.failed.add((loc.map_task, loc.attempt, loc.data_address))
+                self.report(p.FetchFailed(0, self.ctx.attempt, loc.map_task, loc.attempt, loc.data_address, f"{type(exc).__name__}: {exc}"))
+
+    def _open(self, loc: p.MapOutput) -> tuple[BinaryIO | None, int, int]:
+        if loc.length == 0:
+            return None, 0, 0
+        if loc.host_id == self.job.host_id:
+            try:
+                return open(loc.path, "rb"), loc.offset, loc.length
+            except FileNotFoundError:
+                pass  # gone from this host's disk: perhaps its server still has it
+        local = self.folder / f"fetched-{loc.map_task:06d}.run"
+        with open(local, "wb") as out:
+            self.fetcher.copy(loc.data_address, loc.path, loc.offset, loc.length, out)
+        return open(local, "rb"), 0, loc.length
 
     def records(self) -> Iterator[shuffle.Record]:
-        runs = [shuffle.iter_run_file(*self.runs[m]) for m in range(self.job.n_map) if self.runs[m][2]]
+        runs = [shuffle.iter_run(f, offset, length) for f, offset, length in (self.runs[m] for m in range(self.job.n_map)) if f is not None]
         return shuffle.merge_runs(runs)
 
+    def close(self) -> None:
+        for f, _, _ in self.runs.values():
+            if f is not None:
+                f.close()
 
-def run_reduce(job: JobContext, task: p.AssignReduce, ctx: AttemptContext, fetcher: Fetcher) -> p.TaskDone:
+
+def run_reduce(job: JobContext, task: p.AssignReduce, ctx: AttemptContext, fetcher: Fetcher, report: Callable[[object], None]) -> p.TaskDone:
     if job.output_host_id != job.host_id:
         raise FetchError("the output folder is on another host; this version writes output only where the coordinator's folder is visible")
     folder = job.workdir / f"a{task.attempt}"
     folder.mkdir()
+    inputs = ReduceInputs(job, ctx, fetcher, folder, report)
     try:
-        inputs = ReduceInputs(job, ctx, fetcher, folder)
         inputs.gather(task.outputs)
         temp = output.temp_name(task.task, f"a{task.attempt}")
         reduce = job.app.reduce
@@ -118,6 +141,7 @@ def run_reduce(job: JobContext, task: p.AssignReduce, ctx: AttemptContext, fetch
             raise
         return p.TaskDone(0, task.attempt, [], temp, count)
     finally:
+        inputs.close()
         for run in folder.glob("*"):
             run.unlink()
         folder.rmdir()

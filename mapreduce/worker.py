@@ -22,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from . import protocol as p
+from . import output, protocol as p
 from .dataserver import DataServer, FetchError, Fetcher
 from .errors import ProtocolError
 from .job import App
@@ -59,12 +59,15 @@ class Worker:
         self.scratch = options.scratch.resolve()
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.data_server = DataServer(self.context, self.scratch, options.advertise)
-        self.fetcher = Fetcher(self.context)
+        self.fetcher = Fetcher(self.context, timeout=FETCH_TIMEOUT)
+        _raise_open_file_limit()  # a reduce holds one open run per map task
         self.incarnation: int | None = None
         self.job: JobContext | None = None
         self.current: AttemptContext | None = None
         self._work: "queue.Queue[Any]" = queue.Queue()
-        self._results: "queue.Queue[tuple[AttemptContext, Any]]" = queue.Queue()
+        # Messages from the executor: (attempt, message, final). A final one ends the attempt.
+        self._results: "queue.Queue[tuple[AttemptContext, Any, bool]]" = queue.Queue()
+        self._temps: set[Path] = set()  # reduce outputs this process wrote, maybe never committed
         wake = f"inproc://wake-{uuid.uuid4().hex}"
         self._wake_recv = self.context.socket(zmq.PAIR)
         self._wake_recv.bind(wake)
@@ -129,6 +132,8 @@ class Worker:
                 silent = now - last_heard
                 if silent > opts.coordinator_timeout:
                     log.error("coordinator at %s unreachable for %.0f s: giving up", opts.connect, silent)
+                    self._drop_attempt()
+                    self._remove_temps()
                     return ExitCode.COORDINATOR_LOST
                 log.warning("no word from the coordinator for %.1f s: reconnecting", silent)
                 poller.unregister(self.socket)
@@ -201,26 +206,37 @@ class Worker:
     def _forward_results(self) -> None:
         while True:
             try:
-                ctx, result = self._results.get_nowait()
+                ctx, result, final = self._results.get_nowait()
             except queue.Empty:
                 return
             if ctx is not self.current or self.incarnation is None:
-                continue  # dropped: the coordinator no longer expects it
-            self.current = None
+                # The coordinator no longer expects it; a reduce's output must not linger.
+                if isinstance(result, p.TaskDone) and self.job is not None and output.is_temp_name(result.path):
+                    (self.job.output_dir / result.path).unlink(missing_ok=True)
+                continue
+            if final:
+                self.current = None
+                if isinstance(result, p.TaskDone) and self.job is not None and output.is_temp_name(result.path):
+                    self._temps.add(self.job.output_dir / result.path)
             self._send(_with_worker(result, self.incarnation))
 
     def _job_done(self, done: p.JobDone) -> int:
         if self.incarnation is not None:
             self._send(p.Goodbye(self.incarnation))
         self._drop_attempt()
+        self._remove_temps()
         if self.job is not None:
-            shutil.rmtree(self.job.workdir, ignore_errors=True)
-            try:
-                self.job.workdir.parent.rmdir()
-            except OSError:
-                pass  # other workers of this host still use it
+            # The job is over: no map output is needed any more, this host's included.
+            shutil.rmtree(self.job.workdir.parent, ignore_errors=True)
         log.info("job finished (%s): exiting", "succeeded" if done.ok else f"failed: {done.message}")
         return ExitCode.DONE
+
+    def _remove_temps(self) -> None:
+        """Delete reduce outputs this worker wrote that were never committed.
+        (A committed one was renamed, so its temporary name no longer exists.)"""
+        for temp in self._temps:
+            temp.unlink(missing_ok=True)
+        self._temps.clear()
 
     # ---- executor thread -------------------------------------------------
 
@@ -231,15 +247,19 @@ class Worker:
                 return
             job, assign, ctx = item
             result = self._run_attempt(job, assign, ctx)
-            self._results.put((ctx, result))
-            self._wake_send.send(b"")
+            self._post(ctx, result, final=True)
+
+    def _post(self, ctx: AttemptContext, message: Any, final: bool) -> None:
+        """Hand a message to the control loop (called from the executor thread)."""
+        self._results.put((ctx, message, final))
+        self._wake_send.send(b"")
 
     def _run_attempt(self, job: JobContext, assign: Any, ctx: AttemptContext) -> Any:
         try:
             ctx.check()
             if isinstance(assign, p.AssignMap):
                 return run_map(job, assign, ctx)
-            return run_reduce(job, assign, ctx, self.fetcher)
+            return run_reduce(job, assign, ctx, self.fetcher, lambda message: self._post(ctx, message, final=False))
         except AttemptCancelled:
             return p.Cancelled(0, assign.attempt)
         except FetchError as exc:
@@ -247,6 +267,20 @@ class Worker:
         except Exception as exc:
             log.warning("attempt %d failed: %s: %s", assign.attempt, type(exc).__name__, exc)
             return p.TaskFailed(0, assign.attempt, f"{type(exc).__name__}: {exc}", user_traceback(exc))
+
+
+FETCH_TIMEOUT = 10.0
+
+
+def _raise_open_file_limit() -> None:
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 def user_traceback(exc: BaseException) -> str:

@@ -85,7 +85,9 @@ def test_reducer_on_another_host_fetches_and_reduces(served, tmp_path):
     job = JobContext(app, "job", 2, 1, "reducer-host", workdir, out, "reducer-host")
     ctx = AttemptContext(7)
     ctx.inbox.put([locations[1]])  # the second location arrives while the reduce runs
-    done = run_reduce(job, p.AssignReduce(7, 0, [locations[0]]), ctx, fetcher)
+    reports = []
+    done = run_reduce(job, p.AssignReduce(7, 0, [locations[0]]), ctx, fetcher, reports.append)
+    assert reports == []
     assert (out / done.path).read_text() == "a\t2\nb\t2\nc\t1\n"
     assert done.records == 3
     assert list(workdir.iterdir()) == []  # fetched copies are removed
@@ -97,6 +99,35 @@ def test_cancelled_reduce_stops_waiting(served, tmp_path):
     job = JobContext(app, "job", 3, 1, "h", tmp_path, tmp_path, "h")
     ctx = AttemptContext(1)
     ctx.cancelled.set()
-    inputs = ReduceInputs(job, ctx, fetcher, tmp_path)
+    inputs = ReduceInputs(job, ctx, fetcher, tmp_path, lambda message: None)
     with pytest.raises(AttemptCancelled):
         inputs.gather([])
+
+
+def test_unreadable_run_is_reported_and_replaced(served, tmp_path):
+    """A run whose file and server are gone is reported; a new location then completes the reduce."""
+    root, server, fetcher = served
+    app = load_app("wordcount")
+    buffer = shuffle.MapOutputBuffer(1, app.partition, app.combine, root)
+    buffer.add_all([("x", 1)], "test")
+    (length,) = buffer.finish(root / "map-0.out")
+    gone = p.MapOutput(0, 1, "this-host", str(tmp_path / "deleted.out"), "tcp://127.0.0.1:9", 0, length)
+    good = p.MapOutput(0, 2, "other-host", str(root / "map-0.out"), server.address, 0, length)
+    out = tmp_path / "out"
+    out.mkdir()
+    job = JobContext(app, "job", 1, 1, "this-host", tmp_path, out, "this-host")
+    short_fetcher = Fetcher(zmq.Context.instance(), timeout=0.3)
+    ctx = AttemptContext(3)
+    reports = []
+
+    def report(message):
+        reports.append(message)
+        ctx.inbox.put([gone, good])  # the coordinator re-announces (the failed one is ignored)
+
+    try:
+        done = run_reduce(job, p.AssignReduce(3, 0, [gone]), ctx, short_fetcher, report)
+    finally:
+        short_fetcher.close()
+    assert [(r.map_task, r.map_attempt, r.data_address) for r in reports] == [(0, 1, "tcp://127.0.0.1:9")]
+    assert "did not answer" in reports[0].error
+    assert (out / done.path).read_text() == "x\t1\n"

@@ -24,6 +24,7 @@ WORKER_SAMPLES = [
     p.TaskDone(5, 9),
     p.TaskFailed(5, 9, "ZeroDivisionError: division by zero", "Traceback (most recent call last):\n  ...", True),
     p.TaskFailed(5, 9, "FetchError: gone", "", user_error=False),
+    p.FetchFailed(5, 9, 3, 7, "tcp://127.0.0.1:5002", "data server did not answer"),
     p.Cancelled(5, 9),
     p.Goodbye(5),
 ]

@@ -28,6 +28,7 @@ def make(n_maps: int = 1, n_reduce: int = 1, now: float = 0.0, **settings) -> Sc
     settings.setdefault("heartbeat_interval", QUIET)
     settings.setdefault("worker_timeout", QUIET)
     splits = [Split(f"in{i}.txt", f"/data/in{i}.txt", 100 * i, 100 * i + 100) for i in range(n_maps)]
+    settings.setdefault("speculation", False)  # tests of backups turn it on
     return Scheduler(splits, Settings(n_reduce=n_reduce, **settings), now)
 
 
