@@ -126,7 +126,7 @@ def assert_no_temp_files(out: Path) -> None:
 def test_kill_a_worker_mid_map(tmp_path, oracle, make_job):
     inputs = [words_file(tmp_path, f"in{i}.txt") for i in range(6)]
     params = ["--param", "map_seconds=1.5", "--reduce", "3"]
-    expected = oracle(SLEEPY, inputs, *params)
+    expected = oracle(SLEEPY, inputs, "--reduce", "3")
     job = make_job(SLEEPY, inputs, *params)
     for _ in range(3):
         job.worker()
@@ -168,8 +168,8 @@ def test_kill_a_worker_after_its_maps_finished(tmp_path, oracle, make_job):
 
 def test_kill_a_worker_mid_reduce(tmp_path, oracle, make_job):
     inputs = [words_file(tmp_path, f"in{i}.txt") for i in range(2)]
-    params = ["--param", "reduce_seconds=0.4", "--reduce", "2"]
-    expected = oracle(SLEEPY, inputs, *params)
+    params = ["--param", "reduce_seconds=0.2", "--reduce", "2"]
+    expected = oracle(SLEEPY, inputs, "--reduce", "2")
     job = make_job(SLEEPY, inputs, *params)
     for _ in range(2):
         job.worker()
@@ -188,7 +188,7 @@ def test_kill_a_worker_mid_reduce(tmp_path, oracle, make_job):
 def test_paused_worker_is_declared_dead_then_fenced(tmp_path, oracle, make_job):
     inputs = [words_file(tmp_path, f"in{i}.txt") for i in range(4)]
     params = ["--param", "map_seconds=1", "--reduce", "2"]
-    expected = oracle(SLEEPY, inputs, *params)
+    expected = oracle(SLEEPY, inputs, "--reduce", "2")
     job = make_job(SLEEPY, inputs, *params)
     for _ in range(2):
         job.worker()
@@ -215,7 +215,7 @@ def test_paused_worker_is_declared_dead_then_fenced(tmp_path, oracle, make_job):
 def test_every_worker_killed_then_new_ones_finish(tmp_path, oracle, make_job):
     inputs = [words_file(tmp_path, f"in{i}.txt") for i in range(6)]
     params = ["--param", "map_seconds=0.5", "--reduce", "3"]
-    expected = oracle(SLEEPY, inputs, *params)
+    expected = oracle(SLEEPY, inputs, "--reduce", "3")
     job = make_job(SLEEPY, inputs, *params)
     first = [job.worker(), job.worker()]
     job.wait_for(lambda log: len(of(log, "task_finished", phase="map")) >= 2, "two maps to finish")
@@ -247,7 +247,7 @@ def test_cpu_bound_map_longer_than_the_timeout_is_not_dead(tmp_path, oracle, mak
 def test_straggler_gets_a_backup_that_wins(tmp_path, oracle, make_job):
     inputs = [words_file(tmp_path, f"in{i:02d}.txt") for i in range(12)]
     params = ["--param", "map_seconds=0.3", "--reduce", "2"]
-    expected = oracle(SLEEPY, inputs, *params)
+    expected = oracle(SLEEPY, inputs, "--reduce", "2")
     job = make_job(SLEEPY, inputs, *params)
     job.worker(env={"SLEEPY_FACTOR": "10"})  # 3 s per map instead of 0.3 s
     job.wait_for(lambda log: of(log, "task_assigned", worker=1), "the slow worker to start")
