@@ -51,6 +51,7 @@ class Coordinator:
         goodbye_grace: float = 3.0,
         events: Path | None = None,
         watchdog: Callable[[], str | None] | None = None,
+        exited: Callable[[], list[tuple[int, int]]] | None = None,
     ):
         self.app, self.splits, self.output_dir, self.settings = app, splits, output_dir, settings
         self.progress = progress
@@ -74,6 +75,7 @@ class Coordinator:
         self.rejected_messages = 0
         self.events = EventLog(events)
         self.watchdog = watchdog
+        self.exited = exited  # (pid, exit code) of this host's worker processes that ended
 
     def _welcome(self, worker: int) -> p.Welcome:
         return p.Welcome(
@@ -130,6 +132,8 @@ class Coordinator:
             now = time.monotonic()
             if now >= next_tick:
                 self._carry_out(scheduler, scheduler.tick(now))
+                for pid, code in self.exited() if self.exited is not None else ():
+                    self._carry_out(scheduler, scheduler.process_exited(now, self._host_id, pid, code))
                 next_tick = now + tick_every
                 if self.progress is not None:
                     self.progress(scheduler)
@@ -170,10 +174,12 @@ class Coordinator:
                 try:
                     output.commit(self.output_dir, action.temp, action.partition)
                     scheduler.record(now, EventKind.OUTPUT_COMMITTED, partition=action.partition)
+                except FileNotFoundError as exc:  # the attempt's file vanished: run it again
+                    self._carry_out(scheduler, scheduler.commit_failed(now, action.partition, str(exc)))
                 except OSError as exc:
                     scheduler.failure = f"could not commit partition {action.partition} to {self.output_dir}: {exc}"
             elif isinstance(action, Discard):
-                if action.temp.startswith(".part-"):
+                if output.is_temp_name(action.temp):
                     (self.output_dir / action.temp).unlink(missing_ok=True)
 
     def _farewell(self, scheduler: Scheduler, ok: bool, message: str, grace: float) -> None:

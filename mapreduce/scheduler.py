@@ -373,6 +373,15 @@ class Scheduler:
         if worker is not None:
             worker.last_sent = now
 
+    def process_exited(self, now: float, host_id: str, pid: int, code: int) -> list:
+        """A supervisor saw a worker process exit: no need to wait for its silence."""
+        self._now = now
+        actions: list = []
+        for worker in self.live_workers():
+            if worker.info.pid == pid and worker.info.host_id == host_id:
+                actions += self._declare_dead(now, worker, f"its process exited with code {code}")
+        return actions + self._dispatch(now)
+
     def commit_failed(self, now: float, partition: int, why: str) -> list:
         """The coordinator could not publish a reduce's output: run that reduce again."""
         self._now = now

@@ -1,0 +1,169 @@
+"""Scheduler recovery rules, driven by an injected clock: backups, fetch failures, supervision, commits."""
+
+from __future__ import annotations
+
+from mapreduce import protocol as p
+from mapreduce.scheduler import AttemptState, Commit, Discard, EventKind, TaskState, WorkerState
+from test_scheduler import events, join, kinds, make, map_done, msgs, one, reduce_done
+
+
+def three_maps_two_done(**settings):
+    """Maps 0 and 1 finished in 1 s each; map 2 runs on A since t=0; B and C are idle."""
+    s = make(n_maps=3, n_reduce=1, speculation=True, **settings)
+    a, actions = join(s, b"A")
+    m_a = one(actions, b"A", p.AssignMap)
+    b, actions = join(s, b"B")
+    m_b = one(actions, b"B", p.AssignMap)
+    c, actions = join(s, b"C")
+    m_c = one(actions, b"C", p.AssignMap)
+    map_done(s, 1.0, b"B", b, m_b, [5])
+    map_done(s, 1.0, b"C", c, m_c, [5])
+    return s, (a, b, c), m_a
+
+
+def test_no_backup_for_ordinary_variation():
+    s, _, m_a = three_maps_two_done()
+    # The median finished map took 1 s: a backup needs 3x that and 2 s more, i.e. past t=3.
+    assert msgs(s.tick(2.9)) == [] or msgs(s.tick(2.9), kind=p.AssignMap) == []
+    assert EventKind.BACKUP_LAUNCHED not in kinds(s)
+
+
+def test_straggler_gets_one_backup_and_the_first_to_finish_wins():
+    s, (a, b, c), m_a = three_maps_two_done()
+    actions = s.tick(3.1)
+    backups = msgs(actions, kind=p.AssignMap)
+    assert len(backups) == 1 and backups[0].task == m_a.task  # one backup per task, not two
+    backup = backups[0]
+    assert [e.fields["task"] for e in events(s, EventKind.BACKUP_LAUNCHED)] == [m_a.task]
+    assert msgs(s.tick(10.0), kind=p.AssignMap) == []  # still just one backup
+    wid = next(w.id for w in s.workers.values() if w.attempt is not None and w.attempt.id == backup.attempt)
+    runner = s.workers[wid].identity
+    actions = map_done(s, 11.0, runner, wid, backup, [5])
+    cancel = one(actions, b"A", p.Cancel)
+    assert cancel.attempt == m_a.attempt
+    assert s.attempts[m_a.attempt].state is AttemptState.SUPERSEDED
+    assert s.workers[a].state is WorkerState.BUSY  # until it confirms
+    finished = events(s, EventKind.TASK_FINISHED)[-1]
+    assert finished.fields["backup"] is True
+    # The straggler's own late completion is discarded; its worker is free again.
+    actions = map_done(s, 12.0, b"A", a, m_a, [5])
+    assert EventKind.RESULT_DISCARDED in kinds(s)
+    assert s.maps[m_a.task].result.attempt == backup.attempt
+    assert s.workers[a].state is WorkerState.IDLE
+
+
+def test_no_backups_without_speculation():
+    s, _, _ = three_maps_two_done()
+    s.settings = type(s.settings)(**{**s.settings.__dict__, "speculation": False})
+    assert msgs(s.tick(100.0), kind=p.AssignMap) == []
+
+
+def test_reduce_not_counted_slow_while_it_waits_for_maps():
+    s = make(n_maps=2, n_reduce=2, speculation=True)
+    a, actions = join(s, b"A")
+    m0 = one(actions, b"A", p.AssignMap)
+    b, actions = join(s, b"B")
+    m1 = one(actions, b"B", p.AssignMap)
+    actions = map_done(s, 1.0, b"B", b, m1, [1, 1])
+    r0 = one(actions, b"B", p.AssignReduce)
+    actions = map_done(s, 50.0, b"A", a, m0, [1, 1])  # r0 waited 49 s for this map
+    r1 = one(actions, b"A", p.AssignReduce)
+    reduce_done(s, 51.0, b"A", a, r1)  # reduces take 1 s
+    assert msgs(s.tick(52.0), kind=p.AssignReduce) == []  # r0 has worked for 2 s, not 51
+    backup = one(s.tick(53.5), b"A", p.AssignReduce)  # 3.5 s: now it is a straggler
+    assert backup.task == r0.task
+
+
+def test_fetch_failure_reruns_the_map_once_and_announces_the_new_output():
+    s = make(n_maps=1, n_reduce=2)
+    a, actions = join(s, b"A")
+    m = one(actions, b"A", p.AssignMap)
+    actions = map_done(s, 1.0, b"A", a, m, [3, 4])
+    r0 = one(actions, b"A", p.AssignReduce)
+    b, actions = join(s, b"B", now=1.0)
+    r1 = one(actions, b"B", p.AssignReduce)
+    loc = r1.outputs[0]
+    failed = p.FetchFailed(b, r1.attempt, 0, loc.attempt, loc.data_address, "FetchError: gone")
+    actions = s.receive(2.0, b"B", failed)
+    assert s.maps[0].state is TaskState.PENDING and EventKind.MAP_RERUN in kinds(s)
+    # The map must run again and every worker is busy in a reduce: the newest reduce makes room.
+    assert one(actions, b"B", p.Cancel).attempt == r1.attempt
+    assert s.attempts[r0.attempt].state is AttemptState.RUNNING  # the other reduce keeps waiting
+    s.receive(2.1, b"A", p.FetchFailed(a, r0.attempt, 0, loc.attempt, loc.data_address, "gone"))
+    assert s.counters.maps_rerun == 1  # a second report of the same lost output changes nothing
+    actions = s.receive(2.2, b"B", p.Cancelled(b, r1.attempt))
+    rerun = one(actions, b"B", p.AssignMap)
+    actions = map_done(s, 3.0, b"B", b, rerun, [3, 4])
+    update = one(actions, b"A", p.MapOutputs)
+    assert update.attempt == r0.attempt and update.outputs[0].attempt == rerun.attempt
+
+
+def test_fetch_failure_for_an_output_that_moved_gets_the_new_place():
+    s = make(n_maps=1, n_reduce=1)
+    a, actions = join(s, b"A", scratch="/shared")
+    m = one(actions, b"A", p.AssignMap)
+    b, actions = join(s, b"B", scratch="/shared")
+    r = one(actions, b"B", p.AssignReduce)
+    map_done(s, 1.0, b"A", a, m, [3])
+    s.receive(1.5, b"A", p.Goodbye(a))  # A leaves; B shares its folder and serves its output
+    assert EventKind.MAP_OUTPUT_MOVED in kinds(s) and s.maps[0].result.worker.id == b
+    actions = s.receive(2.0, b"B", p.FetchFailed(b, r.attempt, 0, m.attempt, "tcp://A:9000", "gone"))
+    moved = one(actions, b"B", p.MapOutputs)
+    assert moved.outputs[0].data_address == "tcp://B:9000"
+    assert s.maps[0].state is TaskState.DONE and s.counters.maps_rerun == 0
+
+
+def test_supervisor_reported_exit_declares_the_worker_dead_at_once():
+    s = make(n_maps=2, n_reduce=1)
+    a, actions = join(s, b"A")
+    m = one(actions, b"A", p.AssignMap)
+    b, _ = join(s, b"B")
+    actions = s.process_exited(0.5, "other-host", 4242, -9)
+    assert s.workers[a].state is WorkerState.BUSY  # same pid on another host: not ours
+    pids = {wid: s.workers[wid].info.pid for wid in (a, b)}
+    assert pids[a] == pids[b]  # the test helper gives both pid 4242: both are this host's
+    actions = s.process_exited(0.5, "host-1", 4242, -9)
+    assert s.workers[a].state is WorkerState.DEAD and s.workers[b].state is WorkerState.DEAD
+    dead = events(s, EventKind.WORKER_DEAD)[0]
+    assert "exited with code -9" in dead.fields["why"] and dead.fields["attempt"] == m.attempt
+
+
+def test_commit_failure_runs_the_reduce_again():
+    s = make(n_maps=1, n_reduce=1)
+    a, actions = join(s, b"A")
+    m = one(actions, b"A", p.AssignMap)
+    actions = map_done(s, 1.0, b"A", a, m, [3])
+    r = one(actions, b"A", p.AssignReduce)
+    actions = reduce_done(s, 2.0, b"A", a, r)
+    assert Commit(0, f".part-00000.a{r.attempt}.tmp") in actions and s.succeeded
+    actions = s.commit_failed(2.1, 0, "gone")
+    assert not s.succeeded and EventKind.COMMIT_FAILED in kinds(s)
+    again = one(actions, b"A", p.AssignReduce)
+    assert again.attempt != r.attempt
+
+
+def test_reduce_output_with_a_foreign_name_is_refused():
+    s = make(n_maps=1, n_reduce=1)
+    a, actions = join(s, b"A")
+    m = one(actions, b"A", p.AssignMap)
+    r = one(map_done(s, 1.0, b"A", a, m, [3]), b"A", p.AssignReduce)
+    actions = s.receive(2.0, b"A", p.TaskDone(a, r.attempt, [], "../../etc/passwd", 1))
+    assert not [x for x in actions if isinstance(x, (Commit, Discard))]
+    assert s.reduces[0].state is not TaskState.DONE
+    assert "expected" in events(s, EventKind.TASK_FAILED)[0].fields["error"]
+
+
+def test_zombie_reduce_output_is_discarded_when_fenced():
+    s = make(n_maps=1, n_reduce=1, worker_timeout=5.0, heartbeat_interval=1.0)
+    a, actions = join(s, b"A")
+    m = one(actions, b"A", p.AssignMap)
+    r = one(map_done(s, 1.0, b"A", a, m, [3]), b"A", p.AssignReduce)
+    s.tick(3.6)  # 2.6 s of silence: suspect (2.5 heartbeat intervals), not dead
+    assert EventKind.WORKER_SUSPECT in kinds(s) and s.workers[a].state is WorkerState.BUSY
+    s.tick(6.1)
+    assert s.workers[a].state is WorkerState.DEAD
+    temp = f".part-00000.a{r.attempt}.tmp"
+    actions = s.receive(7.0, b"A", p.TaskDone(a, r.attempt, [], temp, 1))
+    assert Discard(temp) in actions and one(actions, b"A", p.Unknown)
+    assert not any(isinstance(x, Commit) for x in actions)
+    assert s.counters.fenced == 1
