@@ -1,24 +1,54 @@
 """Word count. A word is a maximal run of characters for which ``str.isalpha()``
-is true; words are case-sensitive; the value is the number of occurrences."""
+is true; words are case-sensitive; the value is the number of occurrences.
+
+The tokenizer is exact for all of Unicode and fast on mostly-ASCII text: in the
+UTF-8 bytes, every ASCII byte that is not a letter becomes a space (one C pass),
+the bytes are split and counted (C again), and only the few distinct tokens that
+hold non-ASCII characters are split again, character by character, by
+``str.isalpha()``. No single C call runs long, so the worker's heartbeat thread
+keeps getting the interpreter while a large split is counted.
+"""
 
 from collections import Counter
 
-# Every ASCII byte that is not a letter becomes a space.
-_ASCII_TABLE = bytes(b if chr(b).isalpha() and b < 128 else 32 for b in range(256))
+# ASCII letters and every byte of a multi-byte UTF-8 character stay; the rest become spaces.
+_TABLE = bytes(b if (65 <= b <= 90 or 97 <= b <= 122 or b >= 128) else 32 for b in range(256))
+
+
+def _split_exactly(token: str) -> list[str]:
+    """Words of a token holding non-ASCII characters (whitespace among them, perhaps)."""
+    return "".join(c if c.isalpha() else " " for c in token).split()
+
+
+def _tokens(text: str) -> list[bytes]:
+    return text.encode("utf-8", "surrogatepass").translate(_TABLE).split()
+
+
+def count_words(text: str) -> Counter:
+    """Occurrences of each word in ``text``."""
+    counts: Counter = Counter()
+    for token, n in Counter(_tokens(text)).items():
+        if token.isascii():
+            counts[token.decode("ascii")] += n
+        else:
+            for word in _split_exactly(token.decode("utf-8", "surrogatepass")):
+                counts[word] += n
+    return counts
 
 
 def words(text: str) -> list[str]:
-    """Split text into words, exactly by ``str.isalpha()``."""
-    if text.isascii():
-        return text.encode("ascii").translate(_ASCII_TABLE).decode("ascii").split()
-    # Map just the non-letters this text contains to spaces: exact for all of Unicode,
-    # since no letter is whitespace and every non-letter becomes one.
-    table = {ord(c): " " for c in set(text) if not c.isalpha()}
-    return text.translate(table).split()
+    """The words of ``text`` in order."""
+    result = []
+    for token in _tokens(text):
+        if token.isascii():
+            result.append(token.decode("ascii"))
+        else:
+            result.extend(_split_exactly(token.decode("utf-8", "surrogatepass")))
+    return result
 
 
 def map(path, text):
-    return Counter(words(text)).items()
+    return count_words(text).items()
 
 
 def combine(word, counts):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import dataclasses
 import json
 import random
@@ -316,6 +318,7 @@ def test_words_matches_a_reference_on_random_text():
             pools = [POOLS[0], POOLS[1], POOLS[3], " \t\n"]  # pure ASCII: the fast path
         text = "".join(rng.choice(rng.choice(pools)) for _ in range(rng.randrange(0, 40)))
         assert wordcount.words(text) == reference_words(text), repr(text)
+        assert wordcount.count_words(text) == collections.Counter(reference_words(text)), repr(text)
 
 
 @pytest.mark.parametrize(
