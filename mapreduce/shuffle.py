@@ -1,9 +1,11 @@
 """Partitioning, map-side buffering and spilling, sorted runs and their merge.
 
 A map task writes one file: its R partitions one after another, each a sorted
-run of msgpack-encoded ``[key, value]`` records, plus the lengths of the
-partitions (its index), which travel to the coordinator in the completion
-message. Reducers read their partition's byte range of every map's file and
+run, plus the lengths of the partitions (its index), which travel to the
+coordinator in the completion message. A run is a sequence of blocks of at most
+``BLOCK`` records, each block two msgpack arrays: the keys, then the values.
+Packing and unpacking a whole array is one C call, and a reader holds one block
+of each run at a time. Reducers read their partition's byte range of every map's file and
 merge the sorted runs as streams. Sorting is stable, and runs are merged in
 map-task order, so a reducer sees a key's values in the order the maps (in
 input order) emitted them: the same order the sequential oracle uses.
@@ -12,8 +14,8 @@ input order) emitted them: the same order the sequential oracle uses.
 from __future__ import annotations
 
 import heapq
-import os
-from itertools import groupby
+from zlib import crc32
+from itertools import groupby, islice
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
@@ -21,8 +23,10 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 import msgpack
 
 from .errors import AppError
+from .job import stable_partition
 
 DEFAULT_BUFFER_RECORDS = 400_000
+BLOCK = 4096
 _READ_CHUNK = 1 << 20
 _first = itemgetter(0)
 
@@ -34,20 +38,28 @@ def roundtrip(value: Any) -> Any:
     return msgpack.unpackb(msgpack.packb(value), raw=False)
 
 
-def iter_run(f: BinaryIO, offset: int, length: int) -> Iterator[list]:
+def iter_run(f: BinaryIO, offset: int, length: int) -> Iterator[tuple]:
     """Stream the records of the run at ``[offset, offset+length)`` of an open file."""
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
     f.seek(offset)
     left = length
+    keys = None
     while left > 0:
         chunk = f.read(min(_READ_CHUNK, left))
         if not chunk:
             raise OSError(f"{getattr(f, 'name', 'run')}: ends {left} bytes early")
         left -= len(chunk)
         unpacker.feed(chunk)
-        yield from unpacker
-    if unpacker.tell() != length:
-        raise OSError(f"{getattr(f, 'name', 'run')}: a record is cut at byte {offset + length}")
+        for array in unpacker:
+            if keys is None:
+                keys = array
+            else:
+                if type(keys) is not list or type(array) is not list or len(keys) != len(array):
+                    raise OSError(f"{getattr(f, 'name', 'run')}: a malformed block before byte {offset + length - left}")
+                yield from zip(keys, array)
+                keys = None
+    if unpacker.tell() != length or keys is not None:
+        raise OSError(f"{getattr(f, 'name', 'run')}: a block is cut at byte {offset + length}")
 
 
 def iter_run_file(path: str, offset: int, length: int) -> Iterator[list]:
@@ -74,21 +86,26 @@ def group_sorted(records: Iterable[Record]) -> Iterator[tuple[str, Iterator[Any]
         yield key, (value for _, value in group)
 
 
+def _blocks(records: Iterable[Record]) -> Iterator[list]:
+    if isinstance(records, list):
+        for start in range(0, len(records), BLOCK):
+            yield records[start:start + BLOCK]
+        return
+    stream = iter(records)
+    while block := list(islice(stream, BLOCK)):
+        yield block
+
+
 def write_run(f: BinaryIO, records: Iterable[Record]) -> int:
-    """Write records, return the number of bytes written."""
+    """Write records as blocks of keys and values; return the number of bytes written."""
     pack = msgpack.Packer(use_bin_type=True).pack
     written = 0
-    batch: list[bytes] = []
-    for record in records:
-        batch.append(pack(record))
-        if len(batch) >= 4096:
-            data = b"".join(batch)
-            f.write(data)
-            written += len(data)
-            batch.clear()
-    data = b"".join(batch)
-    f.write(data)
-    return written + len(data)
+    for block in _blocks(records):
+        keys, values = zip(*block)
+        data = pack(keys) + pack(values)
+        f.write(data)
+        written += len(data)
+    return written
 
 
 class MapOutputBuffer:
@@ -115,6 +132,7 @@ class MapOutputBuffer:
 
     def add_all(self, pairs: Iterable[Any], where: str) -> None:
         n, partition, buffers, limit = self.n, self.partition, self.buffers, self.limit
+        default_partition = partition is stable_partition  # inlined below: it runs per record
         count = self.count
         for pair in pairs:
             if (pair.__class__ is not tuple and pair.__class__ is not list) or len(pair) != 2:
@@ -122,7 +140,10 @@ class MapOutputBuffer:
             key, value = pair
             if type(key) is not str:
                 raise AppError(f"map emitted key {key!r} ({type(key).__name__}) for {where}: keys must be str")
-            p = partition(key, n)
+            if default_partition:
+                p = crc32(key.encode("utf-8", "surrogatepass")) % n
+            else:
+                p = partition(key, n)
             buffers[p].append((key, value))
             count += 1
             if count >= limit:
@@ -135,7 +156,10 @@ class MapOutputBuffer:
         runs = []
         for buf in self.buffers:
             buf.sort(key=_first)
-            runs.append(list(combine_sorted(buf, self.combine)) if self.combine and buf else buf)
+            # With in-mapper combining, keys are often distinct already: nothing to combine.
+            if self.combine and len(set(map(_first, buf))) < len(buf):
+                buf = list(combine_sorted(buf, self.combine))
+            runs.append(buf)
         self.buffers = [[] for _ in range(self.n)]
         self.total += self.count
         self.count = 0
@@ -155,8 +179,7 @@ class MapOutputBuffer:
             else:
                 self._spill()
                 lengths = self._merge_spills(f)
-            f.flush()
-            os.fsync(f.fileno())
+            # No fsync: map output that a crash could cut is lost with its host anyway.
         for spill, _ in self.spills:
             spill.unlink()
         self.spills.clear()

@@ -241,10 +241,31 @@ def test_iter_run_reads_in_small_chunks(tmp_path, monkeypatch):
 
 
 def test_iter_run_does_not_read_past_its_range():
-    data = msgpack.packb(["a", 1]) + msgpack.packb(["b", 2])
+    data = msgpack.packb(["a", "b"]) + msgpack.packb([1, 2])  # one block: keys, then values
     f = io.BytesIO(data + b"\xc1 garbage that is not msgpack")
-    assert list(iter_run(f, 0, len(data))) == [["a", 1], ["b", 2]]
+    assert list(iter_run(f, 0, len(data))) == [("a", 1), ("b", 2)]
     assert f.tell() == len(data)
+
+
+def test_blocks_hold_at_most_block_records_and_stream(tmp_path):
+    import mapreduce.shuffle as shuffle
+
+    records = [(f"k{i:06d}", i) for i in range(shuffle.BLOCK * 2 + 5)]
+    f = io.BytesIO()
+    length = shuffle.write_run(f, iter(records))  # a stream, not a list
+    unpacker = msgpack.Unpacker(io.BytesIO(f.getvalue()), raw=False)
+    arrays = list(unpacker)
+    assert [len(a) for a in arrays] == [shuffle.BLOCK, shuffle.BLOCK, shuffle.BLOCK, shuffle.BLOCK, 5, 5]
+    assert list(iter_run(f, 0, length)) == records
+
+
+def test_malformed_block_is_an_error():
+    data = msgpack.packb(["a", "b"]) + msgpack.packb([1])  # two keys, one value
+    with pytest.raises(OSError, match="malformed"):
+        list(iter_run(io.BytesIO(data), 0, len(data)))
+    data = msgpack.packb(["a"])  # keys without values
+    with pytest.raises(OSError, match="cut"):
+        list(iter_run(io.BytesIO(data), 0, len(data)))
 
 
 def test_iter_run_file_of_zero_length_reads_nothing(tmp_path):
