@@ -24,10 +24,14 @@ def _tokens(text: str) -> list[bytes]:
     return text.encode("utf-8", "surrogatepass").translate(_TABLE).split()
 
 
-def count_words(text: str) -> Counter:
+def count_words(text: str) -> dict[str, int]:
     """Occurrences of each word in ``text``."""
+    raw = Counter(_tokens(text))
+    joined = b"\n".join(raw)  # no token holds a newline: it became a space
+    if joined.isascii():  # the common case: decode every distinct token in one call
+        return dict(zip(joined.decode("ascii").split("\n"), raw.values())) if raw else {}
     counts: Counter = Counter()
-    for token, n in Counter(_tokens(text)).items():
+    for token, n in raw.items():
         if token.isascii():
             counts[token.decode("ascii")] += n
         else:
