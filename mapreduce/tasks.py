@@ -22,6 +22,11 @@ from .inputs import Split, read_split
 from .job import App
 
 
+# A partition whose runs add up to less than this is grouped in a dict, not merged as
+# streams: much faster, and bounded (a few times this in memory).
+IN_MEMORY_REDUCE_BYTES = 16 * 1024 * 1024
+
+
 class AttemptCancelled(Exception):
     """The coordinator cancelled the attempt; its work is thrown away."""
 
@@ -113,9 +118,13 @@ class ReduceInputs:
             self.fetcher.copy(loc.data_address, loc.path, loc.offset, loc.length, out)
         return open(local, "rb"), 0, loc.length
 
-    def records(self) -> Iterator[shuffle.Record]:
-        runs = [shuffle.iter_run(f, offset, length) for f, offset, length in (self.runs[m] for m in range(self.job.n_map)) if f is not None]
-        return shuffle.merge_runs(runs)
+    def groups(self) -> Iterator[tuple[str, Iterator]]:
+        """Each key with its values (in map order), keys ascending."""
+        runs = [self.runs[m] for m in range(self.job.n_map) if self.runs[m][0] is not None]
+        streams = [shuffle.iter_run(f, offset, length) for f, offset, length in runs]
+        if sum(length for _, _, length in runs) <= IN_MEMORY_REDUCE_BYTES:
+            return shuffle.group_in_memory(streams)
+        return shuffle.group_sorted(shuffle.merge_runs(streams))
 
     def close(self) -> None:
         for f, _, _ in self.runs.values():
@@ -133,7 +142,7 @@ def run_reduce(job: JobContext, task: p.AssignReduce, ctx: AttemptContext, fetch
         inputs.gather(task.outputs)
         temp = output.temp_name(task.task, f"a{task.attempt}")
         reduce = job.app.reduce
-        results = ((key, reduce(key, values)) for key, values in shuffle.group_sorted(_checked(inputs.records(), ctx)))
+        results = ((key, reduce(key, values)) for key, values in _checked(inputs.groups(), ctx))
         try:
             count = output.write_lines(job.output_dir / temp, results)
         except BaseException:
@@ -147,10 +156,10 @@ def run_reduce(job: JobContext, task: p.AssignReduce, ctx: AttemptContext, fetch
         folder.rmdir()
 
 
-def _checked(records: Iterator[shuffle.Record], ctx: AttemptContext, every: int = 65536) -> Iterator[shuffle.Record]:
-    """Pass records through, checking now and then whether the attempt was cancelled."""
-    for i, record in enumerate(records):
+def _checked(items: Iterator, ctx: AttemptContext, every: int = 65536) -> Iterator:
+    """Pass items through, checking now and then whether the attempt was cancelled."""
+    for i, item in enumerate(items):
         if i % every == 0:
             ctx.check()
-        yield record
+        yield item
 

@@ -131,3 +131,10 @@ def test_unreadable_run_is_reported_and_replaced(served, tmp_path):
     assert [(r.map_task, r.map_attempt, r.data_address) for r in reports] == [(0, 1, "tcp://127.0.0.1:9")]
     assert "did not answer" in reports[0].error
     assert (out / done.path).read_text() == "x\t1\n"
+
+
+def test_large_partitions_take_the_streaming_merge(served, tmp_path, monkeypatch):
+    import mapreduce.tasks as tasks
+
+    monkeypatch.setattr(tasks, "IN_MEMORY_REDUCE_BYTES", 0)
+    test_reducer_on_another_host_fetches_and_reduces(served, tmp_path)

@@ -292,3 +292,17 @@ def test_group_and_combine_sorted():
     records = [("a", 1), ("a", 2), ("b", 5), ("c", 1), ("c", 1)]
     assert [(k, list(vs)) for k, vs in shuffle.group_sorted(records)] == [("a", [1, 2]), ("b", [5]), ("c", [1, 1])]
     assert list(shuffle.combine_sorted(records, sum_combine)) == [("a", 3), ("b", 5), ("c", 2)]
+
+
+def test_grouping_in_memory_equals_the_streaming_merge():
+    import random
+
+    from mapreduce.shuffle import group_in_memory, group_sorted, merge_runs
+
+    rng = random.Random(5)
+    for _ in range(200):
+        runs = [sorted(((rng.choice("abcdefg") * rng.randint(1, 3), rng.randint(0, 9)) for _ in range(rng.randint(0, 30))),
+                       key=lambda r: r[0]) for _ in range(rng.randint(1, 6))]
+        streamed = [(k, list(vs)) for k, vs in group_sorted(merge_runs([iter(r) for r in runs]))]
+        grouped = [(k, list(vs)) for k, vs in group_in_memory([iter(r) for r in runs])]
+        assert grouped == streamed
