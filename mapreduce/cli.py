@@ -161,6 +161,64 @@ def list_apps() -> None:
         click.echo(name)
 
 
+@cli.command()
+@click.argument("app", default="wordcount")
+@click.argument("inputs", nargs=-1)
+@click.option("--workers", "-w", default=4, show_default=True, help="Local worker processes; killed and paused ones are replaced.")
+@click.option("--rounds", default=3, show_default=True, help="Runs of the job under injected faults.")
+@click.option("--kill-every", default=1.0, show_default=True, help="Mean seconds between faults (each gap is 0.5x to 1.5x this).")
+@click.option("--pause-probability", default=0.2, show_default=True, help="Chance that a fault is a SIGSTOP longer than the worker timeout, not a SIGKILL.")
+@click.option("--seed", default=0, show_default=True, help="Seeds the faults' timing and victims, and the generated corpus.")
+@click.option("--reduce", "-r", "n_reduce", default=8, show_default=True, help="Number of reduce tasks.")
+@click.option("--split-size", type=Size(), default="1M", show_default=True, help="Largest input split given to one map task.")
+@click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE", help="A parameter for the app's init(params); repeatable.")
+@click.option("--worker-timeout", default=2.0, show_default=True, help="Seconds of silence before a worker is declared dead.")
+@click.option("--heartbeat-interval", default=0.5, show_default=True, help="Seconds between heartbeats, both ways.")
+@click.option("--corpus-size", type=Size(), default="20M", show_default=True, help="Size of the corpus generated when no INPUTS are given.")
+@click.option("--events-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Keep each run's event log and worker logs here.")
+def crashtest(app, inputs, workers, rounds, kill_every, pause_probability, seed, n_reduce, split_size, params, worker_timeout, heartbeat_interval, corpus_size, events_dir):
+    """Run APP (default wordcount) round after round while workers are killed and paused,
+    and check every round's output against `mapreduce seq`. With no INPUTS, a corpus is
+    generated. Exits 0 only if every round matched."""
+    from . import crashtest as ct
+
+    options = ct.CrashTestOptions(
+        app=app, inputs=tuple(inputs), workers=workers, rounds=rounds, kill_every=kill_every,
+        pause_probability=pause_probability, seed=seed, n_reduce=n_reduce, split_size=split_size,
+        params=_params(params), worker_timeout=worker_timeout, heartbeat_interval=heartbeat_interval,
+        corpus_size=corpus_size, events_dir=events_dir,
+    )
+    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
+        logging.getLogger("mapreduce.scheduler").setLevel(logging.ERROR)  # dead workers are the point here: -v shows them
+    rows = 0
+
+    def show(result: ct.RoundResult) -> None:
+        nonlocal rows
+        if rows == 0:
+            click.echo(ct.format_header())
+        click.echo(ct.format_row(result))
+        rows += 1
+
+    try:
+        report = ct.CrashTest(options).run(show, lambda stage: click.echo(stage, err=True))
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: every process stopped, scratch data removed", err=True)
+        sys.exit(130)
+    except JobFailed as exc:
+        click.echo(f"crashtest failed: {exc}", err=True)
+        sys.exit(1)
+    except MapReduceError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(ct.format_totals(report))
+    click.echo(ct.format_overhead(report))
+    click.echo(ct.format_latency(report, worker_timeout))
+    problem = report.first_problem()
+    if problem is not None:
+        click.echo(f"crashtest failed: {problem}", err=True)
+        sys.exit(1)
+
+
 def _guard(action):
     """Run an action, turning expected errors into one plain message and exit status."""
     try:

@@ -4,6 +4,15 @@ Workers are real processes running ``mapreduce worker``, exactly as a user would
 start them by hand. They die with this process (PR_SET_PDEATHSIG on Linux) and
 are stopped, then killed, when the job ends, fails or is interrupted. Their
 shared scratch folder is removed at the end.
+
+The cluster keeps its size: a supervisor thread replaces a worker process that
+crashed (killed by a signal, or exited with a status other than done, coordinator
+unreachable or interrupted) with a new one, up to ``max_replacements`` times, so
+a job survives crashing workers the way a real cluster manager would restart
+them. Workers killed or paused on purpose (``kill_worker``, ``pause_worker``, as
+``mapreduce crashtest`` does) are replaced too, without using up that budget.
+A worker that can never start still ends the job: once the budget is spent and
+every worker has exited, ``all_exited`` reports it.
 """
 
 from __future__ import annotations
@@ -16,12 +25,20 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Sequence
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+
+REPLACEMENTS_PER_WORKER = 8
+
+# Exit statuses that are not crashes: done (0), coordinator unreachable (3: a replacement
+# would fail the same way), interrupted or terminated on purpose.
+_NOT_CRASHES = frozenset({0, 3, 130, -signal.SIGINT, -signal.SIGTERM})
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -37,9 +54,12 @@ def worker_command(connect: str, scratch: Path, name: str, extra: Sequence[str] 
 
 
 class LocalCluster:
-    """Starts and stops worker processes for one coordinator on this machine."""
+    """Starts, supervises and stops worker processes for one coordinator on this machine."""
 
-    def __init__(self, connect: str, workers: int, extra_args: Sequence[str] = (), keep_logs: bool = False):
+    def __init__(
+        self, connect: str, workers: int, extra_args: Sequence[str] = (), keep_logs: bool = False,
+        max_replacements: int | None = None, supervise_every: float = 0.1,
+    ):
         self.connect = connect
         self.count = workers
         self.extra_args = list(extra_args)
@@ -49,32 +69,150 @@ class LocalCluster:
         self.logs.mkdir()
         self.keep_logs = keep_logs
         self.processes: list[subprocess.Popen] = []
+        self.max_replacements = REPLACEMENTS_PER_WORKER * workers if max_replacements is None else max_replacements
+        self.replacements = 0  # crashed workers replaced, counted against max_replacements
+        self.supervise_every = supervise_every
+        # Children are started by whichever thread calls add_worker; on Linux a child's
+        # parent-death signal fires when that *thread* ends, so the supervisor thread
+        # outlives every process it started (it ends only after they are reaped).
+        self._lock = threading.RLock()
+        # Sets of processes (by identity, not pid: pids are reused).
+        self._paused: set[subprocess.Popen] = set()
+        self._on_purpose: set[subprocess.Popen] = set()  # killed by kill_worker
+        self._answered_exit: set[subprocess.Popen] = set()
+        self._answered_pause: set[subprocess.Popen] = set()
+        self._stopping = False
+        self._budget_warned = False
+        self._supervisor_exit = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     def start(self) -> "LocalCluster":
         for _ in range(self.count):
             self.add_worker()
+        self._supervisor = threading.Thread(target=self._supervise, name="cluster-supervisor", daemon=True)
+        self._supervisor.start()
         return self
 
     def add_worker(self) -> subprocess.Popen:
-        name = f"local-{len(self.processes)}"
-        with open(self.logs / f"{name}.log", "wb") as log_file:
-            process = subprocess.Popen(
-                worker_command(self.connect, self.scratch, name, self.extra_args),
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        self.processes.append(process)
-        return process
+        with self._lock:
+            name = f"local-{len(self.processes)}"
+            with open(self.logs / f"{name}.log", "wb") as log_file:
+                process = subprocess.Popen(
+                    worker_command(self.connect, self.scratch, name, self.extra_args),
+                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+            self.processes.append(process)
+            return process
+
+    # ---- faults on purpose (crash testing) --------------------------------
+
+    def active_workers(self) -> list[subprocess.Popen]:
+        """Worker processes that are running and not paused."""
+        with self._lock:
+            return [p for p in self.processes if p.poll() is None and p not in self._paused]
+
+    def paused_workers(self) -> list[subprocess.Popen]:
+        with self._lock:
+            return [p for p in self.processes if p in self._paused and p.poll() is None]
+
+    def kill_worker(self, process: subprocess.Popen) -> float:
+        """SIGKILL one worker (it is replaced); return the monotonic time of the signal."""
+        with self._lock:
+            self._on_purpose.add(process)
+            sent = time.monotonic()
+            process.send_signal(signal.SIGKILL)
+            return sent
+
+    def pause_worker(self, process: subprocess.Popen) -> float:
+        """SIGSTOP one worker (it is replaced); return the monotonic time of the signal."""
+        with self._lock:
+            self._paused.add(process)
+            sent = time.monotonic()
+            process.send_signal(signal.SIGSTOP)
+            return sent  # the supervisor starts its replacement
+
+    def resume_worker(self, process: subprocess.Popen) -> None:
+        """SIGCONT a paused worker; it carries on (or re-registers, if declared dead meanwhile)."""
+        with self._lock:
+            if process in self._paused and process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+            self._paused.discard(process)
+            self._answered_pause.discard(process)
+
+    # ---- supervision -------------------------------------------------------
+
+    def replace_failed(self) -> list[subprocess.Popen]:
+        """Start a new worker for each worker that crashed or was paused since the last call."""
+        started = []
+        with self._lock:
+            if self._stopping:
+                return []
+            for process in list(self.processes):
+                if process in self._paused and process not in self._answered_pause:
+                    self._answered_pause.add(process)
+                    started.append(self._replace(process, "was paused"))
+                    continue
+                code = process.poll()
+                if code is None or process in self._answered_exit or not self._replaceable(process):
+                    continue
+                self._answered_exit.add(process)
+                if process not in self._on_purpose:
+                    self.replacements += 1
+                started.append(self._replace(process, f"exited with status {code}"))
+        return started
+
+    def _replaceable(self, process: subprocess.Popen) -> bool:
+        """Whether an exited worker is one to replace now: a crash, within the budget."""
+        if process in self._on_purpose:
+            return True
+        if process.returncode in _NOT_CRASHES:
+            return False
+        if self.replacements < self.max_replacements:
+            return True
+        if not self._budget_warned:
+            self._budget_warned = True
+            log.warning("%d crashed local workers replaced already: replacing no more", self.replacements)
+        return False
+
+    def _replace(self, process: subprocess.Popen, why: str) -> subprocess.Popen:
+        replacement = self.add_worker()
+        log.info("local worker pid %d %s: started pid %d in its place", process.pid, why, replacement.pid)
+        return replacement
+
+    def _supervise(self) -> None:
+        while not self._supervisor_exit.wait(self.supervise_every):
+            self.replace_failed()
 
     def all_exited(self) -> str | None:
-        """A failure message once every worker process has exited, else None."""
-        if not self.processes or any(process.poll() is None for process in self.processes):
-            return None
-        codes = sorted({process.returncode for process in self.processes})
-        return f"all {len(self.processes)} local workers exited (exit codes {codes}); their last log lines:\n{self.log_tail(5)}"
+        """A failure message once every worker process has exited and none will be replaced, else None."""
+        with self._lock:
+            if not self.processes or any(process.poll() is None for process in self.processes):
+                return None
+            if not self._stopping and any(p not in self._answered_exit and self._replaceable(p) for p in self.processes):
+                return None  # the supervisor is about to start a replacement
+            codes = sorted({process.returncode for process in self.processes})
+            replaced = f", {self.replacements} crashed ones replaced" if self.replacements else ""
+            return f"all {len(self.processes)} local workers exited (exit codes {codes}{replaced}); their last log lines:\n{self.log_tail(5)}"
+
+    # ---- the end -----------------------------------------------------------
+
+    def _begin_stopping(self) -> None:
+        with self._lock:
+            self._stopping = True
+            for process in self.processes:  # a stopped process can never exit on its own
+                if process in self._paused and process.poll() is None:
+                    process.kill()
+            self._paused.clear()
+
+    def _end_supervision(self) -> None:
+        self._supervisor_exit.set()
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join()
 
     def stop(self, grace: float = 3.0) -> None:
         """Wait briefly for workers to exit on their own, then terminate, then kill."""
+        self._begin_stopping()
         for process in self.processes:
             try:
                 process.wait(timeout=grace)
@@ -86,13 +224,16 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        self._end_supervision()
 
     def kill(self) -> None:
+        self._begin_stopping()
         for process in self.processes:
             if process.poll() is None:
                 process.kill()
         for process in self.processes:
             process.wait()
+        self._end_supervision()
 
     def log_tail(self, lines: int = 20) -> str:
         tails = []
