@@ -81,6 +81,7 @@ class LocalCluster:
         self._on_purpose: set[subprocess.Popen] = set()  # killed by kill_worker
         self._answered_exit: set[subprocess.Popen] = set()
         self._answered_pause: set[subprocess.Popen] = set()
+        self._reported_exit: set[subprocess.Popen] = set()
         self._stopping = False
         self._budget_warned = False
         self._supervisor_exit = threading.Event()
@@ -183,6 +184,19 @@ class LocalCluster:
     def _supervise(self) -> None:
         while not self._supervisor_exit.wait(self.supervise_every):
             self.replace_failed()
+
+    def attach(self, coordinator) -> None:
+        """Let the coordinator see this cluster: fail the job if no worker is left, and
+        learn of a worker process's exit at once instead of after its heartbeat timeout."""
+        coordinator.watchdog = self.all_exited
+        coordinator.exited = self.exited_since_last
+
+    def exited_since_last(self) -> list[tuple[int, int]]:
+        """(pid, exit status) of worker processes that exited since the last call."""
+        with self._lock:
+            ended = [p for p in self.processes if p not in self._reported_exit and p.poll() is not None]
+            self._reported_exit.update(ended)
+            return [(p.pid, p.returncode) for p in ended]
 
     def all_exited(self) -> str | None:
         """A failure message once every worker process has exited and none will be replaced, else None."""

@@ -48,7 +48,7 @@ class Coordinator:
         settings: Settings,
         bind: str = "tcp://127.0.0.1:*",
         progress: Progress | None = None,
-        goodbye_grace: float = 3.0,
+        goodbye_grace: float = 1.0,
         events: Path | None = None,
         watchdog: Callable[[], str | None] | None = None,
         exited: Callable[[], list[tuple[int, int]]] | None = None,
@@ -99,6 +99,8 @@ class Coordinator:
             self._farewell(scheduler, False, message, grace=0.5)
             self._flush_events(scheduler)
             self.events.close()
+            self.socket.close()
+            self.context.term()
             raise
         except Exception as exc:
             ok, message = False, f"the coordinator failed: {type(exc).__name__}: {exc}"

@@ -513,7 +513,7 @@ class CrashTest:
             goodbye_grace=GOODBYE_GRACE, events=events,
         )
         cluster = LocalCluster(coordinator.address, opts.workers, self._worker_args(), keep_logs=keep_logs is not None)
-        coordinator.watchdog = cluster.all_exited
+        cluster.attach(coordinator)
         chaos = Chaos(cluster, events, rng, opts.kill_every, opts.pause_probability, self._pause_seconds) if rng else None
         faults: tuple[Fault, ...] = ()
         cluster.start()

@@ -101,7 +101,7 @@ def run_local(
     coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), "tcp://127.0.0.1:*", progress, events=events)
     extra = ["--heartbeat-interval", str(options.heartbeat_interval)]
     cluster = LocalCluster(coordinator.address, workers, extra, keep_logs=keep_logs)
-    coordinator.watchdog = cluster.all_exited
+    cluster.attach(coordinator)
     with cluster:
         result = coordinator.run()
         if keep_logs:

@@ -123,7 +123,7 @@ def test_stopping_run_stops_every_worker(sig, tmp_path):
     events = tmp_path / "events.jsonl"
     process = subprocess.Popen(
         mapreduce_command("run", str(APPS / "slowmap.py"), str(slow), "--workers", "2", "--output", str(out), "--events", str(events), "--quiet"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "SLOWMAP_SECONDS": "60"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "SLOWMAP_SECONDS": "60", "TMPDIR": str(tmp_path)},  # a killed run leaves its folder here
     )
     try:
         _wait_for(lambda: len(_worker_pids(events)) == 2, 60, "both workers to join")
