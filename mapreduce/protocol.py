@@ -11,10 +11,11 @@ coordinator to workers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 
@@ -51,6 +52,7 @@ class TaskDone:
     partition_lengths: list[int] = field(default_factory=list)  # a map's index
     path: str = ""  # a map's output file, or a reduce's temporary output name
     records: int = 0
+    offset: int = 0  # where in that file a map's output starts
 
 
 @dataclass(frozen=True)
@@ -159,19 +161,18 @@ class JobDone:
 WORKER_MESSAGES: tuple[type, ...] = (Register, Heartbeat, TaskDone, TaskFailed, FetchFailed, Cancelled, Goodbye)
 COORDINATOR_MESSAGES: tuple[type, ...] = (Welcome, Heartbeat, AssignMap, AssignReduce, MapOutputs, Cancel, Unknown, JobDone)
 _BY_NAME: dict[str, type] = {cls.__name__: cls for cls in WORKER_MESSAGES + COORDINATOR_MESSAGES + (MapOutput,)}
-_HINTS: dict[type, dict[str, Any]] = {}
 
 
 def encode(message: Any) -> bytes:
     return msgpack.packb([PROTOCOL_VERSION, type(message).__name__, _to_plain(message)], use_bin_type=True)
 
 
-def _to_plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, list):
-        return [_to_plain(v) for v in value]
-    return value
+def _to_plain(message: Any) -> dict:
+    spec = _spec(type(message))
+    plain = {name: getattr(message, name) for name in spec.names}
+    for name in spec.nested:  # lists of dataclasses (MapOutput)
+        plain[name] = [_to_plain(item) for item in plain[name]]
+    return plain
 
 
 def decode(frame: bytes, allowed: tuple[type, ...]) -> Any:
@@ -193,51 +194,104 @@ def decode(frame: bytes, allowed: tuple[type, ...]) -> Any:
     return _build(cls, fields, name)
 
 
+# ---- validation, compiled once per message class from its annotations ----------
+
+Checker = Callable[[Any, str], Any]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    names: tuple[str, ...]
+    fields: tuple[tuple[str, Checker, bool], ...]  # name, checker, required
+    nested: tuple[str, ...]
+
+
+@functools.cache
+def _spec(cls: type) -> _Spec:
+    hints = typing.get_type_hints(cls)
+    fields, nested = [], []
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        fields.append((f.name, _checker(hints[f.name]), required))
+        if typing.get_origin(hints[f.name]) is list and dataclasses.is_dataclass(typing.get_args(hints[f.name])[0]):
+            nested.append(f.name)
+    return _Spec(tuple(f.name for f in dataclasses.fields(cls)), tuple(fields), tuple(nested))
+
+
 def _build(cls: type, fields: Any, where: str) -> Any:
     if not isinstance(fields, dict):
         raise ProtocolError(f"{where}: fields must be a map")
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    spec = _spec(cls)
     kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in fields:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ProtocolError(f"{where}: missing field {f.name!r}")
-            continue
-        kwargs[f.name] = _check(hints[f.name], fields[f.name], f"{where}.{f.name}")
-    extra = set(fields) - set(kwargs) - {f.name for f in dataclasses.fields(cls)}
-    if extra:
+    for name, check, required in spec.fields:
+        if name in fields:
+            kwargs[name] = check(fields[name], f"{where}.{name}")
+        elif required:
+            raise ProtocolError(f"{where}: missing field {name!r}")
+    if len(kwargs) != len(fields):
+        extra = set(fields) - set(spec.names)
         raise ProtocolError(f"{where}: unknown field(s) {sorted(map(str, extra))}")
     return cls(**kwargs)
 
 
-def _check(hint: Any, value: Any, where: str) -> Any:
+def _checker(hint: Any) -> Checker:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            if option is type(None) and value is None:
+        options = [_checker(o) for o in typing.get_args(hint) if o is not type(None)]
+        nullable = type(None) in typing.get_args(hint)
+
+        def check_union(value: Any, where: str) -> Any:
+            if value is None and nullable:
                 return None
-            if option is not type(None):
+            for option in options:
                 try:
-                    return _check(option, value, where)
+                    return option(value, where)
                 except ProtocolError:
                     pass
-        raise ProtocolError(f"{where}: unexpected {type(value).__name__}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ProtocolError(f"{where}: expected a list, got {type(value).__name__}")
-        (item,) = typing.get_args(hint)
-        return [_check(item, v, f"{where}[]") for v in value]
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if hint is float and type(value) is int:
-        return float(value)
-    if hint is int and type(value) is bool:
-        raise ProtocolError(f"{where}: expected int, got bool")
-    if not isinstance(value, hint):
-        raise ProtocolError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
-    if hint is int and not -(2**63) <= value < 2**63:
-        raise ProtocolError(f"{where}: integer out of range")
-    return value
+            raise ProtocolError(f"{where}: unexpected {type(value).__name__}")
 
+        return check_union
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        item = _checker(item_hint)
+        if item_hint in (int, str):  # the common flat lists: one type test per item
+            def check_flat(value: Any, where: str) -> Any:
+                if type(value) is not list or not all(type(v) is item_hint for v in value):
+                    raise ProtocolError(f"{where}: expected a list of {item_hint.__name__}")
+                return [item(v, where) for v in value] if item_hint is int else value
+
+            return check_flat
+
+        def check_list(value: Any, where: str) -> Any:
+            if type(value) is not list:
+                raise ProtocolError(f"{where}: expected a list, got {type(value).__name__}")
+            return [item(v, where) for v in value]
+
+        return check_list
+    if dataclasses.is_dataclass(hint):
+        return lambda value, where: _build(hint, value, where)
+    if hint is int:
+        def check_int(value: Any, where: str) -> Any:
+            if type(value) is not int:
+                raise ProtocolError(f"{where}: expected int, got {type(value).__name__}")
+            if not -(2**63) <= value < 2**63:
+                raise ProtocolError(f"{where}: integer out of range")
+            return value
+
+        return check_int
+    if hint is float:
+        def check_float(value: Any, where: str) -> Any:
+            if type(value) is float:
+                return value
+            if type(value) is int:
+                return float(value)
+            raise ProtocolError(f"{where}: expected float, got {type(value).__name__}")
+
+        return check_float
+
+    def check_exact(value: Any, where: str) -> Any:
+        if type(value) is not hint:
+            raise ProtocolError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
+        return value
+
+    return check_exact

@@ -450,7 +450,7 @@ class Scheduler:
         self._set_state(task, TaskState.DONE)
         if task.kind is TaskKind.REDUCE:
             return actions + [Commit(task.index, done.path)]
-        offsets, total = [], 0
+        offsets, total = [], done.offset
         for length in done.partition_lengths:
             offsets.append(total)
             total += length
@@ -459,7 +459,7 @@ class Scheduler:
 
     def _check_result(self, attempt: Attempt, done: p.TaskDone) -> str:
         if attempt.task.kind is TaskKind.MAP:
-            if len(done.partition_lengths) != self.settings.n_reduce or any(n < 0 for n in done.partition_lengths):
+            if len(done.partition_lengths) != self.settings.n_reduce or any(n < 0 for n in done.partition_lengths) or done.offset < 0:
                 return f"map output index has {len(done.partition_lengths)} partitions, expected {self.settings.n_reduce}"
             return ""
         expected = output.temp_name(attempt.task.index, f"a{attempt.id}")

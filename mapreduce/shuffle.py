@@ -14,6 +14,8 @@ input order) emitted them: the same order the sequential oracle uses.
 from __future__ import annotations
 
 import heapq
+import io
+import os
 from zlib import crc32
 from itertools import groupby, islice
 from operator import itemgetter
@@ -39,13 +41,16 @@ def roundtrip(value: Any) -> Any:
 
 
 def iter_run(f: BinaryIO, offset: int, length: int) -> Iterator[tuple]:
-    """Stream the records of the run at ``[offset, offset+length)`` of an open file."""
+    """Stream the records of the run at ``[offset, offset+length)`` of an open file.
+    Reads by position (pread), so many runs of one file can be read side by side."""
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
-    f.seek(offset)
+    read = _positional_reader(f)
+    position = offset
     left = length
     keys = None
     while left > 0:
-        chunk = f.read(min(_READ_CHUNK, left))
+        chunk = read(min(_READ_CHUNK, left), position)
+        position += len(chunk)
         if not chunk:
             raise OSError(f"{getattr(f, 'name', 'run')}: ends {left} bytes early")
         left -= len(chunk)
@@ -60,6 +65,19 @@ def iter_run(f: BinaryIO, offset: int, length: int) -> Iterator[tuple]:
                 keys = None
     if unpacker.tell() != length or keys is not None:
         raise OSError(f"{getattr(f, 'name', 'run')}: a block is cut at byte {offset + length}")
+
+
+def _positional_reader(f: BinaryIO) -> Callable[[int, int], bytes]:
+    try:
+        fd = f.fileno()
+    except (AttributeError, io.UnsupportedOperation):  # an in-memory file
+
+        def seek_and_read(size: int, position: int) -> bytes:
+            f.seek(position)
+            return f.read(size)
+
+        return seek_and_read
+    return lambda size, position: os.pread(fd, size, position)
 
 
 def iter_run_file(path: str, offset: int, length: int) -> Iterator[list]:
@@ -134,11 +152,13 @@ class MapOutputBuffer:
         combine: Callable[[str, Iterator[Any]], Any] | None,
         scratch: Path,
         limit_records: int = DEFAULT_BUFFER_RECORDS,
+        spill_prefix: str = "spill",
     ):
         self.n = n_partitions
         self.partition = partition
         self.combine = combine
         self.scratch = scratch
+        self.spill_prefix = spill_prefix
         self.limit = limit_records
         self.buffers: list[list[Record]] = [[] for _ in range(n_partitions)]
         self.count = 0  # records in the buffer now
@@ -181,7 +201,7 @@ class MapOutputBuffer:
         return runs
 
     def _spill(self) -> None:
-        path = self.scratch / f"spill-{len(self.spills)}.run"
+        path = self.scratch / f"{self.spill_prefix}-{len(self.spills)}.run"
         with open(path, "wb") as f:
             lengths = [write_run(f, run) for run in self._sorted_partitions()]
         self.spills.append((path, lengths))
@@ -189,12 +209,17 @@ class MapOutputBuffer:
     def finish(self, path: Path) -> list[int]:
         """Write the partitioned output file at ``path``; return each partition's length."""
         with open(path, "wb") as f:
-            if not self.spills:
-                lengths = [write_run(f, run) for run in self._sorted_partitions()]
-            else:
-                self._spill()
-                lengths = self._merge_spills(f)
-            # No fsync: map output that a crash could cut is lost with its host anyway.
+            return self.finish_into(f)
+
+    def finish_into(self, f: BinaryIO) -> list[int]:
+        """Append the partitioned output at ``f``'s position; return each partition's length.
+        (No fsync: map output that a crash could cut is lost with its host anyway.)"""
+        if not self.spills:
+            lengths = [write_run(f, run) for run in self._sorted_partitions()]
+        else:
+            self._spill()
+            lengths = self._merge_spills(f)
+        f.flush()
         for spill, _ in self.spills:
             spill.unlink()
         self.spills.clear()

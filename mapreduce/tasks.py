@@ -10,6 +10,7 @@ file that the coordinator alone may commit.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -54,20 +55,30 @@ class JobContext:
     workdir: Path  # this worker's folder for this job
     output_dir: Path
     output_host_id: str
+    _map_log: list = field(default_factory=list)  # the open append file, once created
+
+    def map_log(self) -> BinaryIO:
+        """This worker's map output file for the job (used by the executor thread only)."""
+        if not self._map_log:
+            self._map_log.append(open(self.workdir / "map-output.log", "ab+"))
+        return self._map_log[0]
+
+    def close(self) -> None:
+        for f in self._map_log:
+            f.close()
 
 
 def run_map(job: JobContext, task: p.AssignMap, ctx: AttemptContext, buffer_records: int = shuffle.DEFAULT_BUFFER_RECORDS) -> p.TaskDone:
     split = Split(task.key, task.path, task.start, task.end)
     text = read_split(split)
-    attempt_dir = job.workdir / f"a{task.attempt}"
-    attempt_dir.mkdir()
-    buffer = shuffle.MapOutputBuffer(job.n_reduce, job.app.partition, job.app.combine, attempt_dir, buffer_records)
+    buffer = shuffle.MapOutputBuffer(job.n_reduce, job.app.partition, job.app.combine, job.workdir, buffer_records, f"a{task.attempt}-spill")
     buffer.add_all(job.app.map(split.key, text), f"input {split.key!r} (bytes {split.start}-{split.end})")
     ctx.check()
-    path = job.workdir / f"map-{task.task:06d}.a{task.attempt}.out"
-    lengths = buffer.finish(path)
-    attempt_dir.rmdir()
-    return p.TaskDone(0, task.attempt, lengths, str(path), buffer.total)
+    # Every map of this worker appends to one file: no file to create per task.
+    log = job.map_log()
+    offset = log.seek(0, os.SEEK_END)
+    lengths = buffer.finish_into(log)
+    return p.TaskDone(0, task.attempt, lengths, log.name, buffer.total, offset)
 
 
 class ReduceInputs:
@@ -82,6 +93,7 @@ class ReduceInputs:
     def __init__(self, job: JobContext, ctx: AttemptContext, fetcher: Fetcher, folder: Path, report: Callable[[object], None]):
         self.job, self.ctx, self.fetcher, self.folder, self.report = job, ctx, fetcher, folder, report
         self.runs: dict[int, tuple[BinaryIO | None, int, int]] = {}  # map task -> (file, offset, length)
+        self.files: dict[str, BinaryIO] = {}  # open files by path: a worker's maps share one
         self.failed: set[tuple[int, int, str]] = set()
 
     def gather(self, initial: list[p.MapOutput]) -> None:
@@ -110,13 +122,19 @@ class ReduceInputs:
             return None, 0, 0
         if loc.host_id == self.job.host_id:
             try:
-                return open(loc.path, "rb"), loc.offset, loc.length
+                return self._file(loc.path), loc.offset, loc.length
             except FileNotFoundError:
                 pass  # gone from this host's disk: perhaps its server still has it
         local = self.folder / f"fetched-{loc.map_task:06d}.run"
         with open(local, "wb") as out:
             self.fetcher.copy(loc.data_address, loc.path, loc.offset, loc.length, out)
-        return open(local, "rb"), 0, loc.length
+        return self._file(str(local)), 0, loc.length
+
+    def _file(self, path: str) -> BinaryIO:
+        f = self.files.get(path)
+        if f is None:
+            f = self.files[path] = open(path, "rb")
+        return f
 
     def groups(self) -> Iterator[tuple[str, Iterator]]:
         """Each key with its values (in map order), keys ascending."""
@@ -127,9 +145,8 @@ class ReduceInputs:
         return shuffle.group_sorted(shuffle.merge_runs(streams))
 
     def close(self) -> None:
-        for f, _, _ in self.runs.values():
-            if f is not None:
-                f.close()
+        for f in self.files.values():
+            f.close()
 
 
 def run_reduce(job: JobContext, task: p.AssignReduce, ctx: AttemptContext, fetcher: Fetcher, report: Callable[[object], None]) -> p.TaskDone:

@@ -227,6 +227,7 @@ class Worker:
         self._remove_temps()
         if self.job is not None:
             # The job is over: no map output is needed any more, this host's included.
+            self.job.close()
             shutil.rmtree(self.job.workdir.parent, ignore_errors=True)
         log.info("job finished (%s): exiting", "succeeded" if done.ok else f"failed: {done.message}")
         return ExitCode.DONE
