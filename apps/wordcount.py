@@ -20,13 +20,34 @@ def _split_exactly(token: str) -> list[str]:
     return "".join(c if c.isalpha() else " " for c in token).split()
 
 
+_CHUNK = 1 << 20
+
+
+def _token_chunks(text: str):
+    """The tokens of ``text``, a list per megabyte: memory stays small, and so does each C call."""
+    data = text.encode("utf-8", "surrogatepass").translate(_TABLE)
+    start, size = 0, len(data)
+    while start < size:
+        end = min(start + _CHUNK, size)
+        if end < size:
+            cut = data.rfind(b" ", start, end)  # every separator is a space now
+            if cut <= start:  # a token longer than a chunk: end after it instead
+                cut = data.find(b" ", end)
+                cut = size if cut == -1 else cut
+            end = cut
+        yield data[start:end].split()
+        start = end
+
+
 def _tokens(text: str) -> list[bytes]:
-    return text.encode("utf-8", "surrogatepass").translate(_TABLE).split()
+    return [token for chunk in _token_chunks(text) for token in chunk]
 
 
 def count_words(text: str) -> dict[str, int]:
     """Occurrences of each word in ``text``."""
-    raw = Counter(_tokens(text))
+    raw: Counter = Counter()
+    for chunk in _token_chunks(text):
+        raw.update(chunk)
     joined = b"\n".join(raw)  # no token holds a newline: it became a space
     if joined.isascii():  # the common case: decode every distinct token in one call
         return dict(zip(joined.decode("ascii").split("\n"), raw.values())) if raw else {}

@@ -48,7 +48,7 @@ def _job_options(f):
         click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for part-* files and _SUCCESS."),
         click.option("--reduce", "-r", "n_reduce", default=8, show_default=True, help="Number of reduce tasks (output partitions)."),
         click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE", help="A parameter for the app's init(params); repeatable."),
-        click.option("--split-size", type=Size(), default="32M", show_default=True, help="Largest input split given to one map task."),
+        click.option("--split-size", type=Size(), default="16M", show_default=True, help="Largest input split given to one map task."),
         click.option("--overwrite", is_flag=True, help="Replace the part-* files of an earlier job in the output folder."),
     ]
     for option in reversed(options):

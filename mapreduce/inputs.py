@@ -16,7 +16,7 @@ from typing import BinaryIO, Sequence
 
 from .errors import UsageError
 
-DEFAULT_SPLIT_SIZE = 32 * 1024 * 1024
+DEFAULT_SPLIT_SIZE = 16 * 1024 * 1024
 _CHUNK = 1 << 20
 
 

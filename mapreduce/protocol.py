@@ -130,6 +130,7 @@ class AssignReduce:
     attempt: int
     task: int
     outputs: list[MapOutput]
+    empty: list[int] = field(default_factory=list)  # finished maps with nothing for this partition
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ class MapOutputs:
 
     attempt: int
     outputs: list[MapOutput]
+    empty: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

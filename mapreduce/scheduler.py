@@ -410,7 +410,9 @@ class Scheduler:
             message: Any = p.AssignMap(attempt.id, task.index, s.key, s.path, s.start, s.end)
         else:
             done = [m for m in self.maps if m.state is TaskState.DONE]
-            message = p.AssignReduce(attempt.id, task.index, [self._location(m, task.index) for m in done])
+            outputs = [self._location(m, task.index) for m in done if m.result.lengths[task.index]]
+            empty = [m.index for m in done if not m.result.lengths[task.index]]
+            message = p.AssignReduce(attempt.id, task.index, outputs, empty)
         log.debug("attempt %d: %s on %s", attempt.id, task.describe(), worker.describe())
         self.record(now, EventKind.BACKUP_LAUNCHED if backup else EventKind.TASK_ASSIGNED, **self._attempt_fields(attempt))
         return Send(worker.identity, message)
@@ -468,7 +470,13 @@ class Scheduler:
     def _announce(self, map_task: Task, only: Attempt | None = None) -> list:
         """Tell running reduce attempts (or just ``only``) where this map's output is."""
         attempts = [only] if only is not None else [a for t in self.reduces for a in t.running]
-        return [Send(a.worker.identity, p.MapOutputs(a.id, [self._location(map_task, a.task.index)])) for a in attempts]
+        sends = []
+        for a in attempts:
+            if map_task.result.lengths[a.task.index]:
+                sends.append(Send(a.worker.identity, p.MapOutputs(a.id, [self._location(map_task, a.task.index)])))
+            else:  # nothing to read: a list of one int, not a location
+                sends.append(Send(a.worker.identity, p.MapOutputs(a.id, [], [map_task.index])))
+        return sends
 
     def _fetch_failed(self, now: float, attempt: Attempt, failed: p.FetchFailed) -> list:
         """A reducer could not read a map's output: point it elsewhere, or run the map again."""

@@ -38,7 +38,7 @@ class AttemptContext:
 
     attempt: int
     cancelled: threading.Event = field(default_factory=threading.Event)
-    inbox: "queue.Queue[list[p.MapOutput]]" = field(default_factory=queue.Queue)
+    inbox: "queue.Queue[tuple[list[p.MapOutput], list[int]]]" = field(default_factory=queue.Queue)
 
     def check(self) -> None:
         if self.cancelled.is_set():
@@ -96,16 +96,22 @@ class ReduceInputs:
         self.files: dict[str, BinaryIO] = {}  # open files by path: a worker's maps share one
         self.failed: set[tuple[int, int, str]] = set()
 
-    def gather(self, initial: list[p.MapOutput]) -> None:
-        self._take(initial)
+    def gather(self, initial: list[p.MapOutput], empty: list[int]) -> None:
+        self._take(initial, empty)
         while len(self.runs) < self.job.n_map:
             self.ctx.check()
             try:
-                self._take(self.ctx.inbox.get(timeout=0.2))
+                self._take(*self.ctx.inbox.get(timeout=0.2))
             except queue.Empty:
                 pass
 
-    def _take(self, locations: list[p.MapOutput]) -> None:
+    def _take(self, locations: list[p.MapOutput], empty: list[int] = ()) -> None:
+        for map_task in empty:
+            if 0 <= map_task < self.job.n_map:
+                self.runs.setdefault(map_task, (None, 0, 0))
+        self._take_locations(locations)
+
+    def _take_locations(self, locations: list[p.MapOutput]) -> None:
         for loc in locations:
             if loc.map_task in self.runs or not 0 <= loc.map_task < self.job.n_map:
                 continue  # a re-run map's output is the same data: the first copy serves
@@ -156,7 +162,7 @@ def run_reduce(job: JobContext, task: p.AssignReduce, ctx: AttemptContext, fetch
     folder.mkdir()
     inputs = ReduceInputs(job, ctx, fetcher, folder, report)
     try:
-        inputs.gather(task.outputs)
+        inputs.gather(task.outputs, task.empty)
         temp = output.temp_name(task.task, f"a{task.attempt}")
         reduce = job.app.reduce
         results = ((key, reduce(key, values)) for key, values in _checked(inputs.groups(), ctx))

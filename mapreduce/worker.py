@@ -165,7 +165,7 @@ class Worker:
             self._assign(message)
         elif isinstance(message, p.MapOutputs):
             if self.current is not None and self.current.attempt == message.attempt:
-                self.current.inbox.put(message.outputs)
+                self.current.inbox.put((message.outputs, message.empty))
         elif isinstance(message, p.Cancel):
             if self.current is not None and self.current.attempt == message.attempt:
                 log.info("attempt %d cancelled by the coordinator", message.attempt)

@@ -84,7 +84,7 @@ def test_reducer_on_another_host_fetches_and_reduces(served, tmp_path):
     workdir.mkdir()
     job = JobContext(app, "job", 2, 1, "reducer-host", workdir, out, "reducer-host")
     ctx = AttemptContext(7)
-    ctx.inbox.put([locations[1]])  # the second location arrives while the reduce runs
+    ctx.inbox.put(([locations[1]], []))  # the second location arrives while the reduce runs
     reports = []
     done = run_reduce(job, p.AssignReduce(7, 0, [locations[0]]), ctx, fetcher, reports.append)
     assert reports == []
@@ -101,7 +101,7 @@ def test_cancelled_reduce_stops_waiting(served, tmp_path):
     ctx.cancelled.set()
     inputs = ReduceInputs(job, ctx, fetcher, tmp_path, lambda message: None)
     with pytest.raises(AttemptCancelled):
-        inputs.gather([])
+        inputs.gather([], [])
 
 
 def test_unreadable_run_is_reported_and_replaced(served, tmp_path):
@@ -122,7 +122,7 @@ def test_unreadable_run_is_reported_and_replaced(served, tmp_path):
 
     def report(message):
         reports.append(message)
-        ctx.inbox.put([gone, good])  # the coordinator re-announces (the failed one is ignored)
+        ctx.inbox.put(([gone, good], []))  # the coordinator re-announces (the failed one is ignored)
 
     try:
         done = run_reduce(job, p.AssignReduce(3, 0, [gone]), ctx, short_fetcher, report)

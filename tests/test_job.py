@@ -345,3 +345,12 @@ def test_wordcount_map_combine_reduce():
     assert dict(pairs) == Counter(reference_words(text))
     assert wordcount.combine("the", iter([1, 2])) == 3
     assert wordcount.reduce("the", iter([3, 4])) == 7
+
+
+def test_count_words_across_chunk_boundaries(monkeypatch):
+    monkeypatch.setattr(wordcount, "_CHUNK", 7)  # tiny chunks: every boundary case is hit
+    rng = random.Random(3)
+    for _ in range(500):
+        text = "".join(rng.choice(["ab", "c", " ", "\n", "xyzxyzxyzxyz", "é", ".", "\u00a0"]) for _ in range(rng.randrange(0, 30)))
+        assert wordcount.count_words(text) == collections.Counter(reference_words(text)), repr(text)
+        assert wordcount.words(text) == reference_words(text), repr(text)

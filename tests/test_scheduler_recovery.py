@@ -167,3 +167,19 @@ def test_zombie_reduce_output_is_discarded_when_fenced():
     assert Discard(temp) in actions and one(actions, b"A", p.Unknown)
     assert not any(isinstance(x, Commit) for x in actions)
     assert s.counters.fenced == 1
+
+
+def test_empty_map_outputs_travel_as_indices_not_locations():
+    s = make(n_maps=2, n_reduce=2)
+    a, actions = join(s, b"A")
+    m0 = one(actions, b"A", p.AssignMap)
+    b, actions = join(s, b"B")
+    m1 = one(actions, b"B", p.AssignMap)
+    actions = map_done(s, 1.0, b"A", a, m0, [0, 5])  # nothing for partition 0
+    r0 = one(actions, b"A", p.AssignReduce)
+    assert r0.task == 0 and r0.outputs == [] and r0.empty == [0]
+    actions = map_done(s, 2.0, b"B", b, m1, [3, 0])
+    update = one(actions, b"A", p.MapOutputs)
+    assert [o.map_task for o in update.outputs] == [1] and update.empty == []
+    r1 = one(actions, b"B", p.AssignReduce)
+    assert [o.map_task for o in r1.outputs] == [0] and r1.empty == [1]
