@@ -49,7 +49,7 @@ class DataServer:
     def _serve(self) -> None:
         try:
             while not self._stop.is_set():
-                if not self._socket.poll(100):
+                if not self._socket.poll(25):  # short: stop() waits for this loop
                     continue
                 frames = self._socket.recv_multipart()
                 if len(frames) != 2:

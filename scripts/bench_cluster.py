@@ -126,7 +126,8 @@ def bench_memory(work: Path, args) -> None:
     print(f"{'input':>8} {'seconds':>8} {'coordinator RSS':>16} {'largest worker RSS':>19} {'output':>7}")
     for megabytes in [int(m) for m in args.sizes.split(",")]:
         corpus = work / f"corpus-{megabytes}"
-        subprocess.run(mapreduce("corpus", str(corpus), "--size", f"{megabytes}M", "--files", "16"), check=True, stdout=subprocess.DEVNULL)
+        files = str(max(1, megabytes // 25))  # 25 MB files: every size has splits of the default size
+        subprocess.run(mapreduce("corpus", str(corpus), "--size", f"{megabytes}M", "--files", files), check=True, stdout=subprocess.DEVNULL)
         inputs = sorted(str(p) for p in corpus.glob("*.txt"))
         usage = run_job(work, "wordcount", inputs, 2, start_workers_first=False)
         result = check(work, "wordcount", inputs) if megabytes <= args.check_up_to else "unchecked"
