@@ -80,14 +80,14 @@ def dask_bag(files, workers, work):
 def dask_distributed(files, workers, work):
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1") as cluster, Client(cluster) as client:
         return merge(client.gather(client.map(count_file, files)))
 
 
 def ray_tasks(files, workers, work):
     import ray
 
-    ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR")
+    ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR", _node_ip_address="127.0.0.1")
     try:
         task = ray.remote(count_file)
         return merge(ray.get([task.remote(f) for f in files]))
@@ -96,6 +96,10 @@ def ray_tasks(files, workers, work):
 
 
 def pyspark_rdd(files, workers, work):
+    import os
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # its Python workers must find mapreduce's tokenizer
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"  # loopback only
     from pyspark import SparkConf, SparkContext
 
     conf = SparkConf().setMaster(f"local[{workers}]").setAppName("wordcount").set("spark.ui.enabled", "false")
