@@ -199,17 +199,10 @@ def crashtest(app, inputs, workers, rounds, kill_every, pause_probability, seed,
         click.echo(ct.format_row(result))
         rows += 1
 
-    try:
-        report = ct.CrashTest(options).run(show, lambda stage: click.echo(stage, err=True))
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: every process stopped, scratch data removed", err=True)
-        sys.exit(130)
-    except JobFailed as exc:
-        click.echo(f"crashtest failed: {exc}", err=True)
-        sys.exit(1)
-    except MapReduceError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    report = _guard(
+        lambda: ct.CrashTest(options).run(show, lambda stage: click.echo(stage, err=True)),
+        interrupted="every process stopped, scratch data removed", failed="crashtest failed",
+    )
     click.echo(ct.format_totals(report))
     click.echo(ct.format_overhead(report))
     click.echo(ct.format_latency(report, worker_timeout))
@@ -219,15 +212,15 @@ def crashtest(app, inputs, workers, rounds, kill_every, pause_probability, seed,
         sys.exit(1)
 
 
-def _guard(action):
+def _guard(action, interrupted: str = "every worker stopped, no output committed beyond what is listed", failed: str = "job failed"):
     """Run an action, turning expected errors into one plain message and exit status."""
     try:
         return action()
     except KeyboardInterrupt:
-        click.echo("\ninterrupted: every worker stopped, no output committed beyond what is listed", err=True)
+        click.echo(f"\ninterrupted: {interrupted}", err=True)
         sys.exit(130)
     except JobFailed as exc:
-        click.echo(f"\njob failed: {exc}", err=True)
+        click.echo(f"\n{failed}: {exc}", err=True)
         sys.exit(1)
     except MapReduceError as exc:
         click.echo(f"error: {exc}", err=True)

@@ -16,7 +16,6 @@ import argparse
 import filecmp
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,15 +23,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def mapreduce(*args: str) -> list[str]:
-    return [sys.executable, "-P", "-m", "mapreduce", *args]
+from benchlib import free_endpoint, mapreduce
 
 
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 @dataclass

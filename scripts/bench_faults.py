@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,17 +25,11 @@ import threading
 import time
 from pathlib import Path
 
+from benchlib import free_endpoint, mapreduce
+
 SCENARIOS = ["fault-free", "kill-mid-map", "straggler", "straggler-nobackup"]
 
 
-def mapreduce(*args: str) -> list[str]:
-    return [sys.executable, "-P", "-m", "mapreduce", *args]
-
-
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def events(path: Path) -> list[dict]:

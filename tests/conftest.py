@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,12 @@ def gutenberg() -> list[str]:
     if not books:
         pytest.skip(f"the Gutenberg books are not at {GUTENBERG} (set MAPREDUCE_GUTENBERG to their folder)")
     return [str(b) for b in books]
+
+
+def free_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def mapreduce_command(*args: str) -> list[str]:

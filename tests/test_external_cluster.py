@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 
-from conftest import APPS, assert_same_output, mapreduce_command, run_cli
+from conftest import free_endpoint, APPS, assert_same_output, mapreduce_command, run_cli
 from mapreduce.events import read_events
-
-
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def start(*args: str, **kwargs) -> subprocess.Popen:

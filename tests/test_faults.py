@@ -11,25 +11,18 @@ import collections
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import APPS, assert_same_output, mapreduce_command
+from conftest import free_endpoint, APPS, assert_same_output, mapreduce_command
 from mapreduce.events import read_events
 
 SLEEPY = str(APPS / "sleepy.py")
 FAST = ["--heartbeat-interval", "0.3"]  # both sides: quick detection keeps the suite short
 TIMEOUT = ["--worker-timeout", "2"]
-
-
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def words_file(folder: Path, name: str, words: int = 40) -> str:
