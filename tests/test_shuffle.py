@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import random
-from itertools import groupby
 from operator import itemgetter
 
 import msgpack
