@@ -85,7 +85,7 @@ class Coordinator:
 
     def run(self) -> JobResult:
         started = time.monotonic()
-        scheduler = Scheduler(self.splits, self.settings, started)
+        scheduler = Scheduler(self.splits, self.settings, started, self.job_id)
         try:
             self._serve(scheduler)
             if scheduler.succeeded:

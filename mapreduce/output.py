@@ -26,6 +26,11 @@ def is_temp_name(name: str) -> bool:
     return bool(_TEMP.match(name))
 
 
+def attempt_temp_name(partition: int, job_id: str, attempt: int) -> str:
+    """A reduce attempt's temporary output: unique across jobs, not just attempts."""
+    return temp_name(partition, f"{job_id}-a{attempt}" if job_id else f"a{attempt}")
+
+
 def part_name(partition: int) -> str:
     return f"part-{partition:05d}"
 

@@ -152,6 +152,7 @@ class Unknown:
     """You are not (or no longer) a registered worker: register again."""
 
     reason: str
+    worker: int = 0  # the incarnation the answered message claimed: a stale answer is ignored
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ class WorkerState(enum.Enum):
 
 
 LIVE = (WorkerState.IDLE, WorkerState.BUSY)
+MAX_OFFSET = 2**63 - 1  # file offsets must fit the wire's int64
 
 
 class EventKind(enum.Enum):
@@ -136,6 +137,7 @@ class Task:
     lost: int = 0
     running: list["Attempt"] = field(default_factory=list)
     result: MapResult | None = None
+    fetch_reruns: int = 0  # times reducers could not read this map's output
 
     def describe(self) -> str:
         if self.split is not None:
@@ -206,8 +208,9 @@ class Counters:
 
 
 class Scheduler:
-    def __init__(self, splits: list[Split], settings: Settings, now: float):
+    def __init__(self, splits: list[Split], settings: Settings, now: float, job_id: str = ""):
         self.settings = settings
+        self.job_id = job_id
         self.maps = [Task(TaskKind.MAP, i, split) for i, split in enumerate(splits)]
         self.reduces = [Task(TaskKind.REDUCE, r) for r in range(settings.n_reduce)]
         self.workers: dict[int, Worker] = {}
@@ -342,7 +345,7 @@ class Scheduler:
         log.info("fenced %s from %r: %s", type(message).__name__, identity, why)
         self.counters.fenced += 1
         self.record(now, EventKind.MESSAGE_FENCED, worker=getattr(message, "worker", None), message=type(message).__name__, attempt=getattr(message, "attempt", None), why=why)
-        actions: list = [Send(identity, p.Unknown(why))]
+        actions: list = [Send(identity, p.Unknown(why, getattr(message, "worker", 0)))]
         if isinstance(message, p.TaskDone) and is_reduce_temp(message.path):
             actions.append(Discard(message.path))  # a zombie's finished reduce: never committed
         return actions
@@ -364,7 +367,7 @@ class Scheduler:
         timeout = self.settings.task_timeout
         if timeout is not None:
             for attempt in list(self.attempts.values()):
-                if attempt.state is AttemptState.RUNNING and now - attempt.started > timeout:
+                if attempt.state is AttemptState.RUNNING and now - self._effective_start(attempt) > timeout:
                     actions += self._timed_out(now, attempt)
         return actions + self._dispatch(now)
 
@@ -461,10 +464,11 @@ class Scheduler:
 
     def _check_result(self, attempt: Attempt, done: p.TaskDone) -> str:
         if attempt.task.kind is TaskKind.MAP:
-            if len(done.partition_lengths) != self.settings.n_reduce or any(n < 0 for n in done.partition_lengths) or done.offset < 0:
+            lengths = done.partition_lengths
+            if len(lengths) != self.settings.n_reduce or any(n < 0 for n in lengths) or not 0 <= done.offset <= MAX_OFFSET - sum(lengths):
                 return f"map output index has {len(done.partition_lengths)} partitions, expected {self.settings.n_reduce}"
             return ""
-        expected = output.temp_name(attempt.task.index, f"a{attempt.id}")
+        expected = output.attempt_temp_name(attempt.task.index, self.job_id, attempt.id)
         return "" if done.path == expected else f"reduce output named {done.path!r}, expected {expected!r}"
 
     def _announce(self, map_task: Task, only: Attempt | None = None) -> list:
@@ -482,7 +486,7 @@ class Scheduler:
         """A reducer could not read a map's output: point it elsewhere, or run the map again."""
         self.counters.fetch_failures += 1
         self.record(now, EventKind.FETCH_FAILED, **self._attempt_fields(attempt), map_task=failed.map_task, map_attempt=failed.map_attempt, error=failed.error)
-        if not 0 <= failed.map_task < len(self.maps):
+        if not 0 <= failed.map_task < len(self.maps) or attempt.state is not AttemptState.RUNNING:
             return []
         map_task = self.maps[failed.map_task]
         r = map_task.result
@@ -490,6 +494,14 @@ class Scheduler:
             return []  # it is running again already; the new output will be announced
         if r.attempt == failed.map_attempt and r.worker.info.data_address == failed.data_address:
             log.warning("%s cannot read the output of %s from %s: running that map again", attempt.worker.describe(), map_task.describe(), failed.data_address)
+            map_task.fetch_reruns += 1
+            if map_task.fetch_reruns > self.settings.max_lost and self.failure is None:
+                # The fault may be the readers' (no route to the server, a full disk): stop.
+                self.failure = (
+                    f"reducers failed to read the output of {map_task.describe()} {map_task.fetch_reruns} times, "
+                    f"the last time {attempt.worker.describe()}: {failed.error}; check that workers can reach each "
+                    "other's data servers (--advertise) and have room in their scratch folders"
+                )
             self._lose_map_output(now, map_task)
             return []
         return self._announce(map_task, only=attempt)  # it has moved since: say where
@@ -553,9 +565,13 @@ class Scheduler:
         if not self.succeeded:
             for map_task in self.maps:
                 r = map_task.result
-                if map_task.state is TaskState.DONE and r is not None and r.worker is worker:
+                if map_task.state is TaskState.DONE and r is not None and r.worker is worker and self._still_needed(r):
                     actions += self._rehome(now, map_task)
         return actions
+
+    def _still_needed(self, result: MapResult) -> bool:
+        """Whether an unfinished reduce has data in this map output."""
+        return any(t.state is not TaskState.DONE and result.lengths[t.index] for t in self.reduces)
 
     def _rehome(self, now: float, map_task: Task) -> list:
         """Move a finished map's output to a live worker that can serve it, or run it again."""

@@ -163,7 +163,7 @@ def run_reduce(job: JobContext, task: p.AssignReduce, ctx: AttemptContext, fetch
     inputs = ReduceInputs(job, ctx, fetcher, folder, report)
     try:
         inputs.gather(task.outputs, task.empty)
-        temp = output.temp_name(task.task, f"a{task.attempt}")
+        temp = output.attempt_temp_name(task.task, job.job_id, task.attempt)
         reduce = job.app.reduce
         results = ((key, reduce(key, values)) for key, values in _checked(inputs.groups(), ctx))
         try:

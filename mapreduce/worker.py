@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -75,6 +76,8 @@ class Worker:
         self._wake_send.connect(wake)
         self._executor = threading.Thread(target=self._execute, name="executor", daemon=True)
         self.socket: zmq.Socket | None = None
+        self._job_finished = False
+        self._cancelled_at: float | None = None  # when the running attempt was told to stop
 
     # ---- control loop ----------------------------------------------------
 
@@ -84,14 +87,21 @@ class Worker:
         try:
             return self._loop()
         finally:
+            # The executor first: nothing may be deleted or closed under a running attempt.
+            self._drop_attempt()
             self._work.put(None)
+            self._executor.join(timeout=CANCEL_GRACE)
+            self._remove_temps()
+            if self._job_finished and self.job is not None:
+                # The job is over: no map output is needed any more, this host's included.
+                self.job.close()
+                shutil.rmtree(self.job.workdir.parent, ignore_errors=True)
             if self.socket is not None:
                 self.socket.close(linger=500)
             self.data_server.stop()
             self.fetcher.close()
             self._wake_recv.close(0)
             self._wake_send.close(0)
-            self._executor.join(timeout=2)
             self.context.term()
 
     def _loop(self) -> int:
@@ -124,6 +134,8 @@ class Worker:
                 code = self._handle(message)
                 if code is not None:
                     return code
+            if self._cancelled_at is not None and now - self._cancelled_at > CANCEL_GRACE:
+                self._restart("a cancelled attempt's user code did not return")
             if now >= next_heartbeat:
                 if self.incarnation is not None:
                     self._send(p.Heartbeat(self.incarnation))
@@ -132,8 +144,6 @@ class Worker:
                 silent = now - last_heard
                 if silent > opts.coordinator_timeout:
                     log.error("coordinator at %s unreachable for %.0f s: giving up", opts.connect, silent)
-                    self._drop_attempt()
-                    self._remove_temps()
                     return ExitCode.COORDINATOR_LOST
                 log.warning("no word from the coordinator for %.1f s: reconnecting", silent)
                 poller.unregister(self.socket)
@@ -170,7 +180,10 @@ class Worker:
             if self.current is not None and self.current.attempt == message.attempt:
                 log.info("attempt %d cancelled by the coordinator", message.attempt)
                 self.current.cancelled.set()
+                self._cancelled_at = time.monotonic()
         elif isinstance(message, p.Unknown):
+            if message.worker != self.incarnation:
+                return None  # an answer to an older incarnation's message: already re-registered
             log.warning("the coordinator does not know this worker (%s): registering again", message.reason)
             self._drop_attempt()
             self.incarnation = None
@@ -202,6 +215,7 @@ class Worker:
         if self.current is not None:
             self.current.cancelled.set()
             self.current = None
+            self._cancelled_at = time.monotonic()
 
     def _forward_results(self) -> None:
         while True:
@@ -223,14 +237,16 @@ class Worker:
     def _job_done(self, done: p.JobDone) -> int:
         if self.incarnation is not None:
             self._send(p.Goodbye(self.incarnation))
-        self._drop_attempt()
-        self._remove_temps()
-        if self.job is not None:
-            # The job is over: no map output is needed any more, this host's included.
-            self.job.close()
-            shutil.rmtree(self.job.workdir.parent, ignore_errors=True)
+        self._job_finished = True  # cleaned up in run(), once the executor has stopped
         log.info("job finished (%s): exiting", "succeeded" if done.ok else f"failed: {done.message}")
         return ExitCode.DONE
+
+    def _restart(self, why: str) -> None:
+        """Replace this process with a fresh one: the only way to stop a thread stuck in user code."""
+        log.error("%s within %.0f s: restarting this worker", why, CANCEL_GRACE)
+        if self.socket is not None:
+            self.socket.close(0)
+        os.execv(sys.executable, [sys.executable, "-P", "-m", "mapreduce", *sys.argv[1:]])
 
     def _remove_temps(self) -> None:
         """Delete reduce outputs this worker wrote that were never committed.
@@ -253,7 +269,12 @@ class Worker:
     def _post(self, ctx: AttemptContext, message: Any, final: bool) -> None:
         """Hand a message to the control loop (called from the executor thread)."""
         self._results.put((ctx, message, final))
-        self._wake_send.send(b"")
+        if final:
+            self._cancelled_at = None  # the executor is free again
+        try:
+            self._wake_send.send(b"")
+        except zmq.ZMQError:
+            pass  # the worker is shutting down
 
     def _run_attempt(self, job: JobContext, assign: Any, ctx: AttemptContext) -> Any:
         try:
@@ -271,6 +292,7 @@ class Worker:
 
 
 FETCH_TIMEOUT = 10.0
+CANCEL_GRACE = 10.0  # how long a cancelled attempt may take to notice before the worker restarts
 
 
 def _raise_open_file_limit() -> None:

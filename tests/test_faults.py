@@ -273,3 +273,18 @@ def test_poison_task_fails_the_job_naming_it(tmp_path):
     message = result.stderr[result.stderr.index("job failed"):]
     assert "lost 3 workers in a row" in message and f"input {str(poison)!r}" in message
     assert not (out / "_SUCCESS").exists()
+
+
+def test_attempt_stuck_in_user_code_after_its_timeout_restarts_the_worker(tmp_path, make_job):
+    """A timed-out map that never returns cannot be stopped in its thread: the worker restarts
+    itself (same pid, new incarnation), so the retries still get workers and the job ends."""
+    inputs = [words_file(tmp_path, "stuck.txt")]
+    job = make_job(SLEEPY, inputs, "--param", "map_seconds=1000", "--task-timeout", "1", "--max-attempts", "3")
+    first, second = job.worker(), job.worker()
+    code = job.coordinator.wait(timeout=90)
+    log = job.log()
+    assert code == 1 and "ran longer than the task timeout" in job.coordinator.stderr.read()
+    assert len(of(log, "task_failed", phase="map")) == 3
+    pids = [e["pid"] for e in of(log, "worker_joined")]
+    assert len(pids) > len(set(pids))  # a worker came back as itself after restarting
+    assert {first.pid, second.pid} >= set(pids)

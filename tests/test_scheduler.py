@@ -314,10 +314,10 @@ def test_unknown_worker_id_gets_unknown():
     a, actions = join(s, b"A")
     m = one(actions, b"A", p.AssignMap)
     actions = s.receive(1.0, b"X", p.TaskDone(99, m.attempt, [1], "/x", 1))
-    assert actions == [Send(b"X", p.Unknown("unknown worker"))]
+    assert actions == [Send(b"X", p.Unknown("unknown worker", 99))]
     assert kinds(s)[-1] is EventKind.MESSAGE_FENCED
     assert s.maps[0].state is TaskState.RUNNING and s.counters.maps_done == 0
-    assert s.receive(1.0, b"X", p.Heartbeat(99)) == [Send(b"X", p.Unknown("unknown worker"))]
+    assert s.receive(1.0, b"X", p.Heartbeat(99)) == [Send(b"X", p.Unknown("unknown worker", 99))]
     # A Goodbye from a stranger needs no answer.
     assert s.receive(1.0, b"X", p.Goodbye(99)) == []
 
@@ -382,8 +382,8 @@ def _timed_out_reduce():
     r_b = one(actions, b"B", p.AssignReduce)
     actions = map_done(s, 1.0, b"A", a, m, [5])
     one(actions, b"B", p.MapOutputs)
-    assert s.tick(10.0) == []
-    actions = s.tick(10.5)
+    assert s.tick(11.0) == []  # the timeout counts from the last map's end: before it, r_b waited
+    actions = s.tick(11.5)
     assert one(actions, b"B", p.Cancel) == p.Cancel(r_b.attempt)
     r_a = one(actions, b"A", p.AssignReduce)
     assert r_a.task == 0 and r_a.attempt != r_b.attempt
@@ -393,12 +393,12 @@ def _timed_out_reduce():
 
 def test_first_reduce_done_commits_and_a_second_attempt_is_discarded():
     s, a, b, r_a, r_b = _timed_out_reduce()
-    actions = reduce_done(s, 11.0, b"A", a, r_a)
+    actions = reduce_done(s, 12.0, b"A", a, r_a)
     assert actions == [Commit(0, f".part-00000.a{r_a.attempt}.tmp")]
     assert s.succeeded and s.finished
     assert s.counters.reduces_done == 1
     # B finished too, racing the Cancel: its output is thrown away.
-    actions = reduce_done(s, 11.5, b"B", b, r_b)
+    actions = reduce_done(s, 12.5, b"B", b, r_b)
     assert actions == [Discard(f".part-00000.a{r_b.attempt}.tmp")]
     assert kinds(s)[-1] is EventKind.RESULT_DISCARDED
     assert s.counters.reduces_done == 1
@@ -407,10 +407,10 @@ def test_first_reduce_done_commits_and_a_second_attempt_is_discarded():
 
 def test_reduce_done_of_timed_out_attempt_is_discarded_even_if_first():
     s, a, b, r_a, r_b = _timed_out_reduce()
-    actions = reduce_done(s, 11.0, b"B", b, r_b)
+    actions = reduce_done(s, 12.0, b"B", b, r_b)
     assert actions == [Discard(f".part-00000.a{r_b.attempt}.tmp")]
     assert not s.succeeded
-    actions = reduce_done(s, 11.5, b"A", a, r_a)
+    actions = reduce_done(s, 12.5, b"A", a, r_a)
     assert actions == [Commit(0, f".part-00000.a{r_a.attempt}.tmp")]
     assert s.succeeded
 

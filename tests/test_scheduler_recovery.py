@@ -183,3 +183,42 @@ def test_empty_map_outputs_travel_as_indices_not_locations():
     assert [o.map_task for o in update.outputs] == [1] and update.empty == []
     r1 = one(actions, b"B", p.AssignReduce)
     assert [o.map_task for o in r1.outputs] == [0] and r1.empty == [1]
+
+
+def test_map_output_index_that_overflows_the_wire_is_refused():
+    s = make(n_maps=1, n_reduce=3)
+    a, actions = join(s, b"A")
+    m = one(actions, b"A", p.AssignMap)
+    big = 2**63 - 1
+    s.receive(1.0, b"A", p.TaskDone(a, m.attempt, [big, big, 5], "/scratch/log", 1, big))
+    assert s.maps[0].state is not TaskState.DONE and EventKind.TASK_FAILED in kinds(s)
+
+
+def test_endless_fetch_failures_fail_the_job_instead_of_rerunning_forever():
+    s = make(n_maps=1, n_reduce=1, max_lost=3)
+    a, actions = join(s, b"A")
+    m = one(actions, b"A", p.AssignMap)
+    b, _ = join(s, b"B")  # takes the reduce at once: no map is pending
+    for round_ in range(10):
+        map_done(s, 1.0 + round_, b"A", a, m, [3])
+        loc = s._location(s.maps[0], 0)
+        reduce_attempt = s.workers[b].attempt.id
+        actions = s.receive(1.5 + round_, b"B", p.FetchFailed(b, reduce_attempt, 0, loc.attempt, loc.data_address, "OSError: EMFILE"))
+        if s.failure:
+            break
+        m = one(actions, b"A", p.AssignMap)  # the map runs again on A
+    assert s.maps[0].fetch_reruns == 4  # max_lost re-runs allowed, the next report fails the job
+    assert "failed to read the output of map task 0" in s.failure and "EMFILE" in s.failure
+
+
+def test_dead_workers_maps_rerun_only_if_an_unfinished_reduce_needs_them():
+    s = make(n_maps=1, n_reduce=2)
+    a, actions = join(s, b"A", host_id="host-a", scratch="/a")
+    m = one(actions, b"A", p.AssignMap)
+    actions = map_done(s, 1.0, b"A", a, m, [5, 0])  # nothing for partition 1
+    r0 = one(actions, b"A", p.AssignReduce)
+    b, actions = join(s, b"B", host_id="host-b", scratch="/b")
+    r1 = one(actions, b"B", p.AssignReduce)
+    reduce_done(s, 2.0, b"A", a, r0)
+    s.receive(2.5, b"A", p.Goodbye(a))  # partition 0 is committed; partition 1 needs nothing of A
+    assert EventKind.MAP_RERUN not in kinds(s) and s.maps[0].state is TaskState.DONE
