@@ -333,8 +333,11 @@ class Scheduler:
             actions = self._succeeded(now, attempt, message)
         elif isinstance(message, p.TaskFailed):
             actions = self._failed(now, attempt, message)
-        else:  # Cancelled: the attempt was already accounted for when cancelled
+        else:  # Cancelled: normally accounted for when the coordinator cancelled it
             actions = []
+            if attempt.state is AttemptState.RUNNING:  # it stopped unasked: give the task back
+                self._end(attempt, AttemptState.CANCELLED)
+                self.record(now, EventKind.TASK_CANCELLED, **self._attempt_fields(attempt), why="the worker stopped it")
         return actions + self._dispatch(now)
 
     def _fence(self, now: float, identity: bytes, worker: Worker | None, message: Any) -> list:

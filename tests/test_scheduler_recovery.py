@@ -222,3 +222,12 @@ def test_dead_workers_maps_rerun_only_if_an_unfinished_reduce_needs_them():
     reduce_done(s, 2.0, b"A", a, r0)
     s.receive(2.5, b"A", p.Goodbye(a))  # partition 0 is committed; partition 1 needs nothing of A
     assert EventKind.MAP_RERUN not in kinds(s) and s.maps[0].state is TaskState.DONE
+
+
+def test_cancelled_unasked_gives_the_task_back():
+    s = make(n_maps=1, n_reduce=1)
+    a, actions = join(s, b"A")
+    m = one(actions, b"A", p.AssignMap)
+    actions = s.receive(1.0, b"A", p.Cancelled(a, m.attempt))
+    again = one(actions, b"A", p.AssignMap)
+    assert again.task == 0 and again.attempt != m.attempt
