@@ -81,6 +81,7 @@ class EventKind(enum.Enum):
     TASK_CANCELLED = "task_cancelled"
     RESULT_DISCARDED = "result_discarded"
     MAP_OUTPUT_MOVED = "map_output_moved"
+    MAP_OUTPUT_ORPHANED = "map_output_orphaned"
     MAP_RERUN = "map_rerun"
     WORKER_SUSPECT = "worker_suspect"
     BACKUP_LAUNCHED = "backup_launched"
@@ -125,6 +126,7 @@ class MapResult:
     path: str
     lengths: list[int]
     offsets: list[int]
+    orphaned: bool = False  # its worker is gone and no live worker shares its folder yet
 
 
 @dataclass
@@ -306,6 +308,12 @@ class Scheduler:
         log.info("%s joined", worker.describe())
         self.record(now, EventKind.WORKER_JOINED, worker=worker.id, name=hello.name, pid=hello.pid, host=hello.host)
         actions.append(Send(identity, welcome(worker.id)))
+        for map_task in self.maps:  # outputs left in this worker's folder by a dead one: it serves them
+            r = map_task.result
+            if r is not None and r.orphaned and _same_folder(r.worker.info, hello):
+                r.worker, r.orphaned = worker, False
+                self.record(now, EventKind.MAP_OUTPUT_MOVED, task=map_task.index, worker=worker.id)
+                actions += self._announce(map_task)
         return actions + self._dispatch(now)
 
     def receive(self, now: float, identity: bytes, message: Any) -> list:
@@ -580,13 +588,15 @@ class Scheduler:
         """Move a finished map's output to a live worker that can serve it, or run it again."""
         old = map_task.result.worker.info
         for candidate in self.live_workers():
-            same_folder = candidate.info.host_id == old.host_id and candidate.info.scratch == old.scratch
-            if same_folder and candidate.info.data_address != old.data_address:
+            if _same_folder(candidate.info, old) and candidate.info.data_address != old.data_address:
                 map_task.result.worker = candidate
                 self.record(now, EventKind.MAP_OUTPUT_MOVED, task=map_task.index, worker=candidate.id)
                 return self._announce(map_task)
-        log.info("output of %s is lost with its worker: running it again", map_task.describe())
-        self._lose_map_output(now, map_task)
+        # No server for now. The files most likely outlive the process (a crash, not a lost
+        # disk): reducers on that host read them directly, a worker joining with that folder
+        # serves them, and a reducer that cannot read them says so (FetchFailed): then it re-runs.
+        map_task.result.orphaned = True
+        self.record(now, EventKind.MAP_OUTPUT_ORPHANED, task=map_task.index)
         return []
 
     def _lose_map_output(self, now: float, map_task: Task) -> None:
@@ -661,6 +671,11 @@ class Scheduler:
             self.record(now, EventKind.TASK_CANCELLED, **self._attempt_fields(attempt), why="a map must run first")
             actions.append(Send(attempt.worker.identity, p.Cancel(attempt.id)))
         return actions
+
+
+def _same_folder(a: p.Register, b: p.Register) -> bool:
+    """Whether two workers share a scratch folder on one host (and so can serve each other's output)."""
+    return a.host_id == b.host_id and a.scratch == b.scratch
 
 
 def is_reduce_temp(name: str) -> bool:

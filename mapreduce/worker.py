@@ -291,7 +291,7 @@ class Worker:
             return p.TaskFailed(0, assign.attempt, f"{type(exc).__name__}: {exc}", user_traceback(exc))
 
 
-FETCH_TIMEOUT = 10.0
+FETCH_TIMEOUT = 5.0
 CANCEL_GRACE = 10.0  # how long a cancelled attempt may take to notice before the worker restarts
 
 

@@ -74,6 +74,12 @@ def map_done(s, now, ident, wid, assign, lengths, records=3):
     return s.receive(now, ident, p.TaskDone(wid, assign.attempt, list(lengths), f"/scratch/{ident.decode()}/m{assign.attempt}", records))
 
 
+def report_unreadable(s, now, ident, wid, attempt, map_task=0):
+    """The reduce attempt reports it cannot read map_task's current output."""
+    loc = s._location(s.maps[map_task], 0)
+    return s.receive(now, ident, p.FetchFailed(wid, attempt, map_task, loc.attempt, loc.data_address, "FetchError: gone"))
+
+
 def reduce_done(s, now, ident, wid, assign):
     return s.receive(now, ident, p.TaskDone(wid, assign.attempt, [], f".part-{assign.task:05d}.a{assign.attempt}.tmp", 7))
 
@@ -580,7 +586,10 @@ def test_dead_workers_map_output_moves_to_a_live_worker_on_the_same_host_and_scr
 )
 def test_dead_workers_map_output_is_rerun_when_no_one_can_serve_it(c_info):
     s, (a, b, c), m, r, actions = _finished_map_then_death(c_info)
-    assert EventKind.MAP_OUTPUT_MOVED not in kinds(s)
+    assert EventKind.MAP_OUTPUT_MOVED not in kinds(s) and EventKind.MAP_RERUN not in kinds(s)
+    # Orphaned, not lost yet: its files may outlive the process. A reader that fails says so.
+    assert [e.fields["task"] for e in events(s, EventKind.MAP_OUTPUT_ORPHANED)] == [0]
+    actions = report_unreadable(s, 6.6, b"B", b, r.attempt)
     assert [e.fields["task"] for e in events(s, EventKind.MAP_RERUN)] == [0]
     assert s.counters.maps_rerun == 1 and s.counters.maps_done == 0
     rerun = one(actions, b"C", p.AssignMap)
@@ -623,7 +632,8 @@ def test_pending_map_without_idle_worker_cancels_the_newest_reduce_attempt():
     map_done(s, 1.0, b"A", a, m, [2, 3])
     for ident, wid in ((b"B", b), (b"C", c)):
         s.receive(4.0, ident, p.Heartbeat(wid))
-    actions = s.tick(6.5)  # A (last heard at 1.0) dies with the only copy of map 0's output
+    s.tick(6.5)  # A (last heard at 1.0) dies with the only copy of map 0's output
+    actions = report_unreadable(s, 6.6, b"B", b, r_b.attempt)  # B, on another host, cannot read it
     assert EventKind.MAP_RERUN in kinds(s)
     assert msgs(actions, kind=p.Cancel) == [p.Cancel(r_c.attempt)]
     assert one(actions, b"C", p.Cancel) == p.Cancel(r_c.attempt)
@@ -656,7 +666,8 @@ def test_cancelled_reduce_that_finishes_anyway_is_discarded():
     r = one(actions, b"B", p.AssignReduce)
     map_done(s, 1.0, b"A", a, m, [2])
     s.receive(4.0, b"B", p.Heartbeat(b))
-    actions = s.tick(6.5)
+    s.tick(6.5)
+    actions = report_unreadable(s, 6.6, b"B", b, r.attempt)
     assert one(actions, b"B", p.Cancel) == p.Cancel(r.attempt)
     actions = reduce_done(s, 6.7, b"B", b, r)
     assert Discard(f".part-00000.a{r.attempt}.tmp") in actions
@@ -673,7 +684,8 @@ def test_cancelled_attempt_reporting_failure_is_not_counted():
     r = one(actions, b"B", p.AssignReduce)
     map_done(s, 1.0, b"A", a, m, [2])
     s.receive(4.0, b"B", p.Heartbeat(b))
-    actions = s.tick(6.5)  # A dies: map 0 must run again, B's reduce is cancelled
+    s.tick(6.5)  # A dies; B cannot read map 0: it must run again, B's reduce is cancelled
+    actions = report_unreadable(s, 6.6, b"B", b, r.attempt)
     assert one(actions, b"B", p.Cancel) == p.Cancel(r.attempt)
     # B's fetch from the dead A failed before it saw the Cancel.
     actions = s.receive(6.7, b"B", p.TaskFailed(b, r.attempt, "FetchError: connection refused", "", user_error=False))

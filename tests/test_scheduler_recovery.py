@@ -231,3 +231,18 @@ def test_cancelled_unasked_gives_the_task_back():
     actions = s.receive(1.0, b"A", p.Cancelled(a, m.attempt))
     again = one(actions, b"A", p.AssignMap)
     assert again.task == 0 and again.attempt != m.attempt
+
+
+def test_orphaned_output_is_served_by_a_worker_joining_with_the_same_folder():
+    s = make(n_maps=1, n_reduce=1)
+    a, actions = join(s, b"A", scratch="/shared")
+    m = one(actions, b"A", p.AssignMap)
+    b, actions = join(s, b"B", host_id="host-2")
+    r = one(actions, b"B", p.AssignReduce)
+    map_done(s, 1.0, b"A", a, m, [3])
+    s.process_exited(1.5, "host-1", 4242, -9)  # A crashed (B is on another host: pid 4242 there is not it)
+    assert s.workers[a].state is WorkerState.DEAD and EventKind.MAP_OUTPUT_ORPHANED in kinds(s)
+    assert s.maps[0].state is TaskState.DONE and s.counters.maps_rerun == 0
+    c, actions = join(s, b"C", now=2.0, scratch="/shared", data_address="tcp://C:1")  # its replacement
+    update = one(actions, b"B", p.MapOutputs)
+    assert update.outputs[0].data_address == "tcp://C:1" and s.maps[0].result.worker.id == c
