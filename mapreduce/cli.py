@@ -85,14 +85,11 @@ def cli(verbose: int) -> None:
 @click.option("--workers", "-w", default=os.cpu_count() or 1, show_default=True, help="Number of local worker processes.")
 @_cluster_options
 @click.option("--keep-logs", is_flag=True, help="Keep the workers' log files and print where they are.")
-def run(app, inputs, output, n_reduce, params, split_size, overwrite, workers, heartbeat_interval, worker_timeout, max_attempts, task_timeout, speculation, max_worker_losses, events, quiet, keep_logs):
+def run(app, inputs, output, n_reduce, params, split_size, overwrite, workers, events, quiet, keep_logs, **cluster):
     """Run APP over INPUTS on a local cluster of worker processes."""
-    options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), heartbeat_interval, worker_timeout, max_attempts, task_timeout, speculation, max_worker_losses)
-    progress = None if quiet else Progress()
+    options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), **cluster)
     started = time.monotonic()
-    result = _guard(lambda: runner.run_local(app, inputs, output, workers, options, progress, keep_logs, events))
-    if progress:
-        progress.close()
+    result = _with_progress(quiet, lambda progress: runner.run_local(app, inputs, output, workers, options, progress, keep_logs, events))
     if not quiet:
         click.echo(f"{app}: {result.n_map} maps, {result.n_reduce} reduces on {workers} workers in {time.monotonic() - started:.2f} s; output in {output}", err=True)
 
@@ -109,14 +106,11 @@ def seq(app, inputs, output, n_reduce, params, split_size, overwrite):
 @_job_options
 @click.option("--bind", default="tcp://127.0.0.1:5555", show_default=True, help="ZeroMQ endpoint workers connect to.")
 @_cluster_options
-def coordinator(app, inputs, output, n_reduce, params, split_size, overwrite, bind, heartbeat_interval, worker_timeout, max_attempts, task_timeout, speculation, max_worker_losses, events, quiet):
+def coordinator(app, inputs, output, n_reduce, params, split_size, overwrite, bind, events, quiet, **cluster):
     """Serve one job to workers that connect with `mapreduce worker`."""
-    options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), heartbeat_interval, worker_timeout, max_attempts, task_timeout, speculation, max_worker_losses)
-    progress = None if quiet else Progress()
+    options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), **cluster)
     announce = (lambda address: click.echo(f"coordinator for {app} listening on {address}", err=True)) if not quiet else None
-    result = _guard(lambda: runner.serve(app, inputs, output, bind, options, progress, announce, events))
-    if progress:
-        progress.close()
+    result = _with_progress(quiet, lambda progress: runner.serve(app, inputs, output, bind, options, progress, announce, events))
     if not quiet:
         click.echo(f"{app}: {result.n_map} maps, {result.n_reduce} reduces in {result.seconds:.2f} s; output in {output}", err=True)
 
@@ -210,6 +204,16 @@ def crashtest(app, inputs, workers, rounds, kill_every, pause_probability, seed,
     if problem is not None:
         click.echo(f"crashtest failed: {problem}", err=True)
         sys.exit(1)
+
+
+def _with_progress(quiet: bool, job):
+    """Run job(progress) under _guard, with a progress display unless quiet."""
+    progress = None if quiet else Progress()
+    try:
+        return _guard(lambda: job(progress))
+    finally:
+        if progress:
+            progress.close()
 
 
 def _guard(action, interrupted: str = "every worker stopped, no output committed beyond what is listed", failed: str = "job failed"):
