@@ -113,24 +113,41 @@ def coordinator(app, inputs, output, n_reduce, params, split_size, overwrite, bi
     result = _with_progress(quiet, lambda progress: runner.serve(app, inputs, output, bind, options, progress, announce, events))
     if not quiet:
         click.echo(f"{app}: {result.n_map} maps, {result.n_reduce} reduces in {result.seconds:.2f} s; output in {output}", err=True)
+        c = result.counters
+        if c.input_fetched or c.shuffle_fetched or c.output_pulled:
+            click.echo(
+                f"network: {_mb(c.input_fetched)} of input and {_mb(c.output_pulled)} of output through the coordinator, "
+                f"{_mb(c.shuffle_fetched)} of map output worker to worker", err=True,
+            )
 
 
 @cli.command()
 @click.option("--connect", "-c", required=True, help="The coordinator's endpoint, e.g. tcp://host:5555.")
 @click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for map output (default: a per-user folder in the temp dir).")
 @click.option("--name", default="", help="A name for logs (default host:pid).")
-@click.option("--advertise", default="127.0.0.1", show_default=True, help="Address this worker's data server binds and advertises.")
+@click.option("--advertise", default="", help="Address of this host that the coordinator and other workers can reach; "
+              "the data server binds it. Default: this host's address on the interface that reaches the coordinator.")
 @click.option("--heartbeat-interval", default=1.0, show_default=True, help="Seconds between heartbeats.")
 @click.option("--coordinator-timeout", default=20.0, show_default=True, help="Exit non-zero after this many seconds without word from the coordinator.")
-def worker(connect, scratch, name, advertise, heartbeat_interval, coordinator_timeout):
-    """Run tasks for the coordinator at CONNECT until its job is done."""
+@click.option("--drain-timeout", default=30.0, show_default=True, help="On SIGTERM, seconds the current task may take to finish before it is handed back.")
+def worker(connect, scratch, name, advertise, heartbeat_interval, coordinator_timeout, drain_timeout):
+    """Run tasks for the coordinator at CONNECT until its job is done.
+    SIGTERM drains: no new task, the current one finishes or is handed back, then exit 0."""
     from .node import default_scratch
-    from .worker import Worker, WorkerOptions
+    from .worker import ExitCode, Worker, WorkerOptions
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
-    options = WorkerOptions(connect, scratch or default_scratch(), name, advertise, heartbeat_interval, coordinator_timeout=coordinator_timeout)
-    code = Worker(options).run()
-    if code != 0:
+    options = WorkerOptions(connect, scratch or default_scratch(), name, advertise, heartbeat_interval,
+                            coordinator_timeout=coordinator_timeout, drain_timeout=drain_timeout)
+    try:
+        node = Worker(options)
+    except Exception as exc:  # zmq.ZMQError: the advertised address is not this host's
+        click.echo(f"error: cannot start the worker's data server on {advertise or 'the default address'}: {exc}", err=True)
+        sys.exit(2)
+    code = node.run()
+    if code == ExitCode.REFUSED:
+        click.echo(f"error: {node.refused}", err=True)
+    elif code == ExitCode.COORDINATOR_LOST:
         click.echo(f"error: coordinator at {connect} unreachable for {coordinator_timeout:.0f} s; worker exiting", err=True)
     sys.exit(code)
 
@@ -204,6 +221,10 @@ def crashtest(app, inputs, workers, rounds, kill_every, pause_probability, seed,
     if problem is not None:
         click.echo(f"crashtest failed: {problem}", err=True)
         sys.exit(1)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
 
 def _with_progress(quiet: bool, job):

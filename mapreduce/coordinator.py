@@ -3,6 +3,9 @@
 The loop owns one ROUTER socket. Workers' frames are decoded and validated
 (never unpickled), handed to the scheduler with the current monotonic time, and
 the scheduler's actions are carried out: messages sent, partitions committed.
+Beside the loop, a data server serves the input files to workers on other
+hosts, and a transfers thread pulls their reduce output and checks their data
+servers, so no transfer ever stalls the loop.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from typing import Callable
 import zmq
 
 from . import output, protocol as p
+from .dataserver import DataServer
 from .errors import ProtocolError
 from .inputs import Split
 from .job import App
-from .node import host_id
+from .node import endpoint_host, host_id
 from .events import EventLog
 from .scheduler import Commit, Counters, Discard, EventKind, Scheduler, Send, Settings
+from .transfers import Probe, Pull, Transfers
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,10 @@ class Coordinator:
             self.context.term()
             raise
         self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        # Inputs for workers that cannot see them, on the interface workers connect to.
+        self.data_server = DataServer(self.context, None, endpoint_host(self.address), files=[s.path for s in splits])
+        self.transfers = Transfers(self.context)
+        self._probing: set[bytes] = set()
         self._app_blob = app.to_bytes()
         self._host_id = host_id()
         self.rejected_messages = 0
@@ -80,12 +89,13 @@ class Coordinator:
     def _welcome(self, worker: int) -> p.Welcome:
         return p.Welcome(
             worker, self.job_id, self._app_blob, len(self.splits), self.settings.n_reduce,
-            self.settings.heartbeat_interval, str(self.output_dir.resolve()), self._host_id,
+            self.settings.heartbeat_interval, str(self.output_dir.resolve()), self._host_id, self.data_server.port,
         )
 
     def run(self) -> JobResult:
         started = time.monotonic()
         scheduler = Scheduler(self.splits, self.settings, started, self.job_id)
+        self.data_server.start()
         try:
             self._serve(scheduler)
             if scheduler.succeeded:
@@ -99,28 +109,44 @@ class Coordinator:
             self._farewell(scheduler, False, message, grace=0.5)
             self._flush_events(scheduler)
             self.events.close()
-            self.socket.close()
-            self.context.term()
+            self._close()
             raise
         except Exception as exc:
             ok, message = False, f"the coordinator failed: {type(exc).__name__}: {exc}"
             log.exception("coordinator failure")
         finally:
+            self.transfers.close()  # no pull may write into the output folder after this
             if not scheduler.succeeded:
                 output.remove_temps(self.output_dir)
             scheduler.record(time.monotonic(), EventKind.JOB_FINISHED, ok=scheduler.succeeded, message=scheduler.failure or "")
         self._farewell(scheduler, ok, message, self.goodbye_grace)
         self._flush_events(scheduler)
         self.events.close()
+        self._close()
+        return JobResult(ok, message, scheduler.counters, time.monotonic() - started, len(self.splits), self.settings.n_reduce)
+
+    def _close(self) -> None:
+        self.transfers.close()
+        self.data_server.stop()
         self.socket.close()
         self.context.term()
-        return JobResult(ok, message, scheduler.counters, time.monotonic() - started, len(self.splits), self.settings.n_reduce)
+
+    def _over(self, scheduler: Scheduler) -> bool:
+        """Failed, or every partition done and committed (pulls from other hosts included)."""
+        return scheduler.failure is not None or (scheduler.succeeded and self.transfers.pending == 0)
 
     def _serve(self, scheduler: Scheduler) -> None:
         tick_every = min(0.1, self.settings.heartbeat_interval / 4)
         next_tick = time.monotonic()
-        while not scheduler.finished:
-            if self.socket.poll(max(0.0, next_tick - time.monotonic()) * 1000):
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self.transfers.wakeup, zmq.POLLIN)
+        while not self._over(scheduler):
+            ready = dict(poller.poll(max(0.0, next_tick - time.monotonic()) * 1000))
+            if self.transfers.wakeup in ready:
+                for finished in self.transfers.collect():
+                    self._transferred(scheduler, finished)
+            if self.socket in ready:
                 for _ in range(1000):  # drain a burst, but keep ticking under load
                     try:
                         identity, frame = self._recv()
@@ -129,7 +155,7 @@ class Coordinator:
                     if identity is None:
                         continue
                     self._carry_out(scheduler, self._handle(scheduler, identity, frame))
-                    if scheduler.finished:
+                    if self._over(scheduler):
                         return
             now = time.monotonic()
             if now >= next_tick:
@@ -163,8 +189,36 @@ class Coordinator:
             log.warning("rejected a message from %r: %s", identity, exc)
             return []
         if isinstance(message, p.Register):
-            return scheduler.register(now, identity, message, self._welcome)
+            if message.host_id == self._host_id:
+                return scheduler.register(now, identity, message, self._welcome)
+            # From another host: first check its data server answers (in the transfers thread).
+            if identity not in self._probing:
+                self._probing.add(identity)
+                self.transfers.submit(Probe(identity, message))
+            return []
         return scheduler.receive(now, identity, message)
+
+    def _transferred(self, scheduler: Scheduler, done: Pull | Probe) -> None:
+        now = time.monotonic()
+        if isinstance(done, Probe):
+            self._probing.discard(done.identity)
+            if done.error is None:
+                self._carry_out(scheduler, scheduler.register(now, done.identity, done.register, self._welcome))
+                return
+            reason = (
+                f"the coordinator cannot reach this worker's data server at {done.register.data_address} "
+                f"({done.error}); start the worker with --advertise ADDRESS, an address of its host "
+                "that the coordinator and the other workers can reach"
+            )
+            log.error("refused worker %s on %s: %s", done.register.name, done.register.host, reason)
+            self.socket.send_multipart([done.identity, p.encode(p.Refused(reason))])
+            return
+        c = done.commit
+        if done.error is not None:
+            self._carry_out(scheduler, scheduler.commit_failed(now, c.partition, f"pulling it from {c.data_address} failed: {done.error}"))
+            return
+        scheduler.counters.output_pulled += c.size
+        self._commit(scheduler, c.partition, done.destination.name)
 
     def _carry_out(self, scheduler: Scheduler, actions: list) -> None:
         now = time.monotonic()
@@ -173,16 +227,26 @@ class Coordinator:
                 self.socket.send_multipart([action.identity, p.encode(action.message)])
                 scheduler.sent(action.identity, now)
             elif isinstance(action, Commit):
-                try:
-                    output.commit(self.output_dir, action.temp, action.partition)
-                    scheduler.record(now, EventKind.OUTPUT_COMMITTED, partition=action.partition)
-                except FileNotFoundError as exc:  # the attempt's file vanished: run it again
-                    self._carry_out(scheduler, scheduler.commit_failed(now, action.partition, str(exc)))
-                except OSError as exc:
-                    scheduler.failure = f"could not commit partition {action.partition} to {self.output_dir}: {exc}"
+                if action.host_id == self._host_id:
+                    self._commit(scheduler, action.partition, action.temp)
+                else:  # written on another host: pull it here first, then commit
+                    name = output.attempt_temp_name(action.partition, self.job_id, action.attempt)
+                    self.transfers.submit(Pull(action, self.output_dir / name))
             elif isinstance(action, Discard):
                 if output.is_temp_name(action.temp):
                     (self.output_dir / action.temp).unlink(missing_ok=True)
+
+    def _commit(self, scheduler: Scheduler, partition: int, temp: str) -> None:
+        now = time.monotonic()
+        try:
+            if not output.is_temp_name(temp):
+                raise FileNotFoundError(f"{temp!r} is not a temporary output name")
+            output.commit(self.output_dir, temp, partition)
+            scheduler.record(now, EventKind.OUTPUT_COMMITTED, partition=partition)
+        except FileNotFoundError as exc:  # the attempt's file vanished: run it again
+            self._carry_out(scheduler, scheduler.commit_failed(now, partition, str(exc)))
+        except OSError as exc:
+            scheduler.failure = f"could not commit partition {partition} to {self.output_dir}: {exc}"
 
     def _farewell(self, scheduler: Scheduler, ok: bool, message: str, grace: float) -> None:
         """Tell every worker the job is over, and wait a little for their goodbyes."""

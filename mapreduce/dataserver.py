@@ -1,8 +1,10 @@
-"""The data plane: a worker serves byte ranges of its scratch files to reducers.
+"""The data plane: byte ranges of files, served to other hosts.
 
-Requests and replies are msgpack arrays on a ROUTER socket in a thread of its
-own, so serving never waits on the worker's control loop or on user code.
-Only regular files inside the served folder can be read.
+A worker serves its scratch folder (map output to reducers, reduce output to the
+coordinator); the coordinator serves the job's input files to workers that
+cannot see them. Requests and replies are msgpack arrays on a ROUTER socket in a
+thread of its own, so serving never waits on a control loop or on user code.
+Only regular files inside the served folder, or the listed files, can be read.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Iterable
 
 import msgpack
 import zmq
@@ -20,6 +23,7 @@ from .errors import ProtocolError
 log = logging.getLogger(__name__)
 
 CHUNK = 4 * 1024 * 1024
+PING = ""  # a request for no file: answered at once, to show the server is reachable
 MAX_REQUEST_BYTES = 64 * 1024
 
 
@@ -28,13 +32,16 @@ class FetchError(Exception):
 
 
 class DataServer:
-    def __init__(self, context: zmq.Context, root: Path, host: str = "127.0.0.1"):
-        self.root = root.resolve()
+    def __init__(self, context: zmq.Context, root: Path | None = None, host: str = "127.0.0.1", files: Iterable[str] = ()):
+        self.root = root.resolve() if root is not None else None
+        self.files = frozenset(files)
+        self.bytes_served = 0
         self._socket = context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         self._socket.bind(f"tcp://{host}:*")
         self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.port = int(self.address.rsplit(":", 1)[1])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="data-server", daemon=True)
 
@@ -62,15 +69,21 @@ class DataServer:
     def _answer(self, request: bytes) -> bytes:
         try:
             path, offset, length = _parse(request)
-            return msgpack.packb([True, self._read(path, offset, length)], use_bin_type=True)
+            if path == PING:
+                return msgpack.packb([True, b""], use_bin_type=True)
+            data = self._read(path, offset, length)
+            self.bytes_served += len(data)
+            return msgpack.packb([True, data], use_bin_type=True)
         except (ProtocolError, OSError) as exc:
             log.warning("data request refused: %s", exc)
             return msgpack.packb([False, str(exc)], use_bin_type=True)
 
     def _read(self, path: str, offset: int, length: int) -> bytes:
         target = Path(os.path.realpath(path))
-        if not target.is_relative_to(self.root) or not target.is_file():
-            raise ProtocolError(f"{path!r} is not a file this worker serves")
+        listed = str(target) in self.files
+        inside = self.root is not None and target.is_relative_to(self.root)
+        if not (listed or inside) or not target.is_file():
+            raise ProtocolError(f"{path!r} is not a file this server serves")
         with open(target, "rb") as f:
             f.seek(offset)
             return f.read(length)
@@ -89,12 +102,30 @@ def _parse(request: bytes) -> tuple[str, int, int]:
 
 
 class Fetcher:
-    """Copies byte ranges from data servers; one socket per server, reused."""
+    """Copies byte ranges from data servers; one socket per server, reused.
+    Not thread-safe: each thread that fetches has a Fetcher of its own."""
 
     def __init__(self, context: zmq.Context, timeout: float = 30.0):
         self._context = context
         self._timeout_ms = int(timeout * 1000)
         self._sockets: dict[str, zmq.Socket] = {}
+        self.received = 0  # bytes of file data received, for the job's network figures
+
+    def ping(self, address: str) -> None:
+        """Raise FetchError unless the data server at ``address`` answers within the timeout."""
+        self._request(address, PING, 0, 0)
+
+    def read(self, address: str, path: str, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset+length)`` of ``path``, fewer only at the end of the file."""
+        parts = []
+        while length > 0:
+            data = self._request(address, path, offset, min(CHUNK, length))
+            parts.append(data)
+            if len(data) < min(CHUNK, length):
+                break
+            offset += len(data)
+            length -= len(data)
+        return b"".join(parts)
 
     def copy(self, address: str, path: str, offset: int, length: int, out) -> None:
         """Write bytes ``[offset, offset+length)`` of ``path`` at ``address`` to file ``out``."""
@@ -112,6 +143,7 @@ class Fetcher:
         if socket is None:
             socket = self._sockets[address] = self._context.socket(zmq.DEALER)
             socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.MAXMSGSIZE, CHUNK + MAX_REQUEST_BYTES)
             socket.connect(address)
         socket.send(msgpack.packb([path, offset, length]))
         if not socket.poll(self._timeout_ms):
@@ -124,9 +156,47 @@ class Fetcher:
             raise FetchError(f"data server {address} sent a malformed reply") from None
         if not ok or not isinstance(payload, bytes):
             raise FetchError(f"data server {address} refused {path}: {payload}")
+        self.received += len(payload)
         return payload
 
     def close(self) -> None:
         for socket in self._sockets.values():
             socket.close(0)
         self._sockets.clear()
+
+
+class RemoteFile:
+    """A read-only file on a data server, with the few file methods splitting needs
+    (``inputs.read_range``): reads go to the server in ranges, lines in pieces."""
+
+    LINE_PIECE = 64 * 1024
+
+    def __init__(self, fetcher: Fetcher, address: str, path: str):
+        self.fetcher, self.address, self.path = fetcher, address, path
+        self._position = 0
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET:
+            raise ValueError("a remote file seeks from its start only")
+        self._position = offset
+        return offset
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int) -> bytes:
+        data = self.fetcher.read(self.address, self.path, self._position, size)
+        self._position += len(data)
+        return data
+
+    def readline(self) -> bytes:
+        parts = []
+        while True:
+            piece = self.fetcher.read(self.address, self.path, self._position, self.LINE_PIECE)
+            end = piece.find(b"\n")
+            if end >= 0:
+                piece = piece[: end + 1]
+            parts.append(piece)
+            self._position += len(piece)
+            if end >= 0 or len(piece) < self.LINE_PIECE:
+                return b"".join(parts)

@@ -65,8 +65,11 @@ def make_splits(paths: Sequence[str], split_size: int = DEFAULT_SPLIT_SIZE) -> l
     return splits
 
 
-def read_split(split: Split) -> str:
-    """The text of a split, decoded as UTF-8 with replacement characters."""
+def read_split(split: Split, source: BinaryIO | None = None) -> str:
+    """The text of a split, decoded as UTF-8 with replacement characters.
+    ``source``: the file opened elsewhere (a remote one); by default the local path."""
+    if source is not None:
+        return read_range(source, split.start, split.end).decode("utf-8", "replace")
     with open(split.path, "rb") as f:
         return read_range(f, split.start, split.end).decode("utf-8", "replace")
 

@@ -53,6 +53,8 @@ class TaskDone:
     path: str = ""  # a map's output file, or a reduce's temporary output name
     records: int = 0
     offset: int = 0  # where in that file a map's output starts
+    size: int = 0  # bytes of a reduce's output (the coordinator pulls it from another host)
+    fetched: int = 0  # bytes this attempt received over the network (input or map output)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,13 @@ class Goodbye:
     worker: int
 
 
+@dataclass(frozen=True)
+class Draining:
+    """The worker is leaving (SIGTERM): give it no new task; it finishes or hands back its current one."""
+
+    worker: int
+
+
 # ---- coordinator -> worker -------------------------------------------------
 
 
@@ -99,7 +108,8 @@ class Welcome:
     n_reduce: int
     heartbeat_interval: float
     output_dir: str
-    output_host_id: str
+    output_host_id: str  # the coordinator's host: workers there read inputs and write output directly
+    data_port: int = 0  # the coordinator's data server (inputs, for workers on other hosts), same host as --connect
 
 
 @dataclass(frozen=True)
@@ -156,13 +166,20 @@ class Unknown:
 
 
 @dataclass(frozen=True)
+class Refused:
+    """The coordinator will not take this worker (e.g. its data server is unreachable): exit."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class JobDone:
     ok: bool
     message: str = ""
 
 
-WORKER_MESSAGES: tuple[type, ...] = (Register, Heartbeat, TaskDone, TaskFailed, FetchFailed, Cancelled, Goodbye)
-COORDINATOR_MESSAGES: tuple[type, ...] = (Welcome, Heartbeat, AssignMap, AssignReduce, MapOutputs, Cancel, Unknown, JobDone)
+WORKER_MESSAGES: tuple[type, ...] = (Register, Heartbeat, TaskDone, TaskFailed, FetchFailed, Cancelled, Goodbye, Draining)
+COORDINATOR_MESSAGES: tuple[type, ...] = (Welcome, Heartbeat, AssignMap, AssignReduce, MapOutputs, Cancel, Unknown, Refused, JobDone)
 _BY_NAME: dict[str, type] = {cls.__name__: cls for cls in WORKER_MESSAGES + COORDINATOR_MESSAGES + (MapOutput,)}
 
 

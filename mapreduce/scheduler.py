@@ -61,11 +61,12 @@ class AttemptState(enum.Enum):
 class WorkerState(enum.Enum):
     IDLE = "idle"
     BUSY = "busy"
+    DRAINING = "draining"  # leaving on request: finishes or hands back its attempt, gets no new one
     DEAD = "dead"
     LEFT = "left"
 
 
-LIVE = (WorkerState.IDLE, WorkerState.BUSY)
+LIVE = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.DRAINING)
 MAX_OFFSET = 2**63 - 1  # file offsets must fit the wire's int64
 
 
@@ -73,6 +74,7 @@ class EventKind(enum.Enum):
     WORKER_JOINED = "worker_joined"
     WORKER_DEAD = "worker_dead"
     WORKER_LEFT = "worker_left"
+    WORKER_DRAINING = "worker_draining"
     MESSAGE_FENCED = "message_fenced"
     TASK_ASSIGNED = "task_assigned"
     TASK_FINISHED = "task_finished"
@@ -182,10 +184,17 @@ class Send:
 
 @dataclass(frozen=True)
 class Commit:
-    """Publish a reduce attempt's temporary output as the partition's final file."""
+    """Publish a reduce attempt's temporary output as the partition's final file.
+
+    ``temp`` is a name in the output folder when the reducer shares the coordinator's
+    host; otherwise a path in the reducer's scratch, to pull from its data server."""
 
     partition: int
     temp: str
+    attempt: int = 0
+    host_id: str = ""  # the reducer's host
+    data_address: str = ""  # the reducer's data server
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -207,6 +216,11 @@ class Counters:
     backups: int = 0
     fenced: int = 0
     fetch_failures: int = 0
+    # Bytes moved over the network: input that maps read from the coordinator, map output
+    # that reduces fetched from other workers, reduce output the coordinator pulled.
+    input_fetched: int = 0
+    shuffle_fetched: int = 0
+    output_pulled: int = 0
 
 
 class Scheduler:
@@ -329,6 +343,11 @@ class Scheduler:
             worker.state = WorkerState.LEFT
             self.record(now, EventKind.WORKER_LEFT, worker=worker.id)
             return self._release(now, worker, "it left") + self._dispatch(now)
+        if isinstance(message, p.Draining):
+            worker.state = WorkerState.DRAINING
+            self.record(now, EventKind.WORKER_DRAINING, worker=worker.id, attempt=worker.attempt.id if worker.attempt else None)
+            log.info("%s is draining", worker.describe())
+            return []
         attempt = self.attempts.get(message.attempt)
         if attempt is None or attempt.worker is not worker or worker.attempt is not attempt:
             log.warning("ignored %s from %s for attempt %s it is not running", type(message).__name__, worker.describe(), message.attempt)
@@ -336,7 +355,8 @@ class Scheduler:
         if isinstance(message, p.FetchFailed):
             return self._fetch_failed(now, attempt, message) + self._dispatch(now)
         worker.attempt = None
-        worker.state = WorkerState.IDLE
+        if worker.state is WorkerState.BUSY:
+            worker.state = WorkerState.IDLE
         if isinstance(message, p.TaskDone):
             actions = self._succeeded(now, attempt, message)
         elif isinstance(message, p.TaskFailed):
@@ -455,7 +475,12 @@ class Scheduler:
         if problem:
             return self._failed(now, attempt, p.TaskFailed(done.worker, attempt.id, problem, user_error=False))
         self._end(attempt, AttemptState.SUCCEEDED)
-        self.record(now, EventKind.TASK_FINISHED, **self._attempt_fields(attempt), records=done.records, seconds=round(now - attempt.started, 6), backup=attempt.backup)
+        self.record(now, EventKind.TASK_FINISHED, **self._attempt_fields(attempt), records=done.records,
+                    seconds=round(now - attempt.started, 6), backup=attempt.backup, fetched=done.fetched)
+        if task.kind is TaskKind.MAP:
+            self.counters.input_fetched += done.fetched
+        else:
+            self.counters.shuffle_fetched += done.fetched
         bisect.insort(self._durations[task.kind], now - self._effective_start(attempt))
         task.lost = 0
         actions: list = []
@@ -465,7 +490,8 @@ class Scheduler:
             actions.append(Send(other.worker.identity, p.Cancel(other.id)))
         self._set_state(task, TaskState.DONE)
         if task.kind is TaskKind.REDUCE:
-            return actions + [Commit(task.index, done.path)]
+            info = attempt.worker.info
+            return actions + [Commit(task.index, done.path, attempt.id, info.host_id, info.data_address, done.size)]
         offsets, total = [], done.offset
         for length in done.partition_lengths:
             offsets.append(total)
@@ -480,7 +506,11 @@ class Scheduler:
                 return f"map output index has {len(done.partition_lengths)} partitions, expected {self.settings.n_reduce}"
             return ""
         expected = output.attempt_temp_name(attempt.task.index, self.job_id, attempt.id)
-        return "" if done.path == expected else f"reduce output named {done.path!r}, expected {expected!r}"
+        # The name in the output folder, or (from another host) a path in scratch ending in it.
+        named = done.path == expected or done.path.endswith("/" + expected)
+        if not named or not 0 <= done.size < MAX_OFFSET:
+            return f"reduce output named {done.path!r} ({done.size} bytes), expected {expected!r}"
+        return ""
 
     def _announce(self, map_task: Task, only: Attempt | None = None) -> list:
         """Tell running reduce attempts (or just ``only``) where this map's output is."""
@@ -588,7 +618,7 @@ class Scheduler:
         """Move a finished map's output to a live worker that can serve it, or run it again."""
         old = map_task.result.worker.info
         for candidate in self.live_workers():
-            if _same_folder(candidate.info, old) and candidate.info.data_address != old.data_address:
+            if candidate.state is not WorkerState.DRAINING and _same_folder(candidate.info, old) and candidate.info.data_address != old.data_address:
                 map_task.result.worker = candidate
                 self.record(now, EventKind.MAP_OUTPUT_MOVED, task=map_task.index, worker=candidate.id)
                 return self._announce(map_task)

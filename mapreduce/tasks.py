@@ -1,11 +1,13 @@
 """Running one map or reduce attempt inside a worker: the task bodies, free of sockets.
 
-A map reads its split, runs the app's map, and writes one partitioned, sorted
-(and combined) file into the worker's scratch folder. A reduce gathers its
-partition of every map's output as the locations arrive (reading files on its
-own host directly, fetching the rest from the serving worker), merges the
+A map reads its split (directly on the coordinator's host, else from the
+coordinator's data server), runs the app's map, and writes one partitioned,
+sorted (and combined) file into the worker's scratch folder. A reduce gathers
+its partition of every map's output as the locations arrive (reading files on
+its own host directly, fetching the rest from the serving worker), merges the
 sorted runs as streams, runs the app's reduce, and writes a temporary output
-file that the coordinator alone may commit.
+file that the coordinator alone may commit: in the output folder on the
+coordinator's host, else in scratch, from where the coordinator pulls it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from . import output, protocol as p, shuffle
-from .dataserver import FetchError, Fetcher
+from .dataserver import FetchError, Fetcher, RemoteFile
 from .inputs import Split, read_split
 from .job import App
 
@@ -38,6 +40,7 @@ class AttemptContext:
 
     attempt: int
     cancelled: threading.Event = field(default_factory=threading.Event)
+    gathering: threading.Event = field(default_factory=threading.Event)  # a reduce waiting for map output
     inbox: "queue.Queue[tuple[list[p.MapOutput], list[int]]]" = field(default_factory=queue.Queue)
 
     def check(self) -> None:
@@ -54,7 +57,8 @@ class JobContext:
     host_id: str
     workdir: Path  # this worker's folder for this job
     output_dir: Path
-    output_host_id: str
+    output_host_id: str  # the coordinator's host
+    input_address: str  # the coordinator's data server, for inputs this host cannot see
     _map_log: list = field(default_factory=list)  # the open append file, once created
 
     def map_log(self) -> BinaryIO:
@@ -63,14 +67,19 @@ class JobContext:
             self._map_log.append(open(self.workdir / "map-output.log", "ab+"))
         return self._map_log[0]
 
+    @property
+    def on_coordinator_host(self) -> bool:
+        return self.host_id == self.output_host_id
+
     def close(self) -> None:
         for f in self._map_log:
             f.close()
 
 
-def run_map(job: JobContext, task: p.AssignMap, ctx: AttemptContext, buffer_records: int = shuffle.DEFAULT_BUFFER_RECORDS) -> p.TaskDone:
+def run_map(job: JobContext, task: p.AssignMap, ctx: AttemptContext, fetcher: Fetcher, buffer_records: int = shuffle.DEFAULT_BUFFER_RECORDS) -> p.TaskDone:
     split = Split(task.key, task.path, task.start, task.end)
-    text = read_split(split)
+    received = fetcher.received
+    text = read_split(split, None if job.on_coordinator_host else RemoteFile(fetcher, job.input_address, split.path))
     buffer = shuffle.MapOutputBuffer(job.n_reduce, job.app.partition, job.app.combine, job.workdir, buffer_records, f"a{task.attempt}-spill")
     buffer.add_all(job.app.map(split.key, text), f"input {split.key!r} (bytes {split.start}-{split.end})")
     ctx.check()
@@ -78,7 +87,7 @@ def run_map(job: JobContext, task: p.AssignMap, ctx: AttemptContext, buffer_reco
     log = job.map_log()
     offset = log.seek(0, os.SEEK_END)
     lengths = buffer.finish_into(log)
-    return p.TaskDone(0, task.attempt, lengths, log.name, buffer.total, offset)
+    return p.TaskDone(0, task.attempt, lengths, log.name, buffer.total, offset, fetched=fetcher.received - received)
 
 
 class ReduceInputs:
@@ -97,13 +106,17 @@ class ReduceInputs:
         self.failed: set[tuple[int, int, str]] = set()
 
     def gather(self, initial: list[p.MapOutput], empty: list[int]) -> None:
-        self._take(initial, empty)
-        while len(self.runs) < self.job.n_map:
-            self.ctx.check()
-            try:
-                self._take(*self.ctx.inbox.get(timeout=0.2))
-            except queue.Empty:
-                pass
+        self.ctx.gathering.set()
+        try:
+            self._take(initial, empty)
+            while len(self.runs) < self.job.n_map:
+                self.ctx.check()
+                try:
+                    self._take(*self.ctx.inbox.get(timeout=0.2))
+                except queue.Empty:
+                    pass
+        finally:
+            self.ctx.gathering.clear()
 
     def _take(self, locations: list[p.MapOutput], empty: list[int] = ()) -> None:
         for map_task in empty:
@@ -156,22 +169,24 @@ class ReduceInputs:
 
 
 def run_reduce(job: JobContext, task: p.AssignReduce, ctx: AttemptContext, fetcher: Fetcher, report: Callable[[object], None]) -> p.TaskDone:
-    if job.output_host_id != job.host_id:
-        raise FetchError("the output folder is on another host; this version writes output only where the coordinator's folder is visible")
     folder = job.workdir / f"a{task.attempt}"
     folder.mkdir()
+    received = fetcher.received
     inputs = ReduceInputs(job, ctx, fetcher, folder, report)
     try:
         inputs.gather(task.outputs, task.empty)
         temp = output.attempt_temp_name(task.task, job.job_id, task.attempt)
+        # Where the output folder is not visible, the coordinator pulls the file from scratch.
+        target = job.output_dir / temp if job.on_coordinator_host else job.workdir / temp
         reduce = job.app.reduce
         results = ((key, reduce(key, values)) for key, values in _checked(inputs.groups(), ctx))
         try:
-            count = output.write_lines(job.output_dir / temp, results)
+            count = output.write_lines(target, results)
         except BaseException:
-            (job.output_dir / temp).unlink(missing_ok=True)
+            target.unlink(missing_ok=True)
             raise
-        return p.TaskDone(0, task.attempt, [], temp, count)
+        name = temp if job.on_coordinator_host else str(target)
+        return p.TaskDone(0, task.attempt, [], name, count, size=target.stat().st_size, fetched=fetcher.received - received)
     finally:
         inputs.close()
         for run in folder.glob("*"):

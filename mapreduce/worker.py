@@ -1,4 +1,5 @@
-"""The worker: register, heartbeat, run one task at a time, serve map output, reconnect.
+"""The worker: register, heartbeat, run one task at a time, serve map output, reconnect,
+and leave cleanly on SIGTERM (drain).
 
 Three threads with one job each: the control loop owns the coordinator socket
 (so heartbeats flow while user code runs), the executor runs task bodies, and
@@ -12,6 +13,7 @@ import logging
 import os
 import queue
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -27,16 +29,17 @@ from . import output, protocol as p
 from .dataserver import DataServer, FetchError, Fetcher
 from .errors import ProtocolError
 from .job import App
-from .node import default_scratch, host_id, hostname
+from .node import address_towards, default_scratch, endpoint_host, host_id, hostname
 from .tasks import AttemptCancelled, AttemptContext, JobContext, run_map, run_reduce
 
 log = logging.getLogger(__name__)
 
 
 class ExitCode:
-    DONE = 0
-    COORDINATOR_LOST = 3
+    DONE = 0  # the job finished, or the worker drained and left
     FATAL = 1
+    REFUSED = 2  # the coordinator would not take this worker
+    COORDINATOR_LOST = 3
 
 
 @dataclass(frozen=True)
@@ -44,11 +47,12 @@ class WorkerOptions:
     connect: str
     scratch: Path = field(default_factory=default_scratch)
     name: str = ""
-    advertise: str = "127.0.0.1"
+    advertise: str = ""  # empty: the address of the interface that reaches the coordinator
     heartbeat_interval: float = 1.0
     liveness: int = 3  # heartbeats missed before reconnecting
     coordinator_timeout: float = 30.0  # silence after which the worker gives up
     max_backoff: float = 8.0
+    drain_timeout: float = 30.0  # on SIGTERM, how long the current task may take to finish
 
 
 class Worker:
@@ -59,7 +63,7 @@ class Worker:
         self.host_id = host_id()
         self.scratch = options.scratch.resolve()
         self.scratch.mkdir(parents=True, exist_ok=True)
-        self.data_server = DataServer(self.context, self.scratch, options.advertise)
+        self.data_server = DataServer(self.context, self.scratch, options.advertise or address_towards(options.connect))
         self.fetcher = Fetcher(self.context, timeout=FETCH_TIMEOUT)
         _raise_open_file_limit()  # a reduce holds one open run per map task
         self.incarnation: int | None = None
@@ -78,12 +82,17 @@ class Worker:
         self.socket: zmq.Socket | None = None
         self._job_finished = False
         self._cancelled_at: float | None = None  # when the running attempt was told to stop
+        self._drain_asked = False  # set by SIGTERM
+        self._drain_deadline: float | None = None  # set once draining has begun
+        self.refused: str | None = None  # why the coordinator would not take this worker
 
     # ---- control loop ----------------------------------------------------
 
     def run(self) -> int:
         self.data_server.start()
         self._executor.start()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._ask_drain)
         try:
             return self._loop()
         finally:
@@ -134,7 +143,11 @@ class Worker:
                 code = self._handle(message)
                 if code is not None:
                     return code
-            if self._cancelled_at is not None and now - self._cancelled_at > CANCEL_GRACE:
+            if self._drain_asked:
+                code = self._drain(now)
+                if code is not None:
+                    return code
+            elif self._cancelled_at is not None and now - self._cancelled_at > CANCEL_GRACE:
                 self._restart("a cancelled attempt's user code did not return")
             if now >= next_heartbeat:
                 if self.incarnation is not None:
@@ -150,6 +163,33 @@ class Worker:
                 self._connect()
                 next_reconnect = now + backoff
                 backoff = min(backoff * 2, opts.max_backoff)
+
+    def _ask_drain(self, signum: int, frame: Any) -> None:
+        self._drain_asked = True  # acted on by the control loop within a heartbeat interval
+
+    def _drain(self, now: float) -> int | None:
+        """Leave without failing anything: no new task; a reduce still waiting for map output
+        is handed back at once, anything else may finish within the drain timeout."""
+        current = self.current
+        if self._drain_deadline is None:
+            log.warning("SIGTERM: draining (finishing or handing back the current task), then leaving")
+            self._drain_deadline = now + self.options.drain_timeout
+            if self.incarnation is not None:
+                self._send(p.Draining(self.incarnation))
+            if current is not None and current.gathering.is_set():
+                current.cancelled.set()
+                self._cancelled_at = now
+        elif current is not None and now >= self._drain_deadline and not current.cancelled.is_set():
+            log.warning("the current attempt did not finish within the drain timeout: handing it back")
+            current.cancelled.set()
+            self._cancelled_at = now
+        stuck = self._cancelled_at is not None and now - self._cancelled_at > CANCEL_GRACE
+        if current is None or self.incarnation is None or stuck:
+            if self.incarnation is not None:
+                self._send(p.Goodbye(self.incarnation))
+            log.warning("drained: leaving")
+            return ExitCode.DONE
+        return None
 
     def _connect(self) -> None:
         self._drop_attempt()
@@ -188,6 +228,10 @@ class Worker:
             self._drop_attempt()
             self.incarnation = None
             self._register()
+        elif isinstance(message, p.Refused):
+            log.error("the coordinator refused this worker: %s", message.reason)
+            self.refused = message.reason
+            return ExitCode.REFUSED
         elif isinstance(message, p.JobDone):
             return self._job_done(message)
         return None
@@ -199,11 +243,18 @@ class Worker:
             app.start()
             workdir = self.scratch / f"job-{welcome.job_id}" / f"w-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             workdir.mkdir(parents=True)
-            self.job = JobContext(app, welcome.job_id, welcome.n_map, welcome.n_reduce, self.host_id, workdir, Path(welcome.output_dir), welcome.output_host_id)
+            input_address = f"tcp://{endpoint_host(self.options.connect)}:{welcome.data_port}"
+            self.job = JobContext(
+                app, welcome.job_id, welcome.n_map, welcome.n_reduce, self.host_id, workdir,
+                Path(welcome.output_dir), welcome.output_host_id, input_address,
+            )
         log.info("registered as worker %d for job %s", welcome.worker, welcome.job_id)
 
     def _assign(self, assign: p.AssignMap | p.AssignReduce) -> None:
         if self.job is None or self.incarnation is None:
+            return
+        if self._drain_deadline is not None:  # crossed our Draining on the wire: hand it back
+            self._send(p.Cancelled(self.incarnation, assign.attempt))
             return
         if self.current is not None:
             # Only after a lost registration: the old attempt is gone for the coordinator.
@@ -223,16 +274,26 @@ class Worker:
                 ctx, result, final = self._results.get_nowait()
             except queue.Empty:
                 return
+            output_file = self._reduce_output(result)
             if ctx is not self.current or self.incarnation is None:
                 # The coordinator no longer expects it; a reduce's output must not linger.
-                if isinstance(result, p.TaskDone) and self.job is not None and output.is_temp_name(result.path):
-                    (self.job.output_dir / result.path).unlink(missing_ok=True)
+                if output_file is not None:
+                    output_file.unlink(missing_ok=True)
                 continue
             if final:
                 self.current = None
-                if isinstance(result, p.TaskDone) and self.job is not None and output.is_temp_name(result.path):
-                    self._temps.add(self.job.output_dir / result.path)
+                if output_file is not None:
+                    self._temps.add(output_file)
             self._send(_with_worker(result, self.incarnation))
+
+    def _reduce_output(self, result: Any) -> Path | None:
+        """The temporary file a finished reduce wrote: in the output folder, or in scratch."""
+        if not isinstance(result, p.TaskDone) or self.job is None:
+            return None
+        if output.is_temp_name(result.path):
+            return self.job.output_dir / result.path
+        path = Path(result.path)
+        return path if path.parent == self.job.workdir and output.is_temp_name(path.name) else None
 
     def _job_done(self, done: p.JobDone) -> int:
         if self.incarnation is not None:
@@ -280,7 +341,7 @@ class Worker:
         try:
             ctx.check()
             if isinstance(assign, p.AssignMap):
-                return run_map(job, assign, ctx)
+                return run_map(job, assign, ctx, self.fetcher)
             return run_reduce(job, assign, ctx, self.fetcher, lambda message: self._post(ctx, message, final=False))
         except AttemptCancelled:
             return p.Cancelled(0, assign.attempt)

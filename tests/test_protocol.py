@@ -27,6 +27,7 @@ WORKER_SAMPLES = [
     p.FetchFailed(5, 9, 3, 7, "tcp://127.0.0.1:5002", "data server did not answer"),
     p.Cancelled(5, 9),
     p.Goodbye(5),
+    p.Draining(5),
 ]
 
 COORDINATOR_SAMPLES = [
@@ -41,6 +42,7 @@ COORDINATOR_SAMPLES = [
     p.Unknown("worker 5 is dead"),
     p.JobDone(True, "output committed"),
     p.JobDone(False),
+    p.Refused("the data server at tcp://10.0.0.2:4000 does not answer"),
     p.TaskDone(-1, -(2**63), [], "", 0),
 ]
 
