@@ -137,3 +137,73 @@ def test_large_partitions_take_the_streaming_merge(served, tmp_path, monkeypatch
 
     monkeypatch.setattr(tasks, "IN_MEMORY_REDUCE_BYTES", 0)
     test_reducer_on_another_host_fetches_and_reduces(served, tmp_path)
+
+
+def test_input_server_serves_only_the_listed_files_and_remote_splits_read_like_local_ones(tmp_path):
+    import random
+
+    from mapreduce.dataserver import RemoteFile
+    from mapreduce.inputs import Split, read_split
+
+    text = "".join(f"line {i} {'é' * (i % 7)} {'x' * (i % 300)}\n" for i in range(3000)) + "no newline at the end"
+    listed, secret = tmp_path / "in.txt", tmp_path / "secret.txt"
+    listed.write_text(text)
+    secret.write_text("not for the network\n")
+    context = zmq.Context()
+    server = DataServer(context, None, files=[str(listed)]).start()
+    fetcher = Fetcher(context, timeout=5)
+    try:
+        fetcher.ping(server.address)
+        with pytest.raises(FetchError, match="not a file this server serves"):
+            fetcher.read(server.address, str(secret), 0, 10)
+        with pytest.raises(FetchError, match="not a file this server serves"):
+            fetcher.read(server.address, str(tmp_path / "x" / ".." / "secret.txt"), 0, 10)
+        size = listed.stat().st_size
+        rng = random.Random(3)
+        cuts = sorted({0, size, *(rng.randrange(size) for _ in range(12))})
+        local = [read_split(Split("k", str(listed), a, b)) for a, b in zip(cuts, cuts[1:])]
+        remote = [read_split(Split("k", str(listed), a, b), RemoteFile(fetcher, server.address, str(listed))) for a, b in zip(cuts, cuts[1:])]
+        assert remote == local and "".join(local) == text
+        assert server.bytes_served >= size and fetcher.received == server.bytes_served
+    finally:
+        fetcher.close()
+        server.stop()
+        context.term()
+
+
+def test_transfers_pull_a_file_and_report_a_pull_or_probe_that_fails(tmp_path):
+    from mapreduce.scheduler import Commit
+    from mapreduce.transfers import Probe, Pull, Transfers
+
+    from conftest import free_endpoint
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    made = scratch / ".part-00000.job-a3.tmp"
+    made.write_bytes(b"word\t3\n" * 1000)
+    out = tmp_path / "out"
+    out.mkdir()
+    context = zmq.Context()
+    server = DataServer(context, scratch).start()
+    transfers = Transfers(context)
+    dead = free_endpoint()
+    try:
+        register = p.Register("w", 1, "h", "other", server.address, str(scratch))
+        transfers.submit(Pull(Commit(0, str(made), 3, "other", server.address, made.stat().st_size), out / "a.tmp"))
+        transfers.submit(Pull(Commit(1, str(scratch / "gone.tmp"), 4, "other", server.address, 10), out / "b.tmp"))
+        transfers.submit(Probe(b"id", register))
+        transfers.submit(Probe(b"id2", p.Register("w", 1, "h", "other", dead, str(scratch))))
+        done = []
+        while len(done) < 4:
+            assert transfers.wakeup.poll(30_000), "transfers never finished"
+            done += transfers.collect()
+        assert transfers.pending == 0
+        good, bad, reachable, unreachable = done
+        assert good.error is None and (out / "a.tmp").read_bytes() == made.read_bytes()
+        assert bad.error and not (out / "b.tmp").exists()
+        assert reachable.error is None and unreachable.error and dead in unreachable.error
+        assert transfers.pulled_bytes == made.stat().st_size
+    finally:
+        transfers.close()
+        server.stop()
+        context.term()

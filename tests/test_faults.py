@@ -45,15 +45,16 @@ class Job:
             "--events", str(self.events), *FAST, *TIMEOUT, *args,
         )
 
-    def _start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
-        process = subprocess.Popen(mapreduce_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    def _start(self, *args: str, env: dict | None = None, wrap: tuple[str, ...] = ()) -> subprocess.Popen:
+        process = subprocess.Popen([*wrap, *mapreduce_command(*args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                    env={**os.environ, **(env or {})})
         self.processes.append(process)
         return process
 
-    def worker(self, scratch: str | None = None, env: dict | None = None) -> subprocess.Popen:
+    def worker(self, scratch: str | None = None, env: dict | None = None, wrap: tuple[str, ...] = (), args: tuple[str, ...] = ()) -> subprocess.Popen:
+        """A worker process; ``wrap`` prefixes its command (e.g. ``unshare -m``: another "host")."""
         scratch = scratch or str(self.tmp / "scratch")
-        return self._start("worker", "--connect", self.endpoint, "--scratch", scratch, *FAST, "--coordinator-timeout", "30", env=env)
+        return self._start("worker", "--connect", self.endpoint, "--scratch", scratch, *FAST, "--coordinator-timeout", "30", *args, env=env, wrap=wrap)
 
     def log(self) -> list[dict]:
         return list(read_events(self.events)) if self.events.exists() else []

@@ -697,3 +697,51 @@ def test_cancelled_attempt_reporting_failure_is_not_counted():
     assert (s.reduces[0].failures, s.reduces[0].lost) == (0, 0)
     assert s.failure is None
     assert one(actions, b"B", p.AssignMap).task == 0
+
+
+# ---- leaving on request (drain) ----------------------------------------------
+
+
+def test_draining_worker_finishes_its_map_gets_nothing_new_and_leaves_without_a_loss():
+    s = make(n_maps=3, n_reduce=1)
+    a, actions = join(s, b"A", scratch="/scratch/a")
+    first = one(actions, b"A", p.AssignMap)
+    assert s.receive(1.0, b"A", p.Draining(a)) == []
+    assert s.workers[a].state is WorkerState.DRAINING and EventKind.WORKER_DRAINING in kinds(s)
+    # Its map finishes and counts; no new task goes to it.
+    actions = map_done(s, 2.0, b"A", a, first, [5])
+    assert msgs(actions, b"A") == [] and s.maps[0].state is TaskState.DONE
+    assert s.workers[a].state is WorkerState.DRAINING
+    # A worker with another folder joins: its output cannot move there.
+    b, actions = join(s, b"B", now=2.5, scratch="/scratch/b")
+    assert one(actions, b"B", p.AssignMap).task == 1
+    actions = s.receive(3.0, b"A", p.Goodbye(a))
+    assert s.workers[a].state is WorkerState.LEFT
+    assert s.counters.lost_attempts == 0 and s.counters.workers_dead == 0
+    assert s.maps[0].result.orphaned  # kept on its host's disk for reducers there, re-run if unreadable
+
+
+def test_draining_worker_is_not_a_new_home_for_orphaned_output():
+    s = make(n_maps=2, n_reduce=1)
+    a, actions = join(s, b"A", scratch="/scratch/x")
+    map_done(s, 1.0, b"A", a, one(actions, b"A", p.AssignMap), [5])
+    b, actions = join(s, b"B", now=1.0, scratch="/scratch/x")
+    s.receive(1.5, b"B", p.Draining(b))
+    s.receive(2.0, b"A", p.Goodbye(a))
+    assert s.maps[0].result.orphaned and s.maps[0].result.worker.id == a
+
+
+def test_commit_names_the_reducer_host_and_a_scratch_path_is_accepted():
+    s = make(n_maps=1, n_reduce=1)
+    s.job_id = "job"
+    a, actions = join(s, b"A", host_id="far", data_address="tcp://10.0.0.9:7000")
+    r = one(map_done(s, 1.0, b"A", a, one(actions, b"A", p.AssignMap), [5]), b"A", p.AssignReduce)
+    temp = f".part-00000.job-a{r.attempt}.tmp"
+    bad = s.receive(2.0, b"A", p.TaskDone(a, r.attempt, [], f"/scratch/a/evil{temp}", 7, size=70))
+    assert not [x for x in bad if isinstance(x, Commit)]
+    r = one(bad, b"A", p.AssignReduce)  # run again
+    temp = f".part-00000.job-a{r.attempt}.tmp"
+    actions = s.receive(3.0, b"A", p.TaskDone(a, r.attempt, [], f"/scratch/a/{temp}", 7, size=70, fetched=123))
+    (commit,) = [x for x in actions if isinstance(x, Commit)]
+    assert (commit.temp, commit.attempt, commit.host_id, commit.data_address, commit.size) == (f"/scratch/a/{temp}", r.attempt, "far", "tcp://10.0.0.9:7000", 70)
+    assert s.counters.shuffle_fetched == 123
