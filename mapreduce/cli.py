@@ -72,7 +72,24 @@ def _cluster_options(f):
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """Commands for running jobs, plus tools imported only when used (workers start faster)."""
+
+    lazy = {"launch-workers": "mapreduce.launch:launch", "vnet": "mapreduce.vnet:vnet"}
+
+    def list_commands(self, ctx):
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            import importlib
+
+            module, attribute = self.lazy[name].split(":")
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:
     """A MapReduce framework: run jobs on a local cluster or on workers anywhere."""

@@ -31,6 +31,10 @@ class FetchError(Exception):
     """A map output could not be read from the worker that serves it."""
 
 
+class Unreachable(FetchError):
+    """The data server did not answer in time (a dead process, a cut-off host)."""
+
+
 class DataServer:
     def __init__(self, context: zmq.Context, root: Path | None = None, host: str = "127.0.0.1", files: Iterable[str] = ()):
         self.root = root.resolve() if root is not None else None
@@ -149,7 +153,7 @@ class Fetcher:
         if not socket.poll(self._timeout_ms):
             socket.close(0)
             del self._sockets[address]
-            raise FetchError(f"data server {address} did not answer within {self._timeout_ms / 1000:.0f} s")
+            raise Unreachable(f"data server {address} did not answer within {self._timeout_ms / 1000:.0f} s")
         try:
             ok, payload = msgpack.unpackb(socket.recv(), raw=False)
         except (ValueError, TypeError, msgpack.UnpackException):

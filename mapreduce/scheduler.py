@@ -544,6 +544,11 @@ class Scheduler:
                     "other's data servers (--advertise) and have room in their scratch folders"
                 )
             self._lose_map_output(now, map_task)
+            if r.orphaned:  # no live server: its other outputs are as unreachable, run them now too
+                for other in self.maps:
+                    o = other.result
+                    if other.state is TaskState.DONE and o is not None and o.orphaned and o.worker is r.worker and self._still_needed(o):
+                        self._lose_map_output(now, other)
             return []
         return self._announce(map_task, only=attempt)  # it has moved since: say where
 

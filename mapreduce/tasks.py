@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from . import output, protocol as p, shuffle
-from .dataserver import FetchError, Fetcher, RemoteFile
+from .dataserver import FetchError, Fetcher, RemoteFile, Unreachable
 from .inputs import Split, read_split
 from .job import App
 
@@ -104,6 +104,7 @@ class ReduceInputs:
         self.runs: dict[int, tuple[BinaryIO | None, int, int]] = {}  # map task -> (file, offset, length)
         self.files: dict[str, BinaryIO] = {}  # open files by path: a worker's maps share one
         self.failed: set[tuple[int, int, str]] = set()
+        self.unreachable: dict[str, str] = {}  # data servers that did not answer, and the error
 
     def gather(self, initial: list[p.MapOutput], empty: list[int]) -> None:
         self.ctx.gathering.set()
@@ -126,13 +127,18 @@ class ReduceInputs:
 
     def _take_locations(self, locations: list[p.MapOutput]) -> None:
         for loc in locations:
+            self.ctx.check()  # a fetch can take a while: a cancelled attempt stops between them
             if loc.map_task in self.runs or not 0 <= loc.map_task < self.job.n_map:
                 continue  # a re-run map's output is the same data: the first copy serves
             if (loc.map_task, loc.attempt, loc.data_address) in self.failed:
                 continue
             try:
+                if loc.data_address in self.unreachable and loc.host_id != self.job.host_id:
+                    raise Unreachable(self.unreachable[loc.data_address])  # don't wait for it again
                 self.runs[loc.map_task] = self._open(loc)
             except (OSError, FetchError) as exc:
+                if isinstance(exc, Unreachable):
+                    self.unreachable[loc.data_address] = str(exc)
                 self.failed.add((loc.map_task, loc.attempt, loc.data_address))
                 self.report(p.FetchFailed(0, self.ctx.attempt, loc.map_task, loc.attempt, loc.data_address, f"{type(exc).__name__}: {exc}"))
 

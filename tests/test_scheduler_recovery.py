@@ -246,3 +246,21 @@ def test_orphaned_output_is_served_by_a_worker_joining_with_the_same_folder():
     c, actions = join(s, b"C", now=2.0, scratch="/shared", data_address="tcp://C:1")  # its replacement
     update = one(actions, b"B", p.MapOutputs)
     assert update.outputs[0].data_address == "tcp://C:1" and s.maps[0].result.worker.id == c
+
+
+def test_one_unreadable_orphan_reruns_every_needed_orphan_of_that_worker():
+    """A reducer elsewhere could not reach a dead worker's output: its other outputs are no
+    more reachable, so they run again at once instead of one fetch timeout each."""
+    s = make(n_maps=3, n_reduce=1)
+    a, actions = join(s, b"A", scratch="/a")
+    actions = map_done(s, 1.0, b"A", a, one(actions, b"A", p.AssignMap), [3])
+    last = one(map_done(s, 1.1, b"A", a, one(actions, b"A", p.AssignMap), [3]), b"A", p.AssignMap)
+    b, actions = join(s, b"B", now=1.2, host_id="host-2", scratch="/b")
+    r = one(actions, b"B", p.AssignReduce)
+    map_done(s, 1.3, b"A", a, last, [0])  # nothing for the reduce: not needed
+    s.process_exited(1.5, "host-1", 4242, -9)  # A is gone; nobody shares its folder
+    assert [m.result.orphaned for m in s.maps] == [True, True, False]
+    loc = s._location(s.maps[0], 0)
+    s.receive(2.0, b"B", p.FetchFailed(b, r.attempt, 0, loc.attempt, loc.data_address, "Unreachable: no answer"))
+    assert [m.state for m in s.maps] == [TaskState.PENDING, TaskState.PENDING, TaskState.DONE]
+    assert s.counters.maps_rerun == 2
