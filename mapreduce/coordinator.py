@@ -90,12 +90,14 @@ class Coordinator:
         return p.Welcome(
             worker, self.job_id, self._app_blob, len(self.splits), self.settings.n_reduce,
             self.settings.heartbeat_interval, str(self.output_dir.resolve()), self._host_id, self.data_server.port,
+            self._output_token,
         )
 
     def run(self) -> JobResult:
         started = time.monotonic()
         scheduler = Scheduler(self.splits, self.settings, started, self.job_id)
         self.data_server.start()
+        self._output_token = output.show_visibility(self.output_dir, self.job_id)
         try:
             self._serve(scheduler)
             if scheduler.succeeded:
@@ -115,10 +117,13 @@ class Coordinator:
             ok, message = False, f"the coordinator failed: {type(exc).__name__}: {exc}"
             log.exception("coordinator failure")
         finally:
+            (self.output_dir / output.visibility_name(self.job_id)).unlink(missing_ok=True)
             self.transfers.close()  # no pull may write into the output folder after this
             if not scheduler.succeeded:
                 output.remove_temps(self.output_dir)
-            scheduler.record(time.monotonic(), EventKind.JOB_FINISHED, ok=scheduler.succeeded, message=scheduler.failure or "")
+            c = scheduler.counters
+            scheduler.record(time.monotonic(), EventKind.JOB_FINISHED, ok=scheduler.succeeded, message=scheduler.failure or "",
+                             input_fetched=c.input_fetched, shuffle_fetched=c.shuffle_fetched, output_pulled=c.output_pulled)
         self._farewell(scheduler, ok, message, self.goodbye_grace)
         self._flush_events(scheduler)
         self.events.close()
@@ -227,9 +232,9 @@ class Coordinator:
                 self.socket.send_multipart([action.identity, p.encode(action.message)])
                 scheduler.sent(action.identity, now)
             elif isinstance(action, Commit):
-                if action.host_id == self._host_id:
+                if output.is_temp_name(action.temp):  # written in the output folder
                     self._commit(scheduler, action.partition, action.temp)
-                else:  # written on another host: pull it here first, then commit
+                else:  # written in the reducer's scratch: pull it here first, then commit
                     name = output.attempt_temp_name(action.partition, self.job_id, action.attempt)
                     self.transfers.submit(Pull(action, self.output_dir / name))
             elif isinstance(action, Discard):

@@ -28,6 +28,7 @@ class Split:
     path: str  # absolute path, for reading
     start: int
     end: int
+    fingerprint: str = ""  # the file's size and mtime: a worker that sees the same reads it directly
 
 
 def check_inputs(paths: Sequence[str]) -> list[tuple[str, str, int]]:
@@ -57,12 +58,23 @@ def make_splits(paths: Sequence[str], split_size: int = DEFAULT_SPLIT_SIZE) -> l
         raise UsageError(f"split size must be positive, got {split_size}")
     splits = []
     for given, absolute, size in check_inputs(paths):
+        mark = fingerprint(absolute)
         if size <= split_size:
-            splits.append(Split(given, absolute, 0, size))
+            splits.append(Split(given, absolute, 0, size, mark))
             continue
         for start in range(0, size, split_size):
-            splits.append(Split(given, absolute, start, min(start + split_size, size)))
+            splits.append(Split(given, absolute, start, min(start + split_size, size), mark))
     return splits
+
+
+def fingerprint(path: str) -> str:
+    """Size and modification time (ns): equal at the same path means the same file, on
+    this host or on a shared filesystem; "" if the file cannot be seen."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def read_split(split: Split, source: BinaryIO | None = None) -> str:

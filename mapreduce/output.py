@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import UsageError
 
 SUCCESS = "_SUCCESS"
-_OURS = re.compile(r"^(part-\d{5}|_SUCCESS|\.part-\d{5}\.[0-9a-z-]+\.tmp)$")
+_OURS = re.compile(r"^(part-\d{5}|_SUCCESS|\.part-\d{5}\.[0-9a-z-]+\.tmp|\.mapreduce-visible-[0-9a-f]+)$")
 
 
 _TEMP = re.compile(r"^\.part-\d{5}\.[0-9a-z-]+\.tmp$")
@@ -78,6 +79,25 @@ def prepare_output(folder: str | Path, overwrite: bool) -> Path:
     # A stale success marker must never vouch for a mix of old and new parts.
     (path / SUCCESS).unlink(missing_ok=True)
     return path
+
+
+def show_visibility(folder: Path, job_id: str) -> str:
+    """Write a file only processes that see this folder can read; return its token."""
+    token = secrets.token_hex(16)
+    (folder / visibility_name(job_id)).write_text(token)
+    return token
+
+
+def sees_folder(folder: Path, job_id: str, token: str) -> bool:
+    """Whether this process sees the coordinator's output folder (not just a folder of the same name)."""
+    try:
+        return bool(token) and (folder / visibility_name(job_id)).read_text() == token
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def visibility_name(job_id: str) -> str:
+    return f".mapreduce-visible-{job_id}"
 
 
 def format_value(value: Any) -> str:

@@ -108,8 +108,9 @@ class Welcome:
     n_reduce: int
     heartbeat_interval: float
     output_dir: str
-    output_host_id: str  # the coordinator's host: workers there read inputs and write output directly
+    output_host_id: str  # the coordinator's host
     data_port: int = 0  # the coordinator's data server (inputs, for workers on other hosts), same host as --connect
+    output_token: str = ""  # in the output folder's visibility file: a worker that reads it writes there directly
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class AssignMap:
     path: str
     start: int
     end: int
+    fingerprint: str = ""  # of the input file: a worker that sees the same file reads it directly
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,7 @@ class Task:
     running: list["Attempt"] = field(default_factory=list)
     result: MapResult | None = None
     fetch_reruns: int = 0  # times reducers could not read this map's output
+    commit_failures: int = 0  # times a finished reduce's output could not be committed
 
     def describe(self) -> str:
         if self.split is not None:
@@ -186,13 +187,12 @@ class Send:
 class Commit:
     """Publish a reduce attempt's temporary output as the partition's final file.
 
-    ``temp`` is a name in the output folder when the reducer shares the coordinator's
-    host; otherwise a path in the reducer's scratch, to pull from its data server."""
+    ``temp`` is a name in the output folder when the reducer sees that folder;
+    otherwise a path in the reducer's scratch, to pull from its data server."""
 
     partition: int
     temp: str
     attempt: int = 0
-    host_id: str = ""  # the reducer's host
     data_address: str = ""  # the reducer's data server
     size: int = 0
 
@@ -423,9 +423,9 @@ class Scheduler:
         self.record(now, EventKind.COMMIT_FAILED, task=partition, why=why)
         log.warning("could not commit %s (%s): running it again", task.describe(), why)
         self._set_state(task, TaskState.PENDING)
-        task.lost += 1
-        if task.lost >= self.settings.max_lost and self.failure is None:
-            self.failure = f"{task.describe()} could not be committed {task.lost} times; the last error: {why}"
+        task.commit_failures += 1
+        if task.commit_failures >= self.settings.max_lost and self.failure is None:
+            self.failure = f"{task.describe()} could not be committed {task.commit_failures} times; the last error: {why}"
         return self._dispatch(now)
 
     # ---- transitions -------------------------------------------------------
@@ -441,7 +441,7 @@ class Scheduler:
         worker.attempt = attempt
         if task.kind is TaskKind.MAP:
             s = task.split
-            message: Any = p.AssignMap(attempt.id, task.index, s.key, s.path, s.start, s.end)
+            message: Any = p.AssignMap(attempt.id, task.index, s.key, s.path, s.start, s.end, s.fingerprint)
         else:
             done = [m for m in self.maps if m.state is TaskState.DONE]
             outputs = [self._location(m, task.index) for m in done if m.result.lengths[task.index]]
@@ -491,7 +491,7 @@ class Scheduler:
         self._set_state(task, TaskState.DONE)
         if task.kind is TaskKind.REDUCE:
             info = attempt.worker.info
-            return actions + [Commit(task.index, done.path, attempt.id, info.host_id, info.data_address, done.size)]
+            return actions + [Commit(task.index, done.path, attempt.id, info.data_address, done.size)]
         offsets, total = [], done.offset
         for length in done.partition_lengths:
             offsets.append(total)

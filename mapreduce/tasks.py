@@ -1,13 +1,13 @@
 """Running one map or reduce attempt inside a worker: the task bodies, free of sockets.
 
-A map reads its split (directly on the coordinator's host, else from the
-coordinator's data server), runs the app's map, and writes one partitioned,
+A map reads its split (directly where the worker sees the input file, else
+from the coordinator's data server), runs the app's map, and writes one partitioned,
 sorted (and combined) file into the worker's scratch folder. A reduce gathers
 its partition of every map's output as the locations arrive (reading files on
 its own host directly, fetching the rest from the serving worker), merges the
 sorted runs as streams, runs the app's reduce, and writes a temporary output
-file that the coordinator alone may commit: in the output folder on the
-coordinator's host, else in scratch, from where the coordinator pulls it.
+file that the coordinator alone may commit: in the output folder if the worker
+sees it, else in scratch, from where the coordinator pulls it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from . import output, protocol as p, shuffle
 from .dataserver import FetchError, Fetcher, RemoteFile, Unreachable
-from .inputs import Split, read_split
+from .inputs import Split, fingerprint, read_split
 from .job import App
 
 
@@ -57,9 +57,10 @@ class JobContext:
     host_id: str
     workdir: Path  # this worker's folder for this job
     output_dir: Path
-    output_host_id: str  # the coordinator's host
-    input_address: str  # the coordinator's data server, for inputs this host cannot see
+    sees_output: bool  # this worker sees the coordinator's output folder (same host or shared)
+    input_address: str  # the coordinator's data server, for inputs this worker cannot see
     _map_log: list = field(default_factory=list)  # the open append file, once created
+    _visible: dict = field(default_factory=dict)  # input path -> seen here (as the coordinator saw it)
 
     def map_log(self) -> BinaryIO:
         """This worker's map output file for the job (used by the executor thread only)."""
@@ -67,9 +68,10 @@ class JobContext:
             self._map_log.append(open(self.workdir / "map-output.log", "ab+"))
         return self._map_log[0]
 
-    @property
-    def on_coordinator_host(self) -> bool:
-        return self.host_id == self.output_host_id
+    def sees_input(self, path: str, mark: str) -> bool:
+        if path not in self._visible:
+            self._visible[path] = bool(mark) and fingerprint(path) == mark
+        return self._visible[path]
 
     def close(self) -> None:
         for f in self._map_log:
@@ -79,7 +81,8 @@ class JobContext:
 def run_map(job: JobContext, task: p.AssignMap, ctx: AttemptContext, fetcher: Fetcher, buffer_records: int = shuffle.DEFAULT_BUFFER_RECORDS) -> p.TaskDone:
     split = Split(task.key, task.path, task.start, task.end)
     received = fetcher.received
-    text = read_split(split, None if job.on_coordinator_host else RemoteFile(fetcher, job.input_address, split.path))
+    local = job.sees_input(split.path, task.fingerprint)
+    text = read_split(split, None if local else RemoteFile(fetcher, job.input_address, split.path))
     buffer = shuffle.MapOutputBuffer(job.n_reduce, job.app.partition, job.app.combine, job.workdir, buffer_records, f"a{task.attempt}-spill")
     buffer.add_all(job.app.map(split.key, text), f"input {split.key!r} (bytes {split.start}-{split.end})")
     ctx.check()
@@ -183,7 +186,7 @@ def run_reduce(job: JobContext, task: p.AssignReduce, ctx: AttemptContext, fetch
         inputs.gather(task.outputs, task.empty)
         temp = output.attempt_temp_name(task.task, job.job_id, task.attempt)
         # Where the output folder is not visible, the coordinator pulls the file from scratch.
-        target = job.output_dir / temp if job.on_coordinator_host else job.workdir / temp
+        target = job.output_dir / temp if job.sees_output else job.workdir / temp
         reduce = job.app.reduce
         results = ((key, reduce(key, values)) for key, values in _checked(inputs.groups(), ctx))
         try:
@@ -191,7 +194,7 @@ def run_reduce(job: JobContext, task: p.AssignReduce, ctx: AttemptContext, fetch
         except BaseException:
             target.unlink(missing_ok=True)
             raise
-        name = temp if job.on_coordinator_host else str(target)
+        name = temp if job.sees_output else str(target)
         return p.TaskDone(0, task.attempt, [], name, count, size=target.stat().st_size, fetched=fetcher.received - received)
     finally:
         inputs.close()

@@ -244,9 +244,11 @@ class Worker:
             workdir = self.scratch / f"job-{welcome.job_id}" / f"w-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             workdir.mkdir(parents=True)
             input_address = f"tcp://{endpoint_host(self.options.connect)}:{welcome.data_port}"
+            output_dir = Path(welcome.output_dir)
+            sees_output = output.sees_folder(output_dir, welcome.job_id, welcome.output_token)
             self.job = JobContext(
                 app, welcome.job_id, welcome.n_map, welcome.n_reduce, self.host_id, workdir,
-                Path(welcome.output_dir), welcome.output_host_id, input_address,
+                output_dir, sees_output, input_address,
             )
         log.info("registered as worker %d for job %s", welcome.worker, welcome.job_id)
 

@@ -81,7 +81,7 @@ def test_reducer_on_another_host_fetches_and_reduces(served, tmp_path):
     out.mkdir()
     workdir = tmp_path / "reducer"
     workdir.mkdir()
-    job = JobContext(app, "job", 2, 1, "reducer-host", workdir, out, "reducer-host", "")
+    job = JobContext(app, "job", 2, 1, "reducer-host", workdir, out, True, "")
     ctx = AttemptContext(7)
     ctx.inbox.put(([locations[1]], []))  # the second location arrives while the reduce runs
     reports = []
@@ -95,7 +95,7 @@ def test_reducer_on_another_host_fetches_and_reduces(served, tmp_path):
 def test_cancelled_reduce_stops_waiting(served, tmp_path):
     root, server, fetcher = served
     app = load_app("wordcount")
-    job = JobContext(app, "job", 3, 1, "h", tmp_path, tmp_path, "h", "")
+    job = JobContext(app, "job", 3, 1, "h", tmp_path, tmp_path, True, "")
     ctx = AttemptContext(1)
     ctx.cancelled.set()
     inputs = ReduceInputs(job, ctx, fetcher, tmp_path, lambda message: None)
@@ -114,7 +114,7 @@ def test_unreadable_run_is_reported_and_replaced(served, tmp_path):
     good = p.MapOutput(0, 2, "other-host", str(root / "map-0.out"), server.address, 0, length)
     out = tmp_path / "out"
     out.mkdir()
-    job = JobContext(app, "job", 1, 1, "this-host", tmp_path, out, "this-host", "")
+    job = JobContext(app, "job", 1, 1, "this-host", tmp_path, out, True, "")
     short_fetcher = Fetcher(zmq.Context.instance(), timeout=0.3)
     ctx = AttemptContext(3)
     reports = []
@@ -189,8 +189,8 @@ def test_transfers_pull_a_file_and_report_a_pull_or_probe_that_fails(tmp_path):
     dead = free_endpoint()
     try:
         register = p.Register("w", 1, "h", "other", server.address, str(scratch))
-        transfers.submit(Pull(Commit(0, str(made), 3, "other", server.address, made.stat().st_size), out / "a.tmp"))
-        transfers.submit(Pull(Commit(1, str(scratch / "gone.tmp"), 4, "other", server.address, 10), out / "b.tmp"))
+        transfers.submit(Pull(Commit(0, str(made), 3, server.address, made.stat().st_size), out / "a.tmp"))
+        transfers.submit(Pull(Commit(1, str(scratch / "gone.tmp"), 4, server.address, 10), out / "b.tmp"))
         transfers.submit(Probe(b"id", register))
         transfers.submit(Probe(b"id2", p.Register("w", 1, "h", "other", dead, str(scratch))))
         done = []

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from mapreduce.errors import UsageError
-from mapreduce.inputs import Split, check_inputs, make_splits, read_range, read_split
+from mapreduce.inputs import Split, check_inputs, fingerprint, make_splits, read_range, read_split
 
 ALPHABET = "abcxyz XYZ\t,.-0123" + "éüñß" + "€☃" + "日本語" + "😀🎉" + "\r"
 
@@ -118,7 +118,7 @@ def test_multibyte_characters_are_never_cut(tmp_path):
 def test_empty_file_has_one_empty_split(tmp_path):
     path = write(tmp_path, "empty.txt", b"")
     splits = make_splits([path], 4)
-    assert splits == [Split(path, os.path.abspath(path), 0, 0)]
+    assert splits == [Split(path, os.path.abspath(path), 0, 0, fingerprint(path))]
     assert read_split(splits[0]) == ""
 
 
@@ -195,3 +195,15 @@ def test_split_size_must_be_positive(tmp_path, size):
 def test_check_inputs_reports_sizes(tmp_path):
     path = write(tmp_path, "s.txt", "héllo\n")
     assert check_inputs([path]) == [(path, os.path.abspath(path), 7)]
+
+
+def test_fingerprint_changes_with_the_file_and_is_empty_when_unseen(tmp_path):
+
+
+    path = tmp_path / "a.txt"
+    path.write_text("one\n")
+    first = fingerprint(str(path))
+    assert first.startswith("4:") and make_splits([str(path)])[0].fingerprint == first
+    os.utime(path, ns=(1, 2))
+    assert fingerprint(str(path)) == "4:2"
+    assert fingerprint(str(tmp_path / "missing")) == ""

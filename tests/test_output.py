@@ -177,3 +177,17 @@ def test_temp_names_are_recognised_as_ours(tmp_path):
     prepare_output(folder, overwrite=True)  # no foreign file
     output.remove_temps(folder)
     assert list(folder.iterdir()) == []
+
+
+def test_visibility_token_tells_who_sees_the_output_folder(tmp_path):
+    from mapreduce.output import sees_folder, show_visibility, visibility_name
+
+    folder = prepare_output(tmp_path / "out", overwrite=False)
+    token = show_visibility(folder, "abc123")
+    assert sees_folder(folder, "abc123", token)
+    assert not sees_folder(folder, "abc123", "another token")  # a folder of the same name elsewhere
+    assert not sees_folder(folder, "abc123", "")
+    assert not sees_folder(tmp_path / "missing", "abc123", token)
+    # A crashed job's token file is ours: --overwrite accepts it and finish() removes it.
+    prepare_output(folder, overwrite=True)
+    assert (folder / visibility_name("abc123")).exists()

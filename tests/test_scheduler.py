@@ -743,5 +743,5 @@ def test_commit_names_the_reducer_host_and_a_scratch_path_is_accepted():
     temp = f".part-00000.job-a{r.attempt}.tmp"
     actions = s.receive(3.0, b"A", p.TaskDone(a, r.attempt, [], f"/scratch/a/{temp}", 7, size=70, fetched=123))
     (commit,) = [x for x in actions if isinstance(x, Commit)]
-    assert (commit.temp, commit.attempt, commit.host_id, commit.data_address, commit.size) == (f"/scratch/a/{temp}", r.attempt, "far", "tcp://10.0.0.9:7000", 70)
+    assert (commit.temp, commit.attempt, commit.data_address, commit.size) == (f"/scratch/a/{temp}", r.attempt, "tcp://10.0.0.9:7000", 70)
     assert s.counters.shuffle_fetched == 123

@@ -142,6 +142,18 @@ def test_commit_failure_runs_the_reduce_again():
     assert again.attempt != r.attempt
 
 
+def test_a_partition_that_never_commits_fails_the_job_though_each_reduce_succeeds():
+    s = make(n_maps=1, n_reduce=1, max_lost=3)
+    a, actions = join(s, b"A")
+    r = one(map_done(s, 1.0, b"A", a, one(actions, b"A", p.AssignMap), [3]), b"A", p.AssignReduce)
+    for i in range(3):
+        assert s.failure is None
+        reduce_done(s, 2.0 + i, b"A", a, r)
+        actions = s.commit_failed(2.5 + i, 0, "the reducer's data server refused the file")
+        r = msgs(actions, b"A", p.AssignReduce)[0] if i < 2 else r
+    assert s.failure and "could not be committed 3 times" in s.failure and "refused the file" in s.failure
+
+
 def test_reduce_output_with_a_foreign_name_is_refused():
     s = make(n_maps=1, n_reduce=1)
     a, actions = join(s, b"A")
