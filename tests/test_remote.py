@@ -51,8 +51,8 @@ def test_workers_in_other_mount_namespaces_that_see_the_files_use_them_directly(
 
 
 def test_sigterm_drains_a_worker_without_failing_anything(tmp_path, oracle, make_job):
-    inputs = [words_file(tmp_path, f"in{i}.txt") for i in range(6)]
-    params = ["--param", "map_seconds=1.5"]
+    inputs = [words_file(tmp_path, "slow.txt"), *(words_file(tmp_path, f"in{i}.txt") for i in range(5))]
+    params = ["--param", "map_seconds=1.5", "--param", "only_inputs=slow"]  # the first map is running at SIGTERM
     expected = oracle(SLEEPY, inputs, "--reduce", "3", *params)
     job = make_job(SLEEPY, inputs, "--reduce", "3", *params)
     leaving = job.worker(scratch=str(tmp_path / "leaving"))
