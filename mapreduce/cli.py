@@ -119,15 +119,35 @@ def seq(app, inputs, output, n_reduce, params, split_size, overwrite):
     _guard(lambda: runner.run_seq(app, inputs, output, options))
 
 
+def _security_options(f):
+    options = [
+        click.option("--key-dir", type=click.Path(file_okay=False, path_type=Path), envvar="MAPREDUCE_KEY_DIR", default=None,
+                     help="Folder of CURVE keys from `mapreduce keygen` (or $MAPREDUCE_KEY_DIR): encrypt and authenticate every connection."),
+        click.option("--insecure", is_flag=True, help="Allow a non-loopback address without keys: anyone who reaches it can run code here."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _keys(key_dir: Path | None, role: str):
+    from .security import load
+
+    return _guard(lambda: load(key_dir, role)) if key_dir is not None else None
+
+
 @cli.command()
 @_job_options
 @click.option("--bind", default="tcp://127.0.0.1:5555", show_default=True, help="ZeroMQ endpoint workers connect to.")
+@_security_options
 @_cluster_options
-def coordinator(app, inputs, output, n_reduce, params, split_size, overwrite, bind, events, quiet, **cluster):
-    """Serve one job to workers that connect with `mapreduce worker`."""
+def coordinator(app, inputs, output, n_reduce, params, split_size, overwrite, bind, key_dir, insecure, events, quiet, **cluster):
+    """Serve one job to workers that connect with `mapreduce worker`. A non-loopback --bind needs
+    --key-dir (or --insecure)."""
     options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), **cluster)
+    keys = _keys(key_dir, "coordinator")
     announce = (lambda address: click.echo(f"coordinator for {app} listening on {address}", err=True)) if not quiet else None
-    result = _with_progress(quiet, lambda progress: runner.serve(app, inputs, output, bind, options, progress, announce, events))
+    result = _with_progress(quiet, lambda progress: runner.serve(app, inputs, output, bind, options, progress, announce, events, keys, insecure))
     if not quiet:
         click.echo(f"{app}: {result.n_map} maps, {result.n_reduce} reduces in {result.seconds:.2f} s; output in {output}", err=True)
         c = result.counters
@@ -147,15 +167,20 @@ def coordinator(app, inputs, output, n_reduce, params, split_size, overwrite, bi
 @click.option("--heartbeat-interval", default=1.0, show_default=True, help="Seconds between heartbeats.")
 @click.option("--coordinator-timeout", default=20.0, show_default=True, help="Exit non-zero after this many seconds without word from the coordinator.")
 @click.option("--drain-timeout", default=30.0, show_default=True, help="On SIGTERM, seconds the current task may take to finish before it is handed back.")
-def worker(connect, scratch, name, advertise, heartbeat_interval, coordinator_timeout, drain_timeout):
+@_security_options
+def worker(connect, scratch, name, advertise, heartbeat_interval, coordinator_timeout, drain_timeout, key_dir, insecure):
     """Run tasks for the coordinator at CONNECT until its job is done.
     SIGTERM drains: no new task, the current one finishes or is handed back, then exit 0."""
-    from .node import default_scratch
+    from .node import address_towards, default_scratch, endpoint_host
+    from .security import check_exposure
     from .worker import ExitCode, Worker, WorkerOptions
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    keys = _keys(key_dir, "worker")
+    _guard(lambda: check_exposure("the coordinator's address", endpoint_host(connect), keys, insecure))
+    _guard(lambda: check_exposure("this worker's data server address", advertise or address_towards(connect), keys, insecure))
     options = WorkerOptions(connect, scratch or default_scratch(), name, advertise, heartbeat_interval,
-                            coordinator_timeout=coordinator_timeout, drain_timeout=drain_timeout)
+                            coordinator_timeout=coordinator_timeout, drain_timeout=drain_timeout, keys=keys)
     try:
         node = Worker(options)
     except Exception as exc:  # zmq.ZMQError: the advertised address is not this host's
@@ -180,6 +205,19 @@ def corpus(folder, size, files, seed):
 
     paths = write_corpus(folder, size, files, seed)
     click.echo(f"wrote {len(paths)} files, {sum(p.stat().st_size for p in paths)} bytes, into {folder}")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+def keygen(folder):
+    """Write CURVE key pairs for a coordinator and its workers into FOLDER.
+
+    Give the coordinator's host coordinator.key_secret and worker.key, and each worker host
+    worker.key_secret and coordinator.key (or copy the whole folder), then pass --key-dir."""
+    from .security import generate
+
+    written = _guard(lambda: generate(folder))
+    click.echo(f"wrote {', '.join(p.name for p in written)} into {folder}")
 
 
 @cli.command("apps")

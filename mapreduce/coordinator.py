@@ -28,6 +28,7 @@ from .node import endpoint_host, host_id
 from .events import EventLog
 from .scheduler import Commit, Counters, Discard, EventKind, Scheduler, Send, Settings
 from .transfers import Probe, Pull, Transfers
+from .security import Keys, authenticator
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,17 @@ class Coordinator:
         events: Path | None = None,
         watchdog: Callable[[], str | None] | None = None,
         exited: Callable[[], list[tuple[int, int]]] | None = None,
+        keys: Keys | None = None,
     ):
         self.app, self.splits, self.output_dir, self.settings = app, splits, output_dir, settings
         self.progress = progress
         self.goodbye_grace = goodbye_grace
         self.job_id = uuid.uuid4().hex[:12]
         self.context = zmq.Context()
+        self.auth = authenticator(self.context, keys)  # with keys: only allowed clients get through
         self.socket = self.context.socket(zmq.ROUTER)
+        if keys is not None:
+            keys.serve(self.socket)
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
@@ -72,12 +77,14 @@ class Coordinator:
         except zmq.ZMQError:
             # Close now: a context left with an open socket blocks whoever collects it.
             self.socket.close(0)
+            if self.auth is not None:
+                self.auth.stop()
             self.context.term()
             raise
         self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         # Inputs for workers that cannot see them, on the interface workers connect to.
-        self.data_server = DataServer(self.context, None, endpoint_host(self.address), files=[s.path for s in splits])
-        self.transfers = Transfers(self.context)
+        self.data_server = DataServer(self.context, None, endpoint_host(self.address), files=[s.path for s in splits], keys=keys)
+        self.transfers = Transfers(self.context, keys)
         self._probing: set[bytes] = set()
         self._app_blob = app.to_bytes()
         self._host_id = host_id()
@@ -117,13 +124,18 @@ class Coordinator:
             ok, message = False, f"the coordinator failed: {type(exc).__name__}: {exc}"
             log.exception("coordinator failure")
         finally:
-            (self.output_dir / output.visibility_name(self.job_id)).unlink(missing_ok=True)
+            stays = output.remove_visibility(self.output_dir, self.job_id)
+            if stays:
+                log.warning("%s", stays)
             self.transfers.close()  # no pull may write into the output folder after this
             if not scheduler.succeeded:
-                output.remove_temps(self.output_dir)
+                left = output.remove_temps(self.output_dir)
+                if left:
+                    log.warning("could not remove %d temporary file(s) from %s, e.g. %s", len(left), self.output_dir, left[0])
             c = scheduler.counters
             scheduler.record(time.monotonic(), EventKind.JOB_FINISHED, ok=scheduler.succeeded, message=scheduler.failure or "",
-                             input_fetched=c.input_fetched, shuffle_fetched=c.shuffle_fetched, output_pulled=c.output_pulled)
+                             input_fetched=c.input_fetched, shuffle_fetched=c.shuffle_fetched, output_pulled=c.output_pulled,
+                             rejected=self.rejected_messages)
         self._farewell(scheduler, ok, message, self.goodbye_grace)
         self._flush_events(scheduler)
         self.events.close()
@@ -134,6 +146,8 @@ class Coordinator:
         self.transfers.close()
         self.data_server.stop()
         self.socket.close()
+        if self.auth is not None:
+            self.auth.stop()
         self.context.term()
 
     def _over(self, scheduler: Scheduler) -> bool:
@@ -219,6 +233,9 @@ class Coordinator:
             self.socket.send_multipart([done.identity, p.encode(p.Refused(reason))])
             return
         c = done.commit
+        if done.output_folder_failed:  # no re-run can help: the output folder takes no file
+            scheduler.failure = scheduler.failure or done.error
+            return
         if done.error is not None:
             self._carry_out(scheduler, scheduler.commit_failed(now, c.partition, f"pulling it from {c.data_address} failed: {done.error}"))
             return

@@ -19,6 +19,7 @@ import msgpack
 import zmq
 
 from .errors import ProtocolError
+from .security import Keys
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,16 @@ class Unreachable(FetchError):
 
 
 class DataServer:
-    def __init__(self, context: zmq.Context, root: Path | None = None, host: str = "127.0.0.1", files: Iterable[str] = ()):
+    def __init__(self, context: zmq.Context, root: Path | None = None, host: str = "127.0.0.1", files: Iterable[str] = (),
+                 keys: Keys | None = None):
         self.root = root.resolve() if root is not None else None
         self.files = frozenset(files)
         self.bytes_served = 0
         self._socket = context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        if keys is not None:
+            keys.serve(self._socket)
         self._socket.bind(f"tcp://{host}:*")
         self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.port = int(self.address.rsplit(":", 1)[1])
@@ -109,8 +113,9 @@ class Fetcher:
     """Copies byte ranges from data servers; one socket per server, reused.
     Not thread-safe: each thread that fetches has a Fetcher of its own."""
 
-    def __init__(self, context: zmq.Context, timeout: float = 30.0):
+    def __init__(self, context: zmq.Context, timeout: float = 30.0, keys: Keys | None = None, server_key: bytes = b""):
         self._context = context
+        self._keys, self._server_key = keys, server_key  # CURVE: who we are, whom we expect
         self._timeout_ms = int(timeout * 1000)
         self._sockets: dict[str, zmq.Socket] = {}
         self.received = 0  # bytes of file data received, for the job's network figures
@@ -148,6 +153,8 @@ class Fetcher:
             socket = self._sockets[address] = self._context.socket(zmq.DEALER)
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.MAXMSGSIZE, CHUNK + MAX_REQUEST_BYTES)
+            if self._keys is not None:
+                self._keys.connect_to(socket, self._server_key)
             socket.connect(address)
         socket.send(msgpack.packb([path, offset, length]))
         if not socket.poll(self._timeout_ms):

@@ -7,13 +7,14 @@ and renamed to ``part-NNNNN``; the first attempt to commit a partition wins.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .errors import UsageError
+from .errors import UsageError, storage_errors
 
 SUCCESS = "_SUCCESS"
 _OURS = re.compile(r"^(part-\d{5}|_SUCCESS|\.part-\d{5}\.[0-9a-z-]+\.tmp|\.mapreduce-visible-[0-9a-f]+)$")
@@ -100,24 +101,50 @@ def visibility_name(job_id: str) -> str:
     return f".mapreduce-visible-{job_id}"
 
 
+def remove_visibility(folder: Path, job_id: str) -> str | None:
+    """Remove the file of ``show_visibility``. Never raises: at the end of a job that failed
+    because the folder turned read-only, the job's own error is what to report; returns
+    why the file stays, if it does."""
+    try:
+        (folder / visibility_name(job_id)).unlink(missing_ok=True)
+        return None
+    except OSError as exc:
+        return f"{visibility_name(job_id)} stays in {folder}: {exc.strerror or exc}"
+
+
 def format_value(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def write_lines(path: Path, results: Iterable[tuple[str, Any]]) -> int:
-    """Write ``key<TAB>value`` lines and fsync; return the number of lines."""
+def write_lines(path: Path, results: Iterable[tuple[str, Any]], what: str = "", role: str = "output") -> int:
+    """Write ``key<TAB>value`` lines and fsync; return the number of lines.
+
+    An OSError of the file itself (a full disk, a read-only folder) becomes a StorageError
+    naming the folder as ``role`` ("output" or "scratch"): an OutputFolderError if the output
+    folder cannot take the file. An exception raised while ``results`` computes a value
+    (the user's reduce) passes through unchanged."""
+    what = what or f"writing {path.name}"
+    with storage_errors(path.parent, what, role):
+        f = open(path, "w", encoding="utf-8", errors="surrogateescape", newline="\n")
     count = 0
-    with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+    try:
         batch = []
         for key, value in results:
             batch.append(f"{key}\t{format_value(value)}\n")
             count += 1
             if len(batch) >= 4096:
-                f.write("".join(batch))
+                with storage_errors(path.parent, what, role):
+                    f.write("".join(batch))
                 batch.clear()
-        f.write("".join(batch))
-        f.flush()
-        os.fsync(f.fileno())
+        with storage_errors(path.parent, what, role):
+            f.write("".join(batch))
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+    except BaseException:
+        with contextlib.suppress(OSError):  # buffered text that cannot be written is dropped
+            f.close()
+        raise
     return count
 
 
@@ -130,21 +157,34 @@ def commit(folder: Path, temp: str, partition: int) -> None:
 def finish(folder: Path, n_partitions: int) -> None:
     """Remove parts left from an older, wider job and leftover temp files, then write _SUCCESS."""
     wanted = {part_name(p) for p in range(n_partitions)}
-    for entry in os.listdir(folder):
-        if _OURS.match(entry) and entry != SUCCESS and entry not in wanted:
-            (folder / entry).unlink(missing_ok=True)
+    with storage_errors(folder, "removing what an earlier job left", "output"):
+        for entry in os.listdir(folder):
+            if _OURS.match(entry) and entry != SUCCESS and entry not in wanted:
+                (folder / entry).unlink(missing_ok=True)
     missing = [name for name in sorted(wanted) if not (folder / name).exists()]
     if missing:
         raise RuntimeError(f"cannot write {SUCCESS}: {missing[0]} was never committed")
-    with open(folder / SUCCESS, "wb") as f:
-        os.fsync(f.fileno())
-    fsync_dir(folder)
+    with storage_errors(folder, f"writing {SUCCESS}", "output"):
+        with open(folder / SUCCESS, "wb") as f:
+            os.fsync(f.fileno())
+        fsync_dir(folder)
 
 
-def remove_temps(folder: Path) -> None:
-    for entry in os.listdir(folder):
+def remove_temps(folder: Path) -> list[str]:
+    """Remove reduce attempts' temporary files; return those that could not be removed
+    (a folder turned read-only keeps them)."""
+    left = []
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return left
+    for entry in entries:
         if entry.startswith(".part-") and entry.endswith(".tmp"):
-            (folder / entry).unlink(missing_ok=True)
+            try:
+                (folder / entry).unlink(missing_ok=True)
+            except OSError:
+                left.append(entry)
+    return left
 
 
 def fsync_dir(folder: Path) -> None:

@@ -4,6 +4,7 @@ coordinator serving external workers, or a coordinator with its own local cluste
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -14,7 +15,9 @@ from .coordinator import Coordinator, JobResult, Progress
 from .errors import JobFailed, UsageError
 from .inputs import DEFAULT_SPLIT_SIZE, Split, make_splits
 from .job import App, load_app
+from .node import endpoint_host
 from .scheduler import Settings
+from .security import Keys, check_exposure, generate, load
 from .seq import run_sequential
 
 log = logging.getLogger(__name__)
@@ -76,12 +79,13 @@ def run_seq(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
 def serve(
     app_ref: str, inputs: Sequence[str], output_dir: str | Path, bind: str,
     options: JobOptions = JobOptions(), progress: Progress | None = None, on_ready=None,
-    events: Path | None = None,
+    events: Path | None = None, keys: Keys | None = None, insecure: bool = False,
 ) -> JobResult:
     """Serve one job to workers that connect to ``bind``; raise JobFailed if it fails."""
+    check_exposure("the coordinator's address", endpoint_host(bind) if bind.startswith("tcp://") else "localhost", keys, insecure)
     job = prepare(app_ref, inputs, output_dir, options)
     try:
-        coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), bind, progress, events=events)
+        coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), bind, progress, events=events, keys=keys)
     except Exception as exc:  # zmq.ZMQError for a bad or busy address
         raise UsageError(f"cannot bind {bind}: {exc}") from exc
     if on_ready is not None:
@@ -98,10 +102,18 @@ def run_local(
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     job = prepare(app_ref, inputs, output_dir, options)
-    coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), "tcp://127.0.0.1:*", progress, events=events)
-    extra = ["--heartbeat-interval", str(options.heartbeat_interval)]
-    cluster = LocalCluster(coordinator.address, workers, extra, keep_logs=keep_logs)
-    cluster.attach(coordinator)
+    with tempfile.TemporaryDirectory(prefix="mapreduce-keys-") as key_dir:
+        # Keys made for this run: even on loopback, no other local user can join or listen in.
+        generate(Path(key_dir))
+        coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), "tcp://127.0.0.1:*", progress,
+                                  events=events, keys=load(key_dir, "coordinator"))
+        extra = ["--heartbeat-interval", str(options.heartbeat_interval), "--key-dir", key_dir]
+        cluster = LocalCluster(coordinator.address, workers, extra, keep_logs=keep_logs)
+        cluster.attach(coordinator)
+        return _finished(_run_on(cluster, coordinator, keep_logs))
+
+
+def _run_on(cluster: LocalCluster, coordinator: Coordinator, keep_logs: bool) -> JobResult:
     with cluster:
         result = coordinator.run()
         if keep_logs:
@@ -110,7 +122,7 @@ def run_local(
             tail = cluster.log_tail()
             if tail:
                 log.info("worker logs:\n%s", tail)
-    return _finished(result)
+    return result
 
 
 def _finished(result: JobResult) -> JobResult:

@@ -21,6 +21,12 @@ Rules worth knowing:
 - An attempt whose user code raised counts toward ``max_attempts``; an attempt
   lost with its worker counts toward ``max_lost`` (a task that kills whatever
   runs it).
+- An attempt that failed for its worker's sake, not the user's code (a full or
+  unwritable scratch disk, a fetch that failed: ``user_error=False``), counts
+  toward ``max_lost`` too, and that worker does not get the task again while
+  another live worker could take it (per-task exclusion); if every live worker
+  is excluded, the task goes to any of them rather than wait. An output folder
+  that cannot take the output fails the job at once: no worker can fix it.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import output, protocol as p
+from .errors import OutputFolderError
 from .inputs import Split
 
 log = logging.getLogger(__name__)
@@ -67,6 +74,7 @@ class WorkerState(enum.Enum):
 
 
 LIVE = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.DRAINING)
+TAKES_WORK = (WorkerState.IDLE, WorkerState.BUSY)  # live and not leaving
 MAX_OFFSET = 2**63 - 1  # file offsets must fit the wire's int64
 
 
@@ -143,6 +151,9 @@ class Task:
     result: MapResult | None = None
     fetch_reruns: int = 0  # times reducers could not read this map's output
     commit_failures: int = 0  # times a finished reduce's output could not be committed
+    # Workers (ids) where an attempt failed for the worker's sake: not given it again
+    # while another live worker could take it.
+    excluded: set[int] = field(default_factory=set)
 
     def describe(self) -> str:
         if self.split is not None:
@@ -298,13 +309,29 @@ class Scheduler:
             self.counters.reduces_done -= 1
         task.state = state
 
-    def _next_pending(self, kind: TaskKind) -> Task | None:
+    def _next_pending(self, kind: TaskKind, worker: Worker) -> Task | None:
+        """The lowest pending task of a phase that ``worker`` may run. Without exclusions
+        that is one heap pop (O(log n)); a task ``worker`` is excluded from is passed over
+        and pushed back, costing a pop and push each."""
         heap, tasks = self._pending_heap[kind], self._tasks(kind)
+        held, found = [], None
         while heap:
-            task = tasks[heapq.heappop(heap)]
-            if task.state is TaskState.PENDING:
-                return task
-        return None
+            index = heapq.heappop(heap)
+            task = tasks[index]
+            if task.state is not TaskState.PENDING:
+                continue
+            if worker.id in task.excluded and self._someone_else_can_run(task):
+                held.append(index)
+                continue
+            found = task
+            break
+        for index in held:
+            heapq.heappush(heap, index)
+        return found
+
+    def _someone_else_can_run(self, task: Task) -> bool:
+        """Whether a live worker not excluded from ``task`` could take it (now or once free)."""
+        return any(w.state in TAKES_WORK and w.id not in task.excluded for w in self.workers.values())
 
     # ---- inputs ------------------------------------------------------------
 
@@ -564,15 +591,27 @@ class Scheduler:
             task.failures += 1
             limit, count = self.settings.max_attempts, task.failures
         else:
+            # The worker's environment failed (its disk, its network): try another worker.
             task.lost += 1
             limit, count = self.settings.max_lost, task.lost
+            task.excluded.add(attempt.worker.id)
         log.warning("attempt %d of %s failed on %s (%d of %d): %s", attempt.id, task.describe(), attempt.worker.describe(), count, limit, failed.error)
         self.record(now, EventKind.TASK_FAILED, **self._attempt_fields(attempt), error=failed.error, user_error=failed.user_error)
-        if count >= limit and self.failure is None:
+        if self.failure is not None:
+            return []
+        if not failed.user_error and failed.details == OutputFolderError.kind:
+            # No other worker can write into a read-only, unwritable or full output folder.
+            self.failure = f"{failed.error}, on {attempt.worker.describe()}"
+        elif count >= limit and failed.user_error:
             self.failure = (
                 f"{task.describe()} failed {count} times; the last attempt, on {attempt.worker.describe()}, "
                 f"raised:\n{failed.details or failed.error}"
             ).rstrip()
+        elif count >= limit:
+            self.failure = (
+                f"{task.describe()} failed {count} times in a row for reasons not in the app's code; "
+                f"the last attempt, on {attempt.worker.describe()}: {failed.error}"
+            )
         return []
 
     def _timed_out(self, now: float, attempt: Attempt) -> list:
@@ -647,15 +686,19 @@ class Scheduler:
             return []
         actions: list = []
         for worker in [w for w in self.workers.values() if w.state is WorkerState.IDLE]:
-            task = self._next_pending(TaskKind.MAP)
+            task = self._next_pending(TaskKind.MAP, worker)
             if task is None and self._pending_count[TaskKind.MAP] == 0:
-                task = self._next_pending(TaskKind.REDUCE)
+                task = self._next_pending(TaskKind.REDUCE, worker)
             if task is not None:
                 actions.append(self._start(now, worker, task))
             elif self.settings.speculation:
                 straggler = self._straggler(now, worker)
                 if straggler is None:
+                    if self._pending_count[TaskKind.MAP] or self._pending_count[TaskKind.REDUCE]:
+                        continue  # held back from this worker only (excluded): another may take it
                     break
+                if worker.id in straggler.task.excluded:
+                    continue  # its backup goes to another idle worker, if any
                 self.counters.backups += 1
                 log.info("backup attempt for %s, slow on %s", straggler.task.describe(), straggler.worker.describe())
                 actions.append(self._start(now, worker, straggler.task, backup=True))

@@ -13,6 +13,7 @@ input order) emitted them: the same order the sequential oracle uses.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import io
 import os
@@ -24,7 +25,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import msgpack
 
-from .errors import AppError
+from .errors import AppError, storage_errors
 from .job import stable_partition
 
 DEFAULT_BUFFER_RECORDS = 400_000
@@ -40,9 +41,20 @@ def roundtrip(value: Any) -> Any:
     return msgpack.unpackb(msgpack.packb(value), raw=False)
 
 
-def iter_run(f: BinaryIO, offset: int, length: int) -> Iterator[tuple]:
+def iter_run(f: BinaryIO, offset: int, length: int, guard: tuple[Path, str] | None = None) -> Iterator[tuple]:
     """Stream the records of the run at ``[offset, offset+length)`` of an open file.
-    Reads by position (pread), so many runs of one file can be read side by side."""
+    Reads by position (pread), so many runs of one file can be read side by side.
+    With ``guard`` (folder, what), the file is the framework's own: a read error or a
+    damaged block raises a StorageError naming that folder."""
+    blocks = _run_blocks(f, offset, length)
+    if guard is not None:
+        blocks = _guarded_reads(blocks, *guard)
+    for keys, values in blocks:
+        yield from zip(keys, values)
+
+
+def _run_blocks(f: BinaryIO, offset: int, length: int) -> Iterator[tuple[list, list]]:
+    """The (keys, values) blocks of a run."""
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
     read = _positional_reader(f)
     position = offset
@@ -61,10 +73,17 @@ def iter_run(f: BinaryIO, offset: int, length: int) -> Iterator[tuple]:
             else:
                 if type(keys) is not list or type(array) is not list or len(keys) != len(array):
                     raise OSError(f"{getattr(f, 'name', 'run')}: a malformed block before byte {offset + length - left}")
-                yield from zip(keys, array)
+                yield keys, array
                 keys = None
     if unpacker.tell() != length or keys is not None:
         raise OSError(f"{getattr(f, 'name', 'run')}: a block is cut at byte {offset + length}")
+
+
+def _guarded_reads(blocks: Iterator, folder: Path, what: str) -> Iterator:
+    """Items read back from the framework's own file: a read error is the environment's.
+    (Only errors of ``blocks`` itself are caught, not those of the code consuming them.)"""
+    with storage_errors(folder, what):
+        yield from blocks
 
 
 def _positional_reader(f: BinaryIO) -> Callable[[int, int], bytes]:
@@ -141,6 +160,39 @@ def write_run(f: BinaryIO, records: Iterable[Record]) -> int:
     return written
 
 
+class GuardedWriter:
+    """A binary file of the framework's own whose failures are the environment's: an
+    OSError of ``write``, ``flush`` or ``close`` becomes a StorageError naming ``folder``.
+    Only file calls are guarded: records computed by user code on their way in (a lazy
+    combine, a reduce) raise as they are."""
+
+    def __init__(self, f: BinaryIO, folder: str | Path, what: str):
+        self.f, self.folder, self.what = f, folder, what
+        self.name = getattr(f, "name", "")
+
+    @classmethod
+    def open(cls, path: Path, what: str, mode: str = "wb") -> "GuardedWriter":
+        with storage_errors(path.parent, what):
+            return cls(open(path, mode), path.parent, what)
+
+    def write(self, data: bytes) -> int:
+        with storage_errors(self.folder, self.what):
+            return self.f.write(data)
+
+    def flush(self) -> None:
+        with storage_errors(self.folder, self.what):
+            self.f.flush()
+
+    def close(self) -> None:
+        with storage_errors(self.folder, self.what):
+            self.f.close()
+
+    def abandon(self) -> None:
+        """Close after a failure: bytes still buffered are dropped if they cannot be written."""
+        with contextlib.suppress(OSError):
+            self.f.close()
+
+
 class MapOutputBuffer:
     """Collects a map task's output in memory up to a limit, sorting, combining and
     spilling partitioned runs to disk when full; `finish` writes the one file."""
@@ -153,12 +205,14 @@ class MapOutputBuffer:
         scratch: Path,
         limit_records: int = DEFAULT_BUFFER_RECORDS,
         spill_prefix: str = "spill",
+        what: str = "map output",  # for error messages, e.g. "map output of attempt 12"
     ):
         self.n = n_partitions
         self.partition = partition
         self.combine = combine
         self.scratch = scratch
         self.spill_prefix = spill_prefix
+        self.what = what
         self.limit = limit_records
         self.buffers: list[list[Record]] = [[] for _ in range(n_partitions)]
         self.count = 0  # records in the buffer now
@@ -201,39 +255,65 @@ class MapOutputBuffer:
         return runs
 
     def _spill(self) -> None:
+        runs = self._sorted_partitions()  # user code (combine): outside the storage guard
         path = self.scratch / f"{self.spill_prefix}-{len(self.spills)}.run"
-        with open(path, "wb") as f:
-            lengths = [write_run(f, run) for run in self._sorted_partitions()]
+        what = f"spill of {self.what}"
+        try:
+            with storage_errors(self.scratch, what), open(path, "wb") as f:
+                lengths = [write_run(f, run) for run in runs]
+        except BaseException:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+            raise
         self.spills.append((path, lengths))
 
     def finish(self, path: Path) -> list[int]:
         """Write the partitioned output file at ``path``; return each partition's length."""
-        with open(path, "wb") as f:
-            return self.finish_into(f)
+        f = GuardedWriter.open(path, self.what)
+        try:
+            lengths = self.finish_into(f)
+            f.close()
+            return lengths
+        except BaseException:
+            f.abandon()
+            raise
 
-    def finish_into(self, f: BinaryIO) -> list[int]:
+    def finish_into(self, f: BinaryIO | GuardedWriter) -> list[int]:
         """Append the partitioned output at ``f``'s position; return each partition's length.
-        (No fsync: map output that a crash could cut is lost with its host anyway.)"""
-        if not self.spills:
-            lengths = [write_run(f, run) for run in self._sorted_partitions()]
-        else:
-            self._spill()
-            lengths = self._merge_spills(f)
-        f.flush()
-        for spill, _ in self.spills:
-            spill.unlink()
-        self.spills.clear()
+        (No fsync: map output that a crash could cut is lost with its host anyway.)
+        Pass a GuardedWriter so that a full or unwritable disk raises a StorageError; spills
+        are removed whether or not it succeeds."""
+        try:
+            if not self.spills:
+                lengths = [write_run(f, run) for run in self._sorted_partitions()]
+            else:
+                self._spill()
+                lengths = self._merge_spills(f)
+            f.flush()
+        finally:
+            self.discard()
         return lengths
 
-    def _merge_spills(self, out: BinaryIO) -> list[int]:
-        files = [open(path, "rb") for path, _ in self.spills]
+    def discard(self) -> None:
+        """Remove the spill files (after the output is written, or when the attempt fails)."""
+        for spill, _ in self.spills:
+            with contextlib.suppress(OSError):
+                spill.unlink(missing_ok=True)
+        self.spills.clear()
+
+    def _merge_spills(self, out: BinaryIO | GuardedWriter) -> list[int]:
+        what = f"spill of {self.what}"
+        files: list[BinaryIO] = []
         try:
+            with storage_errors(self.scratch, what):
+                for path, _ in self.spills:
+                    files.append(open(path, "rb"))
             offsets = [0] * len(files)
             lengths = []
             for p in range(self.n):
                 runs = []
                 for i, (f, (_, spill_lengths)) in enumerate(zip(files, self.spills)):
-                    runs.append(iter_run(f, offsets[i], spill_lengths[p]) if spill_lengths[p] else iter(()))
+                    runs.append(iter_run(f, offsets[i], spill_lengths[p], (self.scratch, what)) if spill_lengths[p] else iter(()))
                     offsets[i] += spill_lengths[p]
                 # Each run reads its own file, so the k-way merge streams them side by side.
                 merged: Iterable[Record] = merge_runs(runs)

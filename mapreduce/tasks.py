@@ -8,10 +8,17 @@ its own host directly, fetching the rest from the serving worker), merges the
 sorted runs as streams, runs the app's reduce, and writes a temporary output
 file that the coordinator alone may commit: in the output folder if the worker
 sees it, else in scratch, from where the coordinator pulls it.
+
+The framework's own file operations (map output and its spills, fetched runs, reduce
+output) raise StorageError when the disk is full or the folder unwritable: the worker's
+environment failed, not the user's code, and the attempt is retried elsewhere. An
+OSError raised inside the app's functions stays the user's error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import queue
 import threading
@@ -21,9 +28,11 @@ from typing import BinaryIO, Callable, Iterator
 
 from . import output, protocol as p, shuffle
 from .dataserver import FetchError, Fetcher, RemoteFile, Unreachable
+from .errors import storage_errors
 from .inputs import Split, fingerprint, read_split
 from .job import App
 
+log = logging.getLogger(__name__)
 
 # A partition whose runs add up to less than this is grouped in a dict, not merged as
 # streams: much faster, and bounded (a few times this in memory).
@@ -68,6 +77,30 @@ class JobContext:
             self._map_log.append(open(self.workdir / "map-output.log", "ab+"))
         return self._map_log[0]
 
+    def append_map_output(self, write: Callable[[shuffle.GuardedWriter], list[int]], what: str) -> tuple[str, int, list[int]]:
+        """Append one map's output to the map output file with ``write``; return the file's
+        path, the output's offset and its partitions' lengths.
+
+        If anything fails (a full disk, the user's combine, a cancel), the file is cut back
+        to its old end and reopened next time: the buffered bytes of a failed write cannot
+        leak into the next map's output, and the file does not grow with garbage. (A failed
+        map's bytes are never announced anyway: only a TaskDone carries offsets.)"""
+        with storage_errors(self.workdir, what):
+            f = self.map_log()
+            offset = f.seek(0, os.SEEK_END)
+        guarded = shuffle.GuardedWriter(f, self.workdir, what)
+        try:
+            lengths = write(guarded)
+        except BaseException:
+            self._map_log.clear()
+            guarded.abandon()
+            try:
+                os.truncate(f.name, offset)
+            except OSError as exc:  # harmless: the next map appends after the garbage
+                log.warning("could not cut %s back to %d bytes: %s", f.name, offset, exc)
+            raise
+        return f.name, offset, lengths
+
     def sees_input(self, path: str, mark: str) -> bool:
         if path not in self._visible:
             self._visible[path] = bool(mark) and fingerprint(path) == mark
@@ -83,14 +116,16 @@ def run_map(job: JobContext, task: p.AssignMap, ctx: AttemptContext, fetcher: Fe
     received = fetcher.received
     local = job.sees_input(split.path, task.fingerprint)
     text = read_split(split, None if local else RemoteFile(fetcher, job.input_address, split.path))
-    buffer = shuffle.MapOutputBuffer(job.n_reduce, job.app.partition, job.app.combine, job.workdir, buffer_records, f"a{task.attempt}-spill")
-    buffer.add_all(job.app.map(split.key, text), f"input {split.key!r} (bytes {split.start}-{split.end})")
-    ctx.check()
-    # Every map of this worker appends to one file: no file to create per task.
-    log = job.map_log()
-    offset = log.seek(0, os.SEEK_END)
-    lengths = buffer.finish_into(log)
-    return p.TaskDone(0, task.attempt, lengths, log.name, buffer.total, offset, fetched=fetcher.received - received)
+    what = f"map output of attempt {task.attempt}"
+    buffer = shuffle.MapOutputBuffer(job.n_reduce, job.app.partition, job.app.combine, job.workdir, buffer_records, f"a{task.attempt}-spill", what)
+    try:
+        buffer.add_all(job.app.map(split.key, text), f"input {split.key!r} (bytes {split.start}-{split.end})")
+        ctx.check()
+        # Every map of this worker appends to one file: no file to create per task.
+        path, offset, lengths = job.append_map_output(buffer.finish_into, what)
+    finally:
+        buffer.discard()  # spills of a failed attempt too
+    return p.TaskDone(0, task.attempt, lengths, path, buffer.total, offset, fetched=fetcher.received - received)
 
 
 class ReduceInputs:
@@ -154,8 +189,15 @@ class ReduceInputs:
             except FileNotFoundError:
                 pass  # gone from this host's disk: perhaps its server still has it
         local = self.folder / f"fetched-{loc.map_task:06d}.run"
-        with open(local, "wb") as out:
+        # Writing the copy is this worker's storage: its failure is a StorageError, which
+        # fails the attempt (retried elsewhere) rather than blaming the map's server.
+        out = shuffle.GuardedWriter.open(local, f"output of map task {loc.map_task} fetched by reduce attempt {self.ctx.attempt}")
+        try:
             self.fetcher.copy(loc.data_address, loc.path, loc.offset, loc.length, out)
+            out.close()
+        except BaseException:
+            out.abandon()
+            raise
         return self._file(str(local)), 0, loc.length
 
     def _file(self, path: str) -> BinaryIO:
@@ -179,7 +221,8 @@ class ReduceInputs:
 
 def run_reduce(job: JobContext, task: p.AssignReduce, ctx: AttemptContext, fetcher: Fetcher, report: Callable[[object], None]) -> p.TaskDone:
     folder = job.workdir / f"a{task.attempt}"
-    folder.mkdir()
+    with storage_errors(job.workdir, f"fetched map output of reduce attempt {task.attempt}"):
+        folder.mkdir()
     received = fetcher.received
     inputs = ReduceInputs(job, ctx, fetcher, folder, report)
     try:
@@ -187,19 +230,32 @@ def run_reduce(job: JobContext, task: p.AssignReduce, ctx: AttemptContext, fetch
         temp = output.attempt_temp_name(task.task, job.job_id, task.attempt)
         # Where the output folder is not visible, the coordinator pulls the file from scratch.
         target = job.output_dir / temp if job.sees_output else job.workdir / temp
+        role = "output" if job.sees_output else "scratch"
+        what = f"output of reduce task {task.task}, attempt {task.attempt}"
         reduce = job.app.reduce
         results = ((key, reduce(key, values)) for key, values in _checked(inputs.groups(), ctx))
         try:
-            count = output.write_lines(target, results)
+            count = output.write_lines(target, results, what, role)
+            with storage_errors(target.parent, what, role):
+                size = target.stat().st_size
         except BaseException:
-            target.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only folder refuses even this
+                target.unlink(missing_ok=True)
             raise
         name = temp if job.sees_output else str(target)
-        return p.TaskDone(0, task.attempt, [], name, count, size=target.stat().st_size, fetched=fetcher.received - received)
+        return p.TaskDone(0, task.attempt, [], name, count, size=size, fetched=fetcher.received - received)
     finally:
         inputs.close()
+        _remove_folder(folder)
+
+
+def _remove_folder(folder: Path) -> None:
+    """Remove an attempt's folder of fetched runs; a failure must not hide why the attempt
+    failed (the worker removes the whole job folder at the end anyway)."""
+    with contextlib.suppress(OSError):
         for run in folder.glob("*"):
-            run.unlink()
+            with contextlib.suppress(OSError):
+                run.unlink()
         folder.rmdir()
 
 

@@ -10,6 +10,7 @@ Finished work comes back through a queue; the loop is woken by an inproc socket.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -21,7 +22,9 @@ import zmq
 
 from . import protocol as p
 from .dataserver import FetchError, Fetcher
+from .errors import StorageError, storage_errors
 from .scheduler import Commit
+from .security import Keys
 
 PROBE_TIMEOUT = 2.0  # under the worker's re-register interval (3 heartbeats)
 PULL_TIMEOUT = 10.0  # per 4 MB request
@@ -32,6 +35,7 @@ class Pull:
     commit: Commit
     destination: Path  # a temporary name in the output folder
     error: str | None = None
+    output_folder_failed: bool = False  # the error was ours to write, not the reducer's to serve
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,9 @@ class Probe:
 
 
 class Transfers:
-    def __init__(self, context: zmq.Context):
+    def __init__(self, context: zmq.Context, keys: Keys | None = None):
         self._context = context
+        self._keys = keys
         self._todo: "queue.Queue[Pull | Probe | None]" = queue.Queue()
         self._done: "queue.Queue[Pull | Probe]" = queue.Queue()
         self.pending = 0  # submitted and not yet collected: read by the loop only
@@ -82,8 +87,9 @@ class Transfers:
         self.wakeup.close(0)
 
     def _run(self) -> None:
-        probes = Fetcher(self._context, PROBE_TIMEOUT)
-        pulls = Fetcher(self._context, PULL_TIMEOUT)
+        server_key = self._keys.worker if self._keys else b""  # both talk to workers' data servers
+        probes = Fetcher(self._context, PROBE_TIMEOUT, self._keys, server_key)
+        pulls = Fetcher(self._context, PULL_TIMEOUT, self._keys, server_key)
         try:
             while (work := self._todo.get()) is not None:
                 self._done.put(self._probe(probes, work) if isinstance(work, Probe) else self._pull(pulls, work))
@@ -103,13 +109,17 @@ class Transfers:
 
     def _pull(self, fetcher: Fetcher, pull: Pull) -> Pull:
         c = pull.commit
+        what = f"output of reduce task {c.partition}, attempt {c.attempt}"
         try:
-            with open(pull.destination, "wb") as out:
+            with storage_errors(pull.destination.parent, what, "output"), open(pull.destination, "wb") as out:
                 fetcher.copy(c.data_address, c.temp, 0, c.size, out)
                 out.flush()
                 os.fsync(out.fileno())
             self.pulled_bytes += c.size
             return pull
-        except (OSError, FetchError) as exc:
-            pull.destination.unlink(missing_ok=True)
+        except (StorageError, FetchError) as exc:
+            with contextlib.suppress(OSError):
+                pull.destination.unlink(missing_ok=True)
+            if isinstance(exc, StorageError):
+                return Pull(c, pull.destination, str(exc), output_folder_failed=True)
             return Pull(c, pull.destination, f"{type(exc).__name__}: {exc}")

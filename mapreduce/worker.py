@@ -30,6 +30,7 @@ from .dataserver import DataServer, FetchError, Fetcher
 from .errors import ProtocolError
 from .job import App
 from .node import address_towards, default_scratch, endpoint_host, host_id, hostname
+from .security import HANDSHAKE_FAILURES, Keys, authenticator
 from .tasks import AttemptCancelled, AttemptContext, JobContext, run_map, run_reduce
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class WorkerOptions:
     coordinator_timeout: float = 30.0  # silence after which the worker gives up
     max_backoff: float = 8.0
     drain_timeout: float = 30.0  # on SIGTERM, how long the current task may take to finish
+    keys: Keys | None = None  # CURVE keys; None: plain connections (loopback, or --insecure)
 
 
 class Worker:
@@ -63,8 +65,14 @@ class Worker:
         self.host_id = host_id()
         self.scratch = options.scratch.resolve()
         self.scratch.mkdir(parents=True, exist_ok=True)
-        self.data_server = DataServer(self.context, self.scratch, options.advertise or address_towards(options.connect))
-        self.fetcher = Fetcher(self.context, timeout=FETCH_TIMEOUT)
+        keys = options.keys
+        self.auth = authenticator(self.context, keys)  # admits only allowed keys to the data server
+        # Serves nothing until a job begins, then only that job's folder (see _welcome).
+        self.data_server = DataServer(self.context, None, options.advertise or address_towards(options.connect), keys=keys)
+        self.fetcher = Fetcher(self.context, FETCH_TIMEOUT, keys, keys.worker if keys else b"")  # other workers' map output
+        self.input_fetcher = Fetcher(self.context, FETCH_TIMEOUT, keys, keys.coordinator if keys else b"")
+        self._monitor: zmq.Socket | None = None  # handshake events of the coordinator socket
+        self._connected_at: float | None = None  # a connection not yet through its handshake
         _raise_open_file_limit()  # a reduce holds one open run per map task
         self.incarnation: int | None = None
         self.job: JobContext | None = None
@@ -105,10 +113,14 @@ class Worker:
                 # The job is over: no map output is needed any more, this host's included.
                 self.job.close()
                 shutil.rmtree(self.job.workdir.parent, ignore_errors=True)
+            self._close_monitor()
             if self.socket is not None:
                 self.socket.close(linger=500)
             self.data_server.stop()
             self.fetcher.close()
+            self.input_fetcher.close()
+            if self.auth is not None:
+                self.auth.stop()
             self._wake_recv.close(0)
             self._wake_send.close(0)
             self.context.term()
@@ -124,9 +136,18 @@ class Worker:
         poller.register(self._wake_recv, zmq.POLLIN)
         while True:
             poller.register(self.socket, zmq.POLLIN)
+            poller.register(self._monitor, zmq.POLLIN)
             timeout = max(0.0, min(next_heartbeat, next_reconnect) - time.monotonic())
             ready = dict(poller.poll(timeout * 1000))
             now = time.monotonic()
+            if self._monitor in ready or self._connected_at is not None:
+                problem = self._handshake_problem(now)
+                if problem is not None and self.options.keys is None:
+                    problem = "the coordinator requires keys and this worker has none"
+                if problem is not None:
+                    log.error("cannot talk to the coordinator at %s: authentication failed: %s", opts.connect, problem)
+                    self.refused = f"authentication with the coordinator at {opts.connect} failed: {problem} (check --key-dir)"
+                    return ExitCode.REFUSED
             if self._wake_recv in ready:
                 self._wake_recv.recv()
                 self._forward_results()
@@ -160,6 +181,7 @@ class Worker:
                     return ExitCode.COORDINATOR_LOST
                 log.warning("no word from the coordinator for %.1f s: reconnecting", silent)
                 poller.unregister(self.socket)
+                poller.unregister(self._monitor)
                 self._connect()
                 next_reconnect = now + backoff
                 backoff = min(backoff * 2, opts.max_backoff)
@@ -193,14 +215,43 @@ class Worker:
 
     def _connect(self) -> None:
         self._drop_attempt()
+        self._close_monitor()
         if self.socket is not None:
             self.socket.close(0)
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
+        if self.options.keys is not None:
+            self.options.keys.connect_to(self.socket, self.options.keys.coordinator)
+        # _connected_at is kept across reconnects: it dates the first connection not yet authenticated.
+        self._monitor = self.socket.get_monitor_socket(sum(HANDSHAKE_FAILURES) | zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.socket.connect(self.options.connect)
         self.incarnation = None
         self._register()
+
+    def _handshake_problem(self, now: float) -> str | None:
+        """Why the security handshake with the coordinator failed, if it did. A connection
+        that stays unauthenticated for long is a failure too: with a wrong server key the
+        coordinator cannot even answer, so no failure event may ever come."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        problem = None
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)["event"]
+            if event == zmq.EVENT_CONNECTED:
+                self._connected_at = now if self._connected_at is None else self._connected_at
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected_at = None
+            problem = HANDSHAKE_FAILURES.get(event, problem)
+        if problem is None and self._connected_at is not None and now - self._connected_at > HANDSHAKE_TIMEOUT:
+            problem = f"connected, but no secure handshake within {HANDSHAKE_TIMEOUT:.0f} s (is coordinator.key the coordinator's?)"
+        return problem
+
+    def _close_monitor(self) -> None:
+        if self._monitor is not None:
+            self.socket.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
 
     def _register(self) -> None:
         self._send(p.Register(self.name, os.getpid(), hostname(), self.host_id, self.data_server.address, str(self.scratch)))
@@ -243,6 +294,7 @@ class Worker:
             app.start()
             workdir = self.scratch / f"job-{welcome.job_id}" / f"w-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             workdir.mkdir(parents=True)
+            self.data_server.root = workdir.parent.resolve()  # this job's files only (its workers' folders)
             input_address = f"tcp://{endpoint_host(self.options.connect)}:{welcome.data_port}"
             output_dir = Path(welcome.output_dir)
             sees_output = output.sees_folder(output_dir, welcome.job_id, welcome.output_token)
@@ -340,21 +392,27 @@ class Worker:
             pass  # the worker is shutting down
 
     def _run_attempt(self, job: JobContext, assign: Any, ctx: AttemptContext) -> Any:
+        from .errors import StorageError
+
         try:
             ctx.check()
             if isinstance(assign, p.AssignMap):
-                return run_map(job, assign, ctx, self.fetcher)
+                return run_map(job, assign, ctx, self.input_fetcher)
             return run_reduce(job, assign, ctx, self.fetcher, lambda message: self._post(ctx, message, final=False))
         except AttemptCancelled:
             return p.Cancelled(0, assign.attempt)
         except FetchError as exc:
             return p.TaskFailed(0, assign.attempt, f"FetchError: {exc}", "", user_error=False)
+        except StorageError as exc:  # this worker's disk or folder failed, not the user's code
+            log.warning("attempt %d failed: %s", assign.attempt, exc)
+            return p.TaskFailed(0, assign.attempt, str(exc), exc.kind, user_error=False)
         except Exception as exc:
             log.warning("attempt %d failed: %s: %s", assign.attempt, type(exc).__name__, exc)
             return p.TaskFailed(0, assign.attempt, f"{type(exc).__name__}: {exc}", user_traceback(exc))
 
 
 FETCH_TIMEOUT = 5.0
+HANDSHAKE_TIMEOUT = 5.0  # connected to the coordinator but not authenticated: the keys do not match
 CANCEL_GRACE = 10.0  # how long a cancelled attempt may take to notice before the worker restarts
 
 

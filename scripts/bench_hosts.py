@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from benchlib import mapreduce
-from mapreduce import vnet
+from mapreduce import security, vnet
 from mapreduce.corpus import write_corpus
 
 GUTENBERG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "gutenberg"
@@ -40,16 +40,17 @@ def run_job(net: vnet.VirtualNetwork, inputs: list[str], out: Path, events: Path
     coordinator_host = net.hosts[0]
     endpoint = f"tcp://{coordinator_host.address}:{PORT}"
     hide = sorted({str(Path(f).resolve().parent) for f in inputs} | {str(out.parent)})
+    keys = ["--key-dir", str(net.scratch_root / "keys")]
     started = time.monotonic()
     coordinator = subprocess.Popen(
         net.command(coordinator_host, mapreduce("coordinator", "wordcount", *inputs, "--output", str(out), "--bind", endpoint,
-                                                "--events", str(events), "-q", *args)),
+                                                "--events", str(events), "-q", *keys, *args)),
         stderr=subprocess.PIPE, text=True,
     )
     processes = []
     for i in range(workers):
         host = net.hosts[1 + i] if spread else coordinator_host
-        worker = mapreduce("worker", "--connect", endpoint, "--name", f"w{i}", "--scratch", str(host.scratch / f"scratch-{i}"))
+        worker = mapreduce("worker", "--connect", endpoint, "--name", f"w{i}", "--scratch", str(host.scratch / f"scratch-{i}"), *keys)
         processes.append(subprocess.Popen(net.command(host, worker, hide=hide if spread else ()), stderr=subprocess.DEVNULL))
     try:
         code = coordinator.wait(timeout=600)
@@ -112,6 +113,7 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in variants}
         moved: dict[str, dict[str, int]] = {}
         with vnet.VirtualNetwork(options.hosts + 1, scratch_root=tmp / "hosts") as net:
+            security.generate(net.scratch_root / "keys")  # every connection encrypted and authenticated
             for run in range(options.runs):
                 for name, spread in variants.items():
                     out_parent = tmp / f"out-{run}-{spread}"

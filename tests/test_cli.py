@@ -131,4 +131,4 @@ def test_bad_numbers(args, fragment, text, tmp_path):
 
 
 def test_coordinator_cannot_bind(text, tmp_path):
-    assert_refused(invoke("coordinator", "wordcount", text, "--output", str(tmp_path / "o"), "--bind", "tcp://256.0.0.1:1"), "cannot bind")
+    assert_refused(invoke("coordinator", "wordcount", text, "--output", str(tmp_path / "o"), "--bind", "tcp://256.0.0.1:1", "--insecure"), "cannot bind")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import GUTENBERG, assert_same_output, mapreduce_command
-from mapreduce import vnet
+from mapreduce import security, vnet
 from mapreduce.events import read_events
 from test_faults import SLEEPY, of, words_file
 
@@ -38,6 +38,9 @@ class Hosts:
         self.hide = [tmp_path, *hide]
         self.out, self.events = tmp_path / "out", tmp_path / "events.jsonl"
         self.endpoint = f"tcp://{net.hosts[0].address}:{PORT}"
+        self.keys = net.scratch_root / "keys"  # seen by every host; the hidden folders are not
+        if not self.keys.exists():
+            security.generate(self.keys)
         self.processes: list[subprocess.Popen] = []
         self.coordinator: subprocess.Popen | None = None
 
@@ -49,13 +52,13 @@ class Hosts:
     def start_coordinator(self, app: str, inputs: list[str], *args: str) -> None:
         command = mapreduce_command(
             "coordinator", app, *inputs, "--output", str(self.out), "--bind", self.endpoint,
-            "--events", str(self.events), *FAST, "--worker-timeout", "2", *args,
+            "--events", str(self.events), "--key-dir", str(self.keys), *FAST, "--worker-timeout", "2", *args,
         )
         self.coordinator = self._start(self.net.command(self.net.hosts[0], command))
 
     def start_worker(self, host: vnet.Host, *args: str) -> subprocess.Popen:
         command = mapreduce_command(
-            "worker", "--connect", self.endpoint, "--name", host.name, "--scratch", str(host.scratch / "scratch"),
+            "worker", "--connect", self.endpoint, "--name", host.name, "--scratch", str(host.scratch / "scratch"), "--key-dir", str(self.keys),
             *FAST, "--coordinator-timeout", "30", *args,
         )
         return self._start(self.net.command(host, command, hide=self.hide))

@@ -276,3 +276,140 @@ def test_one_unreadable_orphan_reruns_every_needed_orphan_of_that_worker():
     s.receive(2.0, b"B", p.FetchFailed(b, r.attempt, 0, loc.attempt, loc.data_address, "Unreachable: no answer"))
     assert [m.state for m in s.maps] == [TaskState.PENDING, TaskState.PENDING, TaskState.DONE]
     assert s.counters.maps_rerun == 2
+
+
+# ---- failures of a worker's environment: retried elsewhere (per-task exclusion) ----
+
+FULL = "no space left in scratch folder /scratch/a (map output of attempt 1)"
+
+
+def storage_failure(s, now, ident, wid, attempt, error=FULL, kind="storage"):
+    return s.receive(now, ident, p.TaskFailed(wid, attempt, error, kind, user_error=False))
+
+
+def test_task_that_failed_for_its_worker_waits_for_another_worker():
+    s = make(n_maps=2, n_reduce=1, max_attempts=1)
+    a, actions = join(s, b"A")
+    m0 = one(actions, b"A", p.AssignMap)
+    b, actions = join(s, b"B")
+    m1 = one(actions, b"B", p.AssignMap)
+    actions = storage_failure(s, 1.0, b"A", a, m0.attempt)
+    assert msgs(actions, b"A") == []  # B could take it once free: A stays idle
+    assert s.workers[a].state is WorkerState.IDLE and s.maps[0].state is TaskState.PENDING
+    # Not the user's fault: it does not count toward max_attempts (1 here).
+    assert s.failure is None and (s.maps[0].failures, s.maps[0].lost) == (0, 1)
+    failed = events(s, EventKind.TASK_FAILED)[0].fields
+    assert (failed["worker"], failed["user_error"], failed["error"]) == (a, False, FULL)
+    actions = map_done(s, 2.0, b"B", b, m1, [3])
+    assert one(actions, b"B", p.AssignMap).task == 0
+    assert msgs(actions, b"A", p.AssignMap) == []
+    # With no map pending, A takes a reduce: the exclusion is per task, not per worker.
+    assert one(s.tick(2.1), b"A", p.AssignReduce).task == 0
+
+
+def test_an_excluded_worker_first_in_line_does_not_stop_the_next_idle_worker():
+    s = make(n_maps=1, n_reduce=1, speculation=True)
+    a, actions = join(s, b"A")
+    m = one(actions, b"A", p.AssignMap)
+    b, actions = join(s, b"B")
+    one(actions, b"B", p.AssignReduce)
+    c, actions = join(s, b"C")
+    assert msgs(actions, b"C", p.AssignMap) == msgs(actions, b"C", p.AssignReduce) == []  # idle
+    actions = storage_failure(s, 1.0, b"A", a, m.attempt)
+    assert one(actions, b"C", p.AssignMap).task == 0 and msgs(actions, b"A") == []
+    assert msgs(actions, b"B") == []  # no reduce cancelled: an idle worker took the map
+
+
+def test_a_busy_worker_that_could_take_it_makes_room_as_for_any_pending_map():
+    s = make(n_maps=1, n_reduce=1)
+    a, actions = join(s, b"A")
+    m = one(actions, b"A", p.AssignMap)
+    b, actions = join(s, b"B")
+    r = one(actions, b"B", p.AssignReduce)
+    actions = storage_failure(s, 1.0, b"A", a, m.attempt)
+    assert msgs(actions, b"A") == [] and one(actions, b"B", p.Cancel).attempt == r.attempt
+    actions = s.receive(1.1, b"B", p.Cancelled(b, r.attempt))
+    assert one(actions, b"B", p.AssignMap).task == 0
+    assert one(s.tick(1.2), b"A", p.AssignReduce).task == 0
+
+
+def test_excluded_tasks_are_passed_over_not_lost():
+    s = make(n_maps=4, n_reduce=1)
+    a, actions = join(s, b"A")
+    m0 = one(actions, b"A", p.AssignMap)
+    b, actions = join(s, b"B")
+    m1 = one(actions, b"B", p.AssignMap)
+    actions = storage_failure(s, 1.0, b"A", a, m0.attempt)
+    m2 = one(actions, b"A", p.AssignMap)  # map 0 passed over, the next one taken
+    assert m2.task == 2
+    actions = storage_failure(s, 2.0, b"A", a, m2.attempt)
+    assert one(actions, b"A", p.AssignMap).task == 3
+    assert [t.index for t in s.maps if t.state is TaskState.PENDING] == [0, 2]
+    actions = map_done(s, 3.0, b"B", b, m1, [3])
+    assert one(actions, b"B", p.AssignMap).task == 0  # lowest first, as always
+
+
+def test_when_every_live_worker_is_excluded_the_task_runs_anywhere():
+    s = make(n_maps=1, n_reduce=1, max_attempts=1, max_lost=3)
+    a, actions = join(s, b"A")
+    m = one(actions, b"A", p.AssignMap)
+    for n in range(1, 4):
+        assert s.failure is None
+        actions = storage_failure(s, float(n), b"A", a, m.attempt)
+        if n < 3:
+            m = one(actions, b"A", p.AssignMap)  # A is the only worker: no deadlock
+            assert m.task == 0
+    assert "map task 0" in s.failure and "failed 3 times in a row for reasons not in the app's code" in s.failure
+    assert FULL in s.failure and "worker 1 (A" in s.failure
+
+
+def test_excluded_worker_gets_the_task_when_the_others_leave_or_drain():
+    s = make(n_maps=2, n_reduce=1)
+    a, actions = join(s, b"A")
+    m0 = one(actions, b"A", p.AssignMap)
+    b, actions = join(s, b"B")
+    one(actions, b"B", p.AssignMap)
+    s.receive(0.5, b"B", p.Draining(b))  # B will take nothing new
+    actions = storage_failure(s, 1.0, b"A", a, m0.attempt)
+    assert one(actions, b"A", p.AssignMap).task == 0
+
+    s = make(n_maps=2, n_reduce=1)
+    a, actions = join(s, b"A")
+    m0 = one(actions, b"A", p.AssignMap)
+    b, actions = join(s, b"B")
+    one(actions, b"B", p.AssignMap)
+    assert msgs(storage_failure(s, 1.0, b"A", a, m0.attempt), b"A") == []
+    actions = s.receive(2.0, b"B", p.Goodbye(b))  # the only other worker leaves
+    assert one(actions, b"A", p.AssignMap).task == 0
+
+
+def test_no_backup_on_a_worker_excluded_from_the_task():
+    s = make(n_maps=3, n_reduce=1, speculation=True)
+    a, actions = join(s, b"A")
+    m0 = one(actions, b"A", p.AssignMap)
+    b, actions = join(s, b"B")
+    m1 = one(actions, b"B", p.AssignMap)
+    m2 = one(storage_failure(s, 0.0, b"A", a, m0.attempt), b"A", p.AssignMap)
+    c, actions = join(s, b"C")
+    slow = one(actions, b"C", p.AssignMap)
+    assert slow.task == 0
+    one(map_done(s, 1.0, b"B", b, m1, [3]), b"B", p.AssignReduce)
+    map_done(s, 1.0, b"A", a, m2, [3])
+    d, _ = join(s, b"D", now=1.0)
+    # Map 0 on C is a straggler at t=10. A, first in line, is excluded from it: D backs it up.
+    actions = s.tick(10.0)
+    backups = msgs(actions, kind=p.AssignMap)
+    assert len(backups) == 1 and msgs(actions, b"D", p.AssignMap) == backups and backups[0].task == 0
+    assert events(s, EventKind.BACKUP_LAUNCHED)[0].fields["worker"] == d
+
+
+def test_an_output_folder_that_cannot_take_output_fails_the_job_at_once():
+    s = make(n_maps=1, n_reduce=2)
+    a, actions = join(s, b"A")
+    actions = map_done(s, 1.0, b"A", a, one(actions, b"A", p.AssignMap), [3, 3])
+    r = one(actions, b"A", p.AssignReduce)
+    error = f"output folder /out is not writable: read-only file system (output of reduce task 0, attempt {r.attempt})"
+    actions = s.receive(2.0, b"A", p.TaskFailed(a, r.attempt, error, "output-folder", user_error=False))
+    assert s.finished and not s.succeeded
+    assert s.failure == f"{error}, on worker {a} (A, pid 4242 on box)"
+    assert msgs(actions, kind=p.AssignReduce) == []  # nothing more is started
