@@ -33,6 +33,7 @@ from .security import Keys, authenticator
 log = logging.getLogger(__name__)
 
 Progress = Callable[["Scheduler"], None]
+MAX_PROBES = 64  # data-server checks queued at once: a flood of registrations cannot stall real ones
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ class Coordinator:
 
     def _over(self, scheduler: Scheduler) -> bool:
         """Failed, or every partition done and committed (pulls from other hosts included)."""
-        return scheduler.failure is not None or (scheduler.succeeded and self.transfers.pending == 0)
+        return scheduler.failure is not None or (scheduler.succeeded and self.transfers.pending_pulls == 0)
 
     def _serve(self, scheduler: Scheduler) -> None:
         tick_every = min(0.1, self.settings.heartbeat_interval / 4)
@@ -211,7 +212,7 @@ class Coordinator:
             if message.host_id == self._host_id:
                 return scheduler.register(now, identity, message, self._welcome)
             # From another host: first check its data server answers (in the transfers thread).
-            if identity not in self._probing:
+            if identity not in self._probing and len(self._probing) < MAX_PROBES:  # else it registers again later
                 self._probing.add(identity)
                 self.transfers.submit(Probe(identity, message))
             return []

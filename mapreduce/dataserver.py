@@ -70,7 +70,12 @@ class DataServer:
                 if len(frames) != 2:
                     continue
                 identity, request = frames
-                self._socket.send_multipart([identity, self._answer(request)])
+                try:
+                    answer = self._answer(request)
+                except Exception as exc:  # one bad request must never stop the server
+                    log.warning("data request failed: %s: %s", type(exc).__name__, exc)
+                    answer = msgpack.packb([False, f"the request failed: {type(exc).__name__}"], use_bin_type=True)
+                self._socket.send_multipart([identity, answer])
         finally:
             self._socket.close(0)
 
@@ -104,8 +109,10 @@ def _parse(request: bytes) -> tuple[str, int, int]:
         raise ProtocolError("malformed data request") from None
     if not isinstance(path, str) or type(offset) is not int or type(length) is not int:
         raise ProtocolError("malformed data request")
-    if offset < 0 or not 0 <= length <= CHUNK:
+    if not 0 <= offset < 2**63 or not 0 <= length <= CHUNK:
         raise ProtocolError(f"bad range {offset}+{length}")
+    if "\0" in path:
+        raise ProtocolError("a path with a NUL byte")
     return path, offset, length
 
 
@@ -155,7 +162,12 @@ class Fetcher:
             socket.setsockopt(zmq.MAXMSGSIZE, CHUNK + MAX_REQUEST_BYTES)
             if self._keys is not None:
                 self._keys.connect_to(socket, self._server_key)
-            socket.connect(address)
+            try:
+                socket.connect(address)
+            except zmq.ZMQError as exc:
+                socket.close(0)
+                del self._sockets[address]
+                raise FetchError(f"cannot connect to data server {address!r}: {exc}") from None
         socket.send(msgpack.packb([path, offset, length]))
         if not socket.poll(self._timeout_ms):
             socket.close(0)

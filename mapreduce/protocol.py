@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
+import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import msgpack
 
@@ -23,6 +25,27 @@ from .errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# A data server's address as a worker advertises it (the socket's bound endpoint, always
+# numeric): tcp://IPv4:PORT or tcp://[IPv6]:PORT. The coordinator connects to the address a
+# worker sends (to check that it answers, to pull reduce output), so anything else, a name
+# to look up included, must never get that far.
+_ENDPOINT = re.compile(r"tcp://([0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}(?:%[A-Za-z0-9_.-]{1,32})?\]):([1-9][0-9]{0,4})")
+
+
+def _check_endpoint(value: str, where: str) -> None:
+    match = _ENDPOINT.fullmatch(value)
+    try:
+        if match is None or int(match.group(2)) > 65535:
+            raise ValueError
+        host = match.group(1)
+        if isinstance(ipaddress.ip_address(host.strip("[]")), ipaddress.IPv6Address) != host.startswith("["):
+            raise ValueError
+    except ValueError:
+        raise ProtocolError(f"{where}: {value[:80]!r} is not a data server address (tcp://IP:PORT)") from None
+
+
+Endpoint = Annotated[str, _check_endpoint]  # a str field holding a data server's address
 
 
 # ---- worker -> coordinator -------------------------------------------------
@@ -36,7 +59,7 @@ class Register:
     pid: int
     host: str
     host_id: str  # equal host_ids see the same files (same boot and mount namespace)
-    data_address: str  # where this worker's data server answers
+    data_address: Endpoint  # where this worker's data server answers
     scratch: str  # the folder its data server serves; workers sharing it can serve each other's output
 
 
@@ -74,7 +97,7 @@ class FetchFailed:
     attempt: int
     map_task: int
     map_attempt: int
-    data_address: str
+    data_address: Endpoint
     error: str
 
 
@@ -121,7 +144,7 @@ class MapOutput:
     attempt: int
     host_id: str
     path: str
-    data_address: str
+    data_address: Endpoint
     offset: int
     length: int
 
@@ -230,7 +253,7 @@ class _Spec:
 
 @functools.cache
 def _spec(cls: type) -> _Spec:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields, nested = [], []
     for f in dataclasses.fields(cls):
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -258,6 +281,17 @@ def _build(cls: type, fields: Any, where: str) -> Any:
 
 def _checker(hint: Any) -> Checker:
     origin = typing.get_origin(hint)
+    if origin is Annotated:  # a base type, then checks of the value (after the type check)
+        base, *extras = typing.get_args(hint)
+        check_base = _checker(base)
+
+        def check_annotated(value: Any, where: str) -> Any:
+            value = check_base(value, where)
+            for extra in extras:
+                extra(value, where)
+            return value
+
+        return check_annotated
     if origin in (typing.Union, types.UnionType):
         options = [_checker(o) for o in typing.get_args(hint) if o is not type(None)]
         nullable = type(None) in typing.get_args(hint)

@@ -404,9 +404,19 @@ class Scheduler:
         self.counters.fenced += 1
         self.record(now, EventKind.MESSAGE_FENCED, worker=getattr(message, "worker", None), message=type(message).__name__, attempt=getattr(message, "attempt", None), why=why)
         actions: list = [Send(identity, p.Unknown(why, getattr(message, "worker", 0)))]
-        if isinstance(message, p.TaskDone) and is_reduce_temp(message.path):
+        if isinstance(message, p.TaskDone) and self._zombie_output(identity, worker, message):
             actions.append(Discard(message.path))  # a zombie's finished reduce: never committed
         return actions
+
+    def _zombie_output(self, identity: bytes, worker: Worker | None, done: p.TaskDone) -> bool:
+        """Whether ``done`` names the output of a reduce attempt this dead incarnation really ran
+        (so deleting it deletes nothing else: a stranger's message deletes no file)."""
+        attempt = self.attempts.get(done.attempt)
+        return (
+            worker is not None and worker.identity == identity and attempt is not None and attempt.worker is worker
+            and attempt.task.kind is TaskKind.REDUCE
+            and done.path == output.attempt_temp_name(attempt.task.index, self.job_id, attempt.id)
+        )
 
     def tick(self, now: float) -> list:
         """Expire silent workers and overdue attempts; keep heartbeats flowing."""

@@ -11,6 +11,7 @@ Finished work comes back through a queue; the loop is woken by an inproc socket.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 import threading
@@ -52,6 +53,7 @@ class Transfers:
         self._todo: "queue.Queue[Pull | Probe | None]" = queue.Queue()
         self._done: "queue.Queue[Pull | Probe]" = queue.Queue()
         self.pending = 0  # submitted and not yet collected: read by the loop only
+        self.pending_pulls = 0  # of which pulls: the job is not over while one is pending
         self.pulled_bytes = 0
         address = f"inproc://transfers-{uuid.uuid4().hex}"
         self.wakeup = context.socket(zmq.PAIR)  # the loop polls this
@@ -63,6 +65,7 @@ class Transfers:
 
     def submit(self, work: Pull | Probe) -> None:
         self.pending += 1
+        self.pending_pulls += isinstance(work, Pull)
         self._todo.put(work)
 
     def collect(self) -> list[Pull | Probe]:
@@ -75,6 +78,7 @@ class Transfers:
                 finished.append(self._done.get_nowait())
             except queue.Empty:
                 self.pending -= len(finished)
+                self.pending_pulls -= sum(isinstance(f, Pull) for f in finished)
                 return finished
 
     def close(self) -> None:
@@ -92,7 +96,11 @@ class Transfers:
         pulls = Fetcher(self._context, PULL_TIMEOUT, self._keys, server_key)
         try:
             while (work := self._todo.get()) is not None:
-                self._done.put(self._probe(probes, work) if isinstance(work, Probe) else self._pull(pulls, work))
+                try:
+                    done = self._probe(probes, work) if isinstance(work, Probe) else self._pull(pulls, work)
+                except Exception as exc:  # never die: the loop waits for every pull it submitted
+                    done = dataclasses.replace(work, error=f"{type(exc).__name__}: {exc}")
+                self._done.put(done)
                 self._wake.send(b"")
         finally:
             probes.close()
