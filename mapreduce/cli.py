@@ -64,6 +64,7 @@ def _cluster_options(f):
         click.option("--task-timeout", type=float, default=None, help="Fail an attempt running longer than this many seconds (default: no limit)."),
         click.option("--speculation/--no-speculation", default=True, show_default=True, help="Give stragglers a backup attempt on an idle worker."),
         click.option("--max-worker-losses", default=8, show_default=True, help="Fail the job when one task has lost this many workers in a row."),
+        click.option("--min-workers", default=1, show_default=True, help="Hand out no task until this many workers have joined."),
         click.option("--events", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the job's event log here (JSON lines)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress display."),
     ]
@@ -308,32 +309,45 @@ def _guard(action, interrupted: str = "every worker stopped, no output committed
 
 
 class Progress:
-    """A one-line progress display on a terminal; nothing when stderr is not one."""
+    """Progress of a job: a bar redrawn in place on a terminal, else a plain line now and then
+    (and at each change of phase), so logs of unattended runs show it too."""
 
-    def __init__(self, stream=sys.stderr, every: float = 0.2):
+    def __init__(self, stream=sys.stderr, every: float = 0.2, every_plain: float = 5.0):
         self.stream = stream
         self.tty = stream.isatty()
-        self.every = every
+        self.every = every if self.tty else every_plain
         self._last = 0.0
+        self._phase = ""
         self._shown = False
 
     def __call__(self, scheduler: Scheduler) -> None:
         now = time.monotonic()
-        if not self.tty or now - self._last < self.every:
-            return
-        self._last = now
         c = scheduler.counters
-        line = f"maps {c.maps_done}/{len(scheduler.maps)}  reduces {c.reduces_done}/{len(scheduler.reduces)}  workers {len(scheduler.live_workers())}"
-        if c.workers_dead:
-            line += f"  dead {c.workers_dead}"
-        self.stream.write("\r" + line.ljust(70))
+        n_map, n_reduce = len(scheduler.maps), len(scheduler.reduces)
+        phase = "maps" if c.maps_done < n_map else "reduces"
+        if now - self._last < self.every and phase == self._phase:
+            return
+        self._last, self._phase = now, phase
+        elapsed = max(now - scheduler.started, 1e-9)
+        rate = f"{c.input_done / elapsed / 1e6:.1f} MB/s"
+        workers = f"workers {len(scheduler.live_workers())}" + (f" (dead {c.workers_dead})" if c.workers_dead else "")
+        if self.tty:
+            line = f"maps {_bar(c.maps_done, n_map)} {c.maps_done}/{n_map}  reduces {_bar(c.reduces_done, n_reduce)} {c.reduces_done}/{n_reduce}  {rate}  {workers}"
+            self.stream.write("\r" + line.ljust(100))
+        else:
+            self.stream.write(f"progress {elapsed:.1f} s: maps {c.maps_done}/{n_map}, reduces {c.reduces_done}/{n_reduce}, {rate}, {workers}\n")
         self.stream.flush()
         self._shown = True
 
     def close(self) -> None:
-        if self._shown:
+        if self._shown and self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = width * done // total if total else width
+    return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
 def main() -> None:

@@ -37,11 +37,13 @@ class JobOptions:
     task_timeout: float | None = None
     speculation: bool = True
     max_worker_losses: int = 8
+    min_workers: int = 1
 
     def settings(self) -> Settings:
         return Settings(
             self.n_reduce, self.heartbeat_interval, self.worker_timeout, self.max_attempts,
             max_lost=self.max_worker_losses, task_timeout=self.task_timeout, speculation=self.speculation,
+            min_workers=self.min_workers,
         )
 
 
@@ -60,6 +62,8 @@ def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
         raise UsageError(f"the number of reduce tasks must be at least 1, got {options.n_reduce}")
     if options.max_worker_losses < 1:
         raise UsageError(f"--max-worker-losses must be at least 1, got {options.max_worker_losses}")
+    if options.min_workers < 1:
+        raise UsageError(f"--min-workers must be at least 1, got {options.min_workers}")
     if options.max_attempts < 1:
         raise UsageError(f"--max-attempts must be at least 1, got {options.max_attempts}")
     if options.worker_timeout <= options.heartbeat_interval:

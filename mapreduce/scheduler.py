@@ -123,6 +123,7 @@ class Settings:
     # phase's finished tasks and slow_margin seconds longer than that median.
     slow_factor: float = 3.0
     slow_margin: float = 2.0
+    min_workers: int = 1  # hand out no task until this many workers have joined (then never wait again)
 
     @property
     def suspect_after(self) -> float:
@@ -232,6 +233,8 @@ class Counters:
     input_fetched: int = 0
     shuffle_fetched: int = 0
     output_pulled: int = 0
+    input_done: int = 0  # input bytes read by finished maps, re-runs included (throughput)
+    output_written: int = 0  # output bytes of finished reduces
 
 
 class Scheduler:
@@ -257,6 +260,7 @@ class Scheduler:
         self._maps_done_at: float | None = None if self.maps else now
         self._running: dict[TaskKind, set[int]] = {TaskKind.MAP: set(), TaskKind.REDUCE: set()}
         self._now = now
+        self._started_work = False  # becomes True once min_workers have joined
 
     def record(self, now: float, kind: EventKind, **fields: Any) -> None:
         self.events.append(Event(now, kind, fields))
@@ -512,12 +516,18 @@ class Scheduler:
         if problem:
             return self._failed(now, attempt, p.TaskFailed(done.worker, attempt.id, problem, user_error=False))
         self._end(attempt, AttemptState.SUCCEEDED)
+        # Bytes in: a map's split; bytes out: a map's output (all partitions) or a reduce's output file.
+        size_in = task.split.end - task.split.start if task.kind is TaskKind.MAP else 0
+        size_out = sum(done.partition_lengths) if task.kind is TaskKind.MAP else done.size
         self.record(now, EventKind.TASK_FINISHED, **self._attempt_fields(attempt), records=done.records,
-                    seconds=round(now - attempt.started, 6), backup=attempt.backup, fetched=done.fetched)
+                    seconds=round(now - attempt.started, 6), backup=attempt.backup, fetched=done.fetched,
+                    input_bytes=size_in, output_bytes=size_out)
         if task.kind is TaskKind.MAP:
             self.counters.input_fetched += done.fetched
+            self.counters.input_done += size_in
         else:
             self.counters.shuffle_fetched += done.fetched
+            self.counters.output_written += size_out
         bisect.insort(self._durations[task.kind], now - self._effective_start(attempt))
         task.lost = 0
         actions: list = []
@@ -694,6 +704,10 @@ class Scheduler:
     def _dispatch(self, now: float) -> list:
         if self.finished:
             return []
+        if not self._started_work:
+            if len(self.live_workers()) < self.settings.min_workers:
+                return []
+            self._started_work = True
         actions: list = []
         for worker in [w for w in self.workers.values() if w.state is WorkerState.IDLE]:
             task = self._next_pending(TaskKind.MAP, worker)

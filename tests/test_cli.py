@@ -132,3 +132,35 @@ def test_bad_numbers(args, fragment, text, tmp_path):
 
 def test_coordinator_cannot_bind(text, tmp_path):
     assert_refused(invoke("coordinator", "wordcount", text, "--output", str(tmp_path / "o"), "--bind", "tcp://256.0.0.1:1", "--insecure"), "cannot bind")
+
+
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere():
+    import io
+
+    from mapreduce.cli import Progress
+    from test_scheduler import join, make, map_done, one
+    from mapreduce import protocol as p
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    s = make(n_maps=2, n_reduce=1)
+    a, actions = join(s, b"A")
+    plain, terminal = io.StringIO(), Terminal()
+    shows = [Progress(plain, every_plain=3600), Progress(terminal, every=0)]
+    for show in shows:
+        show(s)
+    map_done(s, 1.0, b"A", a, one(actions, b"A", p.AssignMap), [3])
+    for show in shows:
+        show(s)  # same phase: the plain one waits; the bar redraws
+    s.maps[1].state = s.maps[0].state  # (by hand) every map done: a new phase shows at once
+    s.counters.maps_done = 2
+    for show in shows:
+        show(s)
+        show.close()
+    lines = plain.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("progress ") and "maps 0/2" in lines[0] and "maps 2/2" in lines[1]
+    assert "MB/s" in lines[0] and "workers 1" in lines[0]
+    drawn = terminal.getvalue().split("\r")[1:]
+    assert len(drawn) == 3 and "[" + "#" * 10 + "." * 10 + "] 1/2" in drawn[1] and terminal.getvalue().endswith("\n")

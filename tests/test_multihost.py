@@ -116,7 +116,7 @@ def hosts(tmp_path):
 def test_three_worker_hosts_without_the_coordinators_files_match_seq(hosts, gutenberg, oracle):
     expected = oracle("wordcount", gutenberg, "--reduce", "6", "--split-size", "1M")
     cluster = hosts(hide=[GUTENBERG.resolve()])
-    cluster.start_coordinator("wordcount", gutenberg, "--reduce", "6", "--split-size", "1M")
+    cluster.start_coordinator("wordcount", gutenberg, "--reduce", "6", "--split-size", "1M", "--min-workers", "3")
     workers = [cluster.start_worker(host) for host in cluster.net.hosts[1:]]
     log, stderr = cluster.finish()
     assert_same_output(expected, cluster.out)

@@ -745,3 +745,14 @@ def test_commit_names_the_reducer_host_and_a_scratch_path_is_accepted():
     (commit,) = [x for x in actions if isinstance(x, Commit)]
     assert (commit.temp, commit.attempt, commit.data_address, commit.size) == (f"/scratch/a/{temp}", r.attempt, "tcp://10.0.0.9:7000", 70)
     assert s.counters.shuffle_fetched == 123
+
+
+def test_no_task_until_min_workers_have_joined_then_no_more_waiting():
+    s = make(n_maps=4, n_reduce=1, min_workers=2)
+    a, actions = join(s, b"A")
+    assert msgs(actions, b"A", p.AssignMap) == []
+    b, actions = join(s, b"B", now=1.0)
+    first = one(actions, b"A", p.AssignMap)  # one each, at once
+    one(actions, b"B", p.AssignMap)
+    s.receive(2.0, b"B", p.Goodbye(b))  # below the minimum again: work goes on
+    assert one(map_done(s, 3.0, b"A", a, first, [1]), b"A", p.AssignMap)
