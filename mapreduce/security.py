@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 from .errors import UsageError
 
@@ -57,6 +55,8 @@ class Keys:
 
 def generate(folder: Path) -> list[Path]:
     """Write the coordinator's and the workers' key pairs into ``folder`` (never over old ones)."""
+    import zmq.auth  # imported only where keys are used: it costs a process tens of milliseconds
+
     folder.mkdir(parents=True, exist_ok=True)
     existing = [p.name for p in folder.glob("*.key*") if p.stem in (COORDINATOR, WORKER)]
     if existing:
@@ -71,6 +71,8 @@ def generate(folder: Path) -> list[Path]:
 
 def load(folder: str | Path, role: str) -> Keys:
     """The keys a coordinator or worker needs from ``folder``, or a UsageError naming what is missing."""
+    import zmq.auth
+
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"key folder {str(folder)!r} does not exist (make one with `mapreduce keygen DIR`)")
@@ -88,10 +90,13 @@ def load(folder: str | Path, role: str) -> Keys:
     return Keys(public, secret, coordinator, worker, folder)
 
 
-def authenticator(context: zmq.Context, keys: Keys | None) -> ThreadAuthenticator | None:
-    """Start the thread that admits only allowed client keys to this context's servers."""
+def authenticator(context: zmq.Context, keys: Keys | None):
+    """Start the thread that admits only allowed client keys to this context's servers
+    (a zmq.auth.thread.ThreadAuthenticator), or None without keys."""
     if keys is None:
         return None
+    from zmq.auth.thread import ThreadAuthenticator
+
     auth = ThreadAuthenticator(context, log=logging.getLogger("mapreduce.auth"))
     auth.start()
     auth.configure_curve(domain="*", location=str(keys.folder))
