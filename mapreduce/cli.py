@@ -76,7 +76,7 @@ def _cluster_options(f):
 class _Group(click.Group):
     """Commands for running jobs, plus tools imported only when used (workers start faster)."""
 
-    lazy = {"launch-workers": "mapreduce.launch:launch", "vnet": "mapreduce.vnet:vnet"}
+    lazy = {"launch-workers": "mapreduce.launch:launch", "report": "mapreduce.report:report", "vnet": "mapreduce.vnet:vnet"}
 
     def list_commands(self, ctx):
         return sorted([*super().list_commands(ctx), *self.lazy])

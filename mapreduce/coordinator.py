@@ -104,6 +104,8 @@ class Coordinator:
     def run(self) -> JobResult:
         started = time.monotonic()
         scheduler = Scheduler(self.splits, self.settings, started, self.job_id)
+        scheduler.record(started, EventKind.JOB_STARTED, job=self.job_id, maps=len(self.splits), reduces=self.settings.n_reduce,
+                         input_bytes=sum(s.end - s.start for s in self.splits))
         self.data_server.start()
         self._output_token = output.show_visibility(self.output_dir, self.job_id)
         try:

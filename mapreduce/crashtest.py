@@ -500,6 +500,10 @@ class CrashTest:
         problem = compare_outputs(workspace.oracle, out) if run.result.ok else f"the job failed: {run.result.message}"
         shutil.rmtree(out, ignore_errors=True)
         log_events = list(read_events(events))
+        # The faults beside the event log, on its clock: `mapreduce report` marks them on the timeline.
+        with open(events.with_suffix(".faults.jsonl"), "w", encoding="utf-8") as f:
+            for fault in run.faults:
+                f.write(json.dumps({"t": fault.time, "kind": fault.kind.value, "pid": fault.pid}) + "\n")
         return RoundResult(
             number, job_seconds(log_events, run.started, run.result.seconds), run.faults, count_events(log_events),
             detection_latencies(log_events, run.faults), problem, job_failed=not run.result.ok,

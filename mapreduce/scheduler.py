@@ -98,6 +98,7 @@ class EventKind(enum.Enum):
     FETCH_FAILED = "fetch_failed"
     COMMIT_FAILED = "commit_failed"
     OUTPUT_COMMITTED = "output_committed"
+    JOB_STARTED = "job_started"
     JOB_FINISHED = "job_finished"
 
 
