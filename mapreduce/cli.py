@@ -73,10 +73,46 @@ def _cluster_options(f):
     return f
 
 
+def _status_options(f):
+    f = click.option("--status-bind", default="127.0.0.1", show_default=True, help="Address the status page listens on.")(f)
+    return click.option("--status-port", type=click.IntRange(0, 65535), default=None,
+                        help="Serve a live status page and /status.json on this port (0: any free port); see `mapreduce status`.")(f)
+
+
+def _status_server(bind: str, port: int | None):
+    if port is None:
+        return None
+    from .security import is_loopback
+    from .status import StatusServer
+
+    try:
+        server = StatusServer(bind, port)
+    except OSError as exc:
+        click.echo(f"error: cannot serve the status page on {bind}:{port}: {exc}", err=True)
+        sys.exit(2)
+    if not is_loopback(bind):
+        click.echo(f"warning: the status page on {bind} has no authentication: it shows hosts, files and errors to whoever reaches it", err=True)
+    click.echo(f"status page: {server.url}  (or: mapreduce status {server.url})", err=True)
+    return server
+
+
+def _with_status(bind: str, port: int | None, job):
+    """Run job(status_server) with a status page if a port was given, closed afterwards."""
+    server = _status_server(bind, port)
+    try:
+        return job(server)
+    finally:
+        if server is not None:
+            server.close(linger=3.0)  # a watching page or `status --watch` gets the final state
+
+
 class _Group(click.Group):
     """Commands for running jobs, plus tools imported only when used (workers start faster)."""
 
-    lazy = {"launch-workers": "mapreduce.launch:launch", "report": "mapreduce.report:report", "vnet": "mapreduce.vnet:vnet"}
+    lazy = {
+        "launch-workers": "mapreduce.launch:launch", "report": "mapreduce.report:report",
+        "status": "mapreduce.status:status", "vnet": "mapreduce.vnet:vnet",
+    }
 
     def list_commands(self, ctx):
         return sorted([*super().list_commands(ctx), *self.lazy])
@@ -102,12 +138,14 @@ def cli(verbose: int) -> None:
 @_job_options
 @click.option("--workers", "-w", default=os.cpu_count() or 1, show_default=True, help="Number of local worker processes.")
 @_cluster_options
+@_status_options
 @click.option("--keep-logs", is_flag=True, help="Keep the workers' log files and print where they are.")
-def run(app, inputs, output, n_reduce, params, split_size, overwrite, workers, events, quiet, keep_logs, **cluster):
+def run(app, inputs, output, n_reduce, params, split_size, overwrite, workers, events, quiet, keep_logs, status_bind, status_port, **cluster):
     """Run APP over INPUTS on a local cluster of worker processes."""
     options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), **cluster)
     started = time.monotonic()
-    result = _with_progress(quiet, lambda progress: runner.run_local(app, inputs, output, workers, options, progress, keep_logs, events))
+    result = _with_status(status_bind, status_port, lambda status: _with_progress(
+        quiet, lambda progress: runner.run_local(app, inputs, output, workers, options, progress, keep_logs, events, status)))
     if not quiet:
         click.echo(f"{app}: {result.n_map} maps, {result.n_reduce} reduces on {workers} workers in {time.monotonic() - started:.2f} s; output in {output}", err=True)
 
@@ -142,13 +180,15 @@ def _keys(key_dir: Path | None, role: str):
 @click.option("--bind", default="tcp://127.0.0.1:5555", show_default=True, help="ZeroMQ endpoint workers connect to.")
 @_security_options
 @_cluster_options
-def coordinator(app, inputs, output, n_reduce, params, split_size, overwrite, bind, key_dir, insecure, events, quiet, **cluster):
+@_status_options
+def coordinator(app, inputs, output, n_reduce, params, split_size, overwrite, bind, key_dir, insecure, events, quiet, status_bind, status_port, **cluster):
     """Serve one job to workers that connect with `mapreduce worker`. A non-loopback --bind needs
     --key-dir (or --insecure)."""
     options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), **cluster)
     keys = _keys(key_dir, "coordinator")
     announce = (lambda address: click.echo(f"coordinator for {app} listening on {address}", err=True)) if not quiet else None
-    result = _with_progress(quiet, lambda progress: runner.serve(app, inputs, output, bind, options, progress, announce, events, keys, insecure))
+    result = _with_status(status_bind, status_port, lambda status: _with_progress(
+        quiet, lambda progress: runner.serve(app, inputs, output, bind, options, progress, announce, events, keys, insecure, status)))
     if not quiet:
         click.echo(f"{app}: {result.n_map} maps, {result.n_reduce} reduces in {result.seconds:.2f} s; output in {output}", err=True)
         c = result.counters

@@ -60,7 +60,10 @@ class Coordinator:
         watchdog: Callable[[], str | None] | None = None,
         exited: Callable[[], list[tuple[int, int]]] | None = None,
         keys: Keys | None = None,
+        status=None,  # a status.StatusServer to publish the job's state to
     ):
+        self.status_server = status
+        self.status_board = None
         self.app, self.splits, self.output_dir, self.settings = app, splits, output_dir, settings
         self.progress = progress
         self.goodbye_grace = goodbye_grace
@@ -104,6 +107,11 @@ class Coordinator:
     def run(self) -> JobResult:
         started = time.monotonic()
         scheduler = Scheduler(self.splits, self.settings, started, self.job_id)
+        if self.status_server is not None:
+            from .status import StatusBoard, job_facts
+
+            facts = job_facts(self.app.name, self.job_id, self.splits, self.settings.n_reduce, self.output_dir)
+            self.status_board = StatusBoard(facts, self.status_server)
         scheduler.record(started, EventKind.JOB_STARTED, job=self.job_id, maps=len(self.splits), reduces=self.settings.n_reduce,
                          input_bytes=sum(s.end - s.start for s in self.splits))
         self.data_server.start()
@@ -192,6 +200,8 @@ class Coordinator:
             self._flush_events(scheduler)
 
     def _flush_events(self, scheduler: Scheduler) -> None:
+        if self.status_board is not None:  # before the events are cleared: the page shows them
+            self.status_board.update(scheduler, time.monotonic())
         self.events.write(scheduler.events)
         scheduler.events.clear()
 

@@ -83,13 +83,13 @@ def run_seq(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
 def serve(
     app_ref: str, inputs: Sequence[str], output_dir: str | Path, bind: str,
     options: JobOptions = JobOptions(), progress: Progress | None = None, on_ready=None,
-    events: Path | None = None, keys: Keys | None = None, insecure: bool = False,
+    events: Path | None = None, keys: Keys | None = None, insecure: bool = False, status=None,
 ) -> JobResult:
     """Serve one job to workers that connect to ``bind``; raise JobFailed if it fails."""
     check_exposure("the coordinator's address", endpoint_host(bind) if bind.startswith("tcp://") else "localhost", keys, insecure)
     job = prepare(app_ref, inputs, output_dir, options)
     try:
-        coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), bind, progress, events=events, keys=keys)
+        coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), bind, progress, events=events, keys=keys, status=status)
     except Exception as exc:  # zmq.ZMQError for a bad or busy address
         raise UsageError(f"cannot bind {bind}: {exc}") from exc
     if on_ready is not None:
@@ -100,7 +100,7 @@ def serve(
 def run_local(
     app_ref: str, inputs: Sequence[str], output_dir: str | Path, workers: int,
     options: JobOptions = JobOptions(), progress: Progress | None = None, keep_logs: bool = False,
-    events: Path | None = None,
+    events: Path | None = None, status=None,
 ) -> JobResult:
     """Run a job on a coordinator in this process and ``workers`` local worker processes."""
     if workers < 1:
@@ -110,7 +110,7 @@ def run_local(
         # Keys made for this run: even on loopback, no other local user can join or listen in.
         generate(Path(key_dir))
         coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), "tcp://127.0.0.1:*", progress,
-                                  events=events, keys=load(key_dir, "coordinator"))
+                                  events=events, keys=load(key_dir, "coordinator"), status=status)
         extra = ["--heartbeat-interval", str(options.heartbeat_interval), "--key-dir", key_dir]
         cluster = LocalCluster(coordinator.address, workers, extra, keep_logs=keep_logs)
         cluster.attach(coordinator)
