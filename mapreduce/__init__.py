@@ -5,9 +5,21 @@ external workers (``serve``), or run it sequentially (``run_seq``).
 """
 
 from .errors import AppError, JobFailed, MapReduceError, ProtocolError, UsageError
-from .job import App, load_app, stable_partition
-from .output import read_output
-from .runner import JobOptions, run_local, run_seq, serve
+
+# Imported on first use: a worker process needs none of the coordinator's side.
+_LAZY = {
+    "App": "job", "load_app": "job", "stable_partition": "job", "read_output": "output",
+    "JobOptions": "runner", "run_local": "runner", "run_seq": "runner", "serve": "runner",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "App", "AppError", "JobFailed", "JobOptions", "MapReduceError", "ProtocolError", "UsageError",

@@ -8,13 +8,14 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from . import runner
 from .errors import JobFailed, MapReduceError
-from .job import builtin_apps
-from .scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
 
 _SIZE = re.compile(r"^(\d+)([kmg]?)b?$", re.IGNORECASE)
 
@@ -142,6 +143,8 @@ def cli(verbose: int) -> None:
 @click.option("--keep-logs", is_flag=True, help="Keep the workers' log files and print where they are.")
 def run(app, inputs, output, n_reduce, params, split_size, overwrite, workers, events, quiet, keep_logs, status_bind, status_port, **cluster):
     """Run APP over INPUTS on a local cluster of worker processes."""
+    from . import runner  # here, not at the top: a worker process needs none of it
+
     options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), **cluster)
     started = time.monotonic()
     result = _with_status(status_bind, status_port, lambda status: _with_progress(
@@ -154,6 +157,8 @@ def run(app, inputs, output, n_reduce, params, split_size, overwrite, workers, e
 @_job_options
 def seq(app, inputs, output, n_reduce, params, split_size, overwrite):
     """Run APP over INPUTS in this one process: the reference output."""
+    from . import runner
+
     options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params))
     _guard(lambda: runner.run_seq(app, inputs, output, options))
 
@@ -184,6 +189,8 @@ def _keys(key_dir: Path | None, role: str):
 def coordinator(app, inputs, output, n_reduce, params, split_size, overwrite, bind, key_dir, insecure, events, quiet, status_bind, status_port, **cluster):
     """Serve one job to workers that connect with `mapreduce worker`. A non-loopback --bind needs
     --key-dir (or --insecure)."""
+    from . import runner
+
     options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), **cluster)
     keys = _keys(key_dir, "coordinator")
     announce = (lambda address: click.echo(f"coordinator for {app} listening on {address}", err=True)) if not quiet else None
@@ -264,6 +271,8 @@ def keygen(folder):
 @cli.command("apps")
 def list_apps() -> None:
     """List the built-in apps."""
+    from .job import builtin_apps
+
     for name in builtin_apps():
         click.echo(name)
 
