@@ -86,7 +86,7 @@ def serve(
     events: Path | None = None, keys: Keys | None = None, insecure: bool = False, status=None,
 ) -> JobResult:
     """Serve one job to workers that connect to ``bind``; raise JobFailed if it fails."""
-    check_exposure("the coordinator's address", endpoint_host(bind) if bind.startswith("tcp://") else "localhost", keys, insecure)
+    check_exposure("the coordinator's address", endpoint_host(bind), keys, insecure)  # ipc:// counts as loopback
     job = prepare(app_ref, inputs, output_dir, options)
     try:
         coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), bind, progress, events=events, keys=keys, status=status)

@@ -6,11 +6,13 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from mapreduce.corpus import write_corpus
+from mapreduce.events import read_events
 
 TESTS = Path(__file__).parent
 APPS = TESTS / "apps"
@@ -48,6 +50,29 @@ def run_cli(*args: str, timeout: float = 120, check: bool = True) -> subprocess.
     if check and result.returncode != 0:
         raise AssertionError(f"mapreduce {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
     return result
+
+
+def event_log(path: Path) -> list[dict]:
+    """A job's event log so far (empty before the coordinator writes it)."""
+    return list(read_events(path)) if path.exists() else []
+
+
+def of(log, kind, **fields) -> list[dict]:
+    """The events of one kind whose fields have the given values."""
+    return [e for e in log if e["event"] == kind and all(e.get(k) == v for k, v in fields.items())]
+
+
+def wait_for_log(path: Path, predicate, what: str, coordinator: subprocess.Popen, coordinator_stderr, timeout: float = 60) -> list[dict]:
+    """Poll the event log until ``predicate(log)`` holds; fail at once if the coordinator exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = event_log(path)
+        if predicate(log):
+            return log
+        if coordinator.poll() is not None:
+            raise AssertionError(f"the coordinator exited ({coordinator.returncode}) while waiting for {what}:\n{coordinator_stderr()}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def assert_same_output(expected: Path, actual: Path) -> None:

@@ -12,13 +12,11 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import free_endpoint, APPS, assert_same_output, mapreduce_command
-from mapreduce.events import read_events
+from conftest import free_endpoint, APPS, assert_same_output, event_log, mapreduce_command, of, wait_for_log  # noqa: F401 (of: shared with other test files)
 
 SLEEPY = str(APPS / "sleepy.py")
 FAST = ["--heartbeat-interval", "0.3"]  # both sides: quick detection keeps the suite short
@@ -57,18 +55,10 @@ class Job:
         return self._start("worker", "--connect", self.endpoint, "--scratch", scratch, *FAST, "--coordinator-timeout", "30", *args, env=env, wrap=wrap)
 
     def log(self) -> list[dict]:
-        return list(read_events(self.events)) if self.events.exists() else []
+        return event_log(self.events)
 
     def wait_for(self, predicate, what: str, timeout: float = 60) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            log = self.log()
-            if predicate(log):
-                return log
-            if self.coordinator.poll() is not None:
-                raise AssertionError(f"the coordinator exited ({self.coordinator.returncode}) while waiting for {what}:\n{self.coordinator.stderr.read()}")
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        return wait_for_log(self.events, predicate, what, self.coordinator, self.coordinator.stderr.read, timeout)
 
     def pid(self, worker_id: int) -> int:
         return next(e["pid"] for e in self.log() if e["event"] == "worker_joined" and e["worker"] == worker_id)
@@ -101,10 +91,6 @@ def make_job(tmp_path):
     yield make
     for job in jobs:
         job.stop_all()
-
-
-def of(log, kind, **fields) -> list[dict]:
-    return [e for e in log if e["event"] == kind and all(e.get(k) == v for k, v in fields.items())]
 
 
 def running(log, phase: str) -> list[dict]:

@@ -26,11 +26,10 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
-from conftest import APPS, assert_same_output, free_endpoint, mapreduce_command
+from conftest import APPS, assert_same_output, event_log, free_endpoint, mapreduce_command, of, wait_for_log
 from mapreduce import output, protocol as p
 from mapreduce.dataserver import CHUNK, MAX_REQUEST_BYTES, PING, DataServer
 from mapreduce.errors import ProtocolError
-from mapreduce.events import read_events
 from mapreduce.node import host_id
 from test_faults import words_file
 
@@ -160,22 +159,13 @@ class Job:
                            "--coordinator-timeout", "30")
 
     def log(self) -> list[dict]:
-        return list(read_events(self.events)) if self.events.exists() else []
+        return event_log(self.events)
 
     def stderr(self, process: subprocess.Popen) -> str:
         return next(err for proc, err in self.processes if proc is process).read_text(errors="replace")
 
     def wait_for(self, predicate, what: str, timeout: float = 60) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            log = self.log()
-            if predicate(log):
-                return log
-            if self.coordinator.poll() is not None:
-                raise AssertionError(f"the coordinator exited ({self.coordinator.returncode}) while waiting for {what}:\n"
-                                     f"{self.stderr(self.coordinator)[-3000:]}")
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        return wait_for_log(self.events, predicate, what, self.coordinator, lambda: self.stderr(self.coordinator)[-3000:], timeout)
 
     def finish(self, timeout: float = 60, check: bool = True) -> list[dict]:
         """Wait for every process; with ``check``, each must have exited 0 with no traceback and no dead thread."""
@@ -220,10 +210,6 @@ def make_job(tmp_path):
     yield make
     for job in jobs:
         job.stop_all()
-
-
-def of(log, kind, **fields) -> list[dict]:
-    return [e for e in log if e["event"] == kind and all(e.get(k) == v for k, v in fields.items())]
 
 
 def finished_record(log: list[dict]) -> dict:

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GUTENBERG, assert_same_output, mapreduce_command
+from conftest import GUTENBERG, assert_same_output, event_log, mapreduce_command, wait_for_log
 from mapreduce import security, vnet
-from mapreduce.events import read_events
 from test_faults import SLEEPY, of, words_file
 
 REASON = vnet.available()
@@ -64,18 +63,10 @@ class Hosts:
         return self._start(self.net.command(host, command, hide=self.hide))
 
     def log(self) -> list[dict]:
-        return list(read_events(self.events)) if self.events.exists() else []
+        return event_log(self.events)
 
     def wait_for(self, predicate, what: str, timeout: float = 90) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            log = self.log()
-            if predicate(log):
-                return log
-            if self.coordinator is not None and self.coordinator.poll() is not None:
-                raise AssertionError(f"the coordinator exited ({self.coordinator.returncode}) while waiting for {what}:\n{self.coordinator.stderr.read()}")
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        return wait_for_log(self.events, predicate, what, self.coordinator, self.coordinator.stderr.read, timeout)
 
     def finish(self, timeout: float = 120) -> tuple[list[dict], str]:
         code = self.coordinator.wait(timeout=timeout)
