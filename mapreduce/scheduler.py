@@ -372,6 +372,12 @@ class Scheduler:
         if isinstance(message, p.Heartbeat):
             return []
         if isinstance(message, p.Goodbye):
+            # A clean leave: an attempt still held (e.g. assigned while the worker began to
+            # drain) is handed back, not lost; it counts against nothing.
+            attempt = worker.attempt
+            if attempt is not None and attempt.state is AttemptState.RUNNING:
+                self._end(attempt, AttemptState.CANCELLED)
+                self.record(now, EventKind.TASK_CANCELLED, **self._attempt_fields(attempt), why="its worker left")
             worker.state = WorkerState.LEFT
             self.record(now, EventKind.WORKER_LEFT, worker=worker.id)
             return self._release(now, worker, "it left") + self._dispatch(now)

@@ -52,15 +52,17 @@ def test_workers_in_other_mount_namespaces_that_see_the_files_use_them_directly(
 
 def test_sigterm_drains_a_worker_without_failing_anything(tmp_path, oracle, make_job):
     inputs = [words_file(tmp_path, "slow.txt"), *(words_file(tmp_path, f"in{i}.txt") for i in range(5))]
-    params = ["--param", "map_seconds=1.5", "--param", "only_inputs=slow"]  # the first map is running at SIGTERM
+    started = tmp_path / "started"
+    started.mkdir()
+    params = ["--param", "map_seconds=1.5", "--param", "only_inputs=slow"]
     expected = oracle(SLEEPY, inputs, "--reduce", "3", *params)
-    job = make_job(SLEEPY, inputs, "--reduce", "3", *params)
+    job = make_job(SLEEPY, inputs, "--reduce", "3", *params, "--param", f"started={started}")
     leaving = job.worker(scratch=str(tmp_path / "leaving"))
-    log = job.wait_for(lambda log: of(log, "task_assigned", worker=1), "the first worker's first map")
+    log = job.wait_for(lambda log: of(log, "task_assigned", worker=1) and (started / "slow.txt").exists(), "the first worker's first map running")
     attempt = of(log, "task_assigned", worker=1)[0]["attempt"]
-    leaving.send_signal(signal.SIGTERM)
+    leaving.send_signal(signal.SIGTERM)  # the first map is running: it must finish
     assert leaving.wait(timeout=60) == 0, leaving.stderr.read()
-    log = job.log()
+    log = job.wait_for(lambda log: of(log, "worker_left", worker=1), "the drained worker's goodbye")
     assert of(log, "worker_draining", worker=1) and of(log, "worker_left", worker=1)
     assert of(log, "task_finished", attempt=attempt), "the map it was running finished"
     assert len({e["attempt"] for e in of(log, "task_assigned", worker=1)}) == 1, "a draining worker gets no new task"

@@ -756,3 +756,16 @@ def test_no_task_until_min_workers_have_joined_then_no_more_waiting():
     one(actions, b"B", p.AssignMap)
     s.receive(2.0, b"B", p.Goodbye(b))  # below the minimum again: work goes on
     assert one(map_done(s, 3.0, b"A", a, first, [1]), b"A", p.AssignMap)
+
+
+def test_goodbye_with_an_attempt_in_flight_hands_it_back_without_a_loss():
+    """A worker that drained before its last assignment arrived leaves holding it."""
+    s = make(n_maps=1, n_reduce=1)
+    a, actions = join(s, b"A")
+    assign = one(actions, b"A", p.AssignMap)
+    s.receive(1.0, b"A", p.Draining(a))
+    s.receive(1.1, b"A", p.Goodbye(a))
+    assert s.attempts[assign.attempt].state is AttemptState.CANCELLED
+    assert s.counters.lost_attempts == 0 and s.maps[0].lost == 0 and s.maps[0].state is TaskState.PENDING
+    b, actions = join(s, b"B", now=2.0)
+    assert one(actions, b"B", p.AssignMap).task == 0

@@ -3,22 +3,24 @@
 Parameters: map_seconds (sleep per map call, default 0; with only_inputs=TEXT,
 only for inputs whose path contains TEXT), reduce_seconds (sleep
 per reduce call, default 0), burn=1 (spin the CPU in pure Python instead of
-sleeping). A worker started with SLEEPY_FACTOR=10 in its environment is that
-many times slower: a straggler.
+sleeping), started=FOLDER (each map call first creates FOLDER/<input name>, so a
+test can wait until a map is really running). A worker started with SLEEPY_FACTOR=10
+in its environment is that many times slower: a straggler.
 """
 
 import os
 import time
 from collections import Counter
 
-_settings = {"map_seconds": 0.0, "reduce_seconds": 0.0, "burn": 0.0, "only_inputs": ""}
+_settings = {"map_seconds": 0.0, "reduce_seconds": 0.0, "burn": 0.0, "only_inputs": "", "started": ""}
+_TEXT = ("only_inputs", "started")
 
 
 def init(params):
     for name, value in params.items():
         if name not in _settings:
             raise ValueError(f"unknown parameter {name!r}")
-        _settings[name] = value if name == "only_inputs" else float(value)
+        _settings[name] = value if name in _TEXT else float(value)
 
 
 def _wait(seconds):
@@ -32,6 +34,8 @@ def _wait(seconds):
 
 
 def map(path, text):
+    if _settings["started"]:
+        open(os.path.join(_settings["started"], os.path.basename(path)), "w").close()
     if _settings["only_inputs"] in path:
         _wait(_settings["map_seconds"])
     return Counter(text.split()).items()
