@@ -372,10 +372,11 @@ class Scheduler:
         if isinstance(message, p.Heartbeat):
             return []
         if isinstance(message, p.Goodbye):
-            # A clean leave: an attempt still held (e.g. assigned while the worker began to
-            # drain) is handed back, not lost; it counts against nothing.
+            # After Draining, an attempt still held (assigned while the worker began to drain)
+            # is handed back, not lost: a drain counts against nothing. Without Draining, a
+            # worker leaving mid-attempt loses it, as a crash would.
             attempt = worker.attempt
-            if attempt is not None and attempt.state is AttemptState.RUNNING:
+            if worker.state is WorkerState.DRAINING and attempt is not None and attempt.state is AttemptState.RUNNING:
                 self._end(attempt, AttemptState.CANCELLED)
                 self.record(now, EventKind.TASK_CANCELLED, **self._attempt_fields(attempt), why="its worker left")
             worker.state = WorkerState.LEFT
