@@ -224,6 +224,15 @@ class LocalCluster:
         if self._supervisor is not None and self._supervisor is not threading.current_thread():
             self._supervisor.join()
 
+    def release_others(self, told: set[int]) -> None:
+        """SIGTERM every running worker but those told that the job is over: one that
+        joined too late (or never) would otherwise wait out its coordinator timeout."""
+        self._begin_stopping()
+        with self._lock:
+            for process in self.processes:
+                if process.pid not in told and process.poll() is None:
+                    process.terminate()
+
     def stop(self, grace: float = 3.0) -> None:
         """Wait briefly for workers to exit on their own, then terminate, then kill."""
         self._begin_stopping()

@@ -96,6 +96,7 @@ class Coordinator:
         self.events = EventLog(events)
         self.watchdog = watchdog
         self.exited = exited  # (pid, exit code) of this host's worker processes that ended
+        self.told_pids: set[int] = set()  # this host's worker processes told that the job is over
 
     def _welcome(self, worker: int) -> p.Welcome:
         return p.Welcome(
@@ -286,7 +287,9 @@ class Coordinator:
     def _farewell(self, scheduler: Scheduler, ok: bool, message: str, grace: float) -> None:
         """Tell every worker the job is over, and wait a little for their goodbyes."""
         done = p.encode(p.JobDone(ok, message))
-        waiting = {w.identity for w in scheduler.live_workers()}
+        live = scheduler.live_workers()
+        self.told_pids = {w.info.pid for w in live if w.info.host_id == self._host_id}
+        waiting = {w.identity for w in live}
         for identity in waiting:
             self.socket.send_multipart([identity, done])
         deadline = time.monotonic() + grace

@@ -531,6 +531,7 @@ class CrashTest:
                 if chaos is not None:
                     faults = chaos.stop()
         finally:
+            cluster.release_others(coordinator.told_pids)
             cluster.stop(grace=GOODBYE_GRACE)
             _dispose(cluster, keep_logs)
         return JobRun(result, started, faults)

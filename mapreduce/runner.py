@@ -4,21 +4,24 @@ coordinator serving external workers, or a coordinator with its own local cluste
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from . import output
 from .cluster import LocalCluster
-from .coordinator import Coordinator, JobResult, Progress
 from .errors import JobFailed, UsageError
 from .inputs import DEFAULT_SPLIT_SIZE, Split, make_splits
 from .job import App, load_app
 from .node import endpoint_host
-from .scheduler import Settings
 from .security import Keys, check_exposure, generate, load
 from .seq import run_sequential
+
+if TYPE_CHECKING:
+    from .coordinator import JobResult, Progress
+    from .scheduler import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ class JobOptions:
     min_workers: int = 1
 
     def settings(self) -> Settings:
+        from .scheduler import Settings
+
         return Settings(
             self.n_reduce, self.heartbeat_interval, self.worker_timeout, self.max_attempts,
             max_lost=self.max_worker_losses, task_timeout=self.task_timeout, speculation=self.speculation,
@@ -86,6 +91,8 @@ def serve(
     events: Path | None = None, keys: Keys | None = None, insecure: bool = False, status=None,
 ) -> JobResult:
     """Serve one job to workers that connect to ``bind``; raise JobFailed if it fails."""
+    from .coordinator import Coordinator
+
     check_exposure("the coordinator's address", endpoint_host(bind), keys, insecure)  # ipc:// counts as loopback
     job = prepare(app_ref, inputs, output_dir, options)
     try:
@@ -106,27 +113,36 @@ def run_local(
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     job = prepare(app_ref, inputs, output_dir, options)
-    with tempfile.TemporaryDirectory(prefix="mapreduce-keys-") as key_dir:
+    with tempfile.TemporaryDirectory(prefix="mapreduce-run-") as private:
         # Keys made for this run: even on loopback, no other local user can join or listen in.
-        generate(Path(key_dir))
-        coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), "tcp://127.0.0.1:*", progress,
-                                  events=events, keys=load(key_dir, "coordinator"), status=status)
-        extra = ["--heartbeat-interval", str(options.heartbeat_interval), "--key-dir", key_dir]
-        cluster = LocalCluster(coordinator.address, workers, extra, keep_logs=keep_logs)
-        cluster.attach(coordinator)
-        return _finished(_run_on(cluster, coordinator, keep_logs))
+        key_dir = Path(private) / "keys"
+        generate(key_dir)
+        # The workers start first and boot while this process loads the coordinator: they
+        # connect to a socket path that the coordinator binds a moment later.
+        address = private_endpoint(private)
+        extra = ["--heartbeat-interval", str(options.heartbeat_interval), "--key-dir", str(key_dir)]
+        with LocalCluster(address, workers, extra, keep_logs=keep_logs) as cluster:
+            from .coordinator import Coordinator
+
+            coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), address, progress,
+                                      events=events, keys=load(key_dir, "coordinator"), status=status)
+            cluster.attach(coordinator)
+            result = coordinator.run()
+            cluster.release_others(coordinator.told_pids)
+            if keep_logs:
+                log.warning("worker logs kept in %s", cluster.logs)
+            elif not result.ok:
+                tail = cluster.log_tail()
+                if tail:
+                    log.info("worker logs:\n%s", tail)
+    return _finished(result)
 
 
-def _run_on(cluster: LocalCluster, coordinator: Coordinator, keep_logs: bool) -> JobResult:
-    with cluster:
-        result = coordinator.run()
-        if keep_logs:
-            log.warning("worker logs kept in %s", cluster.logs)
-        elif not result.ok:
-            tail = cluster.log_tail()
-            if tail:
-                log.info("worker logs:\n%s", tail)
-    return result
+def private_endpoint(folder: str) -> str:
+    """An IPC endpoint inside ``folder`` (a private temporary folder). Where the path is
+    longer than a socket path may be, an abstract socket (Linux), which the run's keys guard."""
+    path = os.path.join(folder, "coordinator")
+    return f"ipc://{path}" if len(path.encode()) <= 100 else f"ipc://@{os.path.basename(folder)}"
 
 
 def _finished(result: JobResult) -> JobResult:

@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,17 +91,66 @@ def load(folder: str | Path, role: str) -> Keys:
     return Keys(public, secret, coordinator, worker, folder)
 
 
-def authenticator(context: zmq.Context, keys: Keys | None):
-    """Start the thread that admits only allowed client keys to this context's servers
-    (a zmq.auth.thread.ThreadAuthenticator), or None without keys."""
+def authenticator(context: zmq.Context, keys: Keys | None) -> "CurveGate | None":
+    """Start the thread that admits only allowed client keys to this context's servers,
+    or None without keys."""
     if keys is None:
         return None
-    from zmq.auth.thread import ThreadAuthenticator
+    import zmq.auth
 
-    auth = ThreadAuthenticator(context, log=logging.getLogger("mapreduce.auth"))
-    auth.start()
-    auth.configure_curve(domain="*", location=str(keys.folder))
-    return auth
+    allowed = {zmq.utils.z85.decode(key) for key in zmq.auth.load_certificates(str(keys.folder))}
+    gate = CurveGate(context, allowed)
+    gate.start()
+    return gate
+
+
+class CurveGate(threading.Thread):
+    """The context's ZAP handler (ZeroMQ RFC 27): libzmq asks it about every CURVE client
+    in the handshake, and it admits a client only if its public key is an allowed one.
+    (pyzmq's ThreadAuthenticator does this too, but loading it imports asyncio and ssl,
+    tens of milliseconds at the start of every process.)"""
+
+    ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+
+    def __init__(self, context: zmq.Context, allowed: set[bytes]):
+        super().__init__(name="curve-gate", daemon=True)
+        self.allowed = frozenset(allowed)
+        self.requests = context.socket(zmq.REP)
+        self.requests.linger = 0
+        self.requests.bind(self.ZAP_ENDPOINT)  # bound before any server socket: none goes unguarded
+        stop = f"inproc://curve-gate-stop-{id(self)}"
+        self._stop_in = context.socket(zmq.PAIR)
+        self._stop_in.bind(stop)
+        self._stop_out = context.socket(zmq.PAIR)
+        self._stop_out.connect(stop)
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.requests, zmq.POLLIN)
+        poller.register(self._stop_in, zmq.POLLIN)
+        try:
+            while self._stop_in not in dict(poller.poll()):
+                self.requests.send_multipart(self.answer(self.requests.recv_multipart()))
+        finally:
+            self.requests.close()
+            self._stop_in.close()
+
+    def answer(self, request: list[bytes]) -> list[bytes]:
+        """The reply to one ZAP request: [version, request id, status, text, user id, metadata]."""
+        if len(request) < 6:
+            return [b"1.0", request[1] if len(request) > 1 else b"", b"500", b"malformed ZAP request", b"", b""]
+        version, request_id, _domain, _address, _identity, mechanism, *credentials = request
+        if version == b"1.0" and mechanism == b"CURVE" and len(credentials) == 1 and credentials[0] in self.allowed:
+            return [b"1.0", request_id, b"200", b"OK", zmq.utils.z85.encode(credentials[0]), b""]
+        log.debug("refused a %s client: its key is not allowed", mechanism.decode("ascii", "replace"))
+        return [b"1.0", request_id, b"400", b"key not allowed", b"", b""]
+
+    def stop(self) -> None:
+        """End the thread (call before closing the context)."""
+        if self.is_alive():
+            self._stop_out.send(b"")
+            self.join()
+        self._stop_out.close()
 
 
 def check_exposure(what: str, host: str, keys: Keys | None, insecure: bool) -> None:

@@ -9,11 +9,13 @@ queue and wakes the control loop with an inproc socket.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -93,16 +95,19 @@ class Worker:
         self._drain_asked = False  # set by SIGTERM
         self._drain_deadline: float | None = None  # set once draining has begun
         self.refused: str | None = None  # why the coordinator would not take this worker
+        self._signals: socket.socket | None = None  # readable once a signal arrived (main thread only)
 
     # ---- control loop ----------------------------------------------------
 
     def run(self) -> int:
         self.data_server.start()
         self._executor.start()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._ask_drain)
         try:
-            return self._loop()
+            if threading.current_thread() is not threading.main_thread():
+                return self._loop()
+            signal.signal(signal.SIGTERM, self._ask_drain)
+            with self._signals_wake_loop():
+                return self._loop()
         finally:
             # The executor first: nothing may be deleted or closed under a running attempt.
             self._drop_attempt()
@@ -125,6 +130,21 @@ class Worker:
             self._wake_send.close(0)
             self.context.term()
 
+    @contextlib.contextmanager
+    def _signals_wake_loop(self):
+        """Make a signal (SIGTERM: drain) wake the control loop's poll at once, not at
+        its next timeout: the interpreter writes a byte to a socket the loop polls."""
+        self._signals, written = socket.socketpair()
+        written.setblocking(False)
+        previous = signal.set_wakeup_fd(written.fileno(), warn_on_full_buffer=False)
+        try:
+            yield
+        finally:
+            signal.set_wakeup_fd(previous)
+            self._signals.close()
+            written.close()
+            self._signals = None
+
     def _loop(self) -> int:
         opts = self.options
         self._connect()
@@ -134,6 +154,8 @@ class Worker:
         backoff = opts.heartbeat_interval
         poller = zmq.Poller()
         poller.register(self._wake_recv, zmq.POLLIN)
+        if self._signals is not None:
+            poller.register(self._signals, zmq.POLLIN)
         while True:
             poller.register(self.socket, zmq.POLLIN)
             poller.register(self._monitor, zmq.POLLIN)
@@ -148,6 +170,8 @@ class Worker:
                     log.error("cannot talk to the coordinator at %s: authentication failed: %s", opts.connect, problem)
                     self.refused = f"authentication with the coordinator at {opts.connect} failed: {problem} (check --key-dir)"
                     return ExitCode.REFUSED
+            if self._signals is not None and self._signals.fileno() in ready:
+                self._signals.recv(64)  # the handler has run: its flag is read below
             if self._wake_recv in ready:
                 self._wake_recv.recv()
                 self._forward_results()
@@ -221,6 +245,10 @@ class Worker:
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
+        # A coordinator that is not up yet (a local cluster starts its workers first) is
+        # retried soon, then less and less often.
+        self.socket.setsockopt(zmq.RECONNECT_IVL, 10)
+        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if self.options.keys is not None:
             self.options.keys.connect_to(self.socket, self.options.keys.coordinator)
         # _connected_at is kept across reconnects: it dates the first connection not yet authenticated.
