@@ -35,6 +35,7 @@ import bisect
 import enum
 import heapq
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,9 +122,10 @@ class Settings:
     task_timeout: float | None = None
     speculation: bool = True
     # An attempt is a straggler once it has run slow_factor times the median time of its
-    # phase's finished tasks and slow_margin seconds longer than that median.
-    slow_factor: float = 3.0
-    slow_margin: float = 2.0
+    # phase's finished tasks and slow_margin seconds longer than that median. Backups run
+    # only on otherwise idle workers, so a false alarm costs little: the bar is low.
+    slow_factor: float = 2.0
+    slow_margin: float = 0.5
     min_workers: int = 1  # hand out no task until this many workers have joined (then never wait again)
 
     @property
@@ -185,6 +187,7 @@ class Worker:
     state: WorkerState = WorkerState.IDLE
     attempt: Attempt | None = None
     suspect: bool = False  # silent for a while, not yet declared dead
+    slow: bool = False  # its last attempt was a straggler: it runs no backups (they would be slow too)
 
     def describe(self) -> str:
         return f"worker {self.id} ({self.info.name}, pid {self.info.pid} on {self.info.host})"
@@ -536,7 +539,9 @@ class Scheduler:
         else:
             self.counters.shuffle_fetched += done.fetched
             self.counters.output_written += size_out
-        bisect.insort(self._durations[task.kind], now - self._effective_start(attempt))
+        duration = now - self._effective_start(attempt)
+        attempt.worker.slow = duration > self._slow_limit(task.kind)
+        bisect.insort(self._durations[task.kind], duration)
         task.lost = 0
         actions: list = []
         for other in list(task.running):  # the losers of a race: stop them, discard their output
@@ -720,25 +725,28 @@ class Scheduler:
         for worker in [w for w in self.workers.values() if w.state is WorkerState.IDLE]:
             task = self._next_pending(TaskKind.MAP, worker)
             if task is None and self._pending_count[TaskKind.MAP] == 0:
+                # A straggling map holds up every reduce: its backup comes before them.
+                backup = self._backup(now, worker, (TaskKind.MAP,))
+                if backup is not None:
+                    actions.append(backup)
+                    continue
                 task = self._next_pending(TaskKind.REDUCE, worker)
             if task is not None:
                 actions.append(self._start(now, worker, task))
-            elif self.settings.speculation:
-                straggler = self._straggler(now, worker)
-                if straggler is None:
-                    if self._pending_count[TaskKind.MAP] or self._pending_count[TaskKind.REDUCE]:
-                        continue  # held back from this worker only (excluded): another may take it
-                    break
-                if worker.id in straggler.task.excluded:
-                    continue  # its backup goes to another idle worker, if any
-                self.counters.backups += 1
-                log.info("backup attempt for %s, slow on %s", straggler.task.describe(), straggler.worker.describe())
-                actions.append(self._start(now, worker, straggler.task, backup=True))
-        pending_maps = self._pending_count[TaskKind.MAP]
-        if pending_maps:
+            else:
+                backup = self._backup(now, worker, (TaskKind.REDUCE,))
+                if backup is not None:
+                    actions.append(backup)
+        # Maps that must run before any reduce can: pending ones, and stragglers that no idle
+        # worker could back up. A reduce waiting for them only waits: its worker can run them.
+        wanted = self._pending_count[TaskKind.MAP]
+        why = "a map must run first"
+        if not wanted and self.settings.speculation:
+            wanted, why = len(self._stragglers(now, TaskKind.MAP)), "a straggling map needs a backup"
+        if wanted:
             # Workers still finishing a cancelled attempt will be free soon: count them.
             freeing = sum(1 for w in self.live_workers() if w.attempt is not None and w.attempt.state is not AttemptState.RUNNING)
-            actions += self._preempt_reduces(now, pending_maps - freeing)
+            actions += self._preempt_reduces(now, wanted - freeing, why)
         return actions
 
     def _effective_start(self, attempt: Attempt) -> float:
@@ -747,38 +755,59 @@ class Scheduler:
             return max(attempt.started, self._maps_done_at)
         return attempt.started
 
-    def _straggler(self, now: float, idle: Worker) -> Attempt | None:
-        """The running attempt most overdue against its phase's median, if any is a straggler.
+    def _backup(self, now: float, worker: Worker, kinds: tuple[TaskKind, ...]) -> Send | None:
+        """A backup attempt on idle ``worker`` for the most overdue straggler of ``kinds``, if any.
+        A worker that straggled itself runs none: it would most likely be slow again."""
+        if not self.settings.speculation or worker.slow:
+            return None
+        overdue = [(over, attempt) for kind in kinds for over, attempt in self._stragglers(now, kind)
+                   if attempt.worker is not worker and worker.id not in attempt.task.excluded]
+        if not overdue:
+            return None
+        straggler = max(overdue, key=lambda pair: pair[0])[1]
+        straggler.worker.slow = True
+        self.counters.backups += 1
+        log.info("backup attempt for %s, slow on %s", straggler.task.describe(), straggler.worker.describe())
+        return self._start(now, worker, straggler.task, backup=True)
+
+    def _stragglers(self, now: float, kind: TaskKind) -> list[tuple[float, Attempt]]:
+        """Running attempts of a phase past its straggler limit (any, on a slow worker),
+        with how far past it.
 
         Only tasks with a single running attempt qualify (one backup per task), and a
         reduce only once every map is done (before that, it is waiting, not slow)."""
-        best, best_over = None, 0.0
-        for kind in (TaskKind.MAP, TaskKind.REDUCE):
-            durations = self._durations[kind]
-            if not durations or (kind is TaskKind.REDUCE and self._maps_done_at is None):
-                continue
-            median = durations[len(durations) // 2]
-            limit = max(self.settings.slow_factor * median, median + self.settings.slow_margin)
-            tasks = self._tasks(kind)
-            for index in self._running[kind]:
-                task = tasks[index]
-                if len(task.running) != 1:
-                    continue
-                attempt = task.running[0]
-                over = (now - self._effective_start(attempt)) - limit
-                if over > best_over and attempt.worker is not idle:
-                    best, best_over = attempt, over
-        return best
+        if kind is TaskKind.REDUCE and self._maps_done_at is None:
+            return []
+        limit, tasks, found = self._slow_limit(kind), self._tasks(kind), []
+        for index in self._running[kind]:
+            running = tasks[index].running
+            if len(running) == 1:
+                # On a worker that straggled before, an attempt is likely late too: at once.
+                over = (now - self._effective_start(running[0])) - (0.0 if running[0].worker.slow else limit)
+                if over > 0:
+                    found.append((over, running[0]))
+        return found
 
-    def _preempt_reduces(self, now: float, wanted: int) -> list:
+    def _slow_limit(self, kind: TaskKind) -> float:
+        """How long an attempt of this phase may run before it counts as a straggler
+        (forever until one of the phase's tasks has finished)."""
+        durations = self._durations[kind]
+        if not durations:
+            return math.inf
+        median = durations[len(durations) // 2]
+        return max(self.settings.slow_factor * median, median + self.settings.slow_margin)
+
+    def _preempt_reduces(self, now: float, wanted: int, why: str) -> list:
+        """Cancel up to ``wanted`` running reduces, the youngest first, to free their workers
+        for maps (none of a worker that straggled: it would run the map slowly)."""
         if wanted <= 0:
             return []
-        running = sorted((a for t in self.reduces for a in t.running), key=lambda a: a.id, reverse=True)
+        running = sorted((a for t in self.reduces for a in t.running if not a.worker.slow), key=lambda a: a.id, reverse=True)
         actions = []
         for attempt in running[:wanted]:
-            log.info("cancelling attempt %d of %s to run a pending map", attempt.id, attempt.task.describe())
+            log.info("cancelling attempt %d of %s: %s", attempt.id, attempt.task.describe(), why)
             self._end(attempt, AttemptState.CANCELLED)
-            self.record(now, EventKind.TASK_CANCELLED, **self._attempt_fields(attempt), why="a map must run first")
+            self.record(now, EventKind.TASK_CANCELLED, **self._attempt_fields(attempt), why=why)
             actions.append(Send(attempt.worker.identity, p.Cancel(attempt.id)))
         return actions
 
