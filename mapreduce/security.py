@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
+from zmq.utils import z85
 
 from .errors import UsageError
 
@@ -98,7 +99,7 @@ def authenticator(context: zmq.Context, keys: Keys | None) -> "CurveGate | None"
         return None
     import zmq.auth
 
-    allowed = {zmq.utils.z85.decode(key) for key in zmq.auth.load_certificates(str(keys.folder))}
+    allowed = {z85.decode(key) for key in zmq.auth.load_certificates(str(keys.folder))}
     gate = CurveGate(context, allowed)
     gate.start()
     return gate
@@ -141,7 +142,7 @@ class CurveGate(threading.Thread):
             return [b"1.0", request[1] if len(request) > 1 else b"", b"500", b"malformed ZAP request", b"", b""]
         version, request_id, _domain, _address, _identity, mechanism, *credentials = request
         if version == b"1.0" and mechanism == b"CURVE" and len(credentials) == 1 and credentials[0] in self.allowed:
-            return [b"1.0", request_id, b"200", b"OK", zmq.utils.z85.encode(credentials[0]), b""]
+            return [b"1.0", request_id, b"200", b"OK", z85.encode(credentials[0]), b""]
         log.debug("refused a %s client: its key is not allowed", mechanism.decode("ascii", "replace"))
         return [b"1.0", request_id, b"400", b"key not allowed", b"", b""]
 
@@ -150,7 +151,8 @@ class CurveGate(threading.Thread):
         if self.is_alive():
             self._stop_out.send(b"")
             self.join()
-        self._stop_out.close()
+        for sock in (self.requests, self._stop_in, self._stop_out):  # closing twice is harmless
+            sock.close()
 
 
 def check_exposure(what: str, host: str, keys: Keys | None, insecure: bool) -> None:

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import zmq
+from zmq.utils import z85
 
 from conftest import assert_same_output, free_endpoint, mapreduce_command, run_cli
 from mapreduce import protocol as p, security
@@ -33,6 +34,26 @@ def test_keygen_writes_private_secrets_and_never_overwrites(keys):
     again = run_cli("keygen", str(keys), check=False)
     assert again.returncode == 2 and "already holds keys" in again.stderr
     assert (keys / "worker.key_secret").read_bytes() == before
+
+
+def test_the_gate_admits_only_allowed_curve_keys():
+    allowed, other = zmq.curve_keypair()[0], zmq.curve_keypair()[0]
+    allowed_raw, other_raw = z85.decode(allowed), z85.decode(other)
+    context = zmq.Context()
+    gate = security.CurveGate(context, {allowed_raw})
+    try:
+        def request(mechanism, *credentials):
+            return [b"1.0", b"7", b"", b"127.0.0.1", b"", mechanism, *credentials]
+
+        assert gate.answer(request(b"CURVE", allowed_raw))[1:5] == [b"7", b"200", b"OK", allowed]
+        assert gate.answer(request(b"CURVE", other_raw))[2] == b"400"
+        assert gate.answer(request(b"NULL"))[2] == b"400"
+        assert gate.answer(request(b"PLAIN", b"user", allowed_raw))[2] == b"400"
+        assert gate.answer([b"1.0", b"8"])[:3] == [b"1.0", b"8", b"500"]
+        assert gate.answer([b"2.0", *request(b"CURVE", allowed_raw)[1:]])[2] == b"400"
+    finally:
+        gate.stop()  # never started: stop still closes its sockets, or term() would hang
+        context.term()
 
 
 def test_missing_key_file_is_a_clear_usage_error(keys):
