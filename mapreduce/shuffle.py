@@ -34,6 +34,7 @@ _READ_CHUNK = 1 << 20
 _first = itemgetter(0)
 
 Record = tuple[str, Any]
+_DICT_ITEMS = type({}.items())
 
 
 def roundtrip(value: Any) -> Any:
@@ -160,6 +161,17 @@ def write_run(f: BinaryIO, records: Iterable[Record]) -> int:
     return written
 
 
+def write_columns(f: BinaryIO, keys: list[str], values: list[Any]) -> int:
+    """Write a run given as its keys (sorted) and their values: the same bytes as write_run."""
+    pack = msgpack.Packer(use_bin_type=True).pack
+    written = 0
+    for start in range(0, len(keys), BLOCK):
+        data = pack(keys[start:start + BLOCK]) + pack(values[start:start + BLOCK])
+        f.write(data)
+        written += len(data)
+    return written
+
+
 class GuardedWriter:
     """A binary file of the framework's own whose failures are the environment's: an
     OSError of ``write``, ``flush`` or ``close`` becomes a StorageError naming ``folder``.
@@ -215,11 +227,17 @@ class MapOutputBuffer:
         self.what = what
         self.limit = limit_records
         self.buffers: list[list[Record]] = [[] for _ in range(n_partitions)]
+        # A map that returned dict.items() into an empty buffer: the dict and each partition's
+        # keys. Its keys are distinct, so they sort as plain strings and need no combining.
+        self.mapping: tuple[dict, list[list[str]]] | None = None
         self.count = 0  # records in the buffer now
         self.total = 0  # records added in all
         self.spills: list[tuple[Path, list[int]]] = []
 
     def add_all(self, pairs: Iterable[Any], where: str) -> None:
+        if type(pairs) is _DICT_ITEMS and not self.count and len(pairs) < self.limit and self._add_mapping(pairs.mapping):
+            return
+        self._unpack_mapping()
         n, partition, buffers, limit = self.n, self.partition, self.buffers, self.limit
         default_partition = partition is stable_partition  # inlined below: it runs per record
         count = self.count
@@ -241,7 +259,34 @@ class MapOutputBuffer:
                 buffers, count = self.buffers, 0  # the spill started fresh buffers
         self.count = count
 
+    def _add_mapping(self, mapping: dict) -> bool:
+        """Buffer a dict's items as its keys per partition (in-mapper combining makes this the
+        common case: no tuple per record). False, buffering nothing, if a key is not a str."""
+        if not all(type(key) is str for key in mapping):
+            return False  # the general path names the bad key
+        n = self.n
+        if self.partition is stable_partition:  # inlined: it runs per key
+            partitions = [crc32(key.encode("utf-8", "surrogatepass")) % n for key in mapping]
+        else:
+            partitions = [self.partition(key, n) for key in mapping]
+        keys: list[list[str]] = [[] for _ in range(n)]
+        appends = [part.append for part in keys]
+        for p, key in zip(partitions, mapping):
+            appends[p](key)
+        self.mapping = (mapping, keys)
+        self.count = len(mapping)
+        return True
+
+    def _unpack_mapping(self) -> None:
+        """Turn a buffered mapping into records, before anything else joins it."""
+        if self.mapping is not None:
+            mapping, keys = self.mapping
+            self.mapping = None
+            for buf, part in zip(self.buffers, keys):
+                buf.extend((key, mapping[key]) for key in part)
+
     def _sorted_partitions(self) -> list[list[Record]]:
+        self._unpack_mapping()
         runs = []
         for buf in self.buffers:
             buf.sort(key=_first)
@@ -284,7 +329,9 @@ class MapOutputBuffer:
         Pass a GuardedWriter so that a full or unwritable disk raises a StorageError; spills
         are removed whether or not it succeeds."""
         try:
-            if not self.spills:
+            if self.mapping is not None:
+                lengths = self._write_mapping(f)
+            elif not self.spills:
                 lengths = [write_run(f, run) for run in self._sorted_partitions()]
             else:
                 self._spill()
@@ -292,6 +339,17 @@ class MapOutputBuffer:
             f.flush()
         finally:
             self.discard()
+        return lengths
+
+    def _write_mapping(self, f: BinaryIO | GuardedWriter) -> list[int]:
+        mapping, keys = self.mapping
+        lengths = []
+        for part in keys:
+            part.sort()
+            lengths.append(write_columns(f, part, list(map(mapping.__getitem__, part))))
+        self.mapping = None
+        self.total += self.count
+        self.count = 0
         return lengths
 
     def discard(self) -> None:

@@ -305,3 +305,38 @@ def test_grouping_in_memory_equals_the_streaming_merge():
         streamed = [(k, list(vs)) for k, vs in group_sorted(merge_runs([iter(r) for r in runs]))]
         grouped = [(k, list(vs)) for k, vs in group_in_memory([iter(r) for r in runs])]
         assert grouped == streamed
+
+
+def _output_bytes(tmp_path, name, calls, n=4, limit=shuffle.DEFAULT_BUFFER_RECORDS, partition=stable_partition, combine=None):
+    scratch = tmp_path / f"scratch-{name}"
+    scratch.mkdir()
+    buf = MapOutputBuffer(n, partition, combine, scratch, limit)
+    for pairs in calls:
+        buf.add_all(pairs, "input 'x'")
+    out = tmp_path / f"{name}.out"
+    lengths = buf.finish(out)
+    return out.read_bytes(), lengths, buf.total
+
+
+@pytest.mark.parametrize("partition", [stable_partition, lambda key, n: len(key) % n], ids=["default", "custom"])
+def test_dict_items_take_a_shortcut_to_the_same_bytes(tmp_path, partition):
+    counts = {key: value for key, value in random_pairs(3, 3000, n_keys=500)}
+    assert len(counts) > 400
+    fast = _output_bytes(tmp_path, "fast", [counts.items()], partition=partition)
+    general = _output_bytes(tmp_path, "general", [list(counts.items())], partition=partition)
+    assert fast == general and fast[2] == len(counts)
+    probe = MapOutputBuffer(4, partition, None, tmp_path, shuffle.DEFAULT_BUFFER_RECORDS)
+    probe.add_all(counts.items(), "input 'x'")
+    assert probe.mapping is not None and not any(probe.buffers)  # the shortcut was taken
+    # A second call after the shortcut, and a dict too big for the buffer, go the general way.
+    more = [("a1", 7), ("zz", 8)]
+    assert (_output_bytes(tmp_path, "fast2", [counts.items(), iter(more)], combine=sum_combine, partition=partition)
+            == _output_bytes(tmp_path, "general2", [list(counts.items()), iter(more)], combine=sum_combine, partition=partition))
+    assert (_output_bytes(tmp_path, "small", [counts.items()], limit=100, partition=partition)
+            == _output_bytes(tmp_path, "small-general", [list(counts.items())], limit=100, partition=partition))
+
+
+def test_dict_items_with_a_non_str_key_raise_app_error(tmp_path):
+    buf = MapOutputBuffer(2, stable_partition, None, tmp_path, 10)
+    with pytest.raises(AppError, match="keys must be str"):
+        buf.add_all({"ok": 1, 5: 1}.items(), "input 'f.txt'")
