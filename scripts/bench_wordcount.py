@@ -73,6 +73,7 @@ def run_system(system: str, inputs: list[str], workers: int, work: Path) -> dict
     proc = subprocess.run(
         [sys.executable, str(HERE / "bench_systems.py"), system, str(workers), str(work), str(result_file), *inputs],
         capture_output=True, text=True,
+        cwd=work,  # not the project's folder: peers' worker processes would import its source tree, not the installed package
     )
     wall = time.monotonic() - started
     if proc.returncode != 0:
@@ -148,14 +149,16 @@ def report(rows: dict, skipped: dict, args, megabytes: float) -> None:
                         "mb_per_s": megabytes / wall, "peak_rss_mb": rss, "check": checks})
     for system, module in skipped.items():
         print(f"{system:<18} skipped: {module} is not installed (pip install .[bench])")
+    # Ratios pair the runs of one round (interleaved, so seconds apart): on a machine whose speed
+    # drifts, their median is steadier than the ratio of two medians.
     ratios = {}
-    if base and "mapreduce" in rows and any("check" in r for r in rows["mapreduce"]):
-        mr = statistics.median(r["wall"] for r in rows["mapreduce"] if "check" in r)
-        ratios["mapreduce / python-best"] = mr / base
-        if any("check" in r for r in rows.get("mp-pool", [])):
-            ratios["mapreduce / mp-pool"] = mr / statistics.median(r["wall"] for r in rows["mp-pool"] if "check" in r)
-        for name, ratio in ratios.items():
-            print(f"{name}: {ratio:.2f}")
+    for other in ("python-best", "mp-pool"):
+        pairs = [mr["wall"] / o["wall"] for mr, o in zip(rows.get("mapreduce", []), rows.get(other, []))
+                 if "check" in mr and "check" in o]
+        if pairs:
+            ratios[f"mapreduce / {other}"] = {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs)}
+    for name, ratio in ratios.items():
+        print(f"{name}: {ratio['median']:.2f} (median of {args.runs} rounds' ratios; range {ratio['min']:.2f}-{ratio['max']:.2f})")
     args.json.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "cpu": cpu_model()}, "megabytes": megabytes,
                                      "results": results, "ratios": ratios}, indent=2))
     print(f"results written to {args.json}")
