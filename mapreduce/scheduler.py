@@ -261,6 +261,7 @@ class Scheduler:
         self._pending_heap = {TaskKind.MAP: list(range(len(self.maps))), TaskKind.REDUCE: list(range(len(self.reduces)))}
         self._pending_count = {TaskKind.MAP: len(self.maps), TaskKind.REDUCE: len(self.reduces)}
         self._durations: dict[TaskKind, list[float]] = {TaskKind.MAP: [], TaskKind.REDUCE: []}  # sorted
+        self._map_sizes: list[int] = []  # input bytes of the finished maps, sorted
         self._maps_done_at: float | None = None if self.maps else now
         self._running: dict[TaskKind, set[int]] = {TaskKind.MAP: set(), TaskKind.REDUCE: set()}
         self._now = now
@@ -540,8 +541,10 @@ class Scheduler:
             self.counters.shuffle_fetched += done.fetched
             self.counters.output_written += size_out
         duration = now - self._effective_start(attempt)
-        attempt.worker.slow = duration > self._slow_limit(task.kind)
+        attempt.worker.slow = duration > self._slow_limit(task)
         bisect.insort(self._durations[task.kind], duration)
+        if task.kind is TaskKind.MAP:
+            bisect.insort(self._map_sizes, size_in)
         task.lost = 0
         actions: list = []
         for other in list(task.running):  # the losers of a race: stop them, discard their output
@@ -778,24 +781,29 @@ class Scheduler:
         reduce only once every map is done (before that, it is waiting, not slow)."""
         if kind is TaskKind.REDUCE and self._maps_done_at is None:
             return []
-        limit, tasks, found = self._slow_limit(kind), self._tasks(kind), []
+        tasks, found = self._tasks(kind), []
         for index in self._running[kind]:
             running = tasks[index].running
             if len(running) == 1:
                 # On a worker that straggled before, an attempt is likely late too: at once.
-                over = (now - self._effective_start(running[0])) - (0.0 if running[0].worker.slow else limit)
+                limit = 0.0 if running[0].worker.slow else self._slow_limit(tasks[index])
+                over = (now - self._effective_start(running[0])) - limit
                 if over > 0:
                     found.append((over, running[0]))
         return found
 
-    def _slow_limit(self, kind: TaskKind) -> float:
-        """How long an attempt of this phase may run before it counts as a straggler
-        (forever until one of the phase's tasks has finished)."""
-        durations = self._durations[kind]
+    def _slow_limit(self, task: Task) -> float:
+        """How long an attempt of ``task`` may run before it counts as a straggler (forever
+        until a task of its phase has finished). A map with more input than the typical
+        finished map is expected to take proportionally longer: unequal splits are not slow."""
+        durations = self._durations[task.kind]
         if not durations:
             return math.inf
-        median = durations[len(durations) // 2]
-        return max(self.settings.slow_factor * median, median + self.settings.slow_margin)
+        expected = durations[len(durations) // 2]
+        if task.kind is TaskKind.MAP:
+            typical = self._map_sizes[len(self._map_sizes) // 2]
+            expected *= max(1.0, (task.split.end - task.split.start) / max(typical, 1))
+        return max(self.settings.slow_factor * expected, expected + self.settings.slow_margin)
 
     def _preempt_reduces(self, now: float, wanted: int, why: str) -> list:
         """Cancel up to ``wanted`` running reduces, the youngest first, to free their workers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from mapreduce import protocol as p
 from mapreduce.scheduler import AttemptState, Commit, Discard, EventKind, TaskState, WorkerState
 from test_scheduler import commits, events, join, kinds, make, map_done, msgs, one, reduce_done
@@ -70,12 +72,17 @@ def test_a_worker_that_straggled_runs_no_backups():
     assert one(actions, b"D", p.AssignMap).task == m4.task
 
 
-def test_a_reduce_waiting_for_a_straggling_map_makes_way_for_its_backup():
-    s = make(n_maps=2, n_reduce=1, speculation=True)
+def two_workers_mapping(n_maps):
+    """Workers A and B, running maps 0 and 1 since t=0; one reduce."""
+    s = make(n_maps=n_maps, n_reduce=1, speculation=True)
     a, actions = join(s, b"A")
     m0 = one(actions, b"A", p.AssignMap)
     b, actions = join(s, b"B")
-    m1 = one(actions, b"B", p.AssignMap)
+    return s, a, b, m0, one(actions, b"B", p.AssignMap)
+
+
+def test_a_reduce_waiting_for_a_straggling_map_makes_way_for_its_backup():
+    s, a, b, m0, m1 = two_workers_mapping(2)
     r0 = one(map_done(s, 1.0, b"B", b, m1, [5]), b"B", p.AssignReduce)  # B only waits for map 0 now
     assert msgs(s.tick(1.9)) == []  # map 0 is not late yet (2x the median)
     assert one(s.tick(2.1), b"B", p.Cancel).attempt == r0.attempt
@@ -89,11 +96,7 @@ def test_a_reduce_waiting_for_a_straggling_map_makes_way_for_its_backup():
 
 
 def test_a_task_on_a_worker_that_straggled_is_backed_up_as_soon_as_a_worker_is_free():
-    s = make(n_maps=5, n_reduce=1, speculation=True)
-    a, actions = join(s, b"A")
-    m0 = one(actions, b"A", p.AssignMap)
-    b, actions = join(s, b"B")
-    m1 = one(actions, b"B", p.AssignMap)
+    s, a, b, m0, m1 = two_workers_mapping(5)
     m2 = one(map_done(s, 1.0, b"B", b, m1, [5]), b"B", p.AssignMap)
     m3 = one(map_done(s, 2.0, b"B", b, m2, [5]), b"B", p.AssignMap)
     m4 = one(map_done(s, 2.5, b"A", a, m0, [5]), b"A", p.AssignMap)  # 2.5 s: A straggled
@@ -101,6 +104,22 @@ def test_a_task_on_a_worker_that_straggled_is_backed_up_as_soon_as_a_worker_is_f
     # B is free at t=3 with nothing pending: A's new map has run 0.5 s only, but A is slow.
     backup = one(map_done(s, 3.0, b"B", b, m3, [5]), b"B", p.AssignMap)
     assert backup.task == m4.task and backup.attempt != m4.attempt
+
+
+def test_a_map_with_more_input_is_given_proportionally_longer():
+    s = make(n_maps=3, n_reduce=1, speculation=True)
+    s.maps[0].split = dataclasses.replace(s.maps[0].split, end=400)  # 4x the input of the others
+    a, actions = join(s, b"A")
+    big = one(actions, b"A", p.AssignMap)
+    ids, assigned = {}, {}
+    for name in (b"B", b"C"):
+        ids[name], actions = join(s, name)
+        assigned[name] = one(actions, name, p.AssignMap)
+    for name in (b"B", b"C"):
+        map_done(s, 1.0, name, ids[name], assigned[name], [5])
+    # The typical map took 1 s for 100 bytes: 400 bytes may take 4 s, and 8 s before a backup.
+    assert msgs(s.tick(7.9), kind=p.AssignMap) == []
+    assert one(s.tick(8.1), None, p.AssignMap).task == big.task
 
 
 def test_no_backups_without_speculation():
