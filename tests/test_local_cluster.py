@@ -153,3 +153,11 @@ def test_readme_example_app(gutenberg, oracle, tmp_path):
     assert_same_output(expected, out)
     lines = dict(line.rstrip("\n").split("\t") for line in (out / "part-00000").open())
     assert lines and all(len(word) >= 3 and word.startswith(letter) for letter, word in lines.items())
+
+
+def test_the_coordinators_socket_is_a_file_in_the_runs_folder_or_an_abstract_one():
+    from mapreduce.runner import private_endpoint
+
+    assert private_endpoint("/tmp/mapreduce-run-abc") == "ipc:///tmp/mapreduce-run-abc/coordinator"
+    deep = "/tmp/" + "d" * 120 + "/mapreduce-run-abc"
+    assert private_endpoint(deep) == "ipc://@mapreduce-run-abc"  # longer than a socket path may be
