@@ -34,15 +34,20 @@ _ENDPOINT = re.compile(r"tcp://([0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,
 
 
 def _check_endpoint(value: str, where: str) -> None:
+    if len(value) > 100 or not _is_endpoint(value):  # only short strings reach the cache
+        raise ProtocolError(f"{where}: {value[:80]!r} is not a data server address (tcp://IP:PORT)")
+
+
+@functools.lru_cache(maxsize=1024)  # a reduce's assignment names the same few addresses thousands of times
+def _is_endpoint(value: str) -> bool:
     match = _ENDPOINT.fullmatch(value)
     try:
         if match is None or int(match.group(2)) > 65535:
-            raise ValueError
+            return False
         host = match.group(1)
-        if isinstance(ipaddress.ip_address(host.strip("[]")), ipaddress.IPv6Address) != host.startswith("["):
-            raise ValueError
+        return isinstance(ipaddress.ip_address(host.strip("[]")), ipaddress.IPv6Address) == host.startswith("[")
     except ValueError:
-        raise ProtocolError(f"{where}: {value[:80]!r} is not a data server address (tcp://IP:PORT)") from None
+        return False
 
 
 Endpoint = Annotated[str, _check_endpoint]  # a str field holding a data server's address
