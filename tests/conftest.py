@@ -97,3 +97,22 @@ def oracle(tmp_path):
         return out
 
     return make
+
+
+def job_fixture(job_class):
+    """A ``make_job`` fixture: it starts jobs of ``job_class`` (tmp_path, app, inputs, *args)
+    in the test's folder, and stops every one of them when the test ends."""
+
+    @pytest.fixture
+    def make_job(tmp_path):
+        jobs = []
+
+        def make(app, inputs, *args):
+            jobs.append(job_class(tmp_path, app, inputs, *args))
+            return jobs[-1]
+
+        yield make
+        for job in jobs:
+            job.stop_all()
+
+    return make_job

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_endpoint, APPS, assert_same_output, event_log, mapreduce_command, of, wait_for_log  # noqa: F401 (of: shared with other test files)
+from conftest import free_endpoint, APPS, assert_same_output, event_log, job_fixture, mapreduce_command, of, wait_for_log  # noqa: F401 (of: shared with other test files)
 
 SLEEPY = str(APPS / "sleepy.py")
 FAST = ["--heartbeat-interval", "0.3"]  # both sides: quick detection keeps the suite short
@@ -79,18 +79,7 @@ class Job:
             process.wait()
 
 
-@pytest.fixture
-def make_job(tmp_path):
-    jobs = []
-
-    def make(app, inputs, *args):
-        job = Job(tmp_path, app, inputs, *args)
-        jobs.append(job)
-        return job
-
-    yield make
-    for job in jobs:
-        job.stop_all()
+make_job = job_fixture(Job)
 
 
 def running(log, phase: str) -> list[dict]:

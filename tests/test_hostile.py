@@ -26,7 +26,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
-from conftest import APPS, assert_same_output, event_log, free_endpoint, mapreduce_command, of, wait_for_log
+from conftest import APPS, assert_same_output, event_log, free_endpoint, job_fixture, mapreduce_command, of, wait_for_log
 from mapreduce import output, protocol as p
 from mapreduce.dataserver import CHUNK, MAX_REQUEST_BYTES, PING, DataServer
 from mapreduce.errors import ProtocolError
@@ -198,18 +198,7 @@ class Job:
             process.wait()
 
 
-@pytest.fixture
-def make_job(tmp_path):
-    jobs = []
-
-    def make(app, inputs, *args):
-        job = Job(tmp_path, app, inputs, *args)
-        jobs.append(job)
-        return job
-
-    yield make
-    for job in jobs:
-        job.stop_all()
+make_job = job_fixture(Job)
 
 
 def finished_record(log: list[dict]) -> dict:
@@ -265,6 +254,16 @@ def data_server_of(process: subprocess.Popen, not_port: int | None = None, timeo
 # ---- raw sockets ----------------------------------------------------------------------------
 
 
+def raw_dealer(context: zmq.Context, address: str) -> zmq.Socket:
+    """A plain DEALER connected to ``address``, queueing without limit: a fuzzer's socket."""
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.connect(address)
+    return sock
+
+
 class Swarm:
     """Raw DEALER sockets throwing frames at a coordinator; they tally what they sent and what came back.
 
@@ -280,12 +279,7 @@ class Swarm:
         self.replies: collections.Counter = collections.Counter()
 
     def _socket(self) -> zmq.Socket:
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.connect(self.endpoint)
-        return sock
+        return raw_dealer(self.context, self.endpoint)
 
     def send(self, index: int, frames: list[bytes]) -> None:
         self.sockets[index % len(self.sockets)].send_multipart(frames)
@@ -360,12 +354,7 @@ class DataClient:
         self._owed = 0  # answers to single-frame requests not yet received
 
     def _socket(self) -> zmq.Socket:
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.connect(self.address)
-        return sock
+        return raw_dealer(self.context, self.address)
 
     def send(self, frames: list[bytes]) -> None:
         self.junk.send_multipart(frames)

@@ -120,15 +120,21 @@ def test_three_worker_hosts_without_the_coordinators_files_match_seq(hosts, gute
     assert "through the coordinator" in stderr and "worker to worker" in stderr
 
 
-def test_worker_host_cut_off_mid_map_is_declared_dead_and_fenced_when_back(hosts, tmp_path, oracle):
-    inputs = [words_file(tmp_path, f"in{i}.txt") for i in range(5)]
-    params = ["--reduce", "3", "--param", "map_seconds=2"]
+def sleepy_job_on_the_worker_hosts(hosts, tmp_path, oracle, n_inputs: int, *params: str):
+    """A SLEEPY job with a worker on every host but the coordinator's; no speculation, since
+    these tests time their cuts. Returns the cluster, the inputs and the expected output."""
+    inputs = [words_file(tmp_path, f"in{i}.txt") for i in range(n_inputs)]
     expected = oracle(SLEEPY, inputs, *params)
     cluster = hosts()
     cluster.start_coordinator(SLEEPY, inputs, *params, "--no-speculation")
-    h2 = cluster.net.hosts[1]
     for host in cluster.net.hosts[1:]:
         cluster.start_worker(host)
+    return cluster, inputs, expected
+
+
+def test_worker_host_cut_off_mid_map_is_declared_dead_and_fenced_when_back(hosts, tmp_path, oracle):
+    cluster, _, expected = sleepy_job_on_the_worker_hosts(hosts, tmp_path, oracle, 5, "--reduce", "3", "--param", "map_seconds=2")
+    h2 = cluster.net.hosts[1]
     log = cluster.wait_for(lambda log: worker_ids(log, "h2") and of(log, "task_assigned", worker=worker_ids(log, "h2")[0], phase="map"),
                            "a map on h2")
     old = worker_ids(log, "h2")[0]
@@ -148,13 +154,7 @@ def test_worker_host_cut_off_mid_map_is_declared_dead_and_fenced_when_back(hosts
 
 
 def test_worker_host_cut_off_after_its_maps_while_reducers_need_them(hosts, tmp_path, oracle):
-    inputs = [words_file(tmp_path, f"in{i}.txt") for i in range(6)]
-    params = ["--reduce", "6", "--param", "reduce_seconds=0.3"]
-    expected = oracle(SLEEPY, inputs, *params)
-    cluster = hosts()
-    cluster.start_coordinator(SLEEPY, inputs, *params, "--no-speculation")
-    for host in cluster.net.hosts[1:]:
-        cluster.start_worker(host)
+    cluster, inputs, expected = sleepy_job_on_the_worker_hosts(hosts, tmp_path, oracle, 6, "--reduce", "6", "--param", "reduce_seconds=0.3")
     log = cluster.wait_for(lambda log: len(of(log, "task_finished", phase="map")) == len(inputs), "every map done")
     names = {e["worker"]: e["name"] for e in of(log, "worker_joined")}
     mapper = names[of(log, "task_finished", phase="map")[0]["worker"]]
