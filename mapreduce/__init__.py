@@ -4,12 +4,18 @@ The public API: run a job on a local cluster (``run_local``), serve it to
 external workers (``serve``), or run it sequentially (``run_seq``).
 """
 
-from .errors import AppError, JobFailed, MapReduceError, ProtocolError, UsageError
+from mapreduce.errors import AppError, JobFailed, MapReduceError, ProtocolError, UsageError
 
 # Imported on first use: a worker process needs none of the coordinator's side.
 _LAZY = {
-    "App": "job", "load_app": "job", "stable_partition": "job", "read_output": "output",
-    "JobOptions": "runner", "run_local": "runner", "run_seq": "runner", "serve": "runner",
+    "App": "job",
+    "load_app": "job",
+    "stable_partition": "job",
+    "read_output": "output",
+    "JobOptions": "runner",
+    "run_local": "runner",
+    "run_seq": "runner",
+    "serve": "runner",
 }
 
 
@@ -22,7 +28,18 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "App", "AppError", "JobFailed", "JobOptions", "MapReduceError", "ProtocolError", "UsageError",
-    "load_app", "read_output", "run_local", "run_seq", "serve", "stable_partition",
+    "App",
+    "AppError",
+    "JobFailed",
+    "JobOptions",
+    "MapReduceError",
+    "ProtocolError",
+    "UsageError",
+    "load_app",
+    "read_output",
+    "run_local",
+    "run_seq",
+    "serve",
+    "stable_partition",
 ]
 __version__ = "0.1.0"

@@ -1,3 +1,3 @@
-from .cli import main
+from mapreduce.cli import main
 
 main()

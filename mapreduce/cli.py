@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .errors import JobFailed, MapReduceError
+from mapreduce.errors import JobFailed, MapReduceError
 
 if TYPE_CHECKING:
-    from .scheduler import Scheduler
+    from mapreduce.coordinator.scheduler import Scheduler
 
 _SIZE = re.compile(r"^(\d+)([kmg]?)b?$", re.IGNORECASE)
 
@@ -46,11 +46,39 @@ def _job_options(f):
     options = [
         click.argument("app"),
         click.argument("inputs", nargs=-1, required=True),
-        click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for part-* files and _SUCCESS."),
-        click.option("--reduce", "-r", "n_reduce", default=8, show_default=True, help="Number of reduce tasks (output partitions)."),
-        click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE", help="A parameter for the app's init(params); repeatable."),
-        click.option("--split-size", type=Size(), default="16M", show_default=True, help="Largest input split given to one map task."),
-        click.option("--overwrite", is_flag=True, help="Replace the part-* files of an earlier job in the output folder."),
+        click.option(
+            "--output",
+            "-o",
+            required=True,
+            type=click.Path(file_okay=False),
+            help="Folder for part-* files and _SUCCESS.",
+        ),
+        click.option(
+            "--reduce",
+            "-r",
+            "n_reduce",
+            default=8,
+            show_default=True,
+            help="Number of reduce tasks (output partitions).",
+        ),
+        click.option(
+            "--param",
+            "-p",
+            "params",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="A parameter for the app's init(params); repeatable.",
+        ),
+        click.option(
+            "--split-size",
+            type=Size(),
+            default="16M",
+            show_default=True,
+            help="Largest input split given to one map task.",
+        ),
+        click.option(
+            "--overwrite", is_flag=True, help="Replace the part-* files of an earlier job in the output folder."
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -59,14 +87,48 @@ def _job_options(f):
 
 def _cluster_options(f):
     options = [
-        click.option("--heartbeat-interval", default=1.0, show_default=True, help="Seconds between heartbeats, both ways."),
-        click.option("--worker-timeout", default=5.0, show_default=True, help="Seconds of silence before a worker is declared dead."),
-        click.option("--max-attempts", default=4, show_default=True, help="Attempts per task whose user code raised before the job fails."),
-        click.option("--task-timeout", type=float, default=None, help="Fail an attempt running longer than this many seconds (default: no limit)."),
-        click.option("--speculation/--no-speculation", default=True, show_default=True, help="Give stragglers a backup attempt on an idle worker."),
-        click.option("--max-worker-losses", default=8, show_default=True, help="Fail the job when one task has lost this many workers in a row."),
-        click.option("--min-workers", default=1, show_default=True, help="Hand out no task until this many workers have joined."),
-        click.option("--events", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the job's event log here (JSON lines)."),
+        click.option(
+            "--heartbeat-interval", default=1.0, show_default=True, help="Seconds between heartbeats, both ways."
+        ),
+        click.option(
+            "--worker-timeout",
+            default=5.0,
+            show_default=True,
+            help="Seconds of silence before a worker is declared dead.",
+        ),
+        click.option(
+            "--max-attempts",
+            default=4,
+            show_default=True,
+            help="Attempts per task whose user code raised before the job fails.",
+        ),
+        click.option(
+            "--task-timeout",
+            type=float,
+            default=None,
+            help="Fail an attempt running longer than this many seconds (default: no limit).",
+        ),
+        click.option(
+            "--speculation/--no-speculation",
+            default=True,
+            show_default=True,
+            help="Give stragglers a backup attempt on an idle worker.",
+        ),
+        click.option(
+            "--max-worker-losses",
+            default=8,
+            show_default=True,
+            help="Fail the job when one task has lost this many workers in a row.",
+        ),
+        click.option(
+            "--min-workers", default=1, show_default=True, help="Hand out no task until this many workers have joined."
+        ),
+        click.option(
+            "--events",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="Write the job's event log here (JSON lines).",
+        ),
         click.option("--quiet", "-q", is_flag=True, help="No progress display."),
     ]
     for option in reversed(options):
@@ -75,16 +137,22 @@ def _cluster_options(f):
 
 
 def _status_options(f):
-    f = click.option("--status-bind", default="127.0.0.1", show_default=True, help="Address the status page listens on.")(f)
-    return click.option("--status-port", type=click.IntRange(0, 65535), default=None,
-                        help="Serve a live status page and /status.json on this port (0: any free port); see `mapreduce status`.")(f)
+    f = click.option(
+        "--status-bind", default="127.0.0.1", show_default=True, help="Address the status page listens on."
+    )(f)
+    return click.option(
+        "--status-port",
+        type=click.IntRange(0, 65535),
+        default=None,
+        help="Serve a live status page and /status.json on this port (0: any free port); see `mapreduce status`.",
+    )(f)
 
 
 def _status_server(bind: str, port: int | None):
     if port is None:
         return None
-    from .security import is_loopback
-    from .status import StatusServer
+    from mapreduce.net.security import is_loopback
+    from mapreduce.tools.status import StatusServer
 
     try:
         server = StatusServer(bind, port)
@@ -92,7 +160,10 @@ def _status_server(bind: str, port: int | None):
         click.echo(f"error: cannot serve the status page on {bind}:{port}: {exc}", err=True)
         sys.exit(2)
     if not is_loopback(bind):
-        click.echo(f"warning: the status page on {bind} has no authentication: it shows hosts, files and errors to whoever reaches it", err=True)
+        click.echo(
+            f"warning: the status page on {bind} has no authentication: it shows hosts, files and errors to whoever reaches it",
+            err=True,
+        )
     click.echo(f"status page: {server.url}  (or: mapreduce status {server.url})", err=True)
     return server
 
@@ -111,8 +182,10 @@ class _Group(click.Group):
     """Commands for running jobs, plus tools imported only when used (workers start faster)."""
 
     lazy = {
-        "launch-workers": "mapreduce.launch:launch", "report": "mapreduce.report:report",
-        "status": "mapreduce.status:status", "vnet": "mapreduce.vnet:vnet",
+        "launch-workers": "mapreduce.tools.launch:launch",
+        "report": "mapreduce.tools.report:report",
+        "status": "mapreduce.tools.status:status",
+        "vnet": "mapreduce.tools.vnet:vnet",
     }
 
     def list_commands(self, ctx):
@@ -137,27 +210,55 @@ def cli(verbose: int) -> None:
 
 @cli.command()
 @_job_options
-@click.option("--workers", "-w", default=os.cpu_count() or 1, show_default=True, help="Number of local worker processes.")
+@click.option(
+    "--workers", "-w", default=os.cpu_count() or 1, show_default=True, help="Number of local worker processes."
+)
 @_cluster_options
 @_status_options
 @click.option("--keep-logs", is_flag=True, help="Keep the workers' log files and print where they are.")
-def run(app, inputs, output, n_reduce, params, split_size, overwrite, workers, events, quiet, keep_logs, status_bind, status_port, **cluster):
+def run(
+    app,
+    inputs,
+    output,
+    n_reduce,
+    params,
+    split_size,
+    overwrite,
+    workers,
+    events,
+    quiet,
+    keep_logs,
+    status_bind,
+    status_port,
+    **cluster,
+):
     """Run APP over INPUTS on a local cluster of worker processes."""
-    from . import runner  # here, not at the top: a worker process needs none of it
+    from mapreduce import runner  # here, not at the top: a worker process needs none of it
 
     options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), **cluster)
     started = time.monotonic()
-    result = _with_status(status_bind, status_port, lambda status: _with_progress(
-        quiet, lambda progress: runner.run_local(app, inputs, output, workers, options, progress, keep_logs, events, status)))
+    result = _with_status(
+        status_bind,
+        status_port,
+        lambda status: _with_progress(
+            quiet,
+            lambda progress: runner.run_local(
+                app, inputs, output, workers, options, progress, keep_logs, events, status
+            ),
+        ),
+    )
     if not quiet:
-        click.echo(f"{app}: {result.n_map} maps, {result.n_reduce} reduces on {workers} workers in {time.monotonic() - started:.2f} s; output in {output}", err=True)
+        click.echo(
+            f"{app}: {result.n_map} maps, {result.n_reduce} reduces on {workers} workers in {time.monotonic() - started:.2f} s; output in {output}",
+            err=True,
+        )
 
 
 @cli.command()
 @_job_options
 def seq(app, inputs, output, n_reduce, params, split_size, overwrite):
     """Run APP over INPUTS in this one process: the reference output."""
-    from . import runner
+    from mapreduce import runner
 
     options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params))
     _guard(lambda: runner.run_seq(app, inputs, output, options))
@@ -165,9 +266,18 @@ def seq(app, inputs, output, n_reduce, params, split_size, overwrite):
 
 def _security_options(f):
     options = [
-        click.option("--key-dir", type=click.Path(file_okay=False, path_type=Path), envvar="MAPREDUCE_KEY_DIR", default=None,
-                     help="Folder of CURVE keys from `mapreduce keygen` (or $MAPREDUCE_KEY_DIR): encrypt and authenticate every connection."),
-        click.option("--insecure", is_flag=True, help="Allow a non-loopback address without keys: anyone who reaches it can run code here."),
+        click.option(
+            "--key-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            envvar="MAPREDUCE_KEY_DIR",
+            default=None,
+            help="Folder of CURVE keys from `mapreduce keygen` (or $MAPREDUCE_KEY_DIR): encrypt and authenticate every connection.",
+        ),
+        click.option(
+            "--insecure",
+            is_flag=True,
+            help="Allow a non-loopback address without keys: anyone who reaches it can run code here.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -175,7 +285,7 @@ def _security_options(f):
 
 
 def _keys(key_dir: Path | None, role: str):
-    from .security import load
+    from mapreduce.net.security import load
 
     return _guard(lambda: load(key_dir, role)) if key_dir is not None else None
 
@@ -186,59 +296,126 @@ def _keys(key_dir: Path | None, role: str):
 @_security_options
 @_cluster_options
 @_status_options
-def coordinator(app, inputs, output, n_reduce, params, split_size, overwrite, bind, key_dir, insecure, events, quiet, status_bind, status_port, **cluster):
+def coordinator(
+    app,
+    inputs,
+    output,
+    n_reduce,
+    params,
+    split_size,
+    overwrite,
+    bind,
+    key_dir,
+    insecure,
+    events,
+    quiet,
+    status_bind,
+    status_port,
+    **cluster,
+):
     """Serve one job to workers that connect with `mapreduce worker`. A non-loopback --bind needs
     --key-dir (or --insecure)."""
-    from . import runner
+    from mapreduce import runner
 
     options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), **cluster)
     keys = _keys(key_dir, "coordinator")
-    announce = (lambda address: click.echo(f"coordinator for {app} listening on {address}", err=True)) if not quiet else None
-    result = _with_status(status_bind, status_port, lambda status: _with_progress(
-        quiet, lambda progress: runner.serve(app, inputs, output, bind, options, progress, announce, events, keys, insecure, status)))
+    announce = (
+        (lambda address: click.echo(f"coordinator for {app} listening on {address}", err=True)) if not quiet else None
+    )
+    result = _with_status(
+        status_bind,
+        status_port,
+        lambda status: _with_progress(
+            quiet,
+            lambda progress: runner.serve(
+                app, inputs, output, bind, options, progress, announce, events, keys, insecure, status
+            ),
+        ),
+    )
     if not quiet:
-        click.echo(f"{app}: {result.n_map} maps, {result.n_reduce} reduces in {result.seconds:.2f} s; output in {output}", err=True)
+        click.echo(
+            f"{app}: {result.n_map} maps, {result.n_reduce} reduces in {result.seconds:.2f} s; output in {output}",
+            err=True,
+        )
         c = result.counters
         if c.input_fetched or c.shuffle_fetched or c.output_pulled:
             click.echo(
                 f"network: {_mb(c.input_fetched)} of input and {_mb(c.output_pulled)} of output through the coordinator, "
-                f"{_mb(c.shuffle_fetched)} of map output worker to worker", err=True,
+                f"{_mb(c.shuffle_fetched)} of map output worker to worker",
+                err=True,
             )
 
 
 @cli.command()
 @click.option("--connect", "-c", required=True, help="The coordinator's endpoint, e.g. tcp://host:5555.")
-@click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for map output (default: a per-user folder in the temp dir).")
+@click.option(
+    "--scratch",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for map output (default: a per-user folder in the temp dir).",
+)
 @click.option("--name", default="", help="A name for logs (default host:pid).")
-@click.option("--advertise", default="", help="Address of this host that the coordinator and other workers can reach; "
-              "the data server binds it. Default: this host's address on the interface that reaches the coordinator.")
+@click.option(
+    "--advertise",
+    default="",
+    help="Address of this host that the coordinator and other workers can reach; "
+    "the data server binds it. Default: this host's address on the interface that reaches the coordinator.",
+)
 @click.option("--heartbeat-interval", default=1.0, show_default=True, help="Seconds between heartbeats.")
-@click.option("--coordinator-timeout", default=20.0, show_default=True, help="Exit non-zero after this many seconds without word from the coordinator.")
-@click.option("--drain-timeout", default=30.0, show_default=True, help="On SIGTERM, seconds the current task may take to finish before it is handed back.")
+@click.option(
+    "--coordinator-timeout",
+    default=20.0,
+    show_default=True,
+    help="Exit non-zero after this many seconds without word from the coordinator.",
+)
+@click.option(
+    "--drain-timeout",
+    default=30.0,
+    show_default=True,
+    help="On SIGTERM, seconds the current task may take to finish before it is handed back.",
+)
 @_security_options
-def worker(connect, scratch, name, advertise, heartbeat_interval, coordinator_timeout, drain_timeout, key_dir, insecure):
+def worker(
+    connect, scratch, name, advertise, heartbeat_interval, coordinator_timeout, drain_timeout, key_dir, insecure
+):
     """Run tasks for the coordinator at CONNECT until its job is done.
     SIGTERM drains: no new task, the current one finishes or is handed back, then exit 0."""
-    from .node import address_towards, default_scratch, endpoint_host
-    from .security import check_exposure
-    from .worker import ExitCode, Worker, WorkerOptions
+    from mapreduce.net.node import address_towards, default_scratch, endpoint_host
+    from mapreduce.net.security import check_exposure
+    from mapreduce.worker.loop import ExitCode, Worker, WorkerOptions
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     keys = _keys(key_dir, "worker")
     _guard(lambda: check_exposure("the coordinator's address", endpoint_host(connect), keys, insecure))
-    _guard(lambda: check_exposure("this worker's data server address", advertise or address_towards(connect), keys, insecure))
-    options = WorkerOptions(connect, scratch or default_scratch(), name, advertise, heartbeat_interval,
-                            coordinator_timeout=coordinator_timeout, drain_timeout=drain_timeout, keys=keys)
+    _guard(
+        lambda: check_exposure(
+            "this worker's data server address", advertise or address_towards(connect), keys, insecure
+        )
+    )
+    options = WorkerOptions(
+        connect,
+        scratch or default_scratch(),
+        name,
+        advertise,
+        heartbeat_interval,
+        coordinator_timeout=coordinator_timeout,
+        drain_timeout=drain_timeout,
+        keys=keys,
+    )
     try:
         node = Worker(options)
     except Exception as exc:  # zmq.ZMQError: the advertised address is not this host's
-        click.echo(f"error: cannot start the worker's data server on {advertise or 'the default address'}: {exc}", err=True)
+        click.echo(
+            f"error: cannot start the worker's data server on {advertise or 'the default address'}: {exc}", err=True
+        )
         sys.exit(2)
     code = node.run()
     if code == ExitCode.REFUSED:
         click.echo(f"error: {node.refused}", err=True)
     elif code == ExitCode.COORDINATOR_LOST:
-        click.echo(f"error: coordinator at {connect} unreachable for {coordinator_timeout:.0f} s; worker exiting", err=True)
+        click.echo(
+            f"error: coordinator at {connect} unreachable for {coordinator_timeout:.0f} s; worker exiting", err=True
+        )
     sys.exit(code)
 
 
@@ -249,7 +426,7 @@ def worker(connect, scratch, name, advertise, heartbeat_interval, coordinator_ti
 @click.option("--seed", default=0, show_default=True, help="The same seed gives the same text.")
 def corpus(folder, size, files, seed):
     """Write a generated text corpus into FOLDER (for demos and benchmarks)."""
-    from .corpus import write_corpus
+    from mapreduce.tools.corpus import write_corpus
 
     paths = write_corpus(folder, size, files, seed)
     click.echo(f"wrote {len(paths)} files, {sum(p.stat().st_size for p in paths)} bytes, into {folder}")
@@ -262,7 +439,7 @@ def keygen(folder):
 
     Give the coordinator's host coordinator.key_secret and worker.key, and each worker host
     worker.key_secret and coordinator.key (or copy the whole folder), then pass --key-dir."""
-    from .security import generate
+    from mapreduce.net.security import generate
 
     written = _guard(lambda: generate(folder))
     click.echo(f"wrote {', '.join(p.name for p in written)} into {folder}")
@@ -271,7 +448,7 @@ def keygen(folder):
 @cli.command("apps")
 def list_apps() -> None:
     """List the built-in apps."""
-    from .job import builtin_apps
+    from mapreduce.job import builtin_apps
 
     for name in builtin_apps():
         click.echo(name)
@@ -280,32 +457,92 @@ def list_apps() -> None:
 @cli.command()
 @click.argument("app", default="wordcount")
 @click.argument("inputs", nargs=-1)
-@click.option("--workers", "-w", default=4, show_default=True, help="Local worker processes; killed and paused ones are replaced.")
+@click.option(
+    "--workers", "-w", default=4, show_default=True, help="Local worker processes; killed and paused ones are replaced."
+)
 @click.option("--rounds", default=3, show_default=True, help="Runs of the job under injected faults.")
-@click.option("--kill-every", default=1.0, show_default=True, help="Mean seconds between faults (each gap is 0.5x to 1.5x this).")
-@click.option("--pause-probability", default=0.2, show_default=True, help="Chance that a fault is a SIGSTOP longer than the worker timeout, not a SIGKILL.")
-@click.option("--seed", default=0, show_default=True, help="Seeds the faults' timing and victims, and the generated corpus.")
+@click.option(
+    "--kill-every", default=1.0, show_default=True, help="Mean seconds between faults (each gap is 0.5x to 1.5x this)."
+)
+@click.option(
+    "--pause-probability",
+    default=0.2,
+    show_default=True,
+    help="Chance that a fault is a SIGSTOP longer than the worker timeout, not a SIGKILL.",
+)
+@click.option(
+    "--seed", default=0, show_default=True, help="Seeds the faults' timing and victims, and the generated corpus."
+)
 @click.option("--reduce", "-r", "n_reduce", default=8, show_default=True, help="Number of reduce tasks.")
-@click.option("--split-size", type=Size(), default="1M", show_default=True, help="Largest input split given to one map task.")
-@click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE", help="A parameter for the app's init(params); repeatable.")
-@click.option("--worker-timeout", default=2.0, show_default=True, help="Seconds of silence before a worker is declared dead.")
+@click.option(
+    "--split-size", type=Size(), default="1M", show_default=True, help="Largest input split given to one map task."
+)
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A parameter for the app's init(params); repeatable.",
+)
+@click.option(
+    "--worker-timeout", default=2.0, show_default=True, help="Seconds of silence before a worker is declared dead."
+)
 @click.option("--heartbeat-interval", default=0.5, show_default=True, help="Seconds between heartbeats, both ways.")
-@click.option("--corpus-size", type=Size(), default="20M", show_default=True, help="Size of the corpus generated when no INPUTS are given.")
-@click.option("--events-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Keep each run's event log and worker logs here.")
-def crashtest(app, inputs, workers, rounds, kill_every, pause_probability, seed, n_reduce, split_size, params, worker_timeout, heartbeat_interval, corpus_size, events_dir):
+@click.option(
+    "--corpus-size",
+    type=Size(),
+    default="20M",
+    show_default=True,
+    help="Size of the corpus generated when no INPUTS are given.",
+)
+@click.option(
+    "--events-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep each run's event log and worker logs here.",
+)
+def crashtest(
+    app,
+    inputs,
+    workers,
+    rounds,
+    kill_every,
+    pause_probability,
+    seed,
+    n_reduce,
+    split_size,
+    params,
+    worker_timeout,
+    heartbeat_interval,
+    corpus_size,
+    events_dir,
+):
     """Run APP (default wordcount) round after round while workers are killed and paused,
     and check every round's output against `mapreduce seq`. With no INPUTS, a corpus is
     generated. Exits 0 only if every round matched."""
-    from . import crashtest as ct
+    from mapreduce.tools import crashtest as ct
 
     options = ct.CrashTestOptions(
-        app=app, inputs=tuple(inputs), workers=workers, rounds=rounds, kill_every=kill_every,
-        pause_probability=pause_probability, seed=seed, n_reduce=n_reduce, split_size=split_size,
-        params=_params(params), worker_timeout=worker_timeout, heartbeat_interval=heartbeat_interval,
-        corpus_size=corpus_size, events_dir=events_dir,
+        app=app,
+        inputs=tuple(inputs),
+        workers=workers,
+        rounds=rounds,
+        kill_every=kill_every,
+        pause_probability=pause_probability,
+        seed=seed,
+        n_reduce=n_reduce,
+        split_size=split_size,
+        params=_params(params),
+        worker_timeout=worker_timeout,
+        heartbeat_interval=heartbeat_interval,
+        corpus_size=corpus_size,
+        events_dir=events_dir,
     )
     if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
-        logging.getLogger("mapreduce.scheduler").setLevel(logging.ERROR)  # dead workers are the point here: -v shows them
+        logging.getLogger("mapreduce.coordinator.scheduler").setLevel(
+            logging.ERROR
+        )  # dead workers are the point here: -v shows them
     rows = 0
 
     def show(result: ct.RoundResult) -> None:
@@ -317,7 +554,8 @@ def crashtest(app, inputs, workers, rounds, kill_every, pause_probability, seed,
 
     report = _guard(
         lambda: ct.CrashTest(options).run(show, lambda stage: click.echo(stage, err=True)),
-        interrupted="every process stopped, scratch data removed", failed="crashtest failed",
+        interrupted="every process stopped, scratch data removed",
+        failed="crashtest failed",
     )
     click.echo(ct.format_totals(report))
     click.echo(ct.format_overhead(report))
@@ -342,7 +580,11 @@ def _with_progress(quiet: bool, job):
             progress.close()
 
 
-def _guard(action, interrupted: str = "every worker stopped, no output committed beyond what is listed", failed: str = "job failed"):
+def _guard(
+    action,
+    interrupted: str = "every worker stopped, no output committed beyond what is listed",
+    failed: str = "job failed",
+):
     """Run an action, turning expected errors into one plain message and exit status."""
     try:
         return action()
@@ -384,7 +626,9 @@ class Progress:
             line = f"maps {_bar(c.maps_done, n_map)} {c.maps_done}/{n_map}  reduces {_bar(c.reduces_done, n_reduce)} {c.reduces_done}/{n_reduce}  {rate}  {workers}"
             self.stream.write("\r" + line.ljust(100))
         else:
-            self.stream.write(f"progress {elapsed:.1f} s: maps {c.maps_done}/{n_map}, reduces {c.reduces_done}/{n_reduce}, {rate}, {workers}\n")
+            self.stream.write(
+                f"progress {elapsed:.1f} s: maps {c.maps_done}/{n_map}, reduces {c.reduces_done}/{n_reduce}, {rate}, {workers}\n"
+            )
         self.stream.flush()
         self._shown = True
 

@@ -27,8 +27,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +50,33 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 def worker_command(connect: str, scratch: Path, name: str, extra: Sequence[str] = ()) -> list[str]:
     # -P: never import a `mapreduce` folder that happens to be the current directory.
-    return [sys.executable, "-P", "-m", "mapreduce", "worker", "--connect", connect, "--scratch", str(scratch), "--name", name, *extra]
+    return [
+        sys.executable,
+        "-P",
+        "-m",
+        "mapreduce",
+        "worker",
+        "--connect",
+        connect,
+        "--scratch",
+        str(scratch),
+        "--name",
+        name,
+        *extra,
+    ]
 
 
 class LocalCluster:
     """Starts, supervises and stops worker processes for one coordinator on this machine."""
 
     def __init__(
-        self, connect: str, workers: int, extra_args: Sequence[str] = (), keep_logs: bool = False,
-        max_replacements: int | None = None, supervise_every: float = 0.1,
+        self,
+        connect: str,
+        workers: int,
+        extra_args: Sequence[str] = (),
+        keep_logs: bool = False,
+        max_replacements: int | None = None,
+        supervise_every: float = 0.1,
     ):
         self.connect = connect
         self.count = workers
@@ -87,7 +105,7 @@ class LocalCluster:
         self._supervisor_exit = threading.Event()
         self._supervisor: threading.Thread | None = None
 
-    def start(self) -> "LocalCluster":
+    def start(self) -> LocalCluster:
         for _ in range(self.count):
             self.add_worker()
         self._supervisor = threading.Thread(target=self._supervise, name="cluster-supervisor", daemon=True)
@@ -100,8 +118,11 @@ class LocalCluster:
             with open(self.logs / f"{name}.log", "wb") as log_file:
                 process = subprocess.Popen(
                     worker_command(self.connect, self.scratch, name, self.extra_args),
-                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 )
             self.processes.append(process)
             return process
@@ -203,7 +224,9 @@ class LocalCluster:
         with self._lock:
             if not self.processes or any(process.poll() is None for process in self.processes):
                 return None
-            if not self._stopping and any(p not in self._answered_exit and self._replaceable(p) for p in self.processes):
+            if not self._stopping and any(
+                p not in self._answered_exit and self._replaceable(p) for p in self.processes
+            ):
                 return None  # the supervisor is about to start a replacement
             codes = sorted({process.returncode for process in self.processes})
             replaced = f", {self.replacements} crashed ones replaced" if self.replacements else ""
@@ -271,7 +294,7 @@ class LocalCluster:
         if not self.keep_logs:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -12,9 +12,9 @@ MapReduceError
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 class MapReduceError(Exception):

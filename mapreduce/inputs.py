@@ -10,11 +10,12 @@ one split and no UTF-8 character is ever cut.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import BinaryIO
 
-from .errors import UsageError
+from mapreduce.errors import UsageError
 
 DEFAULT_SPLIT_SIZE = 16 * 1024 * 1024
 _CHUNK = 1 << 20

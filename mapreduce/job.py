@@ -14,14 +14,15 @@ import importlib
 import importlib.util
 import sys
 import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import cloudpickle
 
-from .errors import AppError
+from mapreduce.errors import AppError
 
 BUILTIN_PACKAGE = "mapreduce.apps"
 
@@ -59,7 +60,7 @@ class App:
         return cloudpickle.dumps(self)
 
     @staticmethod
-    def from_bytes(blob: bytes) -> "App":
+    def from_bytes(blob: bytes) -> App:
         app = cloudpickle.loads(blob)
         if not isinstance(app, App):
             raise AppError("the job code received is not a mapreduce app")
@@ -116,19 +117,25 @@ def _import_app_module(ref: str) -> ModuleType:
     if "." not in ref:
         candidates.insert(0, f"{BUILTIN_PACKAGE}.{ref}")
     elif ref.startswith("apps."):
-        candidates.append(f"{BUILTIN_PACKAGE}.{ref[len('apps.'):]}")
+        candidates.append(f"{BUILTIN_PACKAGE}.{ref[len('apps.') :]}")
     for name in candidates:
         try:
             return importlib.import_module(name)
         except ModuleNotFoundError as exc:
             # Only "this module does not exist" means try the next name; an app that
             # fails to import one of its own dependencies is a broken app.
-            if exc.name is not None and name.startswith(exc.name) and (exc.name == name or name.startswith(exc.name + ".")):
+            if (
+                exc.name is not None
+                and name.startswith(exc.name)
+                and (exc.name == name or name.startswith(exc.name + "."))
+            ):
                 continue
             raise AppError(f"app {ref!r} failed to import: {exc}") from exc
         except Exception as exc:
             raise AppError(f"app {ref!r} failed to import: {type(exc).__name__}: {exc}") from exc
-    raise AppError(f"unknown app {ref!r}: not a built-in ({', '.join(builtin_apps())}), an importable module or a .py file")
+    raise AppError(
+        f"unknown app {ref!r}: not a built-in ({', '.join(builtin_apps())}), an importable module or a .py file"
+    )
 
 
 def _import_path(path: Path) -> ModuleType:

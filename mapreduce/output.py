@@ -11,10 +11,11 @@ import contextlib
 import os
 import re
 import secrets
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-from .errors import UsageError, storage_errors
+from mapreduce.errors import UsageError, storage_errors
 
 SUCCESS = "_SUCCESS"
 _OURS = re.compile(r"^(part-\d{5}|_SUCCESS|\.part-\d{5}\.[0-9a-z-]+\.tmp|\.mapreduce-visible-[0-9a-f]+)$")

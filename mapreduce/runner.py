@@ -6,22 +6,23 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from . import output
-from .cluster import LocalCluster
-from .errors import JobFailed, UsageError
-from .inputs import DEFAULT_SPLIT_SIZE, Split, make_splits
-from .job import App, load_app
-from .node import endpoint_host
-from .security import Keys, check_exposure, generate, load
-from .seq import run_sequential
+from mapreduce import output
+from mapreduce.cluster import LocalCluster
+from mapreduce.errors import JobFailed, UsageError
+from mapreduce.inputs import DEFAULT_SPLIT_SIZE, Split, make_splits
+from mapreduce.job import App, load_app
+from mapreduce.net.node import endpoint_host
+from mapreduce.net.security import Keys, check_exposure, generate, load
+from mapreduce.seq import run_sequential
 
 if TYPE_CHECKING:
-    from .coordinator import JobResult, Progress
-    from .scheduler import Settings
+    from mapreduce.coordinator.loop import JobResult, Progress
+    from mapreduce.coordinator.scheduler import Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,16 @@ class JobOptions:
     min_workers: int = 1
 
     def settings(self) -> Settings:
-        from .scheduler import Settings
+        from mapreduce.coordinator.scheduler import Settings
 
         return Settings(
-            self.n_reduce, self.heartbeat_interval, self.worker_timeout, self.max_attempts,
-            max_lost=self.max_worker_losses, task_timeout=self.task_timeout, speculation=self.speculation,
+            self.n_reduce,
+            self.heartbeat_interval,
+            self.worker_timeout,
+            self.max_attempts,
+            max_lost=self.max_worker_losses,
+            task_timeout=self.task_timeout,
+            speculation=self.speculation,
             min_workers=self.min_workers,
         )
 
@@ -72,7 +78,9 @@ def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
     if options.max_attempts < 1:
         raise UsageError(f"--max-attempts must be at least 1, got {options.max_attempts}")
     if options.worker_timeout <= options.heartbeat_interval:
-        raise UsageError(f"--worker-timeout ({options.worker_timeout} s) must exceed --heartbeat-interval ({options.heartbeat_interval} s)")
+        raise UsageError(
+            f"--worker-timeout ({options.worker_timeout} s) must exceed --heartbeat-interval ({options.heartbeat_interval} s)"
+        )
     app = load_app(app_ref, options.params)
     split_size = WHOLE_FILE if app.whole_files else options.split_size
     splits = make_splits(list(inputs), split_size)
@@ -86,17 +94,35 @@ def run_seq(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
 
 
 def serve(
-    app_ref: str, inputs: Sequence[str], output_dir: str | Path, bind: str,
-    options: JobOptions = JobOptions(), progress: Progress | None = None, on_ready=None,
-    events: Path | None = None, keys: Keys | None = None, insecure: bool = False, status=None,
+    app_ref: str,
+    inputs: Sequence[str],
+    output_dir: str | Path,
+    bind: str,
+    options: JobOptions = JobOptions(),
+    progress: Progress | None = None,
+    on_ready=None,
+    events: Path | None = None,
+    keys: Keys | None = None,
+    insecure: bool = False,
+    status=None,
 ) -> JobResult:
     """Serve one job to workers that connect to ``bind``; raise JobFailed if it fails."""
-    from .coordinator import Coordinator
+    from mapreduce.coordinator.loop import Coordinator
 
     check_exposure("the coordinator's address", endpoint_host(bind), keys, insecure)  # ipc:// counts as loopback
     job = prepare(app_ref, inputs, output_dir, options)
     try:
-        coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), bind, progress, events=events, keys=keys, status=status)
+        coordinator = Coordinator(
+            job.app,
+            job.splits,
+            job.output_dir,
+            options.settings(),
+            bind,
+            progress,
+            events=events,
+            keys=keys,
+            status=status,
+        )
     except Exception as exc:  # zmq.ZMQError for a bad or busy address
         raise UsageError(f"cannot bind {bind}: {exc}") from exc
     if on_ready is not None:
@@ -105,9 +131,15 @@ def serve(
 
 
 def run_local(
-    app_ref: str, inputs: Sequence[str], output_dir: str | Path, workers: int,
-    options: JobOptions = JobOptions(), progress: Progress | None = None, keep_logs: bool = False,
-    events: Path | None = None, status=None,
+    app_ref: str,
+    inputs: Sequence[str],
+    output_dir: str | Path,
+    workers: int,
+    options: JobOptions = JobOptions(),
+    progress: Progress | None = None,
+    keep_logs: bool = False,
+    events: Path | None = None,
+    status=None,
 ) -> JobResult:
     """Run a job on a coordinator in this process and ``workers`` local worker processes."""
     if workers < 1:
@@ -122,10 +154,19 @@ def run_local(
         address = private_endpoint(private)
         extra = ["--heartbeat-interval", str(options.heartbeat_interval), "--key-dir", str(key_dir)]
         with LocalCluster(address, workers, extra, keep_logs=keep_logs) as cluster:
-            from .coordinator import Coordinator
+            from mapreduce.coordinator.loop import Coordinator
 
-            coordinator = Coordinator(job.app, job.splits, job.output_dir, options.settings(), address, progress,
-                                      events=events, keys=load(key_dir, "coordinator"), status=status)
+            coordinator = Coordinator(
+                job.app,
+                job.splits,
+                job.output_dir,
+                options.settings(),
+                address,
+                progress,
+                events=events,
+                keys=load(key_dir, "coordinator"),
+                status=status,
+            )
             cluster.attach(coordinator)
             result = coordinator.run()
             cluster.release_others(coordinator.told_pids)

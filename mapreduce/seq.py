@@ -11,14 +11,16 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from . import output
-from .errors import AppError
-from .inputs import DEFAULT_SPLIT_SIZE, make_splits, read_split
-from .job import App
-from .shuffle import roundtrip
+from mapreduce import output
+from mapreduce.errors import AppError
+from mapreduce.inputs import DEFAULT_SPLIT_SIZE, make_splits, read_split
+from mapreduce.job import App
+from mapreduce.shuffle import roundtrip
 
 
-def run_sequential(app: App, inputs: list[str], output_dir: Path, n_reduce: int, split_size: int = DEFAULT_SPLIT_SIZE) -> int:
+def run_sequential(
+    app: App, inputs: list[str], output_dir: Path, n_reduce: int, split_size: int = DEFAULT_SPLIT_SIZE
+) -> int:
     """Run the job; return the number of output lines. ``output_dir`` must be prepared."""
     partitions: list[list[tuple[str, Any]]] = [[] for _ in range(n_reduce)]
     for split in make_splits(inputs, split_size):

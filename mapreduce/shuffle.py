@@ -17,16 +17,17 @@ import contextlib
 import heapq
 import io
 import os
-from zlib import crc32
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import groupby, islice
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO
+from zlib import crc32
 
 import msgpack
 
-from .errors import AppError, storage_errors
-from .job import stable_partition
+from mapreduce.errors import AppError, storage_errors
+from mapreduce.job import stable_partition
 
 DEFAULT_BUFFER_RECORDS = 400_000
 BLOCK = 4096
@@ -73,7 +74,9 @@ def _run_blocks(f: BinaryIO, offset: int, length: int) -> Iterator[tuple[list, l
                 keys = array
             else:
                 if type(keys) is not list or type(array) is not list or len(keys) != len(array):
-                    raise OSError(f"{getattr(f, 'name', 'run')}: a malformed block before byte {offset + length - left}")
+                    raise OSError(
+                        f"{getattr(f, 'name', 'run')}: a malformed block before byte {offset + length - left}"
+                    )
                 yield keys, array
                 keys = None
     if unpacker.tell() != length or keys is not None:
@@ -142,7 +145,7 @@ def group_sorted(records: Iterable[Record]) -> Iterator[tuple[str, Iterator[Any]
 def _blocks(records: Iterable[Record]) -> Iterator[list]:
     if isinstance(records, list):
         for start in range(0, len(records), BLOCK):
-            yield records[start:start + BLOCK]
+            yield records[start : start + BLOCK]
         return
     stream = iter(records)
     while block := list(islice(stream, BLOCK)):
@@ -166,7 +169,7 @@ def write_columns(f: BinaryIO, keys: list[str], values: list[Any]) -> int:
     pack = msgpack.Packer(use_bin_type=True).pack
     written = 0
     for start in range(0, len(keys), BLOCK):
-        data = pack(keys[start:start + BLOCK]) + pack(values[start:start + BLOCK])
+        data = pack(keys[start : start + BLOCK]) + pack(values[start : start + BLOCK])
         f.write(data)
         written += len(data)
     return written
@@ -183,7 +186,7 @@ class GuardedWriter:
         self.name = getattr(f, "name", "")
 
     @classmethod
-    def open(cls, path: Path, what: str, mode: str = "wb") -> "GuardedWriter":
+    def open(cls, path: Path, what: str, mode: str = "wb") -> GuardedWriter:
         with storage_errors(path.parent, what):
             return cls(open(path, mode), path.parent, what)
 
@@ -235,7 +238,12 @@ class MapOutputBuffer:
         self.spills: list[tuple[Path, list[int]]] = []
 
     def add_all(self, pairs: Iterable[Any], where: str) -> None:
-        if type(pairs) is _DICT_ITEMS and not self.count and len(pairs) < self.limit and self._add_mapping(pairs.mapping):
+        if (
+            type(pairs) is _DICT_ITEMS
+            and not self.count
+            and len(pairs) < self.limit
+            and self._add_mapping(pairs.mapping)
+        ):
             return
         self._unpack_mapping()
         n, partition, buffers, limit = self.n, self.partition, self.buffers, self.limit
@@ -371,7 +379,11 @@ class MapOutputBuffer:
             for p in range(self.n):
                 runs = []
                 for i, (f, (_, spill_lengths)) in enumerate(zip(files, self.spills)):
-                    runs.append(iter_run(f, offsets[i], spill_lengths[p], (self.scratch, what)) if spill_lengths[p] else iter(()))
+                    runs.append(
+                        iter_run(f, offsets[i], spill_lengths[p], (self.scratch, what))
+                        if spill_lengths[p]
+                        else iter(())
+                    )
                     offsets[i] += spill_lengths[p]
                 # Each run reads its own file, so the k-way merge streams them side by side.
                 merged: Iterable[Record] = merge_runs(runs)

@@ -36,11 +36,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchlib import free_endpoint, mapreduce
+from benchlib import SLEEP_APP, free_endpoint, mapreduce
 
 SCENARIOS = ["fault-free", "kill-mid-map", "sleep-fault-free", "straggler", "straggler-nobackup", "one-worker-fewer"]
-BASELINE = {"fault-free": "fault-free", "kill-mid-map": "fault-free", "sleep-fault-free": "sleep-fault-free",
-            "straggler": "sleep-fault-free", "straggler-nobackup": "sleep-fault-free", "one-worker-fewer": "sleep-fault-free"}
+BASELINE = {
+    "fault-free": "fault-free",
+    "kill-mid-map": "fault-free",
+    "sleep-fault-free": "sleep-fault-free",
+    "straggler": "sleep-fault-free",
+    "straggler-nobackup": "sleep-fault-free",
+    "one-worker-fewer": "sleep-fault-free",
+}
 SLEEP_SECONDS = "0.2"
 
 
@@ -66,15 +72,37 @@ def run_once(scenario: str, inputs: list[str], work: Path, job: Workload, worker
     extra = ["--no-speculation"] if scenario == "straggler-nobackup" else []
     started = time.monotonic()
     coordinator = subprocess.Popen(
-        mapreduce("coordinator", *job.app, *inputs, "--output", str(out), "--bind", endpoint, "--reduce", str(reduces),
-                  "--split-size", job.split, "--events", str(log), "--quiet", *extra),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        mapreduce(
+            "coordinator",
+            *job.app,
+            *inputs,
+            "--output",
+            str(out),
+            "--bind",
+            endpoint,
+            "--reduce",
+            str(reduces),
+            "--split-size",
+            job.split,
+            "--events",
+            str(log),
+            "--quiet",
+            *extra,
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     slow = {**os.environ, "MAPREDUCE_SLEEP_FACTOR": "10"}
-    procs = [subprocess.Popen(mapreduce("worker", "--connect", endpoint, "--scratch", str(work / f"scratch-{i}")),
-                              env=slow if scenario.startswith("straggler") and i == 0 else None,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for i in range(workers - 1 if scenario == "one-worker-fewer" else workers)]
+    procs = [
+        subprocess.Popen(
+            mapreduce("worker", "--connect", endpoint, "--scratch", str(work / f"scratch-{i}")),
+            env=slow if scenario.startswith("straggler") and i == 0 else None,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(workers - 1 if scenario == "one-worker-fewer" else workers)
+    ]
     try:
         if scenario == "kill-mid-map":
             kill_mid_map(log, procs, coordinator)
@@ -90,7 +118,9 @@ def run_once(scenario: str, inputs: list[str], work: Path, job: Workload, worker
     log_events = events(log)
     same = code == 0 and same_output(job.oracle, out)
     return {
-        "scenario": scenario, "seconds": seconds, "ok": same,
+        "scenario": scenario,
+        "seconds": seconds,
+        "ok": same,
         "maps_rerun": sum(e["event"] == "map_rerun" for e in log_events),
         "backups": sum(e["event"] == "backup_launched" for e in log_events),
         "dead": sum(e["event"] == "worker_dead" for e in log_events),
@@ -113,7 +143,9 @@ def kill_mid_map(log: Path, procs: list[subprocess.Popen], coordinator: subproce
 
 def same_output(expected: Path, actual: Path) -> bool:
     names = sorted(os.listdir(expected))
-    return sorted(os.listdir(actual)) == names and all(filecmp.cmp(expected / n, actual / n, shallow=False) for n in names)
+    return sorted(os.listdir(actual)) == names and all(
+        filecmp.cmp(expected / n, actual / n, shallow=False) for n in names
+    )
 
 
 def main() -> int:
@@ -130,32 +162,51 @@ def main() -> int:
     scenarios = args.scenarios.split(",")
     with tempfile.TemporaryDirectory(prefix="mapreduce-bench-faults-") as tmp:
         work = Path(tmp)
-        subprocess.run(mapreduce("corpus", str(work / "corpus"), "--size", args.size, "--files", str(args.files)), check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            mapreduce("corpus", str(work / "corpus"), "--size", args.size, "--files", str(args.files)),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         inputs = sorted(str(p) for p in (work / "corpus").glob("*.txt"))
         jobs = {}
-        for name, app, split in (("wordcount", ["wordcount"], args.split_size),
-                                 ("sleep", ["sleep", "--param", f"seconds={SLEEP_SECONDS}"], args.sleep_split_size)):
+        for name, app, split in (
+            ("wordcount", ["wordcount"], args.split_size),
+            ("sleep", [SLEEP_APP, "--param", f"seconds={SLEEP_SECONDS}"], args.sleep_split_size),
+        ):
             oracle = work / f"oracle-{name}"
-            subprocess.run(mapreduce("seq", *app, *inputs, "--output", str(oracle), "--reduce", str(args.reduce), "--split-size", split), check=True)
+            subprocess.run(
+                mapreduce(
+                    "seq", *app, *inputs, "--output", str(oracle), "--reduce", str(args.reduce), "--split-size", split
+                ),
+                check=True,
+            )
             jobs[name] = Workload(app, split, oracle)
         results: dict[str, list[dict]] = {s: [] for s in scenarios}
         for _ in range(args.runs):
             for scenario in scenarios:
                 job = jobs["wordcount" if BASELINE[scenario] == "fault-free" else "sleep"]
                 results[scenario].append(run_once(scenario, inputs, work, job, args.workers, args.reduce))
-    print(f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()}")
-    print(f"jobs: wordcount over {args.size} in {args.files} files, split {args.split_size}; sleep {SLEEP_SECONDS} s a map, "
-          f"split {args.sleep_split_size}; {args.workers} workers, {args.reduce} reduces; median of {args.runs} interleaved runs")
+    print(
+        f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
+    )
+    print(
+        f"jobs: wordcount over {args.size} in {args.files} files, split {args.split_size}; sleep {SLEEP_SECONDS} s a map, "
+        f"split {args.sleep_split_size}; {args.workers} workers, {args.reduce} reduces; median of {args.runs} interleaved runs"
+    )
     medians = {scenario: statistics.median(r["seconds"] for r in rows) for scenario, rows in results.items()}
-    print(f"{'scenario':<20} {'median s':>9} {'vs fault-free':>14} {'maps re-run':>12} {'backups':>8} {'declared dead':>14} {'output':>7}")
+    print(
+        f"{'scenario':<20} {'median s':>9} {'vs fault-free':>14} {'maps re-run':>12} {'backups':>8} {'declared dead':>14} {'output':>7}"
+    )
     failed = False
     for scenario, rows in results.items():
         base = medians.get(BASELINE[scenario])
         ratio = f"{medians[scenario] / base:.2f}x" if base else "-"
         ok = all(r["ok"] for r in rows)
         failed |= not ok
-        print(f"{scenario:<20} {medians[scenario]:>9.2f} {ratio:>14} {statistics.median(r['maps_rerun'] for r in rows):>12} "
-              f"{statistics.median(r['backups'] for r in rows):>8} {statistics.median(r['dead'] for r in rows):>14} {'exact' if ok else 'DIFF':>7}")
+        print(
+            f"{scenario:<20} {medians[scenario]:>9.2f} {ratio:>14} {statistics.median(r['maps_rerun'] for r in rows):>12} "
+            f"{statistics.median(r['backups'] for r in rows):>8} {statistics.median(r['dead'] for r in rows):>14} {'exact' if ok else 'DIFF':>7}"
+        )
     return 1 if failed else 0
 
 

@@ -1,6 +1,6 @@
 """Word count on several hosts with no shared filesystem, next to the same job on one host.
 
-Builds a virtual network (mapreduce.vnet: one network namespace per host, needs
+Builds a virtual network (mapreduce.tools.vnet: one network namespace per host, needs
 root), runs the coordinator on h1, and compares, interleaved over several runs:
 
   N hosts   one worker on each of h2..h(N+1), each in a mount namespace where the
@@ -29,29 +29,53 @@ import time
 from pathlib import Path
 
 from benchlib import mapreduce
-from mapreduce import security, vnet
-from mapreduce.corpus import write_corpus
+
+from mapreduce.net import security
+from mapreduce.tools import vnet
+from mapreduce.tools.corpus import write_corpus
 
 GUTENBERG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "gutenberg"
 PORT = 5555
 
 
-def run_job(net: vnet.VirtualNetwork, inputs: list[str], out: Path, events: Path, spread: bool, workers: int, args: list[str]) -> float:
+def run_job(
+    net: vnet.VirtualNetwork, inputs: list[str], out: Path, events: Path, spread: bool, workers: int, args: list[str]
+) -> float:
     coordinator_host = net.hosts[0]
     endpoint = f"tcp://{coordinator_host.address}:{PORT}"
     hide = sorted({str(Path(f).resolve().parent) for f in inputs} | {str(out.parent)})
     keys = ["--key-dir", str(net.scratch_root / "keys")]
     started = time.monotonic()
     coordinator = subprocess.Popen(
-        net.command(coordinator_host, mapreduce("coordinator", "wordcount", *inputs, "--output", str(out), "--bind", endpoint,
-                                                "--events", str(events), "-q", *keys, *args)),
-        stderr=subprocess.PIPE, text=True,
+        net.command(
+            coordinator_host,
+            mapreduce(
+                "coordinator",
+                "wordcount",
+                *inputs,
+                "--output",
+                str(out),
+                "--bind",
+                endpoint,
+                "--events",
+                str(events),
+                "-q",
+                *keys,
+                *args,
+            ),
+        ),
+        stderr=subprocess.PIPE,
+        text=True,
     )
     processes = []
     for i in range(workers):
         host = net.hosts[1 + i] if spread else coordinator_host
-        worker = mapreduce("worker", "--connect", endpoint, "--name", f"w{i}", "--scratch", str(host.scratch / f"scratch-{i}"), *keys)
-        processes.append(subprocess.Popen(net.command(host, worker, hide=hide if spread else ()), stderr=subprocess.DEVNULL))
+        worker = mapreduce(
+            "worker", "--connect", endpoint, "--name", f"w{i}", "--scratch", str(host.scratch / f"scratch-{i}"), *keys
+        )
+        processes.append(
+            subprocess.Popen(net.command(host, worker, hide=hide if spread else ()), stderr=subprocess.DEVNULL)
+        )
     try:
         code = coordinator.wait(timeout=600)
         seconds = time.monotonic() - started
@@ -75,7 +99,9 @@ def network_bytes(events: Path) -> dict[str, int]:
 
 def same(expected: Path, actual: Path) -> bool:
     names = sorted(os.listdir(expected))
-    return names == sorted(os.listdir(actual)) and all(filecmp.cmp(expected / n, actual / n, shallow=False) for n in names)
+    return names == sorted(os.listdir(actual)) and all(
+        filecmp.cmp(expected / n, actual / n, shallow=False) for n in names
+    )
 
 
 def main() -> None:
@@ -84,7 +110,9 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=3, help="worker hosts (and workers on the one host)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--reduce", type=int, default=8)
-    parser.add_argument("--corpus-size", type=int, default=50_000_000, help="bytes of generated text when no inputs are given")
+    parser.add_argument(
+        "--corpus-size", type=int, default=50_000_000, help="bytes of generated text when no inputs are given"
+    )
     options = parser.parse_args()
     reason = vnet.available()
     if reason is not None:
@@ -107,8 +135,12 @@ def main() -> None:
         expected = tmp / "seq"
         subprocess.run(mapreduce("seq", "wordcount", *copies, "--output", str(expected), *args), check=True)
 
-        print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}")
-        print(f"input: {len(copies)} files, {size / 1e6:.1f} MB; {options.reduce} reduces; {options.runs} runs, interleaved")
+        print(
+            f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
+        )
+        print(
+            f"input: {len(copies)} files, {size / 1e6:.1f} MB; {options.reduce} reduces; {options.runs} runs, interleaved"
+        )
         variants = {f"{options.hosts} hosts, 1 worker each": True, f"1 host, {options.hosts} workers": False}
         times: dict[str, list[float]] = {name: [] for name in variants}
         moved: dict[str, dict[str, int]] = {}
@@ -129,9 +161,13 @@ def main() -> None:
             median = statistics.median(times[name])
             m = moved[name]
             via = (m["input_fetched"] + m["output_pulled"]) / 1e6
-            print(f"{name:<26}{median:>8.2f}s{min(times[name]):>7.2f}s{median / base:>7.2f}{via:>14.1f} MB{m['shuffle_fetched'] / 1e6:>15.1f} MB")
-        print("\nvia coordinator: input the coordinator served plus reduce output it pulled; "
-              "worker to worker: map output fetched by reducers. All outputs matched mapreduce seq.")
+            print(
+                f"{name:<26}{median:>8.2f}s{min(times[name]):>7.2f}s{median / base:>7.2f}{via:>14.1f} MB{m['shuffle_fetched'] / 1e6:>15.1f} MB"
+            )
+        print(
+            "\nvia coordinator: input the coordinator served plus reduce output it pulled; "
+            "worker to worker: map output fetched by reducers. All outputs matched mapreduce seq."
+        )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,24 @@ def mp_pool(files, workers, work):
 
 def mapreduce(files, workers, work):
     out = Path(work) / "mapreduce-out"
-    subprocess.run([sys.executable, "-P", "-m", "mapreduce", "run", "wordcount", *files, "--workers", str(workers),
-                    "--output", str(out), "--overwrite", "--quiet"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "mapreduce",
+            "run",
+            "wordcount",
+            *files,
+            "--workers",
+            str(workers),
+            "--output",
+            str(out),
+            "--overwrite",
+            "--quiet",
+        ],
+        check=True,
+    )
     counts = {}
     for part in sorted(out.glob("part-*")):
         with open(part, encoding="utf-8") as f:
@@ -80,7 +96,12 @@ def dask_bag(files, workers, work):
 def dask_distributed(files, workers, work):
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         return merge(client.gather(client.map(count_file, files)))
 
 
@@ -128,8 +149,15 @@ def mrjob_local(files, workers, work):
 
 
 SYSTEMS = {
-    "python-best": python_best, "python-regex": python_regex, "mp-pool": mp_pool, "mapreduce": mapreduce,
-    "dask-bag": dask_bag, "dask-distributed": dask_distributed, "ray": ray_tasks, "pyspark-rdd": pyspark_rdd, "mrjob": mrjob_local,
+    "python-best": python_best,
+    "python-regex": python_regex,
+    "mp-pool": mp_pool,
+    "mapreduce": mapreduce,
+    "dask-bag": dask_bag,
+    "dask-distributed": dask_distributed,
+    "ray": ray_tasks,
+    "pyspark-rdd": pyspark_rdd,
+    "mrjob": mrjob_local,
 }
 
 
@@ -138,7 +166,9 @@ def main() -> None:
     counts = SYSTEMS[system](files, int(workers), work)
     counts_file = Path(work) / f"{system}-counts.json"
     counts_file.write_text(json.dumps(dict(counts)))
-    peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    peak_kb = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    )
     Path(result).write_text(json.dumps({"counts": str(counts_file), "peak_rss_mb": peak_kb / 1024}))
 
 

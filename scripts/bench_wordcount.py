@@ -32,8 +32,23 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SYSTEMS = ["python-best", "python-regex", "mp-pool", "mapreduce", "dask-bag", "dask-distributed", "ray", "pyspark-rdd"]  # mrjob: add it by name (minutes per run)
-NEEDS = {"dask-bag": "dask", "dask-distributed": "distributed", "ray": "ray", "pyspark-rdd": "pyspark", "mrjob": "mrjob"}
+SYSTEMS = [
+    "python-best",
+    "python-regex",
+    "mp-pool",
+    "mapreduce",
+    "dask-bag",
+    "dask-distributed",
+    "ray",
+    "pyspark-rdd",
+]  # mrjob: add it by name (minutes per run)
+NEEDS = {
+    "dask-bag": "dask",
+    "dask-distributed": "distributed",
+    "ray": "ray",
+    "pyspark-rdd": "pyspark",
+    "mrjob": "mrjob",
+}
 
 
 def cpu_model() -> str:
@@ -61,7 +76,8 @@ def make_corpus(folder: Path, size: int, files: int, books: Path | None) -> list
         for i in range(files):
             (folder / f"book-{i:03d}.txt").write_bytes(body)
     else:
-        from mapreduce.corpus import write_corpus
+        from mapreduce.tools.corpus import write_corpus
+
         write_corpus(folder, size, files)
     return sorted(str(p) for p in folder.glob("*.txt"))
 
@@ -72,12 +88,18 @@ def run_system(system: str, inputs: list[str], workers: int, work: Path) -> dict
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, str(HERE / "bench_systems.py"), system, str(workers), str(work), str(result_file), *inputs],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
         cwd=work,  # not the project's folder: peers' worker processes would import its source tree, not the installed package
     )
     wall = time.monotonic() - started
     if proc.returncode != 0:
-        return {"system": system, "ok": False, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"], "wall": wall}
+        return {
+            "system": system,
+            "ok": False,
+            "error": proc.stderr.strip().splitlines()[-1:] or ["failed"],
+            "wall": wall,
+        }
     measured = json.loads(result_file.read_text())
     return {"system": system, "wall": wall, **measured}
 
@@ -98,8 +120,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--books", type=Path, default=HERE.parent.parent / "shared" / "data" / "gutenberg",
-                        help="folder of .txt books to build the corpus from (generated text if absent)")
+    parser.add_argument(
+        "--books",
+        type=Path,
+        default=HERE.parent.parent / "shared" / "data" / "gutenberg",
+        help="folder of .txt books to build the corpus from (generated text if absent)",
+    )
     parser.add_argument("--json", type=Path, default=Path("bench-wordcount.json"), help="where to write the results")
     args = parser.parse_args()
     systems = [s for s in args.systems.split(",") if s]
@@ -109,7 +135,10 @@ def main() -> int:
         work = Path(tmp)
         inputs = make_corpus(work / "corpus", args.size * 1_000_000, args.files, args.books)
         megabytes = sum(os.path.getsize(p) for p in inputs) / 1e6
-        subprocess.run([sys.executable, "-P", "-m", "mapreduce", "seq", "wordcount", *inputs, "--output", str(work / "oracle")], check=True)
+        subprocess.run(
+            [sys.executable, "-P", "-m", "mapreduce", "seq", "wordcount", *inputs, "--output", str(work / "oracle")],
+            check=True,
+        )
         oracle = {}
         for part in sorted((work / "oracle").glob("part-*")):
             for line in part.read_text(encoding="utf-8").splitlines():
@@ -128,8 +157,10 @@ def main() -> int:
 
 def report(rows: dict, skipped: dict, args, megabytes: float) -> None:
     print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}, Python {platform.python_version()}")
-    print(f"corpus: {megabytes:.0f} MB in {args.files} files; {args.workers} workers where a system has workers; "
-          f"median of {args.runs} interleaved runs")
+    print(
+        f"corpus: {megabytes:.0f} MB in {args.files} files; {args.workers} workers where a system has workers; "
+        f"median of {args.runs} interleaved runs"
+    )
     base = None
     if rows.get("python-best") and all("wall" in r and r.get("check") for r in rows["python-best"]):
         base = statistics.median(r["wall"] for r in rows["python-best"])
@@ -145,22 +176,45 @@ def report(rows: dict, skipped: dict, args, megabytes: float) -> None:
         speedup = f"{base / wall:.2f}x" if base else "-"
         checks = sorted({r["check"] for r in good})
         print(f"{system:<18} {wall:>8.2f} {megabytes / wall:>7.1f} {speedup:>8} {rss:>12.0f}  {', '.join(checks)}")
-        results.append({"system": system, "workers": args.workers, "wall_median": wall, "walls": [r["wall"] for r in good],
-                        "mb_per_s": megabytes / wall, "peak_rss_mb": rss, "check": checks})
+        results.append(
+            {
+                "system": system,
+                "workers": args.workers,
+                "wall_median": wall,
+                "walls": [r["wall"] for r in good],
+                "mb_per_s": megabytes / wall,
+                "peak_rss_mb": rss,
+                "check": checks,
+            }
+        )
     for system, module in skipped.items():
         print(f"{system:<18} skipped: {module} is not installed (pip install .[bench])")
     # Ratios pair the runs of one round (interleaved, so seconds apart): on a machine whose speed
     # drifts, their median is steadier than the ratio of two medians.
     ratios = {}
     for other in ("python-best", "mp-pool"):
-        pairs = [mr["wall"] / o["wall"] for mr, o in zip(rows.get("mapreduce", []), rows.get(other, []))
-                 if "check" in mr and "check" in o]
+        pairs = [
+            mr["wall"] / o["wall"]
+            for mr, o in zip(rows.get("mapreduce", []), rows.get(other, []))
+            if "check" in mr and "check" in o
+        ]
         if pairs:
             ratios[f"mapreduce / {other}"] = {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs)}
     for name, ratio in ratios.items():
-        print(f"{name}: {ratio['median']:.2f} (median of {args.runs} rounds' ratios; range {ratio['min']:.2f}-{ratio['max']:.2f})")
-    args.json.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "cpu": cpu_model()}, "megabytes": megabytes,
-                                     "results": results, "ratios": ratios}, indent=2))
+        print(
+            f"{name}: {ratio['median']:.2f} (median of {args.runs} rounds' ratios; range {ratio['min']:.2f}-{ratio['max']:.2f})"
+        )
+    args.json.write_text(
+        json.dumps(
+            {
+                "machine": {"cpus": os.cpu_count(), "cpu": cpu_model()},
+                "megabytes": megabytes,
+                "results": results,
+                "ratios": ratios,
+            },
+            indent=2,
+        )
+    )
     print(f"results written to {args.json}")
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import socket
 import sys
+from pathlib import Path
+
+# The benchmarks' sleep app: not a built-in (it is a test and benchmark app).
+SLEEP_APP = str(Path(__file__).resolve().parents[1] / "tests" / "apps" / "sleep.py")
 
 
 def mapreduce(*args: str) -> list[str]:

@@ -3,7 +3,8 @@
 import os
 import time
 
-from mapreduce.apps.wordcount import combine, map as count_words, reduce  # noqa: F401
+from mapreduce.apps.wordcount import combine, reduce  # noqa: F401
+from mapreduce.apps.wordcount import map as count_words
 
 
 def map(path, text):

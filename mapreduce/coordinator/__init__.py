@@ -1,0 +1,1 @@
+"""The coordinator: the pure scheduler, the socket loop around it, and transfers beside it."""

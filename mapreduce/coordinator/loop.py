@@ -1,0 +1,342 @@
+"""The coordinator's socket loop around the scheduler, and the output commits.
+
+The loop owns one ROUTER socket. Workers' frames are decoded and validated
+(never unpickled), handed to the scheduler with the current monotonic time, and
+the scheduler's actions are carried out: messages sent, partitions committed.
+Beside the loop, a data server serves the input files to workers on other
+hosts, and a transfers thread pulls their reduce output and checks their data
+servers, so no transfer ever stalls the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from mapreduce import output
+from mapreduce.coordinator.scheduler import Commit, Counters, Discard, EventKind, Scheduler, Send, Settings
+from mapreduce.coordinator.transfers import Probe, Pull, Transfers
+from mapreduce.errors import ProtocolError
+from mapreduce.inputs import Split
+from mapreduce.job import App
+from mapreduce.net.dataserver import DataServer
+from mapreduce.net.node import endpoint_host, host_id
+from mapreduce.net.security import Keys, authenticator
+from mapreduce.wire import messages as p
+from mapreduce.wire.events import EventLog
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[["Scheduler"], None]
+MAX_PROBES = 64  # data-server checks queued at once: a flood of registrations cannot stall real ones
+
+
+@dataclass(frozen=True)
+class JobResult:
+    ok: bool
+    message: str
+    counters: Counters
+    seconds: float
+    n_map: int
+    n_reduce: int
+
+
+class Coordinator:
+    def __init__(
+        self,
+        app: App,
+        splits: list[Split],
+        output_dir: Path,
+        settings: Settings,
+        bind: str = "tcp://127.0.0.1:*",
+        progress: Progress | None = None,
+        goodbye_grace: float = 1.0,
+        events: Path | None = None,
+        watchdog: Callable[[], str | None] | None = None,
+        exited: Callable[[], list[tuple[int, int]]] | None = None,
+        keys: Keys | None = None,
+        status=None,  # a status.StatusServer to publish the job's state to
+    ):
+        self.status_server = status
+        self.status_board = None
+        self.app, self.splits, self.output_dir, self.settings = app, splits, output_dir, settings
+        self.progress = progress
+        self.goodbye_grace = goodbye_grace
+        self.job_id = uuid.uuid4().hex[:12]
+        self.context = zmq.Context()
+        self.auth = authenticator(self.context, keys)  # with keys: only allowed clients get through
+        self.socket = self.context.socket(zmq.ROUTER)
+        if keys is not None:
+            keys.serve(self.socket)
+        self.socket.setsockopt(zmq.LINGER, 1000)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        try:
+            self.socket.bind(bind)
+        except zmq.ZMQError:
+            # Close now: a context left with an open socket blocks whoever collects it.
+            self.socket.close(0)
+            if self.auth is not None:
+                self.auth.stop()
+            self.context.term()
+            raise
+        self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        # Inputs for workers that cannot see them, on the interface workers connect to.
+        self.data_server = DataServer(
+            self.context, None, endpoint_host(self.address), files=[s.path for s in splits], keys=keys
+        )
+        self.transfers = Transfers(self.context, keys)
+        self._probing: set[bytes] = set()
+        self._app_blob = app.to_bytes()
+        self._host_id = host_id()
+        self.rejected_messages = 0
+        self.events = EventLog(events)
+        self.watchdog = watchdog
+        self.exited = exited  # (pid, exit code) of this host's worker processes that ended
+        self.told_pids: set[int] = set()  # this host's worker processes told that the job is over
+
+    def _welcome(self, worker: int) -> p.Welcome:
+        return p.Welcome(
+            worker,
+            self.job_id,
+            self._app_blob,
+            len(self.splits),
+            self.settings.n_reduce,
+            self.settings.heartbeat_interval,
+            str(self.output_dir.resolve()),
+            self._host_id,
+            self.data_server.port,
+            self._output_token,
+        )
+
+    def run(self) -> JobResult:
+        started = time.monotonic()
+        scheduler = Scheduler(self.splits, self.settings, started, self.job_id)
+        if self.status_server is not None:
+            from mapreduce.tools.status import StatusBoard, job_facts
+
+            facts = job_facts(self.app.name, self.job_id, self.splits, self.settings.n_reduce, self.output_dir)
+            self.status_board = StatusBoard(facts, self.status_server)
+        scheduler.record(
+            started,
+            EventKind.JOB_STARTED,
+            job=self.job_id,
+            maps=len(self.splits),
+            reduces=self.settings.n_reduce,
+            input_bytes=sum(s.end - s.start for s in self.splits),
+        )
+        self.data_server.start()
+        self._output_token = output.show_visibility(self.output_dir, self.job_id)
+        try:
+            self._serve(scheduler)
+            if scheduler.succeeded:
+                output.finish(self.output_dir, self.settings.n_reduce)
+                ok, message = True, f"output committed to {self.output_dir}"
+            else:
+                ok, message = False, scheduler.failure or "stopped"
+        except KeyboardInterrupt:
+            ok, message = False, "the coordinator was interrupted"
+            scheduler.record(time.monotonic(), EventKind.JOB_FINISHED, ok=False, message=message)
+            self._farewell(scheduler, False, message, grace=0.5)
+            self._flush_events(scheduler)
+            self.events.close()
+            self._close()
+            raise
+        except Exception as exc:
+            ok, message = False, f"the coordinator failed: {type(exc).__name__}: {exc}"
+            log.exception("coordinator failure")
+        finally:
+            stays = output.remove_visibility(self.output_dir, self.job_id)
+            if stays:
+                log.warning("%s", stays)
+            self.transfers.close()  # no pull may write into the output folder after this
+            if not scheduler.succeeded:
+                left = output.remove_temps(self.output_dir)
+                if left:
+                    log.warning(
+                        "could not remove %d temporary file(s) from %s, e.g. %s", len(left), self.output_dir, left[0]
+                    )
+            c = scheduler.counters
+            scheduler.record(
+                time.monotonic(),
+                EventKind.JOB_FINISHED,
+                ok=scheduler.succeeded,
+                message=scheduler.failure or "",
+                input_fetched=c.input_fetched,
+                shuffle_fetched=c.shuffle_fetched,
+                output_pulled=c.output_pulled,
+                rejected=self.rejected_messages,
+            )
+        self._farewell(scheduler, ok, message, self.goodbye_grace)
+        self._flush_events(scheduler)
+        self.events.close()
+        self._close()
+        return JobResult(
+            ok, message, scheduler.counters, time.monotonic() - started, len(self.splits), self.settings.n_reduce
+        )
+
+    def _close(self) -> None:
+        self.transfers.close()
+        self.data_server.stop()
+        self.socket.close()
+        if self.auth is not None:
+            self.auth.stop()
+        self.context.term()
+
+    def _over(self, scheduler: Scheduler) -> bool:
+        """Failed, or every partition done and committed (pulls from other hosts included)."""
+        return scheduler.failure is not None or (scheduler.succeeded and self.transfers.pending_pulls == 0)
+
+    def _serve(self, scheduler: Scheduler) -> None:
+        tick_every = min(0.1, self.settings.heartbeat_interval / 4)
+        next_tick = time.monotonic()
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self.transfers.wakeup, zmq.POLLIN)
+        while not self._over(scheduler):
+            ready = dict(poller.poll(max(0.0, next_tick - time.monotonic()) * 1000))
+            if self.transfers.wakeup in ready:
+                for finished in self.transfers.collect():
+                    self._transferred(scheduler, finished)
+            if self.socket in ready:
+                for _ in range(1000):  # drain a burst, but keep ticking under load
+                    try:
+                        identity, frame = self._recv()
+                    except zmq.Again:
+                        break
+                    if identity is None:
+                        continue
+                    self._carry_out(scheduler, self._handle(scheduler, identity, frame))
+                    if self._over(scheduler):
+                        return
+            now = time.monotonic()
+            if now >= next_tick:
+                self._carry_out(scheduler, scheduler.tick(now))
+                for pid, code in self.exited() if self.exited is not None else ():
+                    self._carry_out(scheduler, scheduler.process_exited(now, self._host_id, pid, code))
+                next_tick = now + tick_every
+                if self.progress is not None:
+                    self.progress(scheduler)
+                if self.watchdog is not None and scheduler.failure is None:
+                    scheduler.failure = self.watchdog()
+            self._flush_events(scheduler)
+
+    def _flush_events(self, scheduler: Scheduler) -> None:
+        if self.status_board is not None:  # before the events are cleared: the page shows them
+            self.status_board.update(scheduler, time.monotonic())
+        self.events.write(scheduler.events)
+        scheduler.events.clear()
+
+    def _recv(self) -> tuple[bytes | None, bytes]:
+        frames = self.socket.recv_multipart(zmq.NOBLOCK)
+        if len(frames) != 2:
+            self.rejected_messages += 1
+            return None, b""
+        return frames[0], frames[1]
+
+    def _handle(self, scheduler: Scheduler, identity: bytes, frame: bytes) -> list:
+        now = time.monotonic()
+        try:
+            message = p.decode(frame, p.WORKER_MESSAGES)
+        except ProtocolError as exc:
+            self.rejected_messages += 1
+            log.warning("rejected a message from %r: %s", identity, exc)
+            return []
+        if isinstance(message, p.Register):
+            if message.host_id == self._host_id:
+                return scheduler.register(now, identity, message, self._welcome)
+            # From another host: first check its data server answers (in the transfers thread).
+            if identity not in self._probing and len(self._probing) < MAX_PROBES:  # else it registers again later
+                self._probing.add(identity)
+                self.transfers.submit(Probe(identity, message))
+            return []
+        return scheduler.receive(now, identity, message)
+
+    def _transferred(self, scheduler: Scheduler, done: Pull | Probe) -> None:
+        now = time.monotonic()
+        if isinstance(done, Probe):
+            self._probing.discard(done.identity)
+            if done.error is None:
+                self._carry_out(scheduler, scheduler.register(now, done.identity, done.register, self._welcome))
+                return
+            reason = (
+                f"the coordinator cannot reach this worker's data server at {done.register.data_address} "
+                f"({done.error}); start the worker with --advertise ADDRESS, an address of its host "
+                "that the coordinator and the other workers can reach"
+            )
+            log.error("refused worker %s on %s: %s", done.register.name, done.register.host, reason)
+            self.socket.send_multipart([done.identity, p.encode(p.Refused(reason))])
+            return
+        c = done.commit
+        if done.output_folder_failed:  # no re-run can help: the output folder takes no file
+            scheduler.failure = scheduler.failure or done.error
+            return
+        if done.error is not None:
+            self._carry_out(
+                scheduler,
+                scheduler.commit_failed(now, c.partition, f"pulling it from {c.data_address} failed: {done.error}"),
+            )
+            return
+        scheduler.counters.output_pulled += c.size
+        self._commit(scheduler, c.partition, done.destination.name)
+
+    def _carry_out(self, scheduler: Scheduler, actions: list) -> None:
+        now = time.monotonic()
+        for action in actions:
+            if isinstance(action, Send):
+                self.socket.send_multipart([action.identity, p.encode(action.message)])
+                scheduler.sent(action.identity, now)
+            elif isinstance(action, Commit):
+                if output.is_temp_name(action.temp):  # written in the output folder
+                    self._commit(scheduler, action.partition, action.temp)
+                else:  # written in the reducer's scratch: pull it here first, then commit
+                    name = output.attempt_temp_name(action.partition, self.job_id, action.attempt)
+                    self.transfers.submit(Pull(action, self.output_dir / name))
+            elif isinstance(action, Discard) and output.is_temp_name(action.temp):
+                (self.output_dir / action.temp).unlink(missing_ok=True)
+
+    def _commit(self, scheduler: Scheduler, partition: int, temp: str) -> None:
+        now = time.monotonic()
+        try:
+            if not output.is_temp_name(temp):
+                raise FileNotFoundError(f"{temp!r} is not a temporary output name")
+            output.commit(self.output_dir, temp, partition)
+            scheduler.record(now, EventKind.OUTPUT_COMMITTED, partition=partition)
+        except FileNotFoundError as exc:  # the attempt's file vanished: run it again
+            self._carry_out(scheduler, scheduler.commit_failed(now, partition, str(exc)))
+        except OSError as exc:
+            scheduler.failure = f"could not commit partition {partition} to {self.output_dir}: {exc}"
+
+    def _farewell(self, scheduler: Scheduler, ok: bool, message: str, grace: float) -> None:
+        """Tell every worker the job is over, and wait a little for their goodbyes."""
+        done = p.encode(p.JobDone(ok, message))
+        live = scheduler.live_workers()
+        self.told_pids = {w.info.pid for w in live if w.info.host_id == self._host_id}
+        waiting = {w.identity for w in live}
+        for identity in waiting:
+            self.socket.send_multipart([identity, done])
+        deadline = time.monotonic() + grace
+        while waiting and time.monotonic() < deadline:
+            if not self.socket.poll(50):
+                continue
+            try:
+                identity, frame = self._recv()
+            except zmq.Again:
+                continue
+            if identity is None:
+                continue
+            try:
+                message = p.decode(frame, p.WORKER_MESSAGES)
+            except ProtocolError:
+                continue
+            if isinstance(message, p.Goodbye):
+                waiting.discard(identity)
+                scheduler.receive(time.monotonic(), identity, message)
+            else:
+                self.socket.send_multipart([identity, done])  # a latecomer: tell it too

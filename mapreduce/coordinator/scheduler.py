@@ -1,0 +1,942 @@
+"""The coordinator's brain: task and worker state machines and every scheduling decision.
+
+Pure logic with no I/O: messages and the current time go in, actions come out
+(messages to send, partitions to commit). Every method that depends on time
+takes ``now`` (monotonic seconds), so tests drive time without sleeping.
+
+Rules worth knowing:
+- Each registration gets a fresh incarnation id and each attempt a fresh attempt
+  id. A message from an incarnation that is not alive is answered with Unknown
+  (the worker re-registers) and its content is ignored: a result from a worker
+  already declared dead is never used, so a task's output is decided only by
+  attempts of live workers, and then only by the first to finish.
+- Maps are handed out first. Idle workers take reduce tasks once no map is
+  pending; a reduce attempt then fetches map outputs as they finish, so the map
+  tail and the shuffle overlap. If a map becomes pending again and no worker is
+  free, the newest reduce attempt is cancelled to make room (it cannot finish
+  before that map anyway).
+- A finished map's output stays valid while any live worker on the same host and
+  scratch folder can serve it; otherwise the map runs again if a reduce still
+  needs it.
+- An attempt whose user code raised counts toward ``max_attempts``; an attempt
+  lost with its worker counts toward ``max_lost`` (a task that kills whatever
+  runs it).
+- An attempt that failed for its worker's sake, not the user's code (a full or
+  unwritable scratch disk, a fetch that failed: ``user_error=False``), counts
+  toward ``max_lost`` too, and that worker does not get the task again while
+  another live worker could take it (per-task exclusion); if every live worker
+  is excluded, the task goes to any of them rather than wait. An output folder
+  that cannot take the output fails the job at once: no worker can fix it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import heapq
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from mapreduce import output
+from mapreduce.errors import OutputFolderError
+from mapreduce.inputs import Split
+from mapreduce.wire import messages as p
+
+log = logging.getLogger(__name__)
+
+
+class TaskKind(enum.Enum):
+    MAP = "map"
+    REDUCE = "reduce"
+
+
+class TaskState(enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+
+
+class AttemptState(enum.Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # user code raised, or the worker could not run it
+    LOST = "lost"  # its worker died
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"  # another attempt of the task won
+
+
+class WorkerState(enum.Enum):
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"  # leaving on request: finishes or hands back its attempt, gets no new one
+    DEAD = "dead"
+    LEFT = "left"
+
+
+LIVE = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.DRAINING)
+TAKES_WORK = (WorkerState.IDLE, WorkerState.BUSY)  # live and not leaving
+MAX_OFFSET = 2**63 - 1  # file offsets must fit the wire's int64
+
+
+class EventKind(enum.Enum):
+    WORKER_JOINED = "worker_joined"
+    WORKER_DEAD = "worker_dead"
+    WORKER_LEFT = "worker_left"
+    WORKER_DRAINING = "worker_draining"
+    MESSAGE_FENCED = "message_fenced"
+    TASK_ASSIGNED = "task_assigned"
+    TASK_FINISHED = "task_finished"
+    TASK_FAILED = "task_failed"
+    TASK_LOST = "task_lost"
+    TASK_CANCELLED = "task_cancelled"
+    RESULT_DISCARDED = "result_discarded"
+    MAP_OUTPUT_MOVED = "map_output_moved"
+    MAP_OUTPUT_ORPHANED = "map_output_orphaned"
+    MAP_RERUN = "map_rerun"
+    WORKER_SUSPECT = "worker_suspect"
+    BACKUP_LAUNCHED = "backup_launched"
+    FETCH_FAILED = "fetch_failed"
+    COMMIT_FAILED = "commit_failed"
+    OUTPUT_COMMITTED = "output_committed"
+    JOB_STARTED = "job_started"
+    JOB_FINISHED = "job_finished"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened, for the event log; ``time`` is monotonic seconds."""
+
+    time: float
+    kind: EventKind
+    fields: dict
+
+
+@dataclass(frozen=True)
+class Settings:
+    n_reduce: int
+    heartbeat_interval: float = 1.0
+    worker_timeout: float = 5.0
+    max_attempts: int = 4
+    max_lost: int = 8
+    task_timeout: float | None = None
+    speculation: bool = True
+    # An attempt is a straggler once it has run slow_factor times the median time of its
+    # phase's finished tasks and slow_margin seconds longer than that median. Backups run
+    # only on otherwise idle workers, so a false alarm costs little: the bar is low.
+    slow_factor: float = 2.0
+    slow_margin: float = 0.5
+    min_workers: int = 1  # hand out no task until this many workers have joined (then never wait again)
+
+    @property
+    def suspect_after(self) -> float:
+        return 2.5 * self.heartbeat_interval
+
+
+@dataclass
+class MapResult:
+    attempt: int
+    worker: Worker
+    path: str
+    lengths: list[int]
+    offsets: list[int]
+    orphaned: bool = False  # its worker is gone and no live worker shares its folder yet
+
+
+@dataclass
+class Task:
+    kind: TaskKind
+    index: int
+    split: Split | None = None
+    state: TaskState = TaskState.PENDING
+    failures: int = 0
+    lost: int = 0
+    running: list[Attempt] = field(default_factory=list)
+    result: MapResult | None = None
+    fetch_reruns: int = 0  # times reducers could not read this map's output
+    commit_failures: int = 0  # times a finished reduce's output could not be committed
+    # Workers (ids) where an attempt failed for the worker's sake: not given it again
+    # while another live worker could take it.
+    excluded: set[int] = field(default_factory=set)
+
+    def describe(self) -> str:
+        if self.split is not None:
+            s = self.split
+            return f"map task {self.index} (input {s.key!r}, bytes {s.start}-{s.end})"
+        return f"reduce task {self.index} (partition part-{self.index:05d})"
+
+
+@dataclass
+class Attempt:
+    id: int
+    task: Task
+    worker: Worker
+    started: float
+    state: AttemptState = AttemptState.RUNNING
+    backup: bool = False
+
+
+@dataclass
+class Worker:
+    id: int
+    identity: bytes
+    info: p.Register
+    joined: float
+    last_seen: float
+    last_sent: float
+    state: WorkerState = WorkerState.IDLE
+    attempt: Attempt | None = None
+    suspect: bool = False  # silent for a while, not yet declared dead
+    slow: bool = False  # its last attempt was a straggler: it runs no backups (they would be slow too)
+
+    def describe(self) -> str:
+        return f"worker {self.id} ({self.info.name}, pid {self.info.pid} on {self.info.host})"
+
+
+@dataclass(frozen=True)
+class Send:
+    identity: bytes
+    message: Any
+
+
+@dataclass(frozen=True)
+class Commit:
+    """Publish a reduce attempt's temporary output as the partition's final file.
+
+    ``temp`` is a name in the output folder when the reducer sees that folder;
+    otherwise a path in the reducer's scratch, to pull from its data server."""
+
+    partition: int
+    temp: str
+    attempt: int = 0
+    data_address: str = ""  # the reducer's data server
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class Discard:
+    """Remove a losing attempt's temporary output."""
+
+    temp: str
+
+
+@dataclass
+class Counters:
+    maps_done: int = 0
+    reduces_done: int = 0
+    attempts: int = 0
+    failed_attempts: int = 0
+    lost_attempts: int = 0
+    workers_dead: int = 0
+    maps_rerun: int = 0
+    backups: int = 0
+    fenced: int = 0
+    fetch_failures: int = 0
+    # Bytes moved over the network: input that maps read from the coordinator, map output
+    # that reduces fetched from other workers, reduce output the coordinator pulled.
+    input_fetched: int = 0
+    shuffle_fetched: int = 0
+    output_pulled: int = 0
+    input_done: int = 0  # input bytes read by finished maps, re-runs included (throughput)
+    output_written: int = 0  # output bytes of finished reduces
+
+
+class Scheduler:
+    def __init__(self, splits: list[Split], settings: Settings, now: float, job_id: str = ""):
+        self.settings = settings
+        self.job_id = job_id
+        self.maps = [Task(TaskKind.MAP, i, split) for i, split in enumerate(splits)]
+        self.reduces = [Task(TaskKind.REDUCE, r) for r in range(settings.n_reduce)]
+        self.workers: dict[int, Worker] = {}
+        self.by_identity: dict[bytes, Worker] = {}
+        self.attempts: dict[int, Attempt] = {}
+        self.counters = Counters()
+        self.failure: str | None = None
+        self.started = now
+        self.events: list[Event] = []
+        self._next_worker = 1
+        self._next_attempt = 1
+        # Pending tasks by phase: a heap of indices (lowest first) checked lazily on pop,
+        # so choosing the next task costs O(log n) however many tasks a job has.
+        self._pending_heap = {
+            TaskKind.MAP: list(range(len(self.maps))),
+            TaskKind.REDUCE: list(range(len(self.reduces))),
+        }
+        self._pending_count = {TaskKind.MAP: len(self.maps), TaskKind.REDUCE: len(self.reduces)}
+        self._durations: dict[TaskKind, list[float]] = {TaskKind.MAP: [], TaskKind.REDUCE: []}  # sorted
+        self._map_sizes: list[int] = []  # input bytes of the finished maps, sorted
+        self._maps_done_at: float | None = None if self.maps else now
+        self._running: dict[TaskKind, set[int]] = {TaskKind.MAP: set(), TaskKind.REDUCE: set()}
+        self._now = now
+        self._started_work = False  # becomes True once min_workers have joined
+
+    def record(self, now: float, kind: EventKind, **fields: Any) -> None:
+        self.events.append(Event(now, kind, fields))
+
+    def _attempt_fields(self, attempt: Attempt) -> dict:
+        return {
+            "attempt": attempt.id,
+            "task": attempt.task.index,
+            "phase": attempt.task.kind.value,
+            "worker": attempt.worker.id,
+        }
+
+    # ---- state queries -----------------------------------------------------
+
+    @property
+    def succeeded(self) -> bool:
+        return self.counters.reduces_done == len(self.reduces)
+
+    @property
+    def finished(self) -> bool:
+        return self.succeeded or self.failure is not None
+
+    def live_workers(self) -> list[Worker]:
+        return [w for w in self.workers.values() if w.state in LIVE]
+
+    # ---- task states -------------------------------------------------------
+
+    def _tasks(self, kind: TaskKind) -> list[Task]:
+        return self.maps if kind is TaskKind.MAP else self.reduces
+
+    def _set_state(self, task: Task, state: TaskState) -> None:
+        """The one place a task changes state, so the pending queues stay right."""
+        if task.state is state:
+            return
+        if task.state is TaskState.PENDING:
+            self._pending_count[task.kind] -= 1
+        if task.state is TaskState.RUNNING:
+            self._running[task.kind].discard(task.index)
+        if state is TaskState.RUNNING:
+            self._running[task.kind].add(task.index)
+        if state is TaskState.PENDING:
+            self._pending_count[task.kind] += 1
+            heapq.heappush(self._pending_heap[task.kind], task.index)
+        if task.kind is TaskKind.MAP:
+            if state is TaskState.DONE:
+                self.counters.maps_done += 1
+                if self.counters.maps_done == len(self.maps):
+                    self._maps_done_at = self._now
+            elif task.state is TaskState.DONE:
+                self.counters.maps_done -= 1
+                self._maps_done_at = None
+        elif state is TaskState.DONE:
+            self.counters.reduces_done += 1
+        elif task.state is TaskState.DONE:
+            self.counters.reduces_done -= 1
+        task.state = state
+
+    def _next_pending(self, kind: TaskKind, worker: Worker) -> Task | None:
+        """The lowest pending task of a phase that ``worker`` may run. Without exclusions
+        that is one heap pop (O(log n)); a task ``worker`` is excluded from is passed over
+        and pushed back, costing a pop and push each."""
+        heap, tasks = self._pending_heap[kind], self._tasks(kind)
+        held, found = [], None
+        while heap:
+            index = heapq.heappop(heap)
+            task = tasks[index]
+            if task.state is not TaskState.PENDING:
+                continue
+            if worker.id in task.excluded and self._someone_else_can_run(task):
+                held.append(index)
+                continue
+            found = task
+            break
+        for index in held:
+            heapq.heappush(heap, index)
+        return found
+
+    def _someone_else_can_run(self, task: Task) -> bool:
+        """Whether a live worker not excluded from ``task`` could take it (now or once free)."""
+        return any(w.state in TAKES_WORK and w.id not in task.excluded for w in self.workers.values())
+
+    # ---- inputs ------------------------------------------------------------
+
+    def register(self, now: float, identity: bytes, hello: p.Register, welcome: Any) -> list:
+        """A worker joined (or rejoined: its old incarnation is gone for good)."""
+        self._now = now
+        old = self.by_identity.get(identity)
+        actions: list = []
+        if old is not None and old.state in LIVE:
+            actions += self._declare_dead(now, old, "it registered again")
+        worker = Worker(self._next_worker, identity, hello, now, now, now)
+        self._next_worker += 1
+        self.workers[worker.id] = worker
+        self.by_identity[identity] = worker
+        log.info("%s joined", worker.describe())
+        self.record(now, EventKind.WORKER_JOINED, worker=worker.id, name=hello.name, pid=hello.pid, host=hello.host)
+        actions.append(Send(identity, welcome(worker.id)))
+        for map_task in self.maps:  # outputs left in this worker's folder by a dead one: it serves them
+            r = map_task.result
+            if r is not None and r.orphaned and _same_folder(r.worker.info, hello):
+                r.worker, r.orphaned = worker, False
+                self.record(now, EventKind.MAP_OUTPUT_MOVED, task=map_task.index, worker=worker.id)
+                actions += self._announce(map_task)
+        return actions + self._dispatch(now)
+
+    def receive(self, now: float, identity: bytes, message: Any) -> list:
+        self._now = now
+        worker = self.workers.get(getattr(message, "worker", -1))
+        if worker is None or worker.identity != identity or worker.state not in LIVE:
+            return self._fence(now, identity, worker, message)
+        worker.last_seen = now
+        worker.suspect = False
+        if isinstance(message, p.Heartbeat):
+            return []
+        if isinstance(message, p.Goodbye):
+            # After Draining, an attempt still held (assigned while the worker began to drain)
+            # is handed back, not lost: a drain counts against nothing. Without Draining, a
+            # worker leaving mid-attempt loses it, as a crash would.
+            attempt = worker.attempt
+            if worker.state is WorkerState.DRAINING and attempt is not None and attempt.state is AttemptState.RUNNING:
+                self._end(attempt, AttemptState.CANCELLED)
+                self.record(now, EventKind.TASK_CANCELLED, **self._attempt_fields(attempt), why="its worker left")
+            worker.state = WorkerState.LEFT
+            self.record(now, EventKind.WORKER_LEFT, worker=worker.id)
+            return self._release(now, worker, "it left") + self._dispatch(now)
+        if isinstance(message, p.Draining):
+            worker.state = WorkerState.DRAINING
+            self.record(
+                now, EventKind.WORKER_DRAINING, worker=worker.id, attempt=worker.attempt.id if worker.attempt else None
+            )
+            log.info("%s is draining", worker.describe())
+            return []
+        attempt = self.attempts.get(message.attempt)
+        if attempt is None or attempt.worker is not worker or worker.attempt is not attempt:
+            log.warning(
+                "ignored %s from %s for attempt %s it is not running",
+                type(message).__name__,
+                worker.describe(),
+                message.attempt,
+            )
+            return []
+        if isinstance(message, p.FetchFailed):
+            return self._fetch_failed(now, attempt, message) + self._dispatch(now)
+        worker.attempt = None
+        if worker.state is WorkerState.BUSY:
+            worker.state = WorkerState.IDLE
+        if isinstance(message, p.TaskDone):
+            actions = self._succeeded(now, attempt, message)
+        elif isinstance(message, p.TaskFailed):
+            actions = self._failed(now, attempt, message)
+        else:  # Cancelled: normally accounted for when the coordinator cancelled it
+            actions = []
+            if attempt.state is AttemptState.RUNNING:  # it stopped unasked: give the task back
+                self._end(attempt, AttemptState.CANCELLED)
+                self.record(now, EventKind.TASK_CANCELLED, **self._attempt_fields(attempt), why="the worker stopped it")
+        return actions + self._dispatch(now)
+
+    def _fence(self, now: float, identity: bytes, worker: Worker | None, message: Any) -> list:
+        """A message from an incarnation that is not alive: ignore its content, tell it to re-register."""
+        if isinstance(message, p.Goodbye):
+            return []
+        why = "unknown worker" if worker is None else f"worker {worker.id} is {worker.state.value}"
+        log.info("fenced %s from %r: %s", type(message).__name__, identity, why)
+        self.counters.fenced += 1
+        self.record(
+            now,
+            EventKind.MESSAGE_FENCED,
+            worker=getattr(message, "worker", None),
+            message=type(message).__name__,
+            attempt=getattr(message, "attempt", None),
+            why=why,
+        )
+        actions: list = [Send(identity, p.Unknown(why, getattr(message, "worker", 0)))]
+        if isinstance(message, p.TaskDone) and self._zombie_output(identity, worker, message):
+            actions.append(Discard(message.path))  # a zombie's finished reduce: never committed
+        return actions
+
+    def _zombie_output(self, identity: bytes, worker: Worker | None, done: p.TaskDone) -> bool:
+        """Whether ``done`` names the output of a reduce attempt this dead incarnation really ran
+        (so deleting it deletes nothing else: a stranger's message deletes no file)."""
+        attempt = self.attempts.get(done.attempt)
+        return (
+            worker is not None
+            and worker.identity == identity
+            and attempt is not None
+            and attempt.worker is worker
+            and attempt.task.kind is TaskKind.REDUCE
+            and done.path == output.attempt_temp_name(attempt.task.index, self.job_id, attempt.id)
+        )
+
+    def tick(self, now: float) -> list:
+        """Expire silent workers and overdue attempts; keep heartbeats flowing."""
+        self._now = now
+        actions: list = []
+        for worker in self.live_workers():
+            silent = now - worker.last_seen
+            if silent > self.settings.worker_timeout:
+                actions += self._declare_dead(now, worker, f"silent for {silent:.1f} s")
+                continue
+            if silent > self.settings.suspect_after and not worker.suspect:
+                worker.suspect = True
+                self.record(now, EventKind.WORKER_SUSPECT, worker=worker.id, silent=round(silent, 6))
+            if now - worker.last_sent >= self.settings.heartbeat_interval:
+                actions.append(Send(worker.identity, p.Heartbeat(0)))
+        timeout = self.settings.task_timeout
+        if timeout is not None:
+            for attempt in list(self.attempts.values()):
+                if attempt.state is AttemptState.RUNNING and now - self._effective_start(attempt) > timeout:
+                    actions += self._timed_out(now, attempt)
+        return actions + self._dispatch(now)
+
+    def sent(self, identity: bytes, now: float) -> None:
+        worker = self.by_identity.get(identity)
+        if worker is not None:
+            worker.last_sent = now
+
+    def process_exited(self, now: float, host_id: str, pid: int, code: int) -> list:
+        """A supervisor saw a worker process exit: no need to wait for its silence."""
+        self._now = now
+        actions: list = []
+        for worker in self.live_workers():
+            if worker.info.pid == pid and worker.info.host_id == host_id:
+                actions += self._declare_dead(now, worker, f"its process exited with code {code}")
+        return actions + self._dispatch(now)
+
+    def commit_failed(self, now: float, partition: int, why: str) -> list:
+        """The coordinator could not publish a reduce's output: run that reduce again."""
+        self._now = now
+        task = self.reduces[partition]
+        self.record(now, EventKind.COMMIT_FAILED, task=partition, why=why)
+        log.warning("could not commit %s (%s): running it again", task.describe(), why)
+        self._set_state(task, TaskState.PENDING)
+        task.commit_failures += 1
+        if task.commit_failures >= self.settings.max_lost and self.failure is None:
+            self.failure = (
+                f"{task.describe()} could not be committed {task.commit_failures} times; the last error: {why}"
+            )
+        return self._dispatch(now)
+
+    # ---- transitions -------------------------------------------------------
+
+    def _start(self, now: float, worker: Worker, task: Task, backup: bool = False) -> Send:
+        attempt = Attempt(self._next_attempt, task, worker, now, backup=backup)
+        self._next_attempt += 1
+        self.attempts[attempt.id] = attempt
+        self.counters.attempts += 1
+        self._set_state(task, TaskState.RUNNING)
+        task.running.append(attempt)
+        worker.state = WorkerState.BUSY
+        worker.attempt = attempt
+        if task.kind is TaskKind.MAP:
+            s = task.split
+            message: Any = p.AssignMap(attempt.id, task.index, s.key, s.path, s.start, s.end, s.fingerprint)
+        else:
+            done = [m for m in self.maps if m.state is TaskState.DONE]
+            outputs = [self._location(m, task.index) for m in done if m.result.lengths[task.index]]
+            empty = [m.index for m in done if not m.result.lengths[task.index]]
+            message = p.AssignReduce(attempt.id, task.index, outputs, empty)
+        log.debug("attempt %d: %s on %s", attempt.id, task.describe(), worker.describe())
+        self.record(
+            now, EventKind.BACKUP_LAUNCHED if backup else EventKind.TASK_ASSIGNED, **self._attempt_fields(attempt)
+        )
+        return Send(worker.identity, message)
+
+    def _location(self, map_task: Task, partition: int) -> p.MapOutput:
+        r = map_task.result
+        info = r.worker.info
+        return p.MapOutput(
+            map_task.index,
+            r.attempt,
+            info.host_id,
+            r.path,
+            info.data_address,
+            r.offsets[partition],
+            r.lengths[partition],
+        )
+
+    def _end(self, attempt: Attempt, state: AttemptState) -> None:
+        attempt.state = state
+        task = attempt.task
+        if attempt in task.running:
+            task.running.remove(attempt)
+        if task.state is TaskState.RUNNING and not task.running:
+            self._set_state(task, TaskState.PENDING)
+
+    def _succeeded(self, now: float, attempt: Attempt, done: p.TaskDone) -> list:
+        task = attempt.task
+        if task.state is TaskState.DONE or attempt.state is not AttemptState.RUNNING:
+            self.record(now, EventKind.RESULT_DISCARDED, **self._attempt_fields(attempt), was=attempt.state.value)
+            if attempt.state is AttemptState.RUNNING:
+                self._end(attempt, AttemptState.SUPERSEDED)
+            return [Discard(done.path)] if task.kind is TaskKind.REDUCE and is_reduce_temp(done.path) else []
+        problem = self._check_result(attempt, done)
+        if problem:
+            return self._failed(now, attempt, p.TaskFailed(done.worker, attempt.id, problem, user_error=False))
+        self._end(attempt, AttemptState.SUCCEEDED)
+        # Bytes in: a map's split; bytes out: a map's output (all partitions) or a reduce's output file.
+        size_in = task.split.end - task.split.start if task.kind is TaskKind.MAP else 0
+        size_out = sum(done.partition_lengths) if task.kind is TaskKind.MAP else done.size
+        self.record(
+            now,
+            EventKind.TASK_FINISHED,
+            **self._attempt_fields(attempt),
+            records=done.records,
+            seconds=round(now - attempt.started, 6),
+            backup=attempt.backup,
+            fetched=done.fetched,
+            input_bytes=size_in,
+            output_bytes=size_out,
+        )
+        if task.kind is TaskKind.MAP:
+            self.counters.input_fetched += done.fetched
+            self.counters.input_done += size_in
+        else:
+            self.counters.shuffle_fetched += done.fetched
+            self.counters.output_written += size_out
+        duration = now - self._effective_start(attempt)
+        attempt.worker.slow = duration > self._slow_limit(task)
+        bisect.insort(self._durations[task.kind], duration)
+        if task.kind is TaskKind.MAP:
+            bisect.insort(self._map_sizes, size_in)
+        task.lost = 0
+        actions: list = []
+        for other in list(task.running):  # the losers of a race: stop them, discard their output
+            self._end(other, AttemptState.SUPERSEDED)
+            self.record(
+                now, EventKind.TASK_CANCELLED, **self._attempt_fields(other), why=f"attempt {attempt.id} finished first"
+            )
+            actions.append(Send(other.worker.identity, p.Cancel(other.id)))
+        self._set_state(task, TaskState.DONE)
+        if task.kind is TaskKind.REDUCE:
+            info = attempt.worker.info
+            return actions + [Commit(task.index, done.path, attempt.id, info.data_address, done.size)]
+        offsets, total = [], done.offset
+        for length in done.partition_lengths:
+            offsets.append(total)
+            total += length
+        task.result = MapResult(attempt.id, attempt.worker, done.path, list(done.partition_lengths), offsets)
+        return actions + self._announce(task)
+
+    def _check_result(self, attempt: Attempt, done: p.TaskDone) -> str:
+        if attempt.task.kind is TaskKind.MAP:
+            lengths = done.partition_lengths
+            if (
+                len(lengths) != self.settings.n_reduce
+                or any(n < 0 for n in lengths)
+                or not 0 <= done.offset <= MAX_OFFSET - sum(lengths)
+            ):
+                return (
+                    f"map output index has {len(done.partition_lengths)} partitions, expected {self.settings.n_reduce}"
+                )
+            return ""
+        expected = output.attempt_temp_name(attempt.task.index, self.job_id, attempt.id)
+        # The name in the output folder, or (from another host) a path in scratch ending in it.
+        named = done.path == expected or done.path.endswith("/" + expected)
+        if not named or not 0 <= done.size < MAX_OFFSET:
+            return f"reduce output named {done.path!r} ({done.size} bytes), expected {expected!r}"
+        return ""
+
+    def _announce(self, map_task: Task, only: Attempt | None = None) -> list:
+        """Tell running reduce attempts (or just ``only``) where this map's output is."""
+        attempts = [only] if only is not None else [a for t in self.reduces for a in t.running]
+        sends = []
+        for a in attempts:
+            if map_task.result.lengths[a.task.index]:
+                sends.append(Send(a.worker.identity, p.MapOutputs(a.id, [self._location(map_task, a.task.index)])))
+            else:  # nothing to read: a list of one int, not a location
+                sends.append(Send(a.worker.identity, p.MapOutputs(a.id, [], [map_task.index])))
+        return sends
+
+    def _fetch_failed(self, now: float, attempt: Attempt, failed: p.FetchFailed) -> list:
+        """A reducer could not read a map's output: point it elsewhere, or run the map again."""
+        self.counters.fetch_failures += 1
+        self.record(
+            now,
+            EventKind.FETCH_FAILED,
+            **self._attempt_fields(attempt),
+            map_task=failed.map_task,
+            map_attempt=failed.map_attempt,
+            error=failed.error,
+        )
+        if not 0 <= failed.map_task < len(self.maps) or attempt.state is not AttemptState.RUNNING:
+            return []
+        map_task = self.maps[failed.map_task]
+        r = map_task.result
+        if map_task.state is not TaskState.DONE or r is None:
+            return []  # it is running again already; the new output will be announced
+        if r.attempt == failed.map_attempt and r.worker.info.data_address == failed.data_address:
+            log.warning(
+                "%s cannot read the output of %s from %s: running that map again",
+                attempt.worker.describe(),
+                map_task.describe(),
+                failed.data_address,
+            )
+            map_task.fetch_reruns += 1
+            if map_task.fetch_reruns > self.settings.max_lost and self.failure is None:
+                # The fault may be the readers' (no route to the server, a full disk): stop.
+                self.failure = (
+                    f"reducers failed to read the output of {map_task.describe()} {map_task.fetch_reruns} times, "
+                    f"the last time {attempt.worker.describe()}: {failed.error}; check that workers can reach each "
+                    "other's data servers (--advertise) and have room in their scratch folders"
+                )
+            self._lose_map_output(now, map_task)
+            if r.orphaned:  # no live server: its other outputs are as unreachable, run them now too
+                for other in self.maps:
+                    o = other.result
+                    if (
+                        other.state is TaskState.DONE
+                        and o is not None
+                        and o.orphaned
+                        and o.worker is r.worker
+                        and self._still_needed(o)
+                    ):
+                        self._lose_map_output(now, other)
+            return []
+        return self._announce(map_task, only=attempt)  # it has moved since: say where
+
+    def _failed(self, now: float, attempt: Attempt, failed: p.TaskFailed) -> list:
+        task = attempt.task
+        if attempt.state is not AttemptState.RUNNING:
+            return []  # already accounted for when it timed out or was cancelled
+        self._end(attempt, AttemptState.FAILED)
+        self.counters.failed_attempts += 1
+        if task.state is TaskState.DONE:
+            return []
+        if failed.user_error:
+            task.failures += 1
+            limit, count = self.settings.max_attempts, task.failures
+        else:
+            # The worker's environment failed (its disk, its network): try another worker.
+            task.lost += 1
+            limit, count = self.settings.max_lost, task.lost
+            task.excluded.add(attempt.worker.id)
+        log.warning(
+            "attempt %d of %s failed on %s (%d of %d): %s",
+            attempt.id,
+            task.describe(),
+            attempt.worker.describe(),
+            count,
+            limit,
+            failed.error,
+        )
+        self.record(
+            now,
+            EventKind.TASK_FAILED,
+            **self._attempt_fields(attempt),
+            error=failed.error,
+            user_error=failed.user_error,
+        )
+        if self.failure is not None:
+            return []
+        if not failed.user_error and failed.details == OutputFolderError.kind:
+            # No other worker can write into a read-only, unwritable or full output folder.
+            self.failure = f"{failed.error}, on {attempt.worker.describe()}"
+        elif count >= limit and failed.user_error:
+            self.failure = (
+                f"{task.describe()} failed {count} times; the last attempt, on {attempt.worker.describe()}, "
+                f"raised:\n{failed.details or failed.error}"
+            ).rstrip()
+        elif count >= limit:
+            self.failure = (
+                f"{task.describe()} failed {count} times in a row for reasons not in the app's code; "
+                f"the last attempt, on {attempt.worker.describe()}: {failed.error}"
+            )
+        return []
+
+    def _timed_out(self, now: float, attempt: Attempt) -> list:
+        worker = attempt.worker
+        message = p.TaskFailed(
+            worker.id, attempt.id, f"ran longer than the task timeout ({self.settings.task_timeout} s)"
+        )
+        # The worker stays busy until it confirms the cancellation.
+        return self._failed(now, attempt, message) + [Send(worker.identity, p.Cancel(attempt.id))]
+
+    def _declare_dead(self, now: float, worker: Worker, why: str) -> list:
+        worker.state = WorkerState.DEAD
+        self.counters.workers_dead += 1
+        doing = (
+            f" while running attempt {worker.attempt.id} of {worker.attempt.task.describe()}"
+            if worker.attempt
+            else " while idle"
+        )
+        log.warning(
+            "%s declared dead: %s%s, last heard %.1f s after the job started; see that worker's log",
+            worker.describe(),
+            why,
+            doing,
+            worker.last_seen - self.started,
+        )
+        self.record(
+            now,
+            EventKind.WORKER_DEAD,
+            worker=worker.id,
+            why=why,
+            silent=round(now - worker.last_seen, 6),
+            attempt=worker.attempt.id if worker.attempt else None,
+        )
+        return self._release(now, worker, why)
+
+    def _release(self, now: float, worker: Worker, why: str) -> list:
+        """Give back what a departed worker held: its attempt, and map outputs only it could serve."""
+        attempt, worker.attempt = worker.attempt, None
+        if attempt is not None and attempt.state is AttemptState.RUNNING:
+            self._end(attempt, AttemptState.LOST)
+            self.record(now, EventKind.TASK_LOST, **self._attempt_fields(attempt))
+            self.counters.lost_attempts += 1
+            task = attempt.task
+            task.lost += 1
+            if task.lost >= self.settings.max_lost and self.failure is None:
+                self.failure = (
+                    f"{task.describe()} lost {task.lost} workers in a row (the last: {worker.describe()}, {why}); "
+                    "the task may crash whatever runs it: look at that input and at the worker logs"
+                )
+        actions = []
+        if not self.succeeded:
+            for map_task in self.maps:
+                r = map_task.result
+                if map_task.state is TaskState.DONE and r is not None and r.worker is worker and self._still_needed(r):
+                    actions += self._rehome(now, map_task)
+        return actions
+
+    def _still_needed(self, result: MapResult) -> bool:
+        """Whether an unfinished reduce has data in this map output."""
+        return any(t.state is not TaskState.DONE and result.lengths[t.index] for t in self.reduces)
+
+    def _rehome(self, now: float, map_task: Task) -> list:
+        """Move a finished map's output to a live worker that can serve it, or run it again."""
+        old = map_task.result.worker.info
+        for candidate in self.live_workers():
+            if (
+                candidate.state is not WorkerState.DRAINING
+                and _same_folder(candidate.info, old)
+                and candidate.info.data_address != old.data_address
+            ):
+                map_task.result.worker = candidate
+                self.record(now, EventKind.MAP_OUTPUT_MOVED, task=map_task.index, worker=candidate.id)
+                return self._announce(map_task)
+        # No server for now. The files most likely outlive the process (a crash, not a lost
+        # disk): reducers on that host read them directly, a worker joining with that folder
+        # serves them, and a reducer that cannot read them says so (FetchFailed): then it re-runs.
+        map_task.result.orphaned = True
+        self.record(now, EventKind.MAP_OUTPUT_ORPHANED, task=map_task.index)
+        return []
+
+    def _lose_map_output(self, now: float, map_task: Task) -> None:
+        self.record(now, EventKind.MAP_RERUN, task=map_task.index)
+        map_task.result = None
+        self._set_state(map_task, TaskState.PENDING)
+        self.counters.maps_rerun += 1
+
+    # ---- decisions ---------------------------------------------------------
+
+    def _dispatch(self, now: float) -> list:
+        if self.finished:
+            return []
+        if not self._started_work:
+            if len(self.live_workers()) < self.settings.min_workers:
+                return []
+            self._started_work = True
+        actions: list = []
+        for worker in [w for w in self.workers.values() if w.state is WorkerState.IDLE]:
+            task = self._next_pending(TaskKind.MAP, worker)
+            if task is None and self._pending_count[TaskKind.MAP] == 0:
+                # A straggling map holds up every reduce: its backup comes before them.
+                backup = self._backup(now, worker, (TaskKind.MAP,))
+                if backup is not None:
+                    actions.append(backup)
+                    continue
+                task = self._next_pending(TaskKind.REDUCE, worker)
+            if task is not None:
+                actions.append(self._start(now, worker, task))
+            else:
+                backup = self._backup(now, worker, (TaskKind.REDUCE,))
+                if backup is not None:
+                    actions.append(backup)
+        # Maps that must run before any reduce can: pending ones, and stragglers that no idle
+        # worker could back up. A reduce waiting for them only waits: its worker can run them.
+        wanted = self._pending_count[TaskKind.MAP]
+        why = "a map must run first"
+        if not wanted and self.settings.speculation:
+            wanted, why = len(self._stragglers(now, TaskKind.MAP)), "a straggling map needs a backup"
+        if wanted:
+            # Workers still finishing a cancelled attempt will be free soon: count them.
+            freeing = sum(
+                1 for w in self.live_workers() if w.attempt is not None and w.attempt.state is not AttemptState.RUNNING
+            )
+            actions += self._preempt_reduces(now, wanted - freeing, why)
+        return actions
+
+    def _effective_start(self, attempt: Attempt) -> float:
+        """When an attempt could start working: a reduce waits for the last map."""
+        if attempt.task.kind is TaskKind.REDUCE and self._maps_done_at is not None:
+            return max(attempt.started, self._maps_done_at)
+        return attempt.started
+
+    def _backup(self, now: float, worker: Worker, kinds: tuple[TaskKind, ...]) -> Send | None:
+        """A backup attempt on idle ``worker`` for the most overdue straggler of ``kinds``, if any.
+        A worker that straggled itself runs none: it would most likely be slow again."""
+        if not self.settings.speculation or worker.slow:
+            return None
+        overdue = [
+            (over, attempt)
+            for kind in kinds
+            for over, attempt in self._stragglers(now, kind)
+            if attempt.worker is not worker and worker.id not in attempt.task.excluded
+        ]
+        if not overdue:
+            return None
+        straggler = max(overdue, key=lambda pair: pair[0])[1]
+        straggler.worker.slow = True
+        self.counters.backups += 1
+        log.info("backup attempt for %s, slow on %s", straggler.task.describe(), straggler.worker.describe())
+        return self._start(now, worker, straggler.task, backup=True)
+
+    def _stragglers(self, now: float, kind: TaskKind) -> list[tuple[float, Attempt]]:
+        """Running attempts of a phase past its straggler limit (any, on a slow worker),
+        with how far past it.
+
+        Only tasks with a single running attempt qualify (one backup per task), and a
+        reduce only once every map is done (before that, it is waiting, not slow)."""
+        if kind is TaskKind.REDUCE and self._maps_done_at is None:
+            return []
+        tasks, found = self._tasks(kind), []
+        for index in self._running[kind]:
+            running = tasks[index].running
+            if len(running) == 1:
+                # On a worker that straggled before, an attempt is likely late too: at once.
+                limit = 0.0 if running[0].worker.slow else self._slow_limit(tasks[index])
+                over = (now - self._effective_start(running[0])) - limit
+                if over > 0:
+                    found.append((over, running[0]))
+        return found
+
+    def _slow_limit(self, task: Task) -> float:
+        """How long an attempt of ``task`` may run before it counts as a straggler (forever
+        until a task of its phase has finished). A map with more input than the typical
+        finished map is expected to take proportionally longer: unequal splits are not slow."""
+        durations = self._durations[task.kind]
+        if not durations:
+            return math.inf
+        expected = durations[len(durations) // 2]
+        if task.kind is TaskKind.MAP:
+            typical = self._map_sizes[len(self._map_sizes) // 2]
+            expected *= max(1.0, (task.split.end - task.split.start) / max(typical, 1))
+        return max(self.settings.slow_factor * expected, expected + self.settings.slow_margin)
+
+    def _preempt_reduces(self, now: float, wanted: int, why: str) -> list:
+        """Cancel up to ``wanted`` running reduces, the youngest first, to free their workers
+        for maps (none of a worker that straggled: it would run the map slowly)."""
+        if wanted <= 0:
+            return []
+        running = sorted(
+            (a for t in self.reduces for a in t.running if not a.worker.slow), key=lambda a: a.id, reverse=True
+        )
+        actions = []
+        for attempt in running[:wanted]:
+            log.info("cancelling attempt %d of %s: %s", attempt.id, attempt.task.describe(), why)
+            self._end(attempt, AttemptState.CANCELLED)
+            self.record(now, EventKind.TASK_CANCELLED, **self._attempt_fields(attempt), why=why)
+            actions.append(Send(attempt.worker.identity, p.Cancel(attempt.id)))
+        return actions
+
+
+def _same_folder(a: p.Register, b: p.Register) -> bool:
+    """Whether two workers share a scratch folder on one host (and so can serve each other's output)."""
+    return a.host_id == b.host_id and a.scratch == b.scratch
+
+
+def is_reduce_temp(name: str) -> bool:
+    return output.is_temp_name(name)

@@ -1,0 +1,1 @@
+"""Transport shared by both sides: the data plane (data servers, fetchers), keys, host identity."""

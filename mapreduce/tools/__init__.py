@@ -1,0 +1,1 @@
+"""Tools around the core: status page, report, crash test, launcher, virtual network, corpus."""

@@ -1,0 +1,691 @@
+"""A live view of a running job: a JSON snapshot, a small read-only web page, ``mapreduce status``.
+
+The coordinator's loop owns the scheduler, so every snapshot is built there
+(``StatusBoard.update``, at most a few times a second) and handed to the web
+server, which only reads the snapshot last published: the server thread never
+touches the scheduler. Routes: ``/`` (a page that refreshes itself every
+second, and shows the state at load time without JavaScript too) and
+``/status.json``. Anything else is 404; a method other than GET or HEAD is 405.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import itertools
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mapreduce.coordinator.scheduler import LIVE, AttemptState, Event, EventKind, Scheduler, TaskState
+
+log = logging.getLogger(__name__)
+
+KEEP_EVENTS = 50
+KEEP_ATTEMPTS = 30
+KEEP_DEPARTED = 50  # dead or left workers shown, besides every live one
+ERROR_CHARS = 300
+
+# Events that end an attempt, and the field that says why.
+_ENDINGS = {
+    EventKind.TASK_FINISHED: None,
+    EventKind.TASK_FAILED: "error",
+    EventKind.TASK_LOST: None,
+    EventKind.TASK_CANCELLED: "why",
+}
+
+
+# ---- the snapshot ------------------------------------------------------------
+
+
+def job_facts(app: str, job_id: str, splits: Sequence[Any], n_reduce: int, output_dir: str | Path) -> dict:
+    """The static facts of a job, for ``snapshot``'s ``job`` argument."""
+    return {
+        "app": app,
+        "job_id": job_id,
+        "n_map": len(splits),
+        "n_reduce": n_reduce,
+        "inputs": len({s.path for s in splits}),
+        "input_bytes": sum(s.end - s.start for s in splits),
+        "output": str(output_dir),
+    }
+
+
+def _first_line(text: Any) -> str:
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 3] + "..."
+
+
+def _progress(tasks: list) -> dict:
+    counts = {state: 0 for state in TaskState}
+    for task in tasks:
+        counts[task.state] += 1
+    return {
+        "total": len(tasks),
+        "done": counts[TaskState.DONE],
+        "running": counts[TaskState.RUNNING],
+        "pending": counts[TaskState.PENDING],
+    }
+
+
+def snapshot(
+    scheduler: Scheduler,
+    now: float,
+    job: Mapping[str, Any],
+    events: Iterable[Event] = (),
+    ended: Mapping[int, tuple[float, str]] | None = None,
+) -> dict:
+    """A JSON-able picture of the job at monotonic time ``now``.
+
+    ``events``: the recent events to show (oldest first; the scheduler clears its own
+    list every loop, so a StatusBoard keeps them). ``ended``: attempt id -> (monotonic
+    time it ended, its error or why it was cancelled), from those events."""
+    ended = ended or {}
+    s = scheduler
+    maps, reduces = _progress(s.maps), _progress(s.reduces)
+    if s.failure is not None:
+        phase = "failed"
+    elif s.succeeded:
+        phase = "done"
+    elif maps["done"] == maps["total"]:
+        phase = "reduces"
+    else:
+        phase = "maps"
+    elapsed = max(0.0, now - s.started)
+    done_bytes = sum(t.split.end - t.split.start for t in s.maps if t.state is TaskState.DONE and t.split is not None)
+
+    def attempt_info(a) -> dict:
+        end, note = ended.get(a.id, (None, ""))
+        if a.state is AttemptState.RUNNING:
+            seconds = now - a.started
+        else:
+            seconds = None if end is None else end - a.started
+        info = {
+            "id": a.id,
+            "phase": a.task.kind.value,
+            "task": a.task.index,
+            "worker": a.worker.id,
+            "worker_name": a.worker.info.name,
+            "state": a.state.value,
+            "backup": a.backup,
+            "seconds": None if seconds is None else round(max(0.0, seconds), 3),
+        }
+        if a.state is AttemptState.FAILED:
+            info["error"] = _first_line(note)
+        elif a.state in (AttemptState.CANCELLED, AttemptState.SUPERSEDED) and note:
+            info["why"] = _first_line(note)
+        return info
+
+    live = [w for w in s.workers.values() if w.state in LIVE]
+    departed = [w for w in s.workers.values() if w.state not in LIVE][-KEEP_DEPARTED:]
+    workers = []
+    for w in sorted(live + departed, key=lambda w: w.id):
+        workers.append(
+            {
+                "id": w.id,
+                "name": w.info.name,
+                "host": w.info.host,
+                "pid": w.info.pid,
+                "state": w.state.value,
+                "suspect": w.suspect,
+                "heartbeat_age": round(max(0.0, now - w.last_seen), 3),
+                "attempt": attempt_info(w.attempt) if w.attempt is not None else None,
+            }
+        )
+    recent = list(itertools.islice(reversed(s.attempts.values()), KEEP_ATTEMPTS))
+    return {
+        "job": dict(job),
+        "phase": phase,
+        "failure": s.failure,
+        "elapsed": round(elapsed, 3),
+        "maps": maps,
+        "reduces": reduces,
+        "counters": asdict(s.counters),
+        "throughput": {
+            "input_bytes_done": done_bytes,
+            "bytes_per_second": round(done_bytes / elapsed, 1) if elapsed > 0 else 0.0,
+        },
+        "workers_live": len(live),
+        "workers_total": len(s.workers),
+        "workers": workers,
+        "attempts": [attempt_info(a) for a in recent],
+        "events": [
+            {"t": round(e.time - s.started, 3), "event": e.kind.value, **e.fields} for e in reversed(list(events))
+        ],
+    }
+
+
+class StatusBoard:
+    """Keeps what the scheduler forgets (its events, why attempts ended) and publishes
+    snapshots. Call ``update`` from the coordinator's loop before each time it clears
+    ``scheduler.events``; calling it more often is harmless (no event is taken twice)."""
+
+    def __init__(
+        self,
+        job: Mapping[str, Any],
+        server: StatusServer | None = None,
+        every: float = 0.25,
+        keep_events: int = KEEP_EVENTS,
+    ):
+        self.job = dict(job)
+        self.server = server
+        self.every = every
+        self.events: deque[Event] = deque(maxlen=keep_events)
+        self.ended: dict[int, tuple[float, str]] = {}
+        self.current: dict | None = None
+        self._last_event: Event | None = None  # held, so an identity check cannot match a new object
+        self._built = float("-inf")
+
+    def _new_events(self, events: list[Event]) -> list[Event]:
+        if self._last_event is not None:
+            for i in range(len(events) - 1, -1, -1):
+                if events[i] is self._last_event:
+                    return events[i + 1 :]
+        return list(events)
+
+    def update(self, scheduler: Scheduler, now: float, force: bool = False) -> dict | None:
+        """Take new events; rebuild and publish the snapshot if ``every`` seconds have passed
+        (or the job just finished, or ``force``). Returns the new snapshot, if one was built."""
+        for event in self._new_events(scheduler.events):
+            self._last_event = event
+            self.events.append(event)
+            if event.kind in _ENDINGS and "attempt" in event.fields:
+                field = _ENDINGS[event.kind]
+                self.ended[event.fields["attempt"]] = (event.time, str(event.fields.get(field, "")) if field else "")
+            if event.kind is EventKind.JOB_FINISHED:
+                force = True
+        if len(self.ended) > 8 * KEEP_ATTEMPTS:
+            cutoff = max(self.ended) - 2 * KEEP_ATTEMPTS
+            self.ended = {a: v for a, v in self.ended.items() if a > cutoff}
+        if not force and now - self._built < self.every:
+            return None
+        self._built = now
+        snap = snapshot(scheduler, now, self.job, self.events, self.ended)
+        snap["updated"] = round(time.time(), 3)
+        self.current = snap
+        if self.server is not None:
+            self.server.publish(snap)
+        return snap
+
+
+# ---- formatting shared by the page and the terminal ----------------------------
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def worker_state(w: Mapping[str, Any]) -> tuple[str, str]:
+    """(text, colour class) of a worker's state."""
+    state = w["state"]
+    if w.get("suspect") and state in ("idle", "busy", "draining"):
+        return f"{state} (suspect)", "suspect"
+    return state, {"idle": "ok", "busy": "ok", "dead": "dead"}.get(state, "gone")
+
+
+def task_text(a: Mapping[str, Any] | None) -> str:
+    if not a:
+        return ""
+    return f"{a['phase']} {a['task']} (attempt {a['id']}{', backup' if a.get('backup') else ''})"
+
+
+def event_text(e: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in e.items() if k not in ("t", "event") and v is not None)
+
+
+def _counter(name: str, value: Any) -> str:
+    return human_bytes(value) if name.endswith(("_fetched", "_pulled")) else str(value)
+
+
+def _seconds(x: float | None) -> str:
+    return "" if x is None else f"{x:.1f} s"
+
+
+# ---- the page -------------------------------------------------------------------
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
+h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.2em 0 .4em}
+.meta{color:#555}.phase{font-weight:bold;padding:.1em .5em;border-radius:.3em;background:#ddd}
+.phase.done{background:#c8e6c9}.phase.failed{background:#ffcdd2}.phase.maps,.phase.reduces{background:#bbdefb}
+.bar{display:flex;gap:1em;align-items:center;margin:.3em 0}.bar span{width:9em}.bar progress{width:24em;height:1.1em}
+.bar small{color:#555}.failure{background:#ffebee;border:1px solid #e57373;padding:.5em;white-space:pre-wrap}
+table{border-collapse:collapse;background:#fff}th,td{border:1px solid #ddd;padding:.2em .6em;text-align:left;vertical-align:top}
+th{background:#f0f0f0}td.num{text-align:right}
+#counters{display:flex;flex-wrap:wrap;gap:.4em}#counters div{background:#fff;border:1px solid #ddd;padding:.2em .6em}
+.state{font-weight:bold;padding:0 .4em;border-radius:.3em;color:#fff}
+.state.ok{background:#2e7d32}.state.suspect{background:#f9a825;color:#222}.state.dead{background:#c62828}.state.gone{background:#9e9e9e}
+.out-succeeded{color:#2e7d32}.out-failed{color:#c62828}.out-lost{color:#c62828}.out-running{color:#1565c0}
+.out-cancelled,.out-superseded{color:#777}#conn{color:#c62828}
+"""
+
+_SCRIPT = r"""
+(function () {
+  "use strict";
+  var ESC = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"};
+  function esc(v) { return String(v == null ? "" : v).replace(/[&<>"']/g, function (c) { return ESC[c]; }); }
+  function secs(x) { return x == null ? "" : x.toFixed(1) + " s"; }
+  function bytes(n) {
+    var units = ["B", "KB", "MB", "GB", "TB"];
+    for (var i = 0; i < units.length; i++) {
+      if (Math.abs(n) < 1000 || i == units.length - 1) return i == 0 ? n.toFixed(0) + " B" : n.toFixed(1) + " " + units[i];
+      n /= 1000;
+    }
+  }
+  function state(w) {
+    if (w.suspect && ["idle", "busy", "draining"].indexOf(w.state) >= 0) return [w.state + " (suspect)", "suspect"];
+    return [w.state, {idle: "ok", busy: "ok", dead: "dead"}[w.state] || "gone"];
+  }
+  function task(a) { return a ? a.phase + " " + a.task + " (attempt " + a.id + (a.backup ? ", backup" : "") + ")" : ""; }
+  function fields(e) {
+    var out = [];
+    for (var k in e) if (k != "t" && k != "event" && e[k] != null) out.push(k + "=" + (typeof e[k] == "boolean" ? (e[k] ? "True" : "False") : e[k]));
+    return out.join(" ");
+  }
+  function bar(name, p) {
+    return '<div class="bar"><span>' + name + " " + p.done + "/" + p.total + '</span><progress max="' + Math.max(p.total, 1) +
+      '" value="' + p.done + '"></progress><small>running ' + p.running + " \u00b7 pending " + p.pending + "</small></div>";
+  }
+  function row(cells) { return "<tr>" + cells.join("") + "</tr>"; }
+  function td(v, cls) { return "<td" + (cls ? ' class="' + cls + '"' : "") + ">" + esc(v) + "</td>"; }
+  function render(s) {
+    var j = s.job, c = s.counters, h = [];
+    h.push('<h1>mapreduce: ' + esc(j.app) + '</h1><p class="meta"><span id="phase" class="phase ' + esc(s.phase) + '">' + esc(s.phase) +
+      "</span> job " + esc(j.job_id) + " \u00b7 elapsed " + secs(s.elapsed) + " \u00b7 " + j.n_map + " maps, " + j.n_reduce +
+      " reduces \u00b7 " + j.inputs + " input files, " + bytes(j.input_bytes) + " \u00b7 output " + esc(j.output) + "</p>");
+    if (s.failure) h.push('<pre class="failure">' + esc(s.failure) + "</pre>");
+    h.push(bar("maps", s.maps) + bar("reduces", s.reduces));
+    h.push('<p id="throughput">input done ' + bytes(s.throughput.input_bytes_done) + " \u00b7 " + bytes(s.throughput.bytes_per_second) + "/s</p>");
+    h.push('<h2>Counters</h2><div id="counters">');
+    for (var k in c) h.push("<div><b>" + esc(/_(fetched|pulled)$/.test(k) ? bytes(c[k]) : c[k]) + "</b> " + esc(k) + "</div>");
+    h.push("</div>");
+    h.push("<h2>Workers (" + s.workers_live + " live of " + s.workers_total + ')</h2><table id="workers"><tr><th>id</th><th>name</th>' +
+      "<th>host</th><th>pid</th><th>state</th><th>last heartbeat</th><th>task</th></tr>");
+    s.workers.forEach(function (w) {
+      var st = state(w);
+      h.push('<tr id="worker-' + w.id + '">' + td(w.id, "num") + td(w.name) + td(w.host) + td(w.pid, "num") +
+        '<td><span class="state ' + st[1] + '">' + esc(st[0]) + "</span></td>" + td(secs(w.heartbeat_age) + " ago", "num") + td(task(w.attempt)) + "</tr>");
+    });
+    h.push('</table><h2>Recent attempts</h2><table id="attempts"><tr><th>attempt</th><th>task</th><th>worker</th><th>outcome</th><th>time</th><th>detail</th></tr>');
+    s.attempts.forEach(function (a) {
+      h.push(row([td(a.id, "num"), td(a.phase + " " + a.task + (a.backup ? " (backup)" : "")), td(a.worker + " " + a.worker_name),
+        td(a.state, "out-" + a.state), td(secs(a.seconds), "num"), td(a.error || a.why || "")]));
+    });
+    h.push('</table><h2>Recent events</h2><table id="events"><tr><th>time</th><th>event</th><th>details</th></tr>');
+    s.events.forEach(function (e) { h.push(row([td("+" + secs(e.t), "num"), td(e.event), td(fields(e))])); });
+    h.push("</table>");
+    return h.join("");
+  }
+  var count = 0;
+  function poll() {
+    fetch("status.json", {cache: "no-store"}).then(function (r) {
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      return r.json();
+    }).then(function (s) {
+      document.getElementById("main").innerHTML = render(s);
+      document.getElementById("conn").textContent = "";
+      document.body.setAttribute("data-refreshed", String(++count));
+    }).catch(function (e) {
+      document.getElementById("conn").textContent = "status unavailable (" + e.message + "), retrying";
+    }).then(function () { setTimeout(poll, 1000); });
+  }
+  setTimeout(poll, 1000);
+})();
+"""
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+_CSP = (
+    f"default-src 'none'; script-src {_csp_hash(_SCRIPT)}; style-src {_csp_hash(_STYLE)}; "
+    "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def _td(value: Any, cls: str = "") -> str:
+    attribute = f' class="{cls}"' if cls else ""
+    return f"<td{attribute}>{html.escape(str(value))}</td>"
+
+
+def _bar(name: str, p: Mapping[str, int]) -> str:
+    return (
+        f'<div class="bar"><span>{name} {p["done"]}/{p["total"]}</span><progress max="{max(p["total"], 1)}" value="{p["done"]}">'
+        f"</progress><small>running {p['running']} \u00b7 pending {p['pending']}</small></div>"
+    )
+
+
+def render_main(s: Mapping[str, Any]) -> str:
+    """The page's content for one snapshot (the page's script renders the same from JSON)."""
+    e = html.escape
+    j, c = s["job"], s["counters"]
+    h = [
+        f'<h1>mapreduce: {e(str(j.get("app", "")))}</h1><p class="meta"><span id="phase" class="phase {e(s["phase"])}">{e(s["phase"])}'
+        f"</span> job {e(str(j.get('job_id', '')))} \u00b7 elapsed {_seconds(s['elapsed'])} \u00b7 {j.get('n_map')} maps, "
+        f"{j.get('n_reduce')} reduces \u00b7 {j.get('inputs')} input files, {human_bytes(j.get('input_bytes') or 0)} \u00b7 "
+        f"output {e(str(j.get('output', '')))}</p>"
+    ]
+    if s.get("failure"):
+        h.append(f'<pre class="failure">{e(s["failure"])}</pre>')
+    h.append(_bar("maps", s["maps"]) + _bar("reduces", s["reduces"]))
+    t = s["throughput"]
+    h.append(
+        f'<p id="throughput">input done {human_bytes(t["input_bytes_done"])} \u00b7 {human_bytes(t["bytes_per_second"])}/s</p>'
+    )
+    h.append('<h2>Counters</h2><div id="counters">')
+    h.append("".join(f"<div><b>{e(_counter(k, v))}</b> {e(k)}</div>" for k, v in c.items()) + "</div>")
+    h.append(
+        f'<h2>Workers ({s["workers_live"]} live of {s["workers_total"]})</h2><table id="workers"><tr><th>id</th><th>name</th>'
+        "<th>host</th><th>pid</th><th>state</th><th>last heartbeat</th><th>task</th></tr>"
+    )
+    for w in s["workers"]:
+        text, cls = worker_state(w)
+        h.append(
+            f'<tr id="worker-{w["id"]}">{_td(w["id"], "num")}{_td(w["name"])}{_td(w["host"])}{_td(w["pid"], "num")}'
+            f'<td><span class="state {cls}">{e(text)}</span></td>{_td(_seconds(w["heartbeat_age"]) + " ago", "num")}{_td(task_text(w["attempt"]))}</tr>'
+        )
+    h.append(
+        '</table><h2>Recent attempts</h2><table id="attempts"><tr><th>attempt</th><th>task</th><th>worker</th><th>outcome</th><th>time</th><th>detail</th></tr>'
+    )
+    for a in s["attempts"]:
+        h.append(
+            "<tr>"
+            + _td(a["id"], "num")
+            + _td(f"{a['phase']} {a['task']}" + (" (backup)" if a["backup"] else ""))
+            + _td(f"{a['worker']} {a['worker_name']}")
+            + _td(a["state"], "out-" + a["state"])
+            + _td(_seconds(a["seconds"]), "num")
+            + _td(a.get("error") or a.get("why") or "")
+            + "</tr>"
+        )
+    h.append('</table><h2>Recent events</h2><table id="events"><tr><th>time</th><th>event</th><th>details</th></tr>')
+    for ev in s["events"]:
+        h.append("<tr>" + _td("+" + _seconds(ev["t"]), "num") + _td(ev["event"]) + _td(event_text(ev)) + "</tr>")
+    h.append("</table>")
+    return "".join(h)
+
+
+def render_page(s: Mapping[str, Any] | None) -> str:
+    main = render_main(s) if s is not None else "<h1>mapreduce</h1><p>No status yet: the job is starting.</p>"
+    title = f"mapreduce: {s['job'].get('app', '')} ({s['phase']})" if s is not None else "mapreduce"
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<title>{html.escape(title)}</title><noscript><meta http-equiv="refresh" content="2"></noscript>'
+        f"<style>{_STYLE}</style></head>\n"
+        f'<body><p id="conn"></p><main id="main">{main}</main>\n<script>{_SCRIPT}</script></body></html>\n'
+    )
+
+
+# ---- the server -----------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    server_version = "mapreduce-status"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def __getattr__(self, name: str):
+        if name.startswith("do_"):  # any other method: read-only, so 405 (not 501)
+            return self._not_allowed
+        raise AttributeError(name)
+
+    def _not_allowed(self) -> None:
+        self._reply(
+            405, "text/plain; charset=utf-8", b"method not allowed: this server is read-only\n", {"Allow": "GET, HEAD"}
+        )
+
+    def _serve(self, body: bool) -> None:
+        path = self.path.split("?", 1)[0].split("#", 1)[0]
+        snap, encoded = self.server.status.current()
+        self.server.status.last_request = time.monotonic()
+        if path == "/status.json":
+            if encoded is None:
+                self._reply(503, "application/json", b'{"error": "no status yet"}\n', body=body)
+            else:
+                self._reply(200, "application/json", encoded, body=body)
+        elif path == "/":
+            page = render_page(snap).encode("utf-8")
+            self._reply(200, "text/html; charset=utf-8", page, {"Content-Security-Policy": _CSP}, body=body)
+        else:
+            self._reply(404, "text/plain; charset=utf-8", b"not found: try / or /status.json\n", body=body)
+
+    def _reply(
+        self, code: int, kind: str, data: bytes, headers: Mapping[str, str] | None = None, body: bool = True
+    ) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    status: StatusServer
+
+
+class StatusServer:
+    """The status page and JSON on ``host:port`` (0: any free port), served by a daemon thread.
+    ``publish`` swaps in a new snapshot; the server only ever reads the one last published."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self._httpd = _HTTPServer((host, port), _Handler)
+        self._httpd.status = self
+        self._current: tuple[dict | None, bytes | None] = (None, None)
+        self.last_request = float("-inf")  # monotonic time of the last page or JSON served
+        bound_host, bound_port = self._httpd.server_address[:2]
+        shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+        self.port: int = bound_port
+        self.url = f"http://{shown}:{bound_port}/"
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="status-server", daemon=True
+        )
+        self._thread.start()
+
+    def publish(self, snap: dict) -> None:
+        encoded = (json.dumps(snap, default=str, separators=(",", ":")) + "\n").encode("utf-8")
+        self._current = (snap, encoded)  # one assignment: a reader sees the old pair or the new one
+
+    def current(self) -> tuple[dict | None, bytes | None]:
+        return self._current
+
+    def close(self, linger: float = 0.0) -> None:
+        """Stop serving. With ``linger``, first serve up to that many seconds more while clients
+        still poll (one asked in the last 1.5 s), so a watcher sees the final snapshot."""
+        deadline = time.monotonic() + linger
+        while time.monotonic() < deadline and time.monotonic() - self.last_request < 1.5:
+            time.sleep(0.05)
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
+
+    def __enter__(self) -> StatusServer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# ---- the terminal ---------------------------------------------------------------
+
+
+def status_url(address: str) -> str:
+    """``http://HOST:PORT``, ``HOST:PORT`` or a page URL -> the URL of status.json."""
+    url = address.strip()
+    if "://" not in url:
+        url = "http://" + url
+    url = url.rstrip("/")
+    if url.endswith("/status.json"):
+        return url
+    return url + "/status.json"
+
+
+def fetch(address: str, timeout: float = 5.0) -> dict:
+    with urllib.request.urlopen(status_url(address), timeout=timeout) as reply:
+        return json.loads(reply.read().decode("utf-8"))
+
+
+def format_summary(s: Mapping[str, Any]) -> str:
+    j, c, t = s["job"], s["counters"], s["throughput"]
+    m, r = s["maps"], s["reduces"]
+    lines = [
+        f"{j.get('app', '?')} (job {j.get('job_id', '?')}): {s['phase']}, {s['elapsed']:.1f} s; output {j.get('output', '?')}",
+        f"maps     {m['done']}/{m['total']} done, {m['running']} running, {m['pending']} pending",
+        f"reduces  {r['done']}/{r['total']} done, {r['running']} running, {r['pending']} pending",
+        f"input    {human_bytes(t['input_bytes_done'])} of {human_bytes(j.get('input_bytes') or 0)} read, {human_bytes(t['bytes_per_second'])}/s",
+    ]
+    if s.get("failure"):
+        lines.append("failure: " + s["failure"])
+    lines.append(f"workers  {s['workers_live']} live of {s['workers_total']}")
+    rows = [("id", "name", "host", "pid", "state", "heartbeat", "task")]
+    for w in s["workers"]:
+        rows.append(
+            (
+                str(w["id"]),
+                w["name"],
+                w["host"],
+                str(w["pid"]),
+                worker_state(w)[0],
+                f"{w['heartbeat_age']:.1f} s ago",
+                task_text(w["attempt"]),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    shown = {k: v for k, v in c.items() if k not in ("maps_done", "reduces_done")}
+    lines.append("counters " + "  ".join(f"{k} {_counter(k, v)}" for k, v in shown.items()))
+    return "\n".join(lines)
+
+
+@click.command("status")
+@click.argument("address", metavar="URL")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status JSON.")
+@click.option(
+    "--watch", is_flag=True, help="Repeat every second until the job is done or failed (exit 0 done, 1 failed)."
+)
+def status(address: str, as_json: bool, watch: bool) -> None:
+    """Show a running job's status from its coordinator's status server at URL
+    (http://HOST:PORT or HOST:PORT, see --status-port)."""
+    seen = False
+    while True:
+        try:
+            snap = fetch(address)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            what = "lost the status server at" if seen else "cannot reach the status server at"
+            click.echo(f"error: {what} {status_url(address)}: {reason}", err=True)
+            sys.exit(2)
+        seen = True
+        over = snap.get("phase") in ("done", "failed")
+        if as_json:
+            click.echo(json.dumps(snap, indent=None if watch else 2))
+        else:
+            if watch and sys.stdout.isatty():
+                click.echo("\x1b[H\x1b[2J", nl=False)
+            click.echo(format_summary(snap) + ("\n" if watch and not sys.stdout.isatty() else ""))
+        if not watch:
+            return
+        if over:
+            sys.exit(0 if snap["phase"] == "done" else 1)
+        time.sleep(1.0)
+
+
+# ---- a headless browser, for screenshots and tests --------------------------------
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def find_browser() -> str | None:
+    """A Chromium-like browser: $MAPREDUCE_BROWSER, else the first of BROWSERS on PATH."""
+    given = os.environ.get("MAPREDUCE_BROWSER")
+    if given:
+        return shutil.which(given)
+    for name in BROWSERS:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def headless(
+    url: str, *args: str, browser: str | None = None, wait_ms: int = 3000, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """Run a headless browser on url with args (e.g. --dump-dom); scripts get wait_ms of virtual time."""
+    browser = browser or find_browser()
+    if browser is None:
+        raise FileNotFoundError("no Chromium found: install chromium or set MAPREDUCE_BROWSER")
+    with tempfile.TemporaryDirectory(prefix="mapreduce-browser-") as profile:
+        command = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--virtual-time-budget={wait_ms}",
+            *args,
+            url,
+        ]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def dump_dom(url: str, wait_ms: int = 3000, browser: str | None = None) -> str:
+    """The page's DOM after its scripts ran for wait_ms of virtual time."""
+    result = headless(url, "--dump-dom", browser=browser, wait_ms=wait_ms)
+    if result.returncode != 0 or "<html" not in result.stdout:
+        raise RuntimeError(f"the browser exited {result.returncode}: {result.stderr.strip()[-2000:]}")
+    return result.stdout
+
+
+def screenshot(
+    url: str, path: str | Path, width: int = 1200, height: int = 900, wait_ms: int = 2000, browser: str | None = None
+) -> Path:
+    """Save a PNG of the page at url (e.g. docs/status.png)."""
+    path = Path(path).resolve()
+    result = headless(url, f"--screenshot={path}", f"--window-size={width},{height}", browser=browser, wait_ms=wait_ms)
+    if result.returncode != 0 or not path.exists():
+        raise RuntimeError(f"no screenshot: the browser exited {result.returncode}: {result.stderr.strip()[-2000:]}")
+    return path

@@ -1,0 +1,383 @@
+"""Every message between coordinator and workers: typed dataclasses on the wire.
+
+A message is one ZeroMQ frame holding the msgpack array
+``[PROTOCOL_VERSION, type name, {field: value}]``. Decoding checks the version,
+the type, and every field's type against the dataclass annotations, so the
+coordinator never acts on a malformed message and never unpickles anything it
+receives. The only pickle in the protocol (``Welcome.app``) flows from the
+coordinator to workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import ipaddress
+import re
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import msgpack
+
+from mapreduce.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# A data server's address as a worker advertises it (the socket's bound endpoint, always
+# numeric): tcp://IPv4:PORT or tcp://[IPv6]:PORT. The coordinator connects to the address a
+# worker sends (to check that it answers, to pull reduce output), so anything else, a name
+# to look up included, must never get that far.
+_ENDPOINT = re.compile(
+    r"tcp://([0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}(?:%[A-Za-z0-9_.-]{1,32})?\]):([1-9][0-9]{0,4})"
+)
+
+
+def _check_endpoint(value: str, where: str) -> None:
+    if len(value) > 100 or not _is_endpoint(value):  # only short strings reach the cache
+        raise ProtocolError(f"{where}: {value[:80]!r} is not a data server address (tcp://IP:PORT)")
+
+
+@functools.lru_cache(maxsize=1024)  # a reduce's assignment names the same few addresses thousands of times
+def _is_endpoint(value: str) -> bool:
+    match = _ENDPOINT.fullmatch(value)
+    try:
+        if match is None or int(match.group(2)) > 65535:
+            return False
+        host = match.group(1)
+        return isinstance(ipaddress.ip_address(host.strip("[]")), ipaddress.IPv6Address) == host.startswith("[")
+    except ValueError:
+        return False
+
+
+Endpoint = Annotated[str, _check_endpoint]  # a str field holding a data server's address
+
+
+# ---- worker -> coordinator -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Register:
+    """A worker process introduces itself; the reply is Welcome with its incarnation id."""
+
+    name: str
+    pid: int
+    host: str
+    host_id: str  # equal host_ids see the same files (same boot and mount namespace)
+    data_address: Endpoint  # where this worker's data server answers
+    scratch: str  # the folder its data server serves; workers sharing it can serve each other's output
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    worker: int  # incarnation id; 0 from the coordinator
+
+
+@dataclass(frozen=True)
+class TaskDone:
+    worker: int
+    attempt: int
+    partition_lengths: list[int] = field(default_factory=list)  # a map's index
+    path: str = ""  # a map's output file, or a reduce's temporary output name
+    records: int = 0
+    offset: int = 0  # where in that file a map's output starts
+    size: int = 0  # bytes of a reduce's output (the coordinator pulls it from another host)
+    fetched: int = 0  # bytes this attempt received over the network (input or map output)
+
+
+@dataclass(frozen=True)
+class TaskFailed:
+    worker: int
+    attempt: int
+    error: str  # one line: the exception type and message
+    details: str = ""  # the user's traceback
+    user_error: bool = True  # False: the worker could not run the task (not the app's fault)
+
+
+@dataclass(frozen=True)
+class FetchFailed:
+    """A running reduce could not read one map's output; it waits for a new location."""
+
+    worker: int
+    attempt: int
+    map_task: int
+    map_attempt: int
+    data_address: Endpoint
+    error: str
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    worker: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Goodbye:
+    worker: int
+
+
+@dataclass(frozen=True)
+class Draining:
+    """The worker is leaving (SIGTERM): give it no new task; it finishes or hands back its current one."""
+
+    worker: int
+
+
+# ---- coordinator -> worker -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Welcome:
+    worker: int
+    job_id: str
+    app: bytes  # the cloudpickled app: the one pickle, flowing to workers only
+    n_map: int
+    n_reduce: int
+    heartbeat_interval: float
+    output_dir: str
+    output_host_id: str  # the coordinator's host
+    data_port: int = 0  # the coordinator's data server (inputs, for workers on other hosts), same host as --connect
+    output_token: str = ""  # in the output folder's visibility file: a worker that reads it writes there directly
+
+
+@dataclass(frozen=True)
+class MapOutput:
+    """Where one map task's output for one partition can be read."""
+
+    map_task: int
+    attempt: int
+    host_id: str
+    path: str
+    data_address: Endpoint
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class AssignMap:
+    attempt: int
+    task: int
+    key: str
+    path: str
+    start: int
+    end: int
+    fingerprint: str = ""  # of the input file: a worker that sees the same file reads it directly
+
+
+@dataclass(frozen=True)
+class AssignReduce:
+    attempt: int
+    task: int
+    outputs: list[MapOutput]
+    empty: list[int] = field(default_factory=list)  # finished maps with nothing for this partition
+
+
+@dataclass(frozen=True)
+class MapOutputs:
+    """Map outputs that became available for a running reduce attempt."""
+
+    attempt: int
+    outputs: list[MapOutput]
+    empty: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Cancel:
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """You are not (or no longer) a registered worker: register again."""
+
+    reason: str
+    worker: int = 0  # the incarnation the answered message claimed: a stale answer is ignored
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The coordinator will not take this worker (e.g. its data server is unreachable): exit."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class JobDone:
+    ok: bool
+    message: str = ""
+
+
+WORKER_MESSAGES: tuple[type, ...] = (
+    Register,
+    Heartbeat,
+    TaskDone,
+    TaskFailed,
+    FetchFailed,
+    Cancelled,
+    Goodbye,
+    Draining,
+)
+COORDINATOR_MESSAGES: tuple[type, ...] = (
+    Welcome,
+    Heartbeat,
+    AssignMap,
+    AssignReduce,
+    MapOutputs,
+    Cancel,
+    Unknown,
+    Refused,
+    JobDone,
+)
+_BY_NAME: dict[str, type] = {cls.__name__: cls for cls in WORKER_MESSAGES + COORDINATOR_MESSAGES + (MapOutput,)}
+
+
+def encode(message: Any) -> bytes:
+    return msgpack.packb([PROTOCOL_VERSION, type(message).__name__, _to_plain(message)], use_bin_type=True)
+
+
+def _to_plain(message: Any) -> dict:
+    spec = _spec(type(message))
+    plain = {name: getattr(message, name) for name in spec.names}
+    for name in spec.nested:  # lists of dataclasses (MapOutput)
+        plain[name] = [_to_plain(item) for item in plain[name]]
+    return plain
+
+
+def decode(frame: bytes, allowed: tuple[type, ...]) -> Any:
+    """Decode and validate one frame; raise ProtocolError saying what is wrong."""
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(frame)} bytes exceeds the limit")
+    try:
+        envelope = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise ProtocolError(f"not a msgpack message: {exc}") from None
+    if not isinstance(envelope, list) or len(envelope) != 3:
+        raise ProtocolError("a message must be [version, type, fields]")
+    version, name, fields = envelope
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
+    cls = _BY_NAME.get(name) if isinstance(name, str) else None
+    if cls is None or cls not in allowed:
+        raise ProtocolError(f"unexpected message type {name!r}")
+    return _build(cls, fields, name)
+
+
+# ---- validation, compiled once per message class from its annotations ----------
+
+Checker = Callable[[Any, str], Any]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    names: tuple[str, ...]
+    fields: tuple[tuple[str, Checker, bool], ...]  # name, checker, required
+    nested: tuple[str, ...]
+
+
+@functools.cache
+def _spec(cls: type) -> _Spec:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields, nested = [], []
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        fields.append((f.name, _checker(hints[f.name]), required))
+        if typing.get_origin(hints[f.name]) is list and dataclasses.is_dataclass(typing.get_args(hints[f.name])[0]):
+            nested.append(f.name)
+    return _Spec(tuple(f.name for f in dataclasses.fields(cls)), tuple(fields), tuple(nested))
+
+
+def _build(cls: type, fields: Any, where: str) -> Any:
+    if not isinstance(fields, dict):
+        raise ProtocolError(f"{where}: fields must be a map")
+    spec = _spec(cls)
+    kwargs = {}
+    for name, check, required in spec.fields:
+        if name in fields:
+            kwargs[name] = check(fields[name], f"{where}.{name}")
+        elif required:
+            raise ProtocolError(f"{where}: missing field {name!r}")
+    if len(kwargs) != len(fields):
+        extra = set(fields) - set(spec.names)
+        raise ProtocolError(f"{where}: unknown field(s) {sorted(map(str, extra))}")
+    return cls(**kwargs)
+
+
+def _checker(hint: Any) -> Checker:
+    origin = typing.get_origin(hint)
+    if origin is Annotated:  # a base type, then checks of the value (after the type check)
+        base, *extras = typing.get_args(hint)
+        check_base = _checker(base)
+
+        def check_annotated(value: Any, where: str) -> Any:
+            value = check_base(value, where)
+            for extra in extras:
+                extra(value, where)
+            return value
+
+        return check_annotated
+    if origin in (typing.Union, types.UnionType):
+        options = [_checker(o) for o in typing.get_args(hint) if o is not type(None)]
+        nullable = type(None) in typing.get_args(hint)
+
+        def check_union(value: Any, where: str) -> Any:
+            if value is None and nullable:
+                return None
+            for option in options:
+                try:
+                    return option(value, where)
+                except ProtocolError:
+                    pass
+            raise ProtocolError(f"{where}: unexpected {type(value).__name__}")
+
+        return check_union
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        item = _checker(item_hint)
+        if item_hint in (int, str):  # the common flat lists: one type test per item
+
+            def check_flat(value: Any, where: str) -> Any:
+                if type(value) is not list or not all(type(v) is item_hint for v in value):
+                    raise ProtocolError(f"{where}: expected a list of {item_hint.__name__}")
+                return [item(v, where) for v in value] if item_hint is int else value
+
+            return check_flat
+
+        def check_list(value: Any, where: str) -> Any:
+            if type(value) is not list:
+                raise ProtocolError(f"{where}: expected a list, got {type(value).__name__}")
+            return [item(v, where) for v in value]
+
+        return check_list
+    if dataclasses.is_dataclass(hint):
+        return lambda value, where: _build(hint, value, where)
+    if hint is int:
+
+        def check_int(value: Any, where: str) -> Any:
+            if type(value) is not int:
+                raise ProtocolError(f"{where}: expected int, got {type(value).__name__}")
+            if not -(2**63) <= value < 2**63:
+                raise ProtocolError(f"{where}: integer out of range")
+            return value
+
+        return check_int
+    if hint is float:
+
+        def check_float(value: Any, where: str) -> Any:
+            if type(value) is float:
+                return value
+            if type(value) is int:
+                return float(value)
+            raise ProtocolError(f"{where}: expected float, got {type(value).__name__}")
+
+        return check_float
+
+    def check_exact(value: Any, where: str) -> Any:
+        if type(value) is not hint:
+            raise ProtocolError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
+        return value
+
+    return check_exact

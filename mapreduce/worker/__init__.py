@@ -1,0 +1,1 @@
+"""The worker: its control loop, and the task bodies that run user code."""

@@ -1,0 +1,289 @@
+"""Running one map or reduce attempt inside a worker: the task bodies, free of sockets.
+
+A map reads its split (directly where the worker sees the input file, else
+from the coordinator's data server), runs the app's map, and writes one partitioned,
+sorted (and combined) file into the worker's scratch folder. A reduce gathers
+its partition of every map's output as the locations arrive (reading files on
+its own host directly, fetching the rest from the serving worker), merges the
+sorted runs as streams, runs the app's reduce, and writes a temporary output
+file that the coordinator alone may commit: in the output folder if the worker
+sees it, else in scratch, from where the coordinator pulls it.
+
+The framework's own file operations (map output and its spills, fetched runs, reduce
+output) raise StorageError when the disk is full or the folder unwritable: the worker's
+environment failed, not the user's code, and the attempt is retried elsewhere. An
+OSError raised inside the app's functions stays the user's error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from mapreduce import output, shuffle
+from mapreduce.errors import storage_errors
+from mapreduce.inputs import Split, fingerprint, read_split
+from mapreduce.job import App
+from mapreduce.net.dataserver import Fetcher, FetchError, RemoteFile, Unreachable
+from mapreduce.wire import messages as p
+
+log = logging.getLogger(__name__)
+
+# A partition whose runs add up to less than this is grouped in a dict, not merged as
+# streams: much faster, and bounded (a few times this in memory).
+IN_MEMORY_REDUCE_BYTES = 16 * 1024 * 1024
+
+
+class AttemptCancelled(Exception):
+    """The coordinator cancelled the attempt; its work is thrown away."""
+
+
+@dataclass
+class AttemptContext:
+    """What a running attempt shares with the worker's control loop."""
+
+    attempt: int
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    gathering: threading.Event = field(default_factory=threading.Event)  # a reduce waiting for map output
+    inbox: queue.Queue[tuple[list[p.MapOutput], list[int]]] = field(default_factory=queue.Queue)
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise AttemptCancelled()
+
+
+@dataclass(frozen=True)
+class JobContext:
+    app: App
+    job_id: str
+    n_map: int
+    n_reduce: int
+    host_id: str
+    workdir: Path  # this worker's folder for this job
+    output_dir: Path
+    sees_output: bool  # this worker sees the coordinator's output folder (same host or shared)
+    input_address: str  # the coordinator's data server, for inputs this worker cannot see
+    _map_log: list = field(default_factory=list)  # the open append file, once created
+    _visible: dict = field(default_factory=dict)  # input path -> seen here (as the coordinator saw it)
+
+    def map_log(self) -> BinaryIO:
+        """This worker's map output file for the job (used by the executor thread only)."""
+        if not self._map_log:
+            self._map_log.append(open(self.workdir / "map-output.log", "ab+"))
+        return self._map_log[0]
+
+    def append_map_output(
+        self, write: Callable[[shuffle.GuardedWriter], list[int]], what: str
+    ) -> tuple[str, int, list[int]]:
+        """Append one map's output to the map output file with ``write``; return the file's
+        path, the output's offset and its partitions' lengths.
+
+        If anything fails (a full disk, the user's combine, a cancel), the file is cut back
+        to its old end and reopened next time: the buffered bytes of a failed write cannot
+        leak into the next map's output, and the file does not grow with garbage. (A failed
+        map's bytes are never announced anyway: only a TaskDone carries offsets.)"""
+        with storage_errors(self.workdir, what):
+            f = self.map_log()
+            offset = f.seek(0, os.SEEK_END)
+        guarded = shuffle.GuardedWriter(f, self.workdir, what)
+        try:
+            lengths = write(guarded)
+        except BaseException:
+            self._map_log.clear()
+            guarded.abandon()
+            try:
+                os.truncate(f.name, offset)
+            except OSError as exc:  # harmless: the next map appends after the garbage
+                log.warning("could not cut %s back to %d bytes: %s", f.name, offset, exc)
+            raise
+        return f.name, offset, lengths
+
+    def sees_input(self, path: str, mark: str) -> bool:
+        if path not in self._visible:
+            self._visible[path] = bool(mark) and fingerprint(path) == mark
+        return self._visible[path]
+
+    def close(self) -> None:
+        for f in self._map_log:
+            f.close()
+
+
+def run_map(
+    job: JobContext,
+    task: p.AssignMap,
+    ctx: AttemptContext,
+    fetcher: Fetcher,
+    buffer_records: int = shuffle.DEFAULT_BUFFER_RECORDS,
+) -> p.TaskDone:
+    split = Split(task.key, task.path, task.start, task.end)
+    received = fetcher.received
+    local = job.sees_input(split.path, task.fingerprint)
+    text = read_split(split, None if local else RemoteFile(fetcher, job.input_address, split.path))
+    what = f"map output of attempt {task.attempt}"
+    buffer = shuffle.MapOutputBuffer(
+        job.n_reduce, job.app.partition, job.app.combine, job.workdir, buffer_records, f"a{task.attempt}-spill", what
+    )
+    try:
+        buffer.add_all(job.app.map(split.key, text), f"input {split.key!r} (bytes {split.start}-{split.end})")
+        ctx.check()
+        # Every map of this worker appends to one file: no file to create per task.
+        path, offset, lengths = job.append_map_output(buffer.finish_into, what)
+    finally:
+        buffer.discard()  # spills of a failed attempt too
+    return p.TaskDone(0, task.attempt, lengths, path, buffer.total, offset, fetched=fetcher.received - received)
+
+
+class ReduceInputs:
+    """Collects one partition of every map's output as its location arrives.
+
+    A run on this host is opened at once (an open file outlives its deletion); a run
+    elsewhere is fetched from the serving worker into this attempt's folder. A run
+    that cannot be read is reported with ``report`` and skipped: the coordinator
+    answers with a new location, from a moved server or a re-run map.
+    """
+
+    def __init__(
+        self, job: JobContext, ctx: AttemptContext, fetcher: Fetcher, folder: Path, report: Callable[[object], None]
+    ):
+        self.job, self.ctx, self.fetcher, self.folder, self.report = job, ctx, fetcher, folder, report
+        self.runs: dict[int, tuple[BinaryIO | None, int, int]] = {}  # map task -> (file, offset, length)
+        self.files: dict[str, BinaryIO] = {}  # open files by path: a worker's maps share one
+        self.failed: set[tuple[int, int, str]] = set()
+        self.unreachable: dict[str, str] = {}  # data servers that did not answer, and the error
+
+    def gather(self, initial: list[p.MapOutput], empty: list[int]) -> None:
+        self.ctx.gathering.set()
+        try:
+            self._take(initial, empty)
+            while len(self.runs) < self.job.n_map:
+                self.ctx.check()
+                try:
+                    self._take(*self.ctx.inbox.get(timeout=0.2))
+                except queue.Empty:
+                    pass
+        finally:
+            self.ctx.gathering.clear()
+
+    def _take(self, locations: list[p.MapOutput], empty: list[int] = ()) -> None:
+        for map_task in empty:
+            if 0 <= map_task < self.job.n_map:
+                self.runs.setdefault(map_task, (None, 0, 0))
+        self._take_locations(locations)
+
+    def _take_locations(self, locations: list[p.MapOutput]) -> None:
+        for loc in locations:
+            self.ctx.check()  # a fetch can take a while: a cancelled attempt stops between them
+            if loc.map_task in self.runs or not 0 <= loc.map_task < self.job.n_map:
+                continue  # a re-run map's output is the same data: the first copy serves
+            if (loc.map_task, loc.attempt, loc.data_address) in self.failed:
+                continue
+            try:
+                if loc.data_address in self.unreachable and loc.host_id != self.job.host_id:
+                    raise Unreachable(self.unreachable[loc.data_address])  # don't wait for it again
+                self.runs[loc.map_task] = self._open(loc)
+            except (OSError, FetchError) as exc:
+                if isinstance(exc, Unreachable):
+                    self.unreachable[loc.data_address] = str(exc)
+                self.failed.add((loc.map_task, loc.attempt, loc.data_address))
+                self.report(
+                    p.FetchFailed(
+                        0, self.ctx.attempt, loc.map_task, loc.attempt, loc.data_address, f"{type(exc).__name__}: {exc}"
+                    )
+                )
+
+    def _open(self, loc: p.MapOutput) -> tuple[BinaryIO | None, int, int]:
+        if loc.length == 0:
+            return None, 0, 0
+        if loc.host_id == self.job.host_id:
+            try:
+                return self._file(loc.path), loc.offset, loc.length
+            except FileNotFoundError:
+                pass  # gone from this host's disk: perhaps its server still has it
+        local = self.folder / f"fetched-{loc.map_task:06d}.run"
+        # Writing the copy is this worker's storage: its failure is a StorageError, which
+        # fails the attempt (retried elsewhere) rather than blaming the map's server.
+        out = shuffle.GuardedWriter.open(
+            local, f"output of map task {loc.map_task} fetched by reduce attempt {self.ctx.attempt}"
+        )
+        try:
+            self.fetcher.copy(loc.data_address, loc.path, loc.offset, loc.length, out)
+            out.close()
+        except BaseException:
+            out.abandon()
+            raise
+        return self._file(str(local)), 0, loc.length
+
+    def _file(self, path: str) -> BinaryIO:
+        f = self.files.get(path)
+        if f is None:
+            f = self.files[path] = open(path, "rb")
+        return f
+
+    def groups(self) -> Iterator[tuple[str, Iterator]]:
+        """Each key with its values (in map order), keys ascending."""
+        runs = [self.runs[m] for m in range(self.job.n_map) if self.runs[m][0] is not None]
+        streams = [shuffle.iter_run(f, offset, length) for f, offset, length in runs]
+        if sum(length for _, _, length in runs) <= IN_MEMORY_REDUCE_BYTES:
+            return shuffle.group_in_memory(streams)
+        return shuffle.group_sorted(shuffle.merge_runs(streams))
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+def run_reduce(
+    job: JobContext, task: p.AssignReduce, ctx: AttemptContext, fetcher: Fetcher, report: Callable[[object], None]
+) -> p.TaskDone:
+    folder = job.workdir / f"a{task.attempt}"
+    with storage_errors(job.workdir, f"fetched map output of reduce attempt {task.attempt}"):
+        folder.mkdir()
+    received = fetcher.received
+    inputs = ReduceInputs(job, ctx, fetcher, folder, report)
+    try:
+        inputs.gather(task.outputs, task.empty)
+        temp = output.attempt_temp_name(task.task, job.job_id, task.attempt)
+        # Where the output folder is not visible, the coordinator pulls the file from scratch.
+        target = job.output_dir / temp if job.sees_output else job.workdir / temp
+        role = "output" if job.sees_output else "scratch"
+        what = f"output of reduce task {task.task}, attempt {task.attempt}"
+        reduce = job.app.reduce
+        results = ((key, reduce(key, values)) for key, values in _checked(inputs.groups(), ctx))
+        try:
+            count = output.write_lines(target, results, what, role)
+            with storage_errors(target.parent, what, role):
+                size = target.stat().st_size
+        except BaseException:
+            with contextlib.suppress(OSError):  # a read-only folder refuses even this
+                target.unlink(missing_ok=True)
+            raise
+        name = temp if job.sees_output else str(target)
+        return p.TaskDone(0, task.attempt, [], name, count, size=size, fetched=fetcher.received - received)
+    finally:
+        inputs.close()
+        _remove_folder(folder)
+
+
+def _remove_folder(folder: Path) -> None:
+    """Remove an attempt's folder of fetched runs; a failure must not hide why the attempt
+    failed (the worker removes the whole job folder at the end anyway)."""
+    with contextlib.suppress(OSError):
+        for run in folder.glob("*"):
+            with contextlib.suppress(OSError):
+                run.unlink()
+        folder.rmdir()
+
+
+def _checked(items: Iterator, ctx: AttemptContext, every: int = 65536) -> Iterator:
+    """Pass items through, checking now and then whether the attempt was cancelled."""
+    for i, item in enumerate(items):
+        if i % every == 0:
+            ctx.check()
+        yield item

@@ -1,0 +1,340 @@
+"""Crash testing as a feature: `mapreduce crashtest`, the crash app, and the summary helpers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from helpers import CRASH, assert_same_output, mapreduce_command, run_cli
+from mapreduce.cluster import LocalCluster
+from mapreduce.tools.crashtest import (
+    COLUMNS,
+    CrashTestReport,
+    Detection,
+    EventCounts,
+    EventTail,
+    Fault,
+    FaultKind,
+    LiveIncarnations,
+    RoundResult,
+    compare_outputs,
+    count_events,
+    detection_latencies,
+    format_row,
+    format_totals,
+    job_seconds,
+)
+from mapreduce.wire.events import read_events
+
+CHAOS = ["--kill-every", "0.7", "--pause-probability", "0.3", "--worker-timeout", "2", "--heartbeat-interval", "0.3"]
+
+
+def table(stdout: str) -> dict[str, dict[str, str]]:
+    """The crashtest table by round label ("base", "1", ..., "all")."""
+    lines = stdout.splitlines()
+    assert lines[0].split() == list(COLUMNS), stdout
+    rows = [
+        dict(zip(COLUMNS, line.split(maxsplit=len(COLUMNS) - 1)))
+        for line in lines[1:]
+        if line.split()[0] in ("base", "all") or line.split()[0].isdigit()
+    ]
+    return {row["round"]: row for row in rows}
+
+
+def test_crashtest_kills_and_pauses_workers_and_every_round_matches(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    result = subprocess.run(
+        mapreduce_command(
+            "crashtest",
+            "wordcount",
+            "--rounds",
+            "2",
+            "--workers",
+            "3",
+            "--corpus-size",
+            "2M",
+            "--split-size",
+            "128k",
+            "--reduce",
+            "4",
+            "--seed",
+            "2",
+            *CHAOS,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = table(result.stdout)
+    assert [rows[r]["result"] for r in ("base", "1", "2")] == ["OK", "OK", "OK"]
+    assert rows["all"]["result"] == "2/2 OK"
+    assert int(rows["all"]["kills"]) > 0  # with seed 2, each round's first fault (at its first finished task) is a kill
+    assert int(rows["all"]["dead"]) > 0  # the coordinator noticed
+    assert "detection latency over" in result.stdout and "overhead" in result.stdout
+    assert list(scratch.iterdir()) == []  # corpus, oracle, outputs, cluster scratch: all removed
+
+
+def test_crash_app_on_a_local_cluster_matches_seq(corpus, oracle, tmp_path):
+    # About 100 map tasks and 2 reduce tasks, each killing its worker with probability 0.1:
+    # some crash is all but certain (0.9 ** 102 < 1e-4 that none happens), the cluster
+    # replaces crashed workers, and a task losing the 8 workers in a row that fail the job
+    # is out of reach (0.1 ** 8 per task).
+    args = ["--reduce", "2", "--split-size", "20k"]
+    expected = oracle(CRASH, corpus, *args)
+    out, events = tmp_path / "out", tmp_path / "events.jsonl"
+    run_cli(
+        "run",
+        CRASH,
+        *corpus,
+        *args,
+        "--param",
+        "crash=0.1",
+        "--param",
+        "delay_seconds=0.3",
+        "--workers",
+        "4",
+        "--heartbeat-interval",
+        "0.3",
+        "--worker-timeout",
+        "2",
+        "--output",
+        str(out),
+        "--events",
+        str(events),
+        "--quiet",
+        timeout=300,
+    )
+    assert_same_output(expected, out)
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    log = list(read_events(events))
+    assert any(e["event"] == "task_lost" for e in log), "no worker crashed"
+    assert sum(1 for e in log if e["event"] == "worker_joined") > 4  # crashed workers were replaced
+
+
+def test_local_cluster_replaces_crashed_killed_and_paused_workers(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nobody = f"tcp://127.0.0.1:{s.getsockname()[1]}"  # workers keep trying to reach it
+    cluster = LocalCluster(nobody, 1, ["--coordinator-timeout", "120"], max_replacements=1)
+    try:
+        cluster.start()
+        first = cluster.processes[0]
+        first.kill()  # a crash: replaced, using up the budget
+        _wait_until(lambda: len(cluster.processes) == 2, "a replacement for a crashed worker")
+        cluster.kill_worker(cluster.processes[1])  # on purpose: replaced beyond the budget
+        _wait_until(lambda: len(cluster.processes) == 3, "a replacement for a killed worker")
+        paused = cluster.processes[2]
+        cluster.pause_worker(paused)
+        _wait_until(lambda: len(cluster.processes) == 4, "a replacement for a paused worker")
+        assert paused.poll() is None and cluster.paused_workers() == [paused]
+        assert cluster.active_workers() == [cluster.processes[3]]
+        cluster.resume_worker(paused)
+        assert sorted(p.pid for p in cluster.active_workers()) == sorted([paused.pid, cluster.processes[3].pid])
+        assert cluster.all_exited() is None
+        for process in cluster.active_workers():
+            process.kill()  # crashes beyond the budget: not replaced, and the cluster says so
+        _wait_until(lambda: cluster.all_exited() is not None, "the cluster to report that every worker exited")
+        assert len(cluster.processes) == 4 and cluster.replacements == 1
+        assert "all 4 local workers exited" in cluster.all_exited()
+    finally:
+        cluster.kill()
+        cluster.cleanup()
+    assert not cluster.root.exists()
+
+
+def _wait_until(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_crashtest_interrupted_stops_everything(tmp_path):
+    scratch, kept = tmp_path / "tmp", tmp_path / "events"
+    scratch.mkdir()
+    process = subprocess.Popen(
+        mapreduce_command(
+            "crashtest",
+            "--rounds",
+            "5",
+            "--workers",
+            "2",
+            "--corpus-size",
+            "4M",
+            "--split-size",
+            "64k",
+            "--events-dir",
+            str(kept),
+            *CHAOS,
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    round_log = kept / "round-01.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        while not (round_log.exists() and any(e["event"] == "task_finished" for e in read_events(round_log))):
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "round 1 never started"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "interrupted" in process.stderr.read()
+    pids = [e["pid"] for e in read_events(round_log) if e["event"] == "worker_joined"]
+    assert pids and not any(_running(pid) for pid in pids)
+    assert list(scratch.iterdir()) == []
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# ---- the pure helpers, on a synthetic event log ------------------------------------
+
+
+def joined(t, worker, pid):
+    return {"t": t, "event": "worker_joined", "worker": worker, "pid": pid}
+
+
+SYNTHETIC = [
+    joined(10.0, 1, 101),
+    joined(10.1, 2, 102),
+    joined(10.2, 3, 103),
+    {"t": 10.5, "event": "task_assigned", "worker": 1, "attempt": 1, "task": 0, "phase": "map"},
+    # pid 101 killed at 11.0 while running a map: suspected, then dead and its task lost.
+    {"t": 12.5, "event": "worker_suspect", "worker": 1},
+    {"t": 13.1, "event": "worker_dead", "worker": 1, "attempt": 1},
+    {"t": 13.1, "event": "task_lost", "worker": 1, "attempt": 1, "task": 0, "phase": "map"},
+    {"t": 13.2, "event": "map_output_moved", "task": 3, "worker": 2},
+    # pid 102 paused at 11.5: declared dead, comes back as worker 5, fenced once, later killed at 16.0.
+    {"t": 13.6, "event": "worker_dead", "worker": 2, "attempt": None},
+    joined(13.7, 4, 104),
+    {"t": 15.0, "event": "message_fenced", "worker": 2, "attempt": 7},
+    joined(15.0, 5, 102),
+    {"t": 15.5, "event": "backup_launched", "worker": 3, "attempt": 9, "task": 1, "phase": "reduce"},
+    {"t": 15.6, "event": "fetch_failed", "worker": 3, "attempt": 9},
+    {"t": 15.7, "event": "map_rerun", "task": 2},
+    {"t": 17.8, "event": "task_lost", "worker": 5, "attempt": 11, "task": 1, "phase": "reduce"},
+    {"t": 17.8, "event": "worker_dead", "worker": 5, "attempt": 11},
+    {"t": 18.0, "event": "job_finished", "ok": True},
+]
+FAULTS = (
+    Fault(FaultKind.KILL, 101, 11.0),
+    Fault(FaultKind.PAUSE, 102, 11.5),
+    Fault(FaultKind.KILL, 102, 16.0),  # its new incarnation (worker 5), not the old one
+    Fault(FaultKind.KILL, 104, 17.9),  # the job finished without noticing
+    Fault(FaultKind.KILL, 999, 12.0),  # never joined
+)
+
+
+def test_count_events():
+    assert count_events(SYNTHETIC) == EventCounts(
+        workers_dead=3, tasks_lost=2, maps_rerun=1, backups=1, fenced=1, fetch_failures=1
+    )
+
+
+def test_detection_latencies_follow_each_killed_process_to_its_incarnation():
+    detection = detection_latencies(SYNTHETIC, FAULTS)
+    assert detection.latencies == pytest.approx((2.1, 1.8))
+    assert detection.undetected == 2
+
+
+def test_job_seconds_end_at_job_finished():
+    assert job_seconds(SYNTHETIC, started=9.0, fallback=99.0) == pytest.approx(9.0)
+    assert job_seconds(SYNTHETIC[:5], started=9.0, fallback=99.0) == 99.0
+
+
+def test_live_incarnations_and_event_tail(tmp_path):
+    path = tmp_path / "events.jsonl"
+    tail = EventTail(path)
+    assert tail.read() == []  # not written yet
+    path.write_text('{"t": 1, "event": "worker_joined", "worker": 1, "pid": 7}\n{"t": 2, "event": "worker_jo')
+    alive = LiveIncarnations()
+    alive.update(tail.read())
+    assert alive.pids() == {7}
+    with open(path, "a") as f:  # the rest of a line being written
+        f.write('ined", "worker": 2, "pid": 8}\n{"t": 3, "event": "worker_dead", "worker": 1}\n')
+    alive.update(tail.read())
+    assert alive.pids() == {8}
+
+
+def test_report_rows_totals_and_overhead():
+    counts = EventCounts(workers_dead=2, tasks_lost=1)
+    baseline = RoundResult(0, 2.0, (), EventCounts(), Detection(), None)
+    good = RoundResult(1, 5.0, FAULTS[:3], counts, Detection((2.0,), 0), None)
+    bad = RoundResult(
+        2,
+        7.0,
+        FAULTS[3:4],
+        counts,
+        Detection(),
+        "part-00001 differs from the oracle: line 3 is b'a\\t1', expected b'a\\t2'",
+    )
+    report = CrashTestReport(baseline, (good, bad))
+    assert (good.kills, good.pauses, bad.kills) == (2, 1, 1)
+    assert format_row(baseline).split() == ["base", "2.00"] + ["0"] * 8 + ["OK"]
+    assert format_row(good).split() == ["1", "5.00", "2", "1", "2", "1", "0", "0", "0", "0", "OK"]
+    assert format_row(bad).split()[-1] == "DIFF"
+    assert format_totals(report).split() == ["all", "12.00", "3", "1", "4", "2", "0", "0", "0", "0", "1/2", "OK"]
+    assert report.overhead() == pytest.approx(3.0)  # median of 5 and 7, over 2
+    assert not report.ok and report.first_problem().startswith("round 2: part-00001 differs")
+    assert report.latencies() == [2.0]
+
+
+def test_compare_outputs_names_the_first_difference(tmp_path):
+    expected, actual = tmp_path / "expected", tmp_path / "actual"
+    for folder in (expected, actual):
+        folder.mkdir()
+        (folder / "_SUCCESS").write_bytes(b"")
+        (folder / "part-00000").write_text("a\t1\nb\t2\n")
+    assert compare_outputs(expected, actual) is None
+    (actual / "part-00000").write_text("a\t1\nb\t3\n")
+    assert (
+        compare_outputs(expected, actual) == "part-00000 differs from the oracle: line 2 is b'b\\t3', expected b'b\\t2'"
+    )
+    (actual / ".part-00001.a4.tmp").write_text("")
+    assert compare_outputs(expected, actual) == ".part-00001.a4.tmp should not be there"
+    (actual / "_SUCCESS").unlink()
+    assert compare_outputs(expected, actual) == "_SUCCESS is missing"
+
+
+@pytest.mark.parametrize(
+    "argv, worker",
+    [
+        (["/venv/bin/mapreduce", "worker", "--connect", "tcp://x:1"], True),
+        (["/src/mapreduce/__main__.py", "-v", "worker", "--connect", "tcp://x:1"], True),
+        (["/venv/bin/mapreduce", "seq", "crash", "worker"], False),
+        (["/venv/bin/mapreduce", "run", "crash", "in.txt"], False),
+        (["/venv/bin/pytest", "worker"], False),
+        ([], False),
+    ],
+)
+def test_crash_app_arms_only_in_a_worker_process(argv, worker):
+    assert crash_app().started_as_worker(argv) is worker
+
+
+def crash_app():
+    """The crash app's module, loaded from its file (test apps are not built in)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("crash_app", CRASH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

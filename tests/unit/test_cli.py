@@ -1,0 +1,191 @@
+"""The command line: every bad input exits non-zero before any work, with one plain message."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from mapreduce.cli import cli
+from mapreduce.output import read_output
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def text(tmp_path):
+    path = tmp_path / "words.txt"
+    path.write_text("the cat and the hat\nthe end\n")
+    return str(path)
+
+
+def assert_refused(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.output, result.output
+
+
+def test_seq_counts_words(text, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("seq", "wordcount", text, "--output", str(out), "--reduce", "1")
+    assert result.exit_code == 0, result.output
+    assert list(read_output(out)) == ["and\t1\n", "cat\t1\n", "end\t1\n", "hat\t1\n", "the\t3\n"]
+    assert (out / "_SUCCESS").exists()
+
+
+def test_apps_lists_builtins():
+    result = invoke("apps")
+    assert result.output.split() == ["grep", "indexer", "wordcount"]
+
+
+@pytest.mark.parametrize("command", ["seq", "run", "coordinator"])
+def test_missing_input(command, tmp_path):
+    out = tmp_path / "out"
+    result = invoke(command, "wordcount", str(tmp_path / "nope.txt"), "--output", str(out))
+    assert_refused(result, "nope.txt", "does not exist")
+    assert not out.exists()  # nothing was created
+
+
+def test_input_is_a_folder(tmp_path):
+    assert_refused(invoke("seq", "wordcount", str(tmp_path), "--output", str(tmp_path / "o")), "is not a regular file")
+
+
+def test_no_inputs(tmp_path):
+    result = invoke("run", "wordcount", "--output", str(tmp_path / "o"))
+    assert result.exit_code == 2 and "Missing argument" in result.output and "Traceback" not in result.output
+
+
+def test_unknown_app(text, tmp_path):
+    assert_refused(
+        invoke("run", "nosuchapp", text, "--output", str(tmp_path / "o")), "unknown app 'nosuchapp'", "wordcount"
+    )
+
+
+def test_broken_app_file(text, tmp_path):
+    app = tmp_path / "broken.py"
+    app.write_text("def map(k, v):\n    return [\n")
+    assert_refused(
+        invoke("run", str(app), text, "--output", str(tmp_path / "o")), "broken.py", "failed to import", "SyntaxError"
+    )
+
+
+def test_app_without_reduce(text, tmp_path):
+    app = tmp_path / "halfapp.py"
+    app.write_text("def map(k, v):\n    yield k, 1\n")
+    assert_refused(invoke("seq", str(app), text, "--output", str(tmp_path / "o")), "defines no reduce")
+
+
+def test_app_file_missing(text, tmp_path):
+    assert_refused(
+        invoke("seq", str(tmp_path / "gone.py"), text, "--output", str(tmp_path / "o")), "gone.py", "does not exist"
+    )
+
+
+def test_grep_needs_its_pattern(text, tmp_path):
+    assert_refused(invoke("seq", "grep", text, "--output", str(tmp_path / "o")), "pattern=REGEX")
+    assert_refused(
+        invoke("seq", "grep", text, "--param", "pattern=(", "--output", str(tmp_path / "o2")), "rejected its parameters"
+    )
+
+
+def test_bad_param_syntax(text, tmp_path):
+    result = invoke("seq", "grep", text, "--param", "pattern", "--output", str(tmp_path / "o"))
+    assert result.exit_code == 2 and "NAME=VALUE" in result.output
+
+
+def test_output_folder_with_files_is_refused_and_untouched(text, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    assert_refused(invoke("seq", "wordcount", text, "--output", str(out)), "already holds", "--overwrite")
+    assert_refused(
+        invoke("seq", "wordcount", text, "--output", str(out), "--overwrite"), "precious.txt", "not mapreduce output"
+    )
+    assert sorted(os.listdir(out)) == ["precious.txt"]
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_overwrite_replaces_an_earlier_output(text, tmp_path):
+    out = tmp_path / "out"
+    assert invoke("seq", "wordcount", text, "--output", str(out), "--reduce", "4").exit_code == 0
+    assert_refused(invoke("seq", "wordcount", text, "--output", str(out)), "already holds")
+    other = tmp_path / "other.txt"
+    other.write_text("zebra\n")
+    result = invoke("seq", "wordcount", str(other), "--output", str(out), "--reduce", "2", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000", "part-00001"]  # the wider old job's parts are gone
+    assert list(read_output(out)) == ["zebra\t1\n"]
+
+
+def test_output_folder_cannot_be_created(text, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert_refused(invoke("seq", "wordcount", text, "--output", str(blocker / "out")), "cannot create output folder")
+    assert_refused(invoke("seq", "wordcount", text, "--output", str(blocker)), "is a file")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--reduce", "0"], "at least 1"),
+        (["--split-size", "lots"], "is not a size"),
+        (["--max-attempts", "0"], "at least 1"),
+        (["--worker-timeout", "0.5"], "must exceed"),
+        (["--workers", "0"], "at least 1"),
+    ],
+)
+def test_bad_numbers(args, fragment, text, tmp_path):
+    result = invoke("run", "wordcount", text, "--output", str(tmp_path / "o"), *args)
+    assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output
+
+
+def test_coordinator_cannot_bind(text, tmp_path):
+    assert_refused(
+        invoke(
+            "coordinator",
+            "wordcount",
+            text,
+            "--output",
+            str(tmp_path / "o"),
+            "--bind",
+            "tcp://256.0.0.1:1",
+            "--insecure",
+        ),
+        "cannot bind",
+    )
+
+
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere():
+    import io
+
+    from helpers import join, make, map_done, one
+    from mapreduce.cli import Progress
+    from mapreduce.wire import messages as p
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    s = make(n_maps=2, n_reduce=1)
+    a, actions = join(s, b"A")
+    plain, terminal = io.StringIO(), Terminal()
+    shows = [Progress(plain, every_plain=3600), Progress(terminal, every=0)]
+    for show in shows:
+        show(s)
+    map_done(s, 1.0, b"A", a, one(actions, b"A", p.AssignMap), [3])
+    for show in shows:
+        show(s)  # same phase: the plain one waits; the bar redraws
+    s.maps[1].state = s.maps[0].state  # (by hand) every map done: a new phase shows at once
+    s.counters.maps_done = 2
+    for show in shows:
+        show(s)
+        show.close()
+    lines = plain.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("progress ") and "maps 0/2" in lines[0] and "maps 2/2" in lines[1]
+    assert "MB/s" in lines[0] and "workers 1" in lines[0]
+    drawn = terminal.getvalue().split("\r")[1:]
+    assert len(drawn) == 3 and "[" + "#" * 10 + "." * 10 + "] 1/2" in drawn[1] and terminal.getvalue().endswith("\n")

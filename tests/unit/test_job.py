@@ -1,0 +1,363 @@
+"""Loading apps, the app contract, shipping apps by value, and wordcount's notion of a word."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import random
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections import Counter
+
+import pytest
+
+from mapreduce.apps import wordcount
+from mapreduce.errors import AppError, UsageError
+from mapreduce.job import App, load_app, stable_partition
+from mapreduce.shuffle import MapOutputBuffer
+
+
+def write_app(tmp_path, body: str, stem: str | None = None) -> str:
+    """Write an app file with a unique name (loaded modules are keyed by file stem)."""
+    stem = stem or f"app_{uuid.uuid4().hex[:10]}"
+    path = tmp_path / f"{stem}.py"
+    path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return str(path)
+
+
+GREP_LIKE = """
+    import re
+
+    _pattern = None
+
+    def init(params):
+        global _pattern
+        _pattern = re.compile(params["pattern"])
+
+    def map(path, text):
+        for number, line in enumerate(text.splitlines(), 1):
+            if _pattern.search(line):
+                yield f"{path}:{number}", line
+
+    def reduce(key, values):
+        return next(values)
+"""
+
+
+# ---- loading ------------------------------------------------------------------------
+
+
+def test_load_builtin_by_short_name():
+    app = load_app("wordcount")
+    assert app.name == "wordcount"
+    assert app.map is wordcount.map and app.reduce is wordcount.reduce and app.combine is wordcount.combine
+    assert app.partition is stable_partition
+    assert app.init is None and app.params == {} and app.whole_files is False
+    assert sorted(app.map("f", "a b a")) == [("a", 2), ("b", 1)]
+
+
+def test_load_builtin_by_apps_module_name():
+    app = load_app("apps.wordcount")
+    assert app.name == "apps.wordcount"
+    assert dict(app.map("f", "x y x")) == {"x": 2, "y": 1}
+    assert app.reduce("x", iter([2, 3])) == 5
+    assert app.combine is not None
+
+
+def test_load_by_module_path():
+    app = load_app("mapreduce.apps.grep", {"pattern": "^b"})
+    assert app.whole_files is True
+    assert list(app.map("f.txt", "abc\nbcd\nxb\nb\n")) == [("f.txt:2", "bcd"), ("f.txt:4", "b")]
+
+
+def test_load_user_package_module_by_dotted_path(tmp_path, monkeypatch):
+    package = f"mrpkg_{uuid.uuid4().hex[:8]}"
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / package / "job.py").write_text(
+        "def map(k, v):\n    yield v.upper(), 1\n\ndef reduce(k, vs):\n    return sum(vs)\n\nwhole_files = True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = load_app(f"{package}.job")
+    assert list(app.map("k", "abc")) == [("ABC", 1)]
+    assert app.whole_files is True and app.combine is None
+
+
+def test_load_by_py_file_path(tmp_path):
+    path = write_app(
+        tmp_path,
+        """
+        def map(key, value):
+            for word in value.split():
+                yield word, len(word)
+
+        def reduce(key, values):
+            return max(values)
+
+        def partition(key, n):
+            return len(key) % n
+        """,
+    )
+    app = load_app(path)
+    assert app.name == path
+    assert list(app.map("k", "aa b")) == [("aa", 2), ("b", 1)]
+    assert app.reduce("aa", iter([1, 5, 2])) == 5
+    assert app.partition("abc", 2) == 1
+
+
+def test_unknown_app_is_a_clear_app_error():
+    name = f"no_such_app_{uuid.uuid4().hex[:8]}"
+    with pytest.raises(AppError, match="unknown app") as info:
+        load_app(name)
+    message = str(info.value)
+    assert name in message and "wordcount" in message  # lists the built-ins
+    with pytest.raises(AppError, match="unknown app"):
+        load_app(f"{name}.sub.module")
+    assert issubclass(AppError, UsageError)
+
+
+def test_missing_py_file_is_an_app_error(tmp_path):
+    missing = str(tmp_path / "nope.py")
+    with pytest.raises(AppError, match="does not exist") as info:
+        load_app(missing)
+    assert missing in str(info.value)
+
+
+@pytest.mark.parametrize("missing", ["reduce", "map"])
+def test_file_missing_a_required_function(tmp_path, missing):
+    present = {"map", "reduce"} - {missing}
+    body = "".join(f"def {name}(k, v):\n    return []\n\n" for name in present)
+    path = write_app(tmp_path, body)
+    with pytest.raises(AppError, match=rf"defines no {missing}\(") as info:
+        load_app(path)
+    assert path in str(info.value)
+
+
+def test_required_name_that_is_not_a_function(tmp_path):
+    path = write_app(tmp_path, "map = 3\ndef reduce(k, v):\n    return 0\n")
+    with pytest.raises(AppError, match=r"defines no map\("):
+        load_app(path)
+
+
+def test_optional_name_that_is_not_a_function(tmp_path):
+    path = write_app(tmp_path, "def map(k, v):\n    return []\ndef reduce(k, v):\n    return 0\ncombine = 'sum'\n")
+    with pytest.raises(AppError, match="combine is defined but is not a function"):
+        load_app(path)
+
+
+def test_file_raising_at_import(tmp_path):
+    path = write_app(
+        tmp_path,
+        "def map(k, v):\n    return []\ndef reduce(k, v):\n    return 0\nraise RuntimeError('broken on purpose')\n",
+    )
+    with pytest.raises(AppError, match="failed to import") as info:
+        load_app(path)
+    message = str(info.value)
+    assert "RuntimeError" in message and "broken on purpose" in message and path in message
+    assert not [m for m in sys.modules if m.startswith("mapreduce_app_") and m.endswith(path.rsplit("/", 1)[1][:-3])]
+
+
+def test_syntax_error_in_app_file(tmp_path):
+    path = write_app(tmp_path, "def map(k, v)\n    return []\n")
+    with pytest.raises(AppError, match="failed to import.*SyntaxError"):
+        load_app(path)
+
+
+def test_app_module_with_a_missing_dependency_is_broken_not_unknown(tmp_path, monkeypatch):
+    module = f"mrdep_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text("import surely_not_installed_dep_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(AppError, match="failed to import") as info:
+        load_app(module)
+    assert "surely_not_installed_dep_xyz" in str(info.value)
+    assert "unknown app" not in str(info.value)
+
+
+def test_params_for_an_app_without_init(tmp_path):
+    with pytest.raises(AppError, match="takes no parameters") as info:
+        load_app("wordcount", {"min": "3"})
+    assert "min" in str(info.value) and "init" in str(info.value)
+    path = write_app(tmp_path, "def map(k, v):\n    return []\ndef reduce(k, v):\n    return 0\n")
+    with pytest.raises(AppError, match="takes no parameters"):
+        load_app(path, {"x": "1"})
+    assert load_app(path, {}).params == {}
+
+
+def test_init_rejecting_its_params_is_an_app_error():
+    with pytest.raises(AppError, match="rejected its parameters") as info:
+        load_app("grep")
+    assert "pattern" in str(info.value)
+    with pytest.raises(AppError, match="unknown parameter"):
+        load_app("grep", {"pattern": "x", "colour": "red"})
+
+
+# ---- partition -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("returned", ["3", "-1", "True", "'0'", "1.0", "None", "n"])
+def test_out_of_range_partition_raises_app_error_when_used(tmp_path, returned):
+    path = write_app(
+        tmp_path,
+        f"""
+        def map(k, v):
+            yield v, 1
+
+        def reduce(k, vs):
+            return sum(vs)
+
+        def partition(key, n):
+            return {returned}
+        """,
+    )
+    app = load_app(path)  # loading does not call it
+    with pytest.raises(AppError, match=r"partition\('word', 3\) returned") as info:
+        app.partition("word", 3)
+    assert "[0, 3)" in str(info.value)
+    buffer = MapOutputBuffer(3, app.partition, None, tmp_path, 100)
+    with pytest.raises(AppError, match="partition"):
+        buffer.add_all(app.map("k", "word"), "input 'k'")
+
+
+def test_in_range_partition_is_passed_through(tmp_path):
+    path = write_app(
+        tmp_path,
+        "def map(k, v):\n    return []\ndef reduce(k, v):\n    return 0\ndef partition(key, n):\n    return len(key) % n\n",
+    )
+    app = load_app(path)
+    assert [app.partition("x" * i, 3) for i in range(6)] == [0, 1, 2, 0, 1, 2]
+
+
+def test_stable_partition_is_crc32_and_in_range():
+    import zlib
+
+    for key in ["", "a", "é", "日本", "\udcff"]:
+        for n in (1, 2, 7, 100):
+            p = stable_partition(key, n)
+            assert 0 <= p < n
+            assert p == zlib.crc32(key.encode("utf-8", "surrogatepass")) % n
+
+
+# ---- shipping apps by value ----------------------------------------------------------
+
+
+def test_app_from_py_file_round_trips_with_its_init(tmp_path):
+    path = write_app(tmp_path, GREP_LIKE)
+    app = load_app(path, {"pattern": "o+"})
+    text = "foo\nbar\nboo\n"
+    assert list(app.map("t", text)) == [("t:1", "foo"), ("t:3", "boo")]
+
+    # Ship a copy that will run with other parameters; the original must not change.
+    blob = dataclasses.replace(app, params={"pattern": "^b"}).to_bytes()
+    module_name = app.map.__module__
+    original_module = sys.modules[module_name]
+    copy = App.from_bytes(blob)
+    assert copy.params == {"pattern": "^b"} and copy.name == path
+    copy.start()
+    assert list(copy.map("t", text)) == [("t:2", "bar"), ("t:3", "boo")]
+    assert list(app.map("t", text)) == [("t:1", "foo"), ("t:3", "boo")]  # the original keeps its pattern
+    assert original_module._pattern.pattern == "o+"
+    assert copy.reduce("k", iter(["first", "second"])) == "first"
+
+
+def test_app_from_py_file_runs_where_the_file_does_not_exist(tmp_path):
+    path = write_app(tmp_path, GREP_LIKE)
+    blob = load_app(path, {"pattern": "ar$"}).to_bytes()
+    (tmp_path / path).unlink()
+    script = (
+        "import sys, json\n"
+        "from mapreduce.job import App\n"
+        "app = App.from_bytes(sys.stdin.buffer.read())\n"
+        "app.start()\n"
+        "print(json.dumps(list(app.map('in', 'car\\nbus\\nbar\\n'))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], input=blob, capture_output=True, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    assert json.loads(result.stdout) == [["in:1", "car"], ["in:3", "bar"]]
+
+
+def test_from_bytes_refuses_what_is_not_an_app():
+    import cloudpickle
+
+    with pytest.raises(AppError, match="not a mapreduce app"):
+        App.from_bytes(cloudpickle.dumps({"map": None}))
+
+
+# ---- wordcount's words -------------------------------------------------------------------
+
+
+def reference_words(text: str) -> list[str]:
+    words, current = [], []
+    for ch in text:
+        if ch.isalpha():
+            current.append(ch)
+        elif current:
+            words.append("".join(current))
+            current = []
+    if current:
+        words.append("".join(current))
+    return words
+
+
+POOLS = [
+    "abcdefghijklmnopqrstuvwxyzABCXYZ",
+    "0123456789",
+    " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f",  # whitespace, including str.split's separators
+    "!\"#$%&'()*+,-./:;<=>?@[\\]^`{|}~_",
+    "éèçñøßÅÉÖœæ",
+    "日本語漢字かなカナ한국어",
+    "\u0301\u0308\u0327\u20dd",  # combining marks (not alpha)
+    "²³¹⁴₂",  # superscript / subscript digits (not alpha)
+    "ªºʰǅﬁΩЖع",  # letters of unusual categories
+    "ⅫⅣ٣৩\u00a0\u2028\u200b\u3000\ufeff😀",  # numerals, odd spaces, format chars, emoji
+]
+
+
+def test_words_matches_a_reference_on_random_text():
+    rng = random.Random(77)
+    for trial in range(3000):
+        pools = rng.sample(POOLS, rng.randrange(1, len(POOLS) + 1))
+        if trial % 4 == 0:
+            pools = [POOLS[0], POOLS[1], POOLS[3], " \t\n"]  # pure ASCII: the fast path
+        text = "".join(rng.choice(rng.choice(pools)) for _ in range(rng.randrange(0, 40)))
+        assert wordcount.words(text) == reference_words(text), repr(text)
+        assert wordcount.count_words(text) == collections.Counter(reference_words(text)), repr(text)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", []),
+        ("Hello, World! hello", ["Hello", "World", "hello"]),
+        ("snake_case and x2y", ["snake", "case", "and", "x", "y"]),
+        ("café naïve", ["café", "naïve"]),
+        ("cafe\u0301", ["cafe"]),  # a combining accent is not a letter
+        ("x²y", ["x", "y"]),
+        ("日本語のテキスト", ["日本語のテキスト"]),
+        ("a\u200bb", ["a", "b"]),  # a zero-width space is not whitespace, but it is not a letter
+        ("a\x1cb", ["a", "b"]),
+    ],
+)
+def test_words_examples(text, expected):
+    assert wordcount.words(text) == expected
+
+
+def test_wordcount_map_combine_reduce():
+    text = "the cat and the hat, the end"
+    pairs = list(wordcount.map("f", text))
+    assert dict(pairs) == Counter(reference_words(text))
+    assert wordcount.combine("the", iter([1, 2])) == 3
+    assert wordcount.reduce("the", iter([3, 4])) == 7
+
+
+def test_count_words_across_chunk_boundaries(monkeypatch):
+    monkeypatch.setattr(wordcount, "_CHUNK", 7)  # tiny chunks: every boundary case is hit
+    rng = random.Random(3)
+    for _ in range(500):
+        text = "".join(
+            rng.choice(["ab", "c", " ", "\n", "xyzxyzxyzxyz", "é", ".", "\u00a0"]) for _ in range(rng.randrange(0, 30))
+        )
+        assert wordcount.count_words(text) == collections.Counter(reference_words(text)), repr(text)
+        assert wordcount.words(text) == reference_words(text), repr(text)

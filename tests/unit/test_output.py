@@ -1,0 +1,195 @@
+"""The output folder: refusing what is not ours, committing by rename, _SUCCESS last."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+from mapreduce import output
+from mapreduce.errors import UsageError
+from mapreduce.output import SUCCESS, commit, finish, part_name, prepare_output, temp_name
+
+
+def snapshot(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_creates_a_missing_folder(tmp_path):
+    target = tmp_path / "a" / "b" / "out"
+    assert prepare_output(target, overwrite=False) == target
+    assert target.is_dir() and list(target.iterdir()) == []
+
+
+def test_accepts_an_empty_folder(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    prepare_output(str(target), overwrite=False)
+    assert list(target.iterdir()) == []  # the write probe is gone
+
+
+def test_refuses_a_file_as_the_folder(tmp_path):
+    target = tmp_path / "out"
+    target.write_text("x")
+    with pytest.raises(UsageError, match="not a folder") as info:
+        prepare_output(target, overwrite=True)
+    assert str(target) in str(info.value)
+    assert target.read_text() == "x"
+
+
+@pytest.mark.parametrize("contents", [{"part-00000": b"a\t1\n"}, {"notes.txt": b"mine"}, {SUCCESS: b""}])
+def test_refuses_non_empty_folder_without_overwrite(tmp_path, contents):
+    target = tmp_path / "out"
+    target.mkdir()
+    for name, data in contents.items():
+        (target / name).write_bytes(data)
+    before = snapshot(target)
+    with pytest.raises(UsageError, match="overwrite") as info:
+        prepare_output(target, overwrite=False)
+    assert str(target) in str(info.value)
+    assert snapshot(target) == before  # not even the stale _SUCCESS is touched
+
+
+@pytest.mark.parametrize(
+    "foreign", ["notes.txt", "part-1", "part-000001", "PART-00000", "_SUCCESS.bak", ".hidden", "subdir"]
+)
+def test_refuses_foreign_files_even_with_overwrite_and_leaves_everything(tmp_path, foreign):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "part-00000").write_bytes(b"old\t1\n")
+    (target / SUCCESS).write_bytes(b"")
+    if foreign == "subdir":
+        (target / foreign).mkdir()
+    else:
+        (target / foreign).write_bytes(b"precious")
+    before = snapshot(target) if foreign != "subdir" else None
+    with pytest.raises(UsageError, match="not mapreduce output") as info:
+        prepare_output(target, overwrite=True)
+    assert str(target) in str(info.value) and foreign in str(info.value)
+    assert (target / SUCCESS).exists()  # untouched, including the old success marker
+    if before is not None:
+        assert snapshot(target) == before
+    assert (target / foreign).exists()
+
+
+def test_overwrite_accepts_old_output_and_removes_only_the_stale_success(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    old = {"part-00000": b"a\t1\n", "part-00001": b"b\t2\n", SUCCESS: b"", ".part-00002.a7.tmp": b"partial"}
+    for name, data in old.items():
+        (target / name).write_bytes(data)
+    assert prepare_output(target, overwrite=True) == target
+    after = snapshot(target)
+    assert SUCCESS not in after
+    assert after == {k: v for k, v in old.items() if k != SUCCESS}
+
+
+def test_finish_removes_stale_wider_parts_and_temps_then_writes_success(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for p in range(5):  # an older job with 5 partitions
+        (folder / part_name(p)).write_bytes(f"old {p}\n".encode())
+    (folder / ".part-00001.a3.tmp").write_bytes(b"loser")
+    prepare_output(folder, overwrite=True)
+    for p in range(2):  # the new job has 2
+        temp = temp_name(p, f"a{p + 10}")
+        (folder / temp).write_bytes(f"new {p}\n".encode())
+        commit(folder, temp, p)
+    finish(folder, 2)
+    assert snapshot(folder) == {"part-00000": b"new 0\n", "part-00001": b"new 1\n", SUCCESS: b""}
+    assert list(output.read_output(folder)) == ["new 0\n", "new 1\n"]
+
+
+def test_finish_writes_success_after_everything_else(tmp_path, monkeypatch):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for p in range(4):
+        (folder / part_name(p)).write_bytes(b"x")
+    log = []
+    real_unlink = pathlib.Path.unlink
+    real_open = open
+
+    def unlink(self, *args, **kwargs):
+        log.append(("unlink", self.name, (folder / SUCCESS).exists()))
+        return real_unlink(self, *args, **kwargs)
+
+    def tracking_open(path, *args, **kwargs):
+        log.append(("open", os.path.basename(path), (folder / SUCCESS).exists()))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", unlink)
+    monkeypatch.setattr(output, "open", tracking_open, raising=False)
+    finish(folder, 2)
+    assert sorted(name for kind, name, _ in log if kind == "unlink") == ["part-00002", "part-00003"]
+    assert log[-1] == ("open", SUCCESS, False)  # created last, after every removal
+    assert all(existed is False for _, _, existed in log)
+    assert sorted(os.listdir(folder)) == sorted(["part-00000", "part-00001", SUCCESS])
+
+
+def test_finish_refuses_when_a_partition_is_missing(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / part_name(0)).write_bytes(b"x")
+    (folder / part_name(2)).write_bytes(b"x")
+    with pytest.raises(RuntimeError, match="part-00001"):
+        finish(folder, 3)
+    assert not (folder / SUCCESS).exists()
+
+
+def test_commit_is_a_rename(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    temp = temp_name(3, "a42")
+    assert temp == ".part-00003.a42.tmp"
+    lines = output.write_lines(folder / temp, [("k", 1), ("é", "v"), ("t", [1, 2])])
+    assert lines == 3
+    inode = (folder / temp).stat().st_ino
+    commit(folder, temp, 3)
+    assert not (folder / temp).exists()
+    part = folder / "part-00003"
+    assert part.read_text(encoding="utf-8") == "k\t1\né\tv\nt\t[1, 2]\n"
+    assert part.stat().st_ino == inode  # the same file, renamed, not a copy
+    assert sorted(os.listdir(folder)) == ["part-00003"]
+
+
+def test_commit_replaces_an_old_part(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "part-00000").write_bytes(b"old\n")
+    (folder / temp_name(0, "a1")).write_bytes(b"new\n")
+    commit(folder, temp_name(0, "a1"), 0)
+    assert snapshot(folder) == {"part-00000": b"new\n"}
+
+
+def test_commit_of_a_missing_temp_raises_and_changes_nothing(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "part-00000").write_bytes(b"old\n")
+    with pytest.raises(OSError):
+        commit(folder, temp_name(0, "a9"), 0)
+    assert snapshot(folder) == {"part-00000": b"old\n"}
+
+
+def test_temp_names_are_recognised_as_ours(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / temp_name(7, "seq")).write_bytes(b"")
+    (folder / temp_name(7, "a123")).write_bytes(b"")
+    prepare_output(folder, overwrite=True)  # no foreign file
+    output.remove_temps(folder)
+    assert list(folder.iterdir()) == []
+
+
+def test_visibility_token_tells_who_sees_the_output_folder(tmp_path):
+    from mapreduce.output import sees_folder, show_visibility, visibility_name
+
+    folder = prepare_output(tmp_path / "out", overwrite=False)
+    token = show_visibility(folder, "abc123")
+    assert sees_folder(folder, "abc123", token)
+    assert not sees_folder(folder, "abc123", "another token")  # a folder of the same name elsewhere
+    assert not sees_folder(folder, "abc123", "")
+    assert not sees_folder(tmp_path / "missing", "abc123", token)
+    # A crashed job's token file is ours: --overwrite accepts it and finish() removes it.
+    prepare_output(folder, overwrite=True)
+    assert (folder / visibility_name("abc123")).exists()
