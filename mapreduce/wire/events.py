@@ -37,8 +37,12 @@ class EventLog:
             self._file.close()
 
 
-def read_events(path: str | Path) -> Iterator[dict]:
+def read_records(path: str | Path) -> Iterator[dict]:
+    """The raw JSON objects of a JSON-lines file (event log or faults file)."""
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 yield json.loads(line)
+
+
+read_events = read_records
