@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from mapreduce import defaults
 from mapreduce.errors import JobFailed, MapReduceError
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def _job_options(f):
             "--reduce",
             "-r",
             "n_reduce",
-            default=8,
+            default=defaults.N_REDUCE,
             show_default=True,
             help="Number of reduce tasks (output partitions).",
         ),
@@ -72,7 +73,7 @@ def _job_options(f):
         click.option(
             "--split-size",
             type=Size(),
-            default="16M",
+            default=f"{defaults.SPLIT_SIZE >> 20}M",
             show_default=True,
             help="Largest input split given to one map task.",
         ),
@@ -88,17 +89,20 @@ def _job_options(f):
 def _cluster_options(f):
     options = [
         click.option(
-            "--heartbeat-interval", default=1.0, show_default=True, help="Seconds between heartbeats, both ways."
+            "--heartbeat-interval",
+            default=defaults.HEARTBEAT_INTERVAL,
+            show_default=True,
+            help="Seconds between heartbeats, both ways.",
         ),
         click.option(
             "--worker-timeout",
-            default=5.0,
+            default=defaults.WORKER_TIMEOUT,
             show_default=True,
             help="Seconds of silence before a worker is declared dead.",
         ),
         click.option(
             "--max-attempts",
-            default=4,
+            default=defaults.MAX_ATTEMPTS,
             show_default=True,
             help="Attempts per task whose user code raised before the job fails.",
         ),
@@ -110,18 +114,21 @@ def _cluster_options(f):
         ),
         click.option(
             "--speculation/--no-speculation",
-            default=True,
+            default=defaults.SPECULATION,
             show_default=True,
             help="Give stragglers a backup attempt on an idle worker.",
         ),
         click.option(
             "--max-worker-losses",
-            default=8,
+            default=defaults.MAX_WORKER_LOSSES,
             show_default=True,
             help="Fail the job when one task has lost this many workers in a row.",
         ),
         click.option(
-            "--min-workers", default=1, show_default=True, help="Hand out no task until this many workers have joined."
+            "--min-workers",
+            default=defaults.MIN_WORKERS,
+            show_default=True,
+            help="Hand out no task until this many workers have joined.",
         ),
         click.option(
             "--events",

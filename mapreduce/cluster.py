@@ -134,10 +134,6 @@ class LocalCluster:
         with self._lock:
             return [p for p in self.processes if p.poll() is None and p not in self._paused]
 
-    def paused_workers(self) -> list[subprocess.Popen]:
-        with self._lock:
-            return [p for p in self.processes if p in self._paused and p.poll() is None]
-
     def kill_worker(self, process: subprocess.Popen) -> float:
         """SIGKILL one worker (it is replaced); return the monotonic time of the signal."""
         with self._lock:

@@ -1,12 +1,22 @@
-"""The exceptions a user of mapreduce can catch.
+"""The exceptions mapreduce raises on purpose, all in one tree.
 
 MapReduceError
- +-- UsageError       bad input detected before any work starts (files, app, output folder)
- +-- AppError         the app cannot be loaded or breaks the app contract
- +-- JobFailed        the job ran but could not finish (user code kept raising, workers lost)
- +-- ProtocolError    a malformed or unexpected message arrived from the network
- +-- StorageError     the framework could not write a file of its own (full disk, read-only folder)
-      +-- OutputFolderError   ... and that folder is the job's output folder
+ +-- UsageError           bad input detected before any work starts (files, options, output folder)
+ |    +-- AppError        the app cannot be loaded or breaks the app contract
+ +-- JobFailed            the job ran but could not finish (user code kept raising, workers lost)
+ +-- ProtocolError        a malformed or unexpected message arrived from the network
+ +-- EventLogError        an event log record does not match the event schema
+ +-- FetchError           a data server did not deliver the bytes asked for
+ |    +-- Unreachable     ... because it did not answer at all
+ +-- StorageError         the framework could not write a file of its own (full disk, read-only folder)
+ |    +-- OutputFolderError   ... and that folder is the job's output folder
+ +-- ToolError            a tool around the core failed (its message says what to do)
+      +-- LaunchError     launching workers on other hosts
+      +-- VnetError       building virtual hosts
+      +-- ReportError     drawing a report from event logs
+
+The command line turns UsageError into exit 2 and any other MapReduceError into exit 1,
+with the message alone (no traceback).
 """
 
 from __future__ import annotations
@@ -35,6 +45,34 @@ class JobFailed(MapReduceError):
 
 class ProtocolError(MapReduceError):
     """A message from the network failed validation."""
+
+
+class EventLogError(MapReduceError, ValueError):
+    """An event log record that does not match the event schema (mapreduce.wire.events)."""
+
+
+class FetchError(MapReduceError):
+    """A data server did not deliver the requested bytes (a missing file, a bad reply)."""
+
+
+class Unreachable(FetchError):
+    """The data server did not answer at all: its address, not one file, is the problem."""
+
+
+class ToolError(MapReduceError):
+    """A tool around the core (launcher, virtual network, report) failed."""
+
+
+class LaunchError(ToolError):
+    """Workers could not be launched on other hosts."""
+
+
+class VnetError(ToolError):
+    """Virtual hosts could not be built or used."""
+
+
+class ReportError(ToolError):
+    """A report cannot be made: a missing library, an unreadable log or benchmark file."""
 
 
 class StorageError(MapReduceError):

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from mapreduce import defaults
 from mapreduce.errors import UsageError
-
-DEFAULT_SPLIT_SIZE = 16 * 1024 * 1024
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ def check_inputs(paths: Sequence[str]) -> list[tuple[str, str, int]]:
     return checked
 
 
-def make_splits(paths: Sequence[str], split_size: int = DEFAULT_SPLIT_SIZE) -> list[Split]:
+def make_splits(paths: Sequence[str], split_size: int = defaults.SPLIT_SIZE) -> list[Split]:
     if split_size < 1:
         raise UsageError(f"split size must be positive, got {split_size}")
     splits = []

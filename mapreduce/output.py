@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mapreduce.errors import UsageError, storage_errors
+from mapreduce.errors import JobFailed, UsageError, storage_errors
 
 SUCCESS = "_SUCCESS"
 _OURS = re.compile(r"^(part-\d{5}|_SUCCESS|\.part-\d{5}\.[0-9a-z-]+\.tmp|\.mapreduce-visible-[0-9a-f]+)$")
@@ -164,7 +164,7 @@ def finish(folder: Path, n_partitions: int) -> None:
                 (folder / entry).unlink(missing_ok=True)
     missing = [name for name in sorted(wanted) if not (folder / name).exists()]
     if missing:
-        raise RuntimeError(f"cannot write {SUCCESS}: {missing[0]} was never committed")
+        raise JobFailed(f"cannot write {SUCCESS}: {missing[0]} was never committed")
     with storage_errors(folder, f"writing {SUCCESS}", "output"):
         with open(folder / SUCCESS, "wb") as f:
             os.fsync(f.fileno())

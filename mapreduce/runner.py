@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mapreduce import output
+from mapreduce import defaults, output
 from mapreduce.cluster import LocalCluster
 from mapreduce.errors import JobFailed, UsageError
-from mapreduce.inputs import DEFAULT_SPLIT_SIZE, Split, make_splits
+from mapreduce.inputs import Split, make_splits
 from mapreduce.job import App, load_app
 from mapreduce.net.node import endpoint_host
 from mapreduce.net.security import Keys, check_exposure, generate, load
@@ -31,17 +31,17 @@ WHOLE_FILE = 1 << 62
 
 @dataclass(frozen=True)
 class JobOptions:
-    n_reduce: int = 8
-    split_size: int = DEFAULT_SPLIT_SIZE
+    n_reduce: int = defaults.N_REDUCE
+    split_size: int = defaults.SPLIT_SIZE
     overwrite: bool = False
     params: Mapping[str, str] = field(default_factory=dict)
-    heartbeat_interval: float = 1.0
-    worker_timeout: float = 5.0
-    max_attempts: int = 4
+    heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL
+    worker_timeout: float = defaults.WORKER_TIMEOUT
+    max_attempts: int = defaults.MAX_ATTEMPTS
     task_timeout: float | None = None
-    speculation: bool = True
-    max_worker_losses: int = 8
-    min_workers: int = 1
+    speculation: bool = defaults.SPECULATION
+    max_worker_losses: int = defaults.MAX_WORKER_LOSSES
+    min_workers: int = defaults.MIN_WORKERS
 
     def settings(self) -> Settings:
         from mapreduce.coordinator.scheduler import Settings

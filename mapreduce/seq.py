@@ -11,15 +11,15 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from mapreduce import output
+from mapreduce import defaults, output
 from mapreduce.errors import AppError
-from mapreduce.inputs import DEFAULT_SPLIT_SIZE, make_splits, read_split
+from mapreduce.inputs import make_splits, read_split
 from mapreduce.job import App
 from mapreduce.shuffle import roundtrip
 
 
 def run_sequential(
-    app: App, inputs: list[str], output_dir: Path, n_reduce: int, split_size: int = DEFAULT_SPLIT_SIZE
+    app: App, inputs: list[str], output_dir: Path, n_reduce: int, split_size: int = defaults.SPLIT_SIZE
 ) -> int:
     """Run the job; return the number of output lines. ``output_dir`` must be prepared."""
     partitions: list[list[tuple[str, Any]]] = [[] for _ in range(n_reduce)]

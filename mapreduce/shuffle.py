@@ -103,13 +103,6 @@ def _positional_reader(f: BinaryIO) -> Callable[[int, int], bytes]:
     return lambda size, position: os.pread(fd, size, position)
 
 
-def iter_run_file(path: str, offset: int, length: int) -> Iterator[list]:
-    if length == 0:
-        return
-    with open(path, "rb") as f:
-        yield from iter_run(f, offset, length)
-
-
 def combine_sorted(records: Iterable[Record], combine: Callable[[str, Iterator[Any]], Any]) -> Iterator[Record]:
     for key, group in groupby(records, key=_first):
         yield key, combine(key, (value for _, value in group))

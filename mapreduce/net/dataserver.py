@@ -18,7 +18,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
-from mapreduce.errors import ProtocolError
+from mapreduce.errors import FetchError, ProtocolError, Unreachable
 from mapreduce.net.security import Keys
 
 log = logging.getLogger(__name__)
@@ -26,14 +26,6 @@ log = logging.getLogger(__name__)
 CHUNK = 4 * 1024 * 1024
 PING = ""  # a request for no file: answered at once, to show the server is reachable
 MAX_REQUEST_BYTES = 64 * 1024
-
-
-class FetchError(Exception):
-    """A map output could not be read from the worker that serves it."""
-
-
-class Unreachable(FetchError):
-    """The data server did not answer in time (a dead process, a cut-off host)."""
 
 
 class DataServer:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import click
 
+from mapreduce.errors import LaunchError
+
 PID_TAG = "mapreduce-worker-pid"
 STATE_FILE = "launch-state.json"
 TOKEN_VAR = "MAPREDUCE_LAUNCH_ID"
@@ -40,10 +42,6 @@ _ALIVE = (
     'alive() { kill -0 "$1" 2>/dev/null || return 1; [ -d "/proc/$1" ] || return 0; '
     f'tr "\\0" "\\n" < "/proc/$1/environ" 2>/dev/null | grep -qx "{TOKEN_VAR}=$2"; }}'
 )
-
-
-class LaunchError(Exception):
-    """Bad input or state: reported as one line, exit status 2."""
 
 
 @dataclass(frozen=True)

@@ -45,15 +45,13 @@ from pathlib import Path
 
 import click
 
+from mapreduce.errors import VnetError
+
 PREFIX_PATTERN = r"mr[0-9a-f]{4}"
 DEFAULT_SUBNET = "10.213.0.0/24"
 HOST_IFACE = "eth0"
 _PREFIX_OK = re.compile(r"^[a-z][a-z0-9]{0,7}$")  # <= 8 chars keeps every name within IFNAMSIZ (15)
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-class VnetError(Exception):
-    """A virtual network could not be built, used or removed."""
 
 
 @dataclass(frozen=True)
