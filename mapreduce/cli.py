@@ -168,7 +168,8 @@ def _status_server(bind: str, port: int | None):
         sys.exit(2)
     if not is_loopback(bind):
         click.echo(
-            f"warning: the status page on {bind} has no authentication: it shows hosts, files and errors to whoever reaches it",
+            f"warning: the status page on {bind} has no authentication: it shows hosts, files and errors to "
+            "whoever reaches it",
             err=True,
         )
     click.echo(f"status page: {server.url}  (or: mapreduce status {server.url})", err=True)
@@ -256,7 +257,8 @@ def run(
     )
     if not quiet:
         click.echo(
-            f"{app}: {result.n_map} maps, {result.n_reduce} reduces on {workers} workers in {time.monotonic() - started:.2f} s; output in {output}",
+            f"{app}: {result.n_map} maps, {result.n_reduce} reduces on {workers} workers in "
+            f"{time.monotonic() - started:.2f} s; output in {output}",
             err=True,
         )
 
@@ -278,7 +280,10 @@ def _security_options(f):
             type=click.Path(file_okay=False, path_type=Path),
             envvar="MAPREDUCE_KEY_DIR",
             default=None,
-            help="Folder of CURVE keys from `mapreduce keygen` (or $MAPREDUCE_KEY_DIR): encrypt and authenticate every connection.",
+            help=(
+                "Folder of CURVE keys from `mapreduce keygen` (or $MAPREDUCE_KEY_DIR): encrypt and "
+                "authenticate every connection."
+            ),
         ),
         click.option(
             "--insecure",
@@ -347,7 +352,8 @@ def coordinator(
         c = result.counters
         if c.input_fetched or c.shuffle_fetched or c.output_pulled:
             click.echo(
-                f"network: {_mb(c.input_fetched)} of input and {_mb(c.output_pulled)} of output through the coordinator, "
+                f"network: {_mb(c.input_fetched)} of input and {_mb(c.output_pulled)} of output through the "
+                "coordinator, "
                 f"{_mb(c.shuffle_fetched)} of map output worker to worker",
                 err=True,
             )
@@ -630,11 +636,15 @@ class Progress:
         rate = f"{c.input_done / elapsed / 1e6:.1f} MB/s"
         workers = f"workers {len(scheduler.live_workers())}" + (f" (dead {c.workers_dead})" if c.workers_dead else "")
         if self.tty:
-            line = f"maps {_bar(c.maps_done, n_map)} {c.maps_done}/{n_map}  reduces {_bar(c.reduces_done, n_reduce)} {c.reduces_done}/{n_reduce}  {rate}  {workers}"
+            line = (
+                f"maps {_bar(c.maps_done, n_map)} {c.maps_done}/{n_map}  reduces "
+                f"{_bar(c.reduces_done, n_reduce)} {c.reduces_done}/{n_reduce}  {rate}  {workers}"
+            )
             self.stream.write("\r" + line.ljust(100))
         else:
             self.stream.write(
-                f"progress {elapsed:.1f} s: maps {c.maps_done}/{n_map}, reduces {c.reduces_done}/{n_reduce}, {rate}, {workers}\n"
+                f"progress {elapsed:.1f} s: maps {c.maps_done}/{n_map}, reduces {c.reduces_done}/{n_reduce}, "
+                f"{rate}, {workers}\n"
             )
         self.stream.flush()
         self._shown = True

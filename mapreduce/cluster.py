@@ -226,7 +226,10 @@ class LocalCluster:
                 return None  # the supervisor is about to start a replacement
             codes = sorted({process.returncode for process in self.processes})
             replaced = f", {self.replacements} crashed ones replaced" if self.replacements else ""
-            return f"all {len(self.processes)} local workers exited (exit codes {codes}{replaced}); their last log lines:\n{self.log_tail(5)}"
+            return (
+                f"all {len(self.processes)} local workers exited (exit codes {codes}{replaced}); their last "
+                f"log lines:\n{self.log_tail(5)}"
+            )
 
     # ---- the end -----------------------------------------------------------
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +23,7 @@ from mapreduce.net.security import Keys, check_exposure, generate, load
 from mapreduce.seq import run_sequential
 
 if TYPE_CHECKING:
-    from mapreduce.coordinator.loop import JobResult, Progress
+    from mapreduce.coordinator.loop import Coordinator, JobResult, Progress
     from mapreduce.coordinator.scheduler import Settings
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,8 @@ def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
         raise UsageError(f"--max-attempts must be at least 1, got {options.max_attempts}")
     if options.worker_timeout <= options.heartbeat_interval:
         raise UsageError(
-            f"--worker-timeout ({options.worker_timeout} s) must exceed --heartbeat-interval ({options.heartbeat_interval} s)"
+            f"--worker-timeout ({options.worker_timeout} s) must exceed --heartbeat-interval "
+            f"({options.heartbeat_interval} s)"
         )
     app = load_app(app_ref, options.params)
     split_size = WHOLE_FILE if app.whole_files else options.split_size
@@ -145,38 +148,80 @@ def run_local(
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     job = prepare(app_ref, inputs, output_dir, options)
+    logs = Path(tempfile.mkdtemp(prefix="mapreduce-logs-")) if keep_logs else None
+    # The workers start first and boot while this process loads the coordinator.
+    with local_cluster(workers, options.heartbeat_interval, keep_logs=logs) as local:
+        from mapreduce.coordinator.loop import Coordinator
+
+        coordinator = Coordinator(
+            job.app,
+            job.splits,
+            job.output_dir,
+            options.settings(),
+            local.address,
+            progress,
+            events=events,
+            keys=local.keys,
+            status=status,
+        )
+        result = local.serve(coordinator)
+        if not result.ok and logs is None:
+            tail = local.cluster.log_tail()
+            if tail:
+                log.info("worker logs:\n%s", tail)
+    if logs is not None:
+        log.warning("worker logs kept in %s", logs)
+    return _finished(result)
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """Workers on this machine and where their coordinator must listen for them."""
+
+    address: str  # a private IPC socket
+    keys: Keys  # the coordinator's keys, made for this run
+    cluster: LocalCluster
+
+    def serve(self, coordinator: Coordinator) -> JobResult:
+        """Run ``coordinator`` (bound to ``address``) with these workers."""
+        self.cluster.attach(coordinator)
+        try:
+            return coordinator.run()
+        finally:
+            self.cluster.release_others(coordinator.told_pids)
+
+
+@contextmanager
+def local_cluster(
+    workers: int,
+    heartbeat_interval: float,
+    worker_args: Sequence[str] = (),
+    keep_logs: Path | None = None,
+    stop_grace: float = 3.0,
+) -> Iterator[LocalRun]:
+    """Start ``workers`` local worker processes for a coordinator that this process binds
+    next: the one wiring of `mapreduce run` and the crash test. Keys are made for the run,
+    so even on loopback no other local user can join or listen in; the workers connect to a
+    socket in a private folder. At the end the workers are stopped (``stop_grace`` seconds
+    for each step) and their files removed, but their logs, moved to ``keep_logs`` if given."""
     with tempfile.TemporaryDirectory(prefix="mapreduce-run-") as private:
-        # Keys made for this run: even on loopback, no other local user can join or listen in.
         key_dir = Path(private) / "keys"
         generate(key_dir)
-        # The workers start first and boot while this process loads the coordinator: they
-        # connect to a socket path that the coordinator binds a moment later.
         address = private_endpoint(private)
-        extra = ["--heartbeat-interval", str(options.heartbeat_interval), "--key-dir", str(key_dir)]
-        with LocalCluster(address, workers, extra, keep_logs=keep_logs) as cluster:
-            from mapreduce.coordinator.loop import Coordinator
-
-            coordinator = Coordinator(
-                job.app,
-                job.splits,
-                job.output_dir,
-                options.settings(),
-                address,
-                progress,
-                events=events,
-                keys=load(key_dir, "coordinator"),
-                status=status,
-            )
-            cluster.attach(coordinator)
-            result = coordinator.run()
-            cluster.release_others(coordinator.told_pids)
-            if keep_logs:
-                log.warning("worker logs kept in %s", cluster.logs)
-            elif not result.ok:
-                tail = cluster.log_tail()
-                if tail:
-                    log.info("worker logs:\n%s", tail)
-    return _finished(result)
+        extra = ["--heartbeat-interval", str(heartbeat_interval), "--key-dir", str(key_dir), *worker_args]
+        cluster = LocalCluster(address, workers, extra, keep_logs=keep_logs is not None).start()
+        try:
+            yield LocalRun(address, load(key_dir, "coordinator"), cluster)
+        except BaseException:
+            stop_grace = min(stop_grace, 0.5)
+            raise
+        finally:
+            cluster.stop(grace=stop_grace)
+            if keep_logs is not None:
+                shutil.rmtree(keep_logs, ignore_errors=True)
+                shutil.move(str(cluster.logs), str(keep_logs))
+            cluster.keep_logs = False
+            cluster.cleanup()
 
 
 def private_endpoint(folder: str) -> str:

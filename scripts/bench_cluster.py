@@ -128,7 +128,8 @@ def bench_scale(work: Path, args) -> None:
         result = check(work, SLEEP_APP, [path], "--split-size", split, "--reduce", "4")
         speedup = ideal_one / usage.seconds
         print(
-            f"{workers:>8} {usage.seconds:>8.2f} {ideal_one / workers:>8.2f} {speedup:>7.1f}x {speedup / workers:>8.0%} {result:>7}"
+            f"{workers:>8} {usage.seconds:>8.2f} {ideal_one / workers:>8.2f} {speedup:>7.1f}x "
+            f"{speedup / workers:>8.0%} {result:>7}"
         )
 
 
@@ -158,7 +159,8 @@ def bench_memory(work: Path, args) -> None:
         usage = run_job(work, "wordcount", inputs, 2, start_workers_first=False)
         result = check(work, "wordcount", inputs) if megabytes <= args.check_up_to else "unchecked"
         print(
-            f"{megabytes:>6}MB {usage.seconds:>8.1f} {usage.coordinator_rss_mb:>13.0f} MB {usage.worker_rss_mb:>16.0f} MB {result:>7}"
+            f"{megabytes:>6}MB {usage.seconds:>8.1f} {usage.coordinator_rss_mb:>13.0f} MB "
+            f"{usage.worker_rss_mb:>16.0f} MB {result:>7}"
         )
         for p in corpus.glob("*"):
             p.unlink()

@@ -187,15 +187,19 @@ def main() -> int:
                 job = jobs["wordcount" if BASELINE[scenario] == "fault-free" else "sleep"]
                 results[scenario].append(run_once(scenario, inputs, work, job, args.workers, args.reduce))
     print(
-        f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
+        f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python "
+        f"{platform.python_version()}"
     )
     print(
-        f"jobs: wordcount over {args.size} in {args.files} files, split {args.split_size}; sleep {SLEEP_SECONDS} s a map, "
-        f"split {args.sleep_split_size}; {args.workers} workers, {args.reduce} reduces; median of {args.runs} interleaved runs"
+        f"jobs: wordcount over {args.size} in {args.files} files, split {args.split_size}; sleep "
+        f"{SLEEP_SECONDS} s a map, "
+        f"split {args.sleep_split_size}; {args.workers} workers, {args.reduce} reduces; median of {args.runs} "
+        "interleaved runs"
     )
     medians = {scenario: statistics.median(r["seconds"] for r in rows) for scenario, rows in results.items()}
     print(
-        f"{'scenario':<20} {'median s':>9} {'vs fault-free':>14} {'maps re-run':>12} {'backups':>8} {'declared dead':>14} {'output':>7}"
+        f"{'scenario':<20} {'median s':>9} {'vs fault-free':>14} {'maps re-run':>12} {'backups':>8} "
+        f"{'declared dead':>14} {'output':>7}"
     )
     failed = False
     for scenario, rows in results.items():
@@ -204,8 +208,10 @@ def main() -> int:
         ok = all(r["ok"] for r in rows)
         failed |= not ok
         print(
-            f"{scenario:<20} {medians[scenario]:>9.2f} {ratio:>14} {statistics.median(r['maps_rerun'] for r in rows):>12} "
-            f"{statistics.median(r['backups'] for r in rows):>8} {statistics.median(r['dead'] for r in rows):>14} {'exact' if ok else 'DIFF':>7}"
+            f"{scenario:<20} {medians[scenario]:>9.2f} {ratio:>14} "
+            f"{statistics.median(r['maps_rerun'] for r in rows):>12} "
+            f"{statistics.median(r['backups'] for r in rows):>8} "
+            f"{statistics.median(r['dead'] for r in rows):>14} {'exact' if ok else 'DIFF':>7}"
         )
     return 1 if failed else 0
 

@@ -136,10 +136,12 @@ def main() -> None:
         subprocess.run(mapreduce("seq", "wordcount", *copies, "--output", str(expected), *args), check=True)
 
         print(
-            f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
+            f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python "
+            f"{platform.python_version()}"
         )
         print(
-            f"input: {len(copies)} files, {size / 1e6:.1f} MB; {options.reduce} reduces; {options.runs} runs, interleaved"
+            f"input: {len(copies)} files, {size / 1e6:.1f} MB; {options.reduce} reduces; {options.runs} runs, "
+            "interleaved"
         )
         variants = {f"{options.hosts} hosts, 1 worker each": True, f"1 host, {options.hosts} workers": False}
         times: dict[str, list[float]] = {name: [] for name in variants}
@@ -162,7 +164,8 @@ def main() -> None:
             m = moved[name]
             via = (m["input_fetched"] + m["output_pulled"]) / 1e6
             print(
-                f"{name:<26}{median:>8.2f}s{min(times[name]):>7.2f}s{median / base:>7.2f}{via:>14.1f} MB{m['shuffle_fetched'] / 1e6:>15.1f} MB"
+                f"{name:<26}{median:>8.2f}s{min(times[name]):>7.2f}s{median / base:>7.2f}{via:>14.1f} "
+                f"MB{m['shuffle_fetched'] / 1e6:>15.1f} MB"
             )
         print(
             "\nvia coordinator: input the coordinator served plus reduce output it pulled; "

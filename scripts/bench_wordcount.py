@@ -90,7 +90,8 @@ def run_system(system: str, inputs: list[str], workers: int, work: Path) -> dict
         [sys.executable, str(HERE / "bench_systems.py"), system, str(workers), str(work), str(result_file), *inputs],
         capture_output=True,
         text=True,
-        cwd=work,  # not the project's folder: peers' worker processes would import its source tree, not the installed package
+        # Not the project's folder: peers' worker processes would import its source tree, not the installed package.
+        cwd=work,
     )
     wall = time.monotonic() - started
     if proc.returncode != 0:
@@ -202,7 +203,8 @@ def report(rows: dict, skipped: dict, args, megabytes: float) -> None:
             ratios[f"mapreduce / {other}"] = {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs)}
     for name, ratio in ratios.items():
         print(
-            f"{name}: {ratio['median']:.2f} (median of {args.runs} rounds' ratios; range {ratio['min']:.2f}-{ratio['max']:.2f})"
+            f"{name}: {ratio['median']:.2f} (median of {args.runs} rounds' ratios; range "
+            f"{ratio['min']:.2f}-{ratio['max']:.2f})"
         )
     args.json.write_text(
         json.dumps(

@@ -184,6 +184,8 @@ def is_loopback(host: str) -> bool:
 
 HANDSHAKE_FAILURES = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the coordinator does not accept this worker's key",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the coordinator and this worker disagree on security (keys on one side only?)",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: (
+        "the coordinator and this worker disagree on security (keys on one side only?)"
+    ),
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed (is the coordinator's public key the right one?)",
 }

@@ -17,7 +17,6 @@ are functions of their inputs, so they are tested without processes.
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import random
@@ -31,12 +30,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
-from mapreduce import runner
+from mapreduce import defaults, runner
 from mapreduce.cluster import LocalCluster
 from mapreduce.coordinator.loop import Coordinator, JobResult
 from mapreduce.errors import JobFailed, UsageError
 from mapreduce.job import load_app
 from mapreduce.tools.corpus import write_corpus
+from mapreduce.tools.faults import Fault, FaultKind, faults_beside, write_faults
 from mapreduce.wire.events import read_events
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ class CrashTestOptions:
             raise UsageError(f"--pause-probability must be from 0 to 1, got {self.pause_probability}")
         if self.worker_timeout <= self.heartbeat_interval:
             raise UsageError(
-                f"--worker-timeout ({self.worker_timeout} s) must exceed --heartbeat-interval ({self.heartbeat_interval} s)"
+                f"--worker-timeout ({self.worker_timeout} s) must exceed --heartbeat-interval "
+                f"({self.heartbeat_interval} s)"
             )
         if not self.inputs and self.corpus_size < 1:
             raise UsageError(f"--corpus-size must be at least 1 byte, got {self.corpus_size}")
@@ -96,18 +97,6 @@ class CrashTestOptions:
 
     def longest_pause(self) -> float:
         return self.worker_timeout + PAUSE_EXTRA[1]
-
-
-class FaultKind(enum.Enum):
-    KILL = "kill"
-    PAUSE = "pause"
-
-
-@dataclass(frozen=True)
-class Fault:
-    kind: FaultKind
-    pid: int
-    time: float  # monotonic seconds, when the signal was sent
 
 
 @dataclass(frozen=True)
@@ -342,7 +331,10 @@ def _row(label: str, seconds: float, kills: int, pauses: int, counts: EventCount
 
 def format_overhead(report: CrashTestReport) -> str:
     median = statistics.median(r.seconds for r in report.rounds)
-    return f"job time: median round {median:.2f} s, baseline without faults {report.baseline.seconds:.2f} s: overhead {report.overhead():.2f}x"
+    return (
+        f"job time: median round {median:.2f} s, baseline without faults {report.baseline.seconds:.2f} s: "
+        f"overhead {report.overhead():.2f}x"
+    )
 
 
 def format_latency(report: CrashTestReport, worker_timeout: float) -> str:
@@ -531,9 +523,7 @@ class CrashTest:
         shutil.rmtree(out, ignore_errors=True)
         log_events = list(read_events(events))
         # The faults beside the event log, on its clock: `mapreduce report` marks them on the timeline.
-        with open(events.with_suffix(".faults.jsonl"), "w", encoding="utf-8") as f:
-            for fault in run.faults:
-                f.write(json.dumps({"t": fault.time, "kind": fault.kind.value, "pid": fault.pid}) + "\n")
+        write_faults(faults_beside(events), run.faults)
         return RoundResult(
             number,
             job_seconds(log_events, run.started, run.result.seconds),
@@ -547,43 +537,39 @@ class CrashTest:
     def _run_job(
         self, job: runner.PreparedJob, events: Path, rng: random.Random | None, keep_logs: Path | None
     ) -> JobRun:
-        """The job on a fresh local cluster, with a chaos thread if given its randomness."""
+        """The job on a fresh local cluster, wired as `mapreduce run` wires it (a private IPC
+        socket, keys made for the run), with a chaos thread if given its randomness."""
         opts = self.options
-        coordinator = Coordinator(
-            job.app,
-            job.splits,
-            job.output_dir,
-            opts.job_options().settings(),
-            "tcp://127.0.0.1:*",
-            goodbye_grace=GOODBYE_GRACE,
-            events=events,
-        )
-        cluster = LocalCluster(coordinator.address, opts.workers, self._worker_args(), keep_logs=keep_logs is not None)
-        cluster.attach(coordinator)
-        chaos = (
-            Chaos(cluster, events, rng, opts.kill_every, opts.pause_probability, self._pause_seconds) if rng else None
-        )
         faults: tuple[Fault, ...] = ()
-        cluster.start()
-        try:
-            if chaos is not None:
+        with runner.local_cluster(
+            opts.workers, opts.heartbeat_interval, self._worker_args(), keep_logs, stop_grace=GOODBYE_GRACE
+        ) as local:
+            coordinator = Coordinator(
+                job.app,
+                job.splits,
+                job.output_dir,
+                opts.job_options().settings(),
+                local.address,
+                goodbye_grace=GOODBYE_GRACE,
+                events=events,
+                keys=local.keys,
+            )
+            chaos = None
+            if rng is not None:
+                chaos = Chaos(local.cluster, events, rng, opts.kill_every, opts.pause_probability, self._pause_seconds)
                 chaos.start()
             try:
                 started = time.monotonic()
-                result = coordinator.run()
+                result = local.serve(coordinator)
             finally:
                 if chaos is not None:
                     faults = chaos.stop()
-        finally:
-            cluster.release_others(coordinator.told_pids)
-            cluster.stop(grace=GOODBYE_GRACE)
-            _dispose(cluster, keep_logs)
         return JobRun(result, started, faults)
 
     def _worker_args(self) -> list[str]:
         # A worker must outlive its longest pause without giving up on the coordinator.
-        patience = max(20.0, 2 * self.options.longest_pause())
-        return ["--heartbeat-interval", str(self.options.heartbeat_interval), "--coordinator-timeout", str(patience)]
+        patience = max(defaults.COORDINATOR_TIMEOUT, 2 * self.options.longest_pause())
+        return ["--coordinator-timeout", str(patience)]
 
     def _pause_seconds(self, rng: random.Random) -> float:
         return self.options.worker_timeout + rng.uniform(*PAUSE_EXTRA)
@@ -594,12 +580,3 @@ class JobRun:
     result: JobResult
     started: float  # monotonic, just before the coordinator started
     faults: tuple[Fault, ...]
-
-
-def _dispose(cluster: LocalCluster, keep_logs: Path | None) -> None:
-    """Remove a stopped cluster's files, moving its worker logs to ``keep_logs`` first if given."""
-    if keep_logs is not None:
-        shutil.rmtree(keep_logs, ignore_errors=True)
-        shutil.move(str(cluster.logs), str(keep_logs))
-    cluster.keep_logs = False
-    cluster.cleanup()

@@ -202,7 +202,8 @@ class Launcher:
                     started[name] = pending.pop(name)
                 elif proc.poll() is not None:
                     failures.append(
-                        f"{name}: {self.rsh[0]} exited with status {proc.returncode} before the worker started{_tail(record.log)}"
+                        f"{name}: {self.rsh[0]} exited with status {proc.returncode} before the worker "
+                        f"started{_tail(record.log)}"
                     )
                     pending.pop(name)
             if pending and time.monotonic() > deadline:
@@ -443,7 +444,8 @@ def _start(launcher: Launcher, hosts, coordinator, worker_command, worker_args, 
     for failure in failures:
         launcher.say(f"failed: {failure}")
     launcher.say(
-        f"started {len(records)} of {total} worker(s) on {len({r.host for r in records})} host(s); logs in {launcher.logs}"
+        f"started {len(records)} of {total} worker(s) on {len({r.host for r in records})} host(s); logs in "
+        f"{launcher.logs}"
     )
     if not foreground:
         if records:

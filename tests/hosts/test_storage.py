@@ -329,7 +329,10 @@ def test_output_folder_turned_read_only_fails_the_job_at_once_with_a_clear_messa
     assert "Traceback" not in stderr
     failed = of(log, "task_failed", phase="reduce")
     assert len(failed) == 1, f"the job must fail at the first reduce that cannot write, not retry:\n{stderr}"
-    expected = f"output folder {out.resolve()} is not writable: read-only file system (output of reduce task {failed[0]['task']}, attempt {failed[0]['attempt']})"
+    expected = (
+        f"output folder {out.resolve()} is not writable: read-only file system (output of reduce task "
+        f"{failed[0]['task']}, attempt {failed[0]['attempt']})"
+    )
     assert failed[0]["error"] == expected and failed[0]["user_error"] is False
     finished = of(log, "job_finished")
     assert finished and finished[0]["ok"] is False and finished[0]["message"].startswith(expected)

@@ -712,7 +712,8 @@ def test_the_coordinator_never_unpickles_what_it_receives(tmp_path, oracle, make
     assert not [e for e in of(log, "task_finished") if e["records"] == LIE]
     seen = check_rejected(log, swarm.rejected)
     print(
-        f"\npickles at the coordinator: {swarm.sent} messages ({swarm.rejected} invalid), replies {dict(swarm.replies)}, "
+        f"\npickles at the coordinator: {swarm.sent} messages ({swarm.rejected} invalid), replies "
+        f"{dict(swarm.replies)}, "
         f"{seen}, {time.monotonic() - started:.1f} s"
     )
     assert swarm.replies["Unknown"] > 0 and swarm.replies["undecodable"] == 0
@@ -845,7 +846,8 @@ def test_thousands_of_fuzzed_frames_at_a_running_job(tmp_path, oracle, make_job)
     print(
         f"\nfuzz: {swarm.sent} messages to the coordinator ({swarm.multipart} multipart, {swarm.invalid} invalid, "
         f"{swarm.oversized} oversized), replies {dict(swarm.replies)}, "
-        f"rejected: {finished_record(log).get('rejected', 'not in job_finished')}; {to_servers} requests to 3 data servers "
+        f"rejected: {finished_record(log).get('rejected', 'not in job_finished')}; {to_servers} requests to 3 "
+        "data servers "
         f"({sum(c.oversized for c in clients)} oversized, {sum(c.refused for c in clients)} refused); "
         f"{fuzzed:.1f} s of fuzzing, {time.monotonic() - started:.1f} s in all; coordinator exit "
         f"{job.coordinator.returncode}; data servers that stopped answering: {len(dead)}"

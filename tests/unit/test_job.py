@@ -224,7 +224,8 @@ def test_out_of_range_partition_raises_app_error_when_used(tmp_path, returned):
 def test_in_range_partition_is_passed_through(tmp_path):
     path = write_app(
         tmp_path,
-        "def map(k, v):\n    return []\ndef reduce(k, v):\n    return 0\ndef partition(key, n):\n    return len(key) % n\n",
+        "def map(k, v):\n    return []\ndef reduce(k, v):\n    return 0\ndef partition(key, n):\n    return "
+        "len(key) % n\n",
     )
     app = load_app(path)
     assert [app.partition("x" * i, 3) for i in range(6)] == [0, 1, 2, 0, 1, 2]

@@ -405,7 +405,10 @@ def test_user_errors_count_to_max_attempts_then_the_job_fails_with_the_traceback
     tried = []
     for n in range(1, 4):
         tried.append(assign.attempt)
-        tb = f'Traceback (most recent call last):\n  File "app.py", line 3, in map\nZeroDivisionError: division by zero #{n}'
+        tb = (
+            'Traceback (most recent call last):\n  File "app.py", line 3, in map\nZeroDivisionError: '
+            f"division by zero #{n}"
+        )
         actions = s.receive(float(n), b"A", p.TaskFailed(a, assign.attempt, "ZeroDivisionError: division by zero", tb))
         assert s.maps[0].failures == n
         if n < 3:
