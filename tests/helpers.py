@@ -115,6 +115,11 @@ def words_file(folder: Path, name: str, words: int = 40) -> str:
     return str(path)
 
 
+def coordinator_args(app: str, inputs: list[str], out: Path, endpoint: str, events: Path) -> list[str]:
+    """``mapreduce coordinator`` arguments for a job with its output folder, address and event log."""
+    return ["coordinator", app, *inputs, "--output", str(out), "--bind", endpoint, "--events", str(events)]
+
+
 class Job:
     """A coordinator process, the workers started for it, and its event log."""
 
@@ -125,18 +130,7 @@ class Job:
         self.endpoint = free_endpoint()
         self.processes: list[subprocess.Popen] = []
         self.coordinator = self._start(
-            "coordinator",
-            app,
-            *inputs,
-            "--output",
-            str(self.out),
-            "--bind",
-            self.endpoint,
-            "--events",
-            str(self.events),
-            *FAST,
-            *TIMEOUT,
-            *args,
+            *coordinator_args(app, inputs, self.out, self.endpoint, self.events), *FAST, *TIMEOUT, *args
         )
 
     def _start(self, *args: str, env: dict | None = None, wrap: tuple[str, ...] = ()) -> subprocess.Popen:

@@ -18,7 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers import GUTENBERG, SLEEPY, assert_same_output, event_log, mapreduce_command, of, wait_for_log, words_file
+from helpers import (
+    GUTENBERG,
+    SLEEPY,
+    assert_same_output,
+    coordinator_args,
+    event_log,
+    mapreduce_command,
+    of,
+    wait_for_log,
+    words_file,
+)
 from mapreduce.net import security
 from mapreduce.tools import vnet
 
@@ -50,15 +60,7 @@ class Hosts:
 
     def start_coordinator(self, app: str, inputs: list[str], *args: str) -> None:
         command = mapreduce_command(
-            "coordinator",
-            app,
-            *inputs,
-            "--output",
-            str(self.out),
-            "--bind",
-            self.endpoint,
-            "--events",
-            str(self.events),
+            *coordinator_args(app, inputs, self.out, self.endpoint, self.events),
             "--key-dir",
             str(self.keys),
             *FAST,

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from helpers import (
     APPS,
     assert_same_output,
+    coordinator_args,
     event_log,
     free_endpoint,
     job_fixture,
@@ -169,17 +170,7 @@ class Job:
         self.endpoint = free_endpoint()
         self.processes: list[tuple[subprocess.Popen, Path]] = []
         self.coordinator = self._start(
-            "coordinator",
-            app,
-            *inputs,
-            "--output",
-            str(self.out),
-            "--bind",
-            self.endpoint,
-            "--events",
-            str(self.events),
-            *FAST,
-            *args,
+            *coordinator_args(app, inputs, self.out, self.endpoint, self.events), *FAST, *args
         )
 
     def _start(self, *args: str) -> subprocess.Popen:
