@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -332,9 +333,6 @@ def test_crash_app_arms_only_in_a_worker_process(argv, worker):
 
 def crash_app():
     """The crash app's module, loaded from its file (test apps are not built in)."""
-    import importlib.util
+    from mapreduce.job import load_app
 
-    spec = importlib.util.spec_from_file_location("crash_app", CRASH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return sys.modules[load_app(CRASH).map.__module__]  # loaded as an app is: by its path
