@@ -16,7 +16,7 @@ from mapreduce import defaults
 from mapreduce.errors import JobFailed, MapReduceError
 
 if TYPE_CHECKING:
-    from mapreduce.coordinator.scheduler import Scheduler
+    from mapreduce.coordinator.view import JobView
 
 _SIZE = re.compile(r"^(\d+)([kmg]?)b?$", re.IGNORECASE)
 
@@ -177,10 +177,15 @@ def _status_server(bind: str, port: int | None):
 
 
 def _with_status(bind: str, port: int | None, job):
-    """Run job(status_server) with a status page if a port was given, closed afterwards."""
+    """Run job(observe) with a status page if a port was given, closed afterwards; ``observe``
+    (the coordinator's observer) publishes the job to that page, or is None without one."""
     server = _status_server(bind, port)
     try:
-        return job(server)
+        if server is None:
+            return job(None)
+        from mapreduce.tools.status import StatusBoard
+
+        return job(StatusBoard(server))
     finally:
         if server is not None:
             server.close(linger=3.0)  # a watching page or `status --watch` gets the final state
@@ -248,10 +253,10 @@ def run(
     result = _with_status(
         status_bind,
         status_port,
-        lambda status: _with_progress(
+        lambda observe: _with_progress(
             quiet,
             lambda progress: runner.run_local(
-                app, inputs, output, workers, options, progress, keep_logs, events, status
+                app, inputs, output, workers, options, progress, keep_logs, events, observe
             ),
         ),
     )
@@ -337,10 +342,10 @@ def coordinator(
     result = _with_status(
         status_bind,
         status_port,
-        lambda status: _with_progress(
+        lambda observe: _with_progress(
             quiet,
             lambda progress: runner.serve(
-                app, inputs, output, bind, options, progress, announce, events, keys, insecure, status
+                app, inputs, output, bind, options, progress, announce, events, keys, insecure, observe
             ),
         ),
     )
@@ -349,7 +354,7 @@ def coordinator(
             f"{app}: {result.n_map} maps, {result.n_reduce} reduces in {result.seconds:.2f} s; output in {output}",
             err=True,
         )
-        c = result.counters
+        c = result.tally
         if c.input_fetched or c.shuffle_fetched or c.output_pulled:
             click.echo(
                 f"network: {_mb(c.input_fetched)} of input and {_mb(c.output_pulled)} of output through the "
@@ -624,26 +629,25 @@ class Progress:
         self._phase = ""
         self._shown = False
 
-    def __call__(self, scheduler: Scheduler) -> None:
+    def __call__(self, view: JobView) -> None:
         now = time.monotonic()
-        c = scheduler.counters
-        n_map, n_reduce = len(scheduler.maps), len(scheduler.reduces)
-        phase = "maps" if c.maps_done < n_map else "reduces"
+        maps, reduces, c = view.maps, view.reduces, view.tally
+        phase = "maps" if maps.done < maps.total else "reduces"
         if now - self._last < self.every and phase == self._phase:
             return
         self._last, self._phase = now, phase
-        elapsed = max(now - scheduler.started, 1e-9)
+        elapsed = max(view.elapsed, 1e-9)
         rate = f"{c.input_done / elapsed / 1e6:.1f} MB/s"
-        workers = f"workers {len(scheduler.live_workers())}" + (f" (dead {c.workers_dead})" if c.workers_dead else "")
+        workers = f"workers {view.workers_live}" + (f" (dead {c.workers_dead})" if c.workers_dead else "")
         if self.tty:
             line = (
-                f"maps {_bar(c.maps_done, n_map)} {c.maps_done}/{n_map}  reduces "
-                f"{_bar(c.reduces_done, n_reduce)} {c.reduces_done}/{n_reduce}  {rate}  {workers}"
+                f"maps {_bar(maps.done, maps.total)} {maps.done}/{maps.total}  "
+                f"reduces {_bar(reduces.done, reduces.total)} {reduces.done}/{reduces.total}  {rate}  {workers}"
             )
             self.stream.write("\r" + line.ljust(100))
         else:
             self.stream.write(
-                f"progress {elapsed:.1f} s: maps {c.maps_done}/{n_map}, reduces {c.reduces_done}/{n_reduce}, "
+                f"progress {elapsed:.1f} s: maps {maps.done}/{maps.total}, reduces {reduces.done}/{reduces.total}, "
                 f"{rate}, {workers}\n"
             )
         self.stream.flush()

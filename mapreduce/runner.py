@@ -23,7 +23,7 @@ from mapreduce.net.security import Keys, check_exposure, generate, load
 from mapreduce.seq import run_sequential
 
 if TYPE_CHECKING:
-    from mapreduce.coordinator.loop import Coordinator, JobResult, Progress
+    from mapreduce.coordinator.loop import Coordinator, JobResult, Observer, Progress
     from mapreduce.coordinator.scheduler import Settings
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def serve(
     events: Path | None = None,
     keys: Keys | None = None,
     insecure: bool = False,
-    status=None,
+    observe: Observer | None = None,
 ) -> JobResult:
     """Serve one job to workers that connect to ``bind``; raise JobFailed if it fails."""
     from mapreduce.coordinator.loop import Coordinator
@@ -124,7 +124,7 @@ def serve(
             progress,
             events=events,
             keys=keys,
-            status=status,
+            observe=observe,
         )
     except Exception as exc:  # zmq.ZMQError for a bad or busy address
         raise UsageError(f"cannot bind {bind}: {exc}") from exc
@@ -142,7 +142,7 @@ def run_local(
     progress: Progress | None = None,
     keep_logs: bool = False,
     events: Path | None = None,
-    status=None,
+    observe: Observer | None = None,
 ) -> JobResult:
     """Run a job on a coordinator in this process and ``workers`` local worker processes."""
     if workers < 1:
@@ -162,7 +162,7 @@ def run_local(
             progress,
             events=events,
             keys=local.keys,
-            status=status,
+            observe=observe,
         )
         result = local.serve(coordinator)
         if not result.ok and logs is None:

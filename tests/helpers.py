@@ -3,6 +3,7 @@ comparing outputs, and driving the scheduler by hand. Fixtures live in conftest.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,13 +11,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
-from mapreduce.coordinator.scheduler import Commit, EventKind, Scheduler, Send, Settings
+from mapreduce.coordinator.scheduler import Commit, Scheduler, Send, Settings
 from mapreduce.inputs import Split
+from mapreduce.output import attempt_temp_name
 from mapreduce.wire import messages as p
-from mapreduce.wire.events import read_events
+from mapreduce.wire.events import Event, parse, read_records, to_record
 
 TESTS = Path(__file__).parent
 APPS = TESTS / "apps"
@@ -47,7 +50,7 @@ def run_cli(*args: str, timeout: float = 120, check: bool = True) -> subprocess.
 
 def event_log(path: Path) -> list[dict]:
     """A job's event log so far (empty before the coordinator writes it)."""
-    return list(read_events(path)) if path.exists() else []
+    return list(read_records(path)) if path.exists() else []
 
 
 def of(log, kind, **fields) -> list[dict]:
@@ -212,12 +215,30 @@ def assert_no_temp_files(out: Path) -> None:
 QUIET = 1_000_000.0  # a heartbeat interval / worker timeout that never fires
 
 
-def make(n_maps: int = 1, n_reduce: int = 1, now: float = 0.0, **settings) -> Scheduler:
+def make(
+    n_maps: int = 1, n_reduce: int = 1, now: float = 0.0, job_id: str = "", app: str = "", out: str = "", **settings
+) -> Scheduler:
+    """A scheduler of ``n_maps`` 100-byte splits, each of its own file (``job_id``, ``app``
+    and ``out``: the job's facts in its view)."""
     settings.setdefault("heartbeat_interval", QUIET)
     settings.setdefault("worker_timeout", QUIET)
     splits = [Split(f"in{i}.txt", f"/data/in{i}.txt", 100 * i, 100 * i + 100) for i in range(n_maps)]
     settings.setdefault("speculation", False)  # tests of backups turn it on
-    return Scheduler(splits, Settings(n_reduce=n_reduce, **settings), now)
+    s = Scheduler(splits, Settings(n_reduce=n_reduce, **settings), now, job_id, app=app, output=out)
+    s.record = _schema_checked(s.record)
+    return s
+
+
+def _schema_checked(record):
+    """``record``, checking first that the event survives the log's round trip: so every
+    event a scheduler records in any test is checked against the schema."""
+
+    def checked(event: Event) -> None:
+        line = json.dumps(to_record(event, wall_offset=0.0))
+        assert parse(json.loads(line)) == event, f"{event!r} was read back from {line} as {parse(json.loads(line))!r}"
+        record(event)
+
+    return checked
 
 
 def commits(actions: list) -> list[tuple[int, str]]:
@@ -259,12 +280,17 @@ def one(actions: list, ident: bytes, kind: type):
     return found[0]
 
 
-def kinds(s: Scheduler) -> list[EventKind]:
-    return [e.kind for e in s.events]
+def kinds(s: Scheduler) -> list[type[Event]]:
+    """The classes of the events the scheduler recorded (since the coordinator last took them)."""
+    return [type(e) for e in s.events]
 
 
-def events(s: Scheduler, kind: EventKind) -> list:
-    return [e for e in s.events if e.kind is kind]
+E = TypeVar("E", bound=Event)
+
+
+def events(s: Scheduler, kind: type[E]) -> list[E]:
+    """The recorded events of one class, typed."""
+    return [e for e in s.events if isinstance(e, kind)]
 
 
 def map_done(s, now, ident, wid, assign, lengths, records=3):
@@ -285,5 +311,5 @@ def report_unreadable(s, now, ident, wid, attempt, map_task=0):
 
 def reduce_done(s, now, ident, wid, assign):
     return s.receive(
-        now, ident, p.TaskDone(wid, assign.attempt, [], f".part-{assign.task:05d}.a{assign.attempt}.tmp", 7)
+        now, ident, p.TaskDone(wid, assign.attempt, [], attempt_temp_name(assign.task, s.job_id, assign.attempt), 7)
     )

@@ -13,15 +13,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 
 from mapreduce import output
-from mapreduce.coordinator.scheduler import Commit, Counters, Discard, EventKind, Scheduler, Send, Settings
+from mapreduce.coordinator.scheduler import Commit, Discard, Scheduler, Send, Settings
 from mapreduce.coordinator.transfers import Probe, Pull, Transfers
+from mapreduce.coordinator.view import JobView
 from mapreduce.errors import ProtocolError
 from mapreduce.inputs import Split
 from mapreduce.job import App
@@ -29,11 +30,14 @@ from mapreduce.net.dataserver import DataServer
 from mapreduce.net.node import endpoint_host, host_id
 from mapreduce.net.security import Keys, authenticator
 from mapreduce.wire import messages as p
-from mapreduce.wire.events import EventLog
+from mapreduce.wire.events import Event, EventLog, Tally
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[["Scheduler"], None]
+Progress = Callable[[JobView], None]  # called every tick (a progress bar)
+# Called every tick and once at the end with the job's view and the events recorded since
+# the last call (the status page): observers see the job without touching the scheduler.
+Observer = Callable[[JobView, Sequence[Event]], None]
 MAX_PROBES = 64  # data-server checks queued at once: a flood of registrations cannot stall real ones
 
 
@@ -41,7 +45,7 @@ MAX_PROBES = 64  # data-server checks queued at once: a flood of registrations c
 class JobResult:
     ok: bool
     message: str
-    counters: Counters
+    tally: Tally
     seconds: float
     n_map: int
     n_reduce: int
@@ -61,10 +65,10 @@ class Coordinator:
         watchdog: Callable[[], str | None] | None = None,
         exited: Callable[[], list[tuple[int, int]]] | None = None,
         keys: Keys | None = None,
-        status=None,  # a status.StatusServer to publish the job's state to
+        observe: Observer | None = None,
     ):
-        self.status_server = status
-        self.status_board = None
+        self.observe = observe
+        self._unobserved: list[Event] = []  # events recorded since the observer last saw the job
         self.app, self.splits, self.output_dir, self.settings = app, splits, output_dir, settings
         self.progress = progress
         self.goodbye_grace = goodbye_grace
@@ -117,39 +121,32 @@ class Coordinator:
 
     def run(self) -> JobResult:
         started = time.monotonic()
-        scheduler = Scheduler(self.splits, self.settings, started, self.job_id)
-        if self.status_server is not None:
-            from mapreduce.tools.status import StatusBoard, job_facts
-
-            facts = job_facts(self.app.name, self.job_id, self.splits, self.settings.n_reduce, self.output_dir)
-            self.status_board = StatusBoard(facts, self.status_server)
-        scheduler.record(
-            started,
-            EventKind.JOB_STARTED,
-            job=self.job_id,
-            maps=len(self.splits),
-            reduces=self.settings.n_reduce,
-            input_bytes=sum(s.end - s.start for s in self.splits),
+        scheduler = Scheduler(
+            self.splits, self.settings, started, self.job_id, app=self.app.name, output=str(self.output_dir)
         )
+        scheduler.job_started(started)
+        stopped = None  # why the job ended otherwise than by succeeding or failing
         self.data_server.start()
         self._output_token = output.show_visibility(self.output_dir, self.job_id)
         try:
             self._serve(scheduler)
-            if scheduler.succeeded:
+            if scheduler.succeeded and scheduler.failure is None:  # (a commit may fail after the last reduce)
                 output.finish(self.output_dir, self.settings.n_reduce)
                 ok, message = True, f"output committed to {self.output_dir}"
             else:
                 ok, message = False, scheduler.failure or "stopped"
         except KeyboardInterrupt:
             ok, message = False, "the coordinator was interrupted"
-            scheduler.record(time.monotonic(), EventKind.JOB_FINISHED, ok=False, message=message)
+            scheduler.job_finished(time.monotonic(), self.rejected_messages, stopped=message)
             self._farewell(scheduler, False, message, grace=0.5)
             self._flush_events(scheduler)
+            self._notify(scheduler, time.monotonic())
             self.events.close()
             self._close()
             raise
         except Exception as exc:
             ok, message = False, f"the coordinator failed: {type(exc).__name__}: {exc}"
+            stopped = message
             log.exception("coordinator failure")
         finally:
             stays = output.remove_visibility(self.output_dir, self.job_id)
@@ -162,23 +159,14 @@ class Coordinator:
                     log.warning(
                         "could not remove %d temporary file(s) from %s, e.g. %s", len(left), self.output_dir, left[0]
                     )
-            c = scheduler.counters
-            scheduler.record(
-                time.monotonic(),
-                EventKind.JOB_FINISHED,
-                ok=scheduler.succeeded,
-                message=scheduler.failure or "",
-                input_fetched=c.input_fetched,
-                shuffle_fetched=c.shuffle_fetched,
-                output_pulled=c.output_pulled,
-                rejected=self.rejected_messages,
-            )
+            scheduler.job_finished(time.monotonic(), self.rejected_messages, stopped)
         self._farewell(scheduler, ok, message, self.goodbye_grace)
         self._flush_events(scheduler)
+        self._notify(scheduler, time.monotonic())
         self.events.close()
         self._close()
         return JobResult(
-            ok, message, scheduler.counters, time.monotonic() - started, len(self.splits), self.settings.n_reduce
+            ok, message, scheduler.tally.copy(), time.monotonic() - started, len(self.splits), self.settings.n_reduce
         )
 
     def _close(self) -> None:
@@ -216,22 +204,36 @@ class Coordinator:
                     if self._over(scheduler):
                         return
             now = time.monotonic()
-            if now >= next_tick:
+            ticked = now >= next_tick
+            if ticked:
                 self._carry_out(scheduler, scheduler.tick(now))
                 for pid, code in self.exited() if self.exited is not None else ():
                     self._carry_out(scheduler, scheduler.process_exited(now, self._host_id, pid, code))
                 next_tick = now + tick_every
-                if self.progress is not None:
-                    self.progress(scheduler)
                 if self.watchdog is not None and scheduler.failure is None:
-                    scheduler.failure = self.watchdog()
+                    why = self.watchdog()
+                    if why is not None:
+                        scheduler.fail(now, why)
             self._flush_events(scheduler)
+            if ticked:
+                self._notify(scheduler, now, tick=True)
 
     def _flush_events(self, scheduler: Scheduler) -> None:
-        if self.status_board is not None:  # before the events are cleared: the page shows them
-            self.status_board.update(scheduler, time.monotonic())
-        self.events.write(scheduler.events)
-        scheduler.events.clear()
+        events = scheduler.take_events()
+        self.events.write(events)
+        if self.observe is not None:
+            self._unobserved += events
+
+    def _notify(self, scheduler: Scheduler, now: float, tick: bool = False) -> None:
+        """Show the job to the progress display (on ticks) and the observer."""
+        if self.observe is None and (self.progress is None or not tick):
+            return
+        view = scheduler.view(now)
+        if self.progress is not None and tick:
+            self.progress(view)
+        if self.observe is not None:
+            events, self._unobserved = self._unobserved, []
+            self.observe(view, events)
 
     def _recv(self) -> tuple[bytes | None, bytes]:
         frames = self.socket.recv_multipart(zmq.NOBLOCK)
@@ -275,7 +277,7 @@ class Coordinator:
             return
         c = done.commit
         if done.output_folder_failed:  # no re-run can help: the output folder takes no file
-            scheduler.failure = scheduler.failure or done.error
+            scheduler.fail(now, done.error or "the output folder takes no file")
             return
         if done.error is not None:
             self._carry_out(
@@ -283,8 +285,7 @@ class Coordinator:
                 scheduler.commit_failed(now, c.partition, f"pulling it from {c.data_address} failed: {done.error}"),
             )
             return
-        scheduler.counters.output_pulled += c.size
-        self._commit(scheduler, c.partition, done.destination.name)
+        self._commit(scheduler, c.partition, done.destination.name, pulled=c.size)
 
     def _carry_out(self, scheduler: Scheduler, actions: list) -> None:
         now = time.monotonic()
@@ -301,17 +302,19 @@ class Coordinator:
             elif isinstance(action, Discard) and output.is_temp_name(action.temp):
                 (self.output_dir / action.temp).unlink(missing_ok=True)
 
-    def _commit(self, scheduler: Scheduler, partition: int, temp: str) -> None:
+    def _commit(self, scheduler: Scheduler, partition: int, temp: str, pulled: int = 0) -> None:
+        """Publish a partition's temporary output; ``pulled``: bytes pulled from its reducer first."""
         now = time.monotonic()
         try:
             if not output.is_temp_name(temp):
                 raise FileNotFoundError(f"{temp!r} is not a temporary output name")
             output.commit(self.output_dir, temp, partition)
-            scheduler.record(now, EventKind.OUTPUT_COMMITTED, partition=partition)
         except FileNotFoundError as exc:  # the attempt's file vanished: run it again
             self._carry_out(scheduler, scheduler.commit_failed(now, partition, str(exc)))
         except OSError as exc:
-            scheduler.failure = f"could not commit partition {partition} to {self.output_dir}: {exc}"
+            scheduler.fail(now, f"could not commit partition {partition} to {self.output_dir}: {exc}")
+        else:
+            scheduler.committed(now, partition, pulled)
 
     def _farewell(self, scheduler: Scheduler, ok: bool, message: str, grace: float) -> None:
         """Tell every worker the job is over, and wait a little for their goodbyes."""

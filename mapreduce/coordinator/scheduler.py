@@ -3,6 +3,9 @@
 Pure logic with no I/O: messages and the current time go in, actions come out
 (messages to send, partitions to commit). Every method that depends on time
 takes ``now`` (monotonic seconds), so tests drive time without sleeping.
+Every change of state records a typed event (mapreduce.wire.events), and the
+coordinator changes the state only through the methods here; whoever shows the
+job reads ``view(now)``, a frozen picture of it.
 
 Rules worth knowing:
 - Each registration gets a fresh incarnation id and each attempt a fresh attempt
@@ -32,85 +35,63 @@ Rules worth knowing:
 from __future__ import annotations
 
 import bisect
-import enum
 import heapq
+import itertools
 import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from mapreduce import output
+from mapreduce.coordinator.view import (
+    LIVE,
+    AttemptView,
+    JobFacts,
+    JobPhase,
+    JobView,
+    TaskCounts,
+    TaskState,
+    WorkerState,
+    WorkerView,
+)
 from mapreduce.errors import OutputFolderError
 from mapreduce.inputs import Split
 from mapreduce.wire import messages as p
+from mapreduce.wire.events import (
+    AttemptState,
+    BackupLaunched,
+    CommitFailed,
+    Event,
+    FetchFailed,
+    JobFailing,
+    JobFinished,
+    JobStarted,
+    MapOutputMoved,
+    MapOutputOrphaned,
+    MapRerun,
+    MessageFenced,
+    OutputCommitted,
+    ResultDiscarded,
+    Tally,
+    TaskAssigned,
+    TaskCancelled,
+    TaskFailed,
+    TaskFinished,
+    TaskKind,
+    TaskLost,
+    WorkerDead,
+    WorkerDraining,
+    WorkerJoined,
+    WorkerLeft,
+    WorkerSuspect,
+)
 
 log = logging.getLogger(__name__)
 
-
-class TaskKind(enum.Enum):
-    MAP = "map"
-    REDUCE = "reduce"
-
-
-class TaskState(enum.Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    DONE = "done"
-
-
-class AttemptState(enum.Enum):
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"  # user code raised, or the worker could not run it
-    LOST = "lost"  # its worker died
-    CANCELLED = "cancelled"
-    SUPERSEDED = "superseded"  # another attempt of the task won
-
-
-class WorkerState(enum.Enum):
-    IDLE = "idle"
-    BUSY = "busy"
-    DRAINING = "draining"  # leaving on request: finishes or hands back its attempt, gets no new one
-    DEAD = "dead"
-    LEFT = "left"
-
-
-LIVE = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.DRAINING)
 TAKES_WORK = (WorkerState.IDLE, WorkerState.BUSY)  # live and not leaving
 MAX_OFFSET = 2**63 - 1  # file offsets must fit the wire's int64
-
-
-class EventKind(enum.Enum):
-    WORKER_JOINED = "worker_joined"
-    WORKER_DEAD = "worker_dead"
-    WORKER_LEFT = "worker_left"
-    WORKER_DRAINING = "worker_draining"
-    MESSAGE_FENCED = "message_fenced"
-    TASK_ASSIGNED = "task_assigned"
-    TASK_FINISHED = "task_finished"
-    TASK_FAILED = "task_failed"
-    TASK_LOST = "task_lost"
-    TASK_CANCELLED = "task_cancelled"
-    RESULT_DISCARDED = "result_discarded"
-    MAP_OUTPUT_MOVED = "map_output_moved"
-    MAP_OUTPUT_ORPHANED = "map_output_orphaned"
-    MAP_RERUN = "map_rerun"
-    WORKER_SUSPECT = "worker_suspect"
-    BACKUP_LAUNCHED = "backup_launched"
-    FETCH_FAILED = "fetch_failed"
-    COMMIT_FAILED = "commit_failed"
-    OUTPUT_COMMITTED = "output_committed"
-    JOB_STARTED = "job_started"
-    JOB_FINISHED = "job_finished"
-
-
-@dataclass(frozen=True)
-class Event:
-    """One thing that happened, for the event log; ``time`` is monotonic seconds."""
-
-    time: float
-    kind: EventKind
-    fields: dict
+KEEP_ATTEMPTS = 30  # recent attempts in a view
+KEEP_DEPARTED = 50  # dead or left workers in a view, besides every live one
 
 
 @dataclass(frozen=True)
@@ -137,7 +118,7 @@ class Settings:
 @dataclass
 class MapResult:
     attempt: int
-    worker: Worker
+    worker: RegisteredWorker
     path: str
     lengths: list[int]
     offsets: list[int]
@@ -152,7 +133,7 @@ class Task:
     state: TaskState = TaskState.PENDING
     failures: int = 0
     lost: int = 0
-    running: list[Attempt] = field(default_factory=list)
+    running: list[TaskAttempt] = field(default_factory=list)
     result: MapResult | None = None
     fetch_reruns: int = 0  # times reducers could not read this map's output
     commit_failures: int = 0  # times a finished reduce's output could not be committed
@@ -168,17 +149,19 @@ class Task:
 
 
 @dataclass
-class Attempt:
+class TaskAttempt:
     id: int
     task: Task
-    worker: Worker
+    worker: RegisteredWorker
     started: float
     state: AttemptState = AttemptState.RUNNING
     backup: bool = False
+    ended: float | None = None
+    detail: str = ""  # why it ended: a failure's error, or why it was cancelled
 
 
 @dataclass
-class Worker:
+class RegisteredWorker:
     id: int
     identity: bytes
     info: p.Register
@@ -186,7 +169,7 @@ class Worker:
     last_seen: float
     last_sent: float
     state: WorkerState = WorkerState.IDLE
-    attempt: Attempt | None = None
+    attempt: TaskAttempt | None = None
     suspect: bool = False  # silent for a while, not yet declared dead
     slow: bool = False  # its last attempt was a straggler: it runs no backups (they would be slow too)
 
@@ -221,40 +204,34 @@ class Discard:
     temp: str
 
 
-@dataclass
-class Counters:
-    maps_done: int = 0
-    reduces_done: int = 0
-    attempts: int = 0
-    failed_attempts: int = 0
-    lost_attempts: int = 0
-    workers_dead: int = 0
-    maps_rerun: int = 0
-    backups: int = 0
-    fenced: int = 0
-    fetch_failures: int = 0
-    # Bytes moved over the network: input that maps read from the coordinator, map output
-    # that reduces fetched from other workers, reduce output the coordinator pulled.
-    input_fetched: int = 0
-    shuffle_fetched: int = 0
-    output_pulled: int = 0
-    input_done: int = 0  # input bytes read by finished maps, re-runs included (throughput)
-    output_written: int = 0  # output bytes of finished reduces
-
-
 class Scheduler:
-    def __init__(self, splits: list[Split], settings: Settings, now: float, job_id: str = ""):
+    """The job's state. Every change of it goes through a method that records its event
+    (``events``, taken by the coordinator with ``take_events``), and ``tally`` counts them."""
+
+    def __init__(
+        self, splits: list[Split], settings: Settings, now: float, job_id: str = "", app: str = "", output: str = ""
+    ):
         self.settings = settings
         self.job_id = job_id
+        self.facts = JobFacts(
+            app,
+            job_id,
+            len(splits),
+            settings.n_reduce,
+            len({s.path for s in splits}),
+            sum(s.end - s.start for s in splits),
+            output,
+        )
         self.maps = [Task(TaskKind.MAP, i, split) for i, split in enumerate(splits)]
         self.reduces = [Task(TaskKind.REDUCE, r) for r in range(settings.n_reduce)]
-        self.workers: dict[int, Worker] = {}
-        self.by_identity: dict[bytes, Worker] = {}
-        self.attempts: dict[int, Attempt] = {}
-        self.counters = Counters()
-        self.failure: str | None = None
+        self.workers: dict[int, RegisteredWorker] = {}
+        self.by_identity: dict[bytes, RegisteredWorker] = {}
+        self.attempts: dict[int, TaskAttempt] = {}
+        self.tally = Tally()
         self.started = now
-        self.events: list[Event] = []
+        self.events: list[Event] = []  # recorded since the coordinator last took them
+        self._failure: str | None = None
+        self._job_finished = False
         self._next_worker = 1
         self._next_attempt = 1
         # Pending tasks by phase: a heap of indices (lowest first) checked lazily on pop,
@@ -264,36 +241,121 @@ class Scheduler:
             TaskKind.REDUCE: list(range(len(self.reduces))),
         }
         self._pending_count = {TaskKind.MAP: len(self.maps), TaskKind.REDUCE: len(self.reduces)}
+        self._running: dict[TaskKind, set[int]] = {TaskKind.MAP: set(), TaskKind.REDUCE: set()}
+        self._done_count = {TaskKind.MAP: 0, TaskKind.REDUCE: 0}
+        self._done_input = 0  # input bytes of the maps done now
         self._durations: dict[TaskKind, list[float]] = {TaskKind.MAP: [], TaskKind.REDUCE: []}  # sorted
         self._map_sizes: list[int] = []  # input bytes of the finished maps, sorted
         self._maps_done_at: float | None = None if self.maps else now
-        self._running: dict[TaskKind, set[int]] = {TaskKind.MAP: set(), TaskKind.REDUCE: set()}
         self._now = now
         self._started_work = False  # becomes True once min_workers have joined
 
-    def record(self, now: float, kind: EventKind, **fields: Any) -> None:
-        self.events.append(Event(now, kind, fields))
+    def record(self, event: Event) -> None:
+        self.events.append(event)
+        self.tally.add(event)
 
-    def _attempt_fields(self, attempt: Attempt) -> dict:
+    def take_events(self) -> list[Event]:
+        """The events recorded since the last call (for the log and the observers)."""
+        events, self.events = self.events, []
+        return events
+
+    @staticmethod
+    def _ids(attempt: TaskAttempt) -> dict[str, Any]:
+        """The fields that name an attempt in its events."""
         return {
             "attempt": attempt.id,
             "task": attempt.task.index,
-            "phase": attempt.task.kind.value,
+            "phase": attempt.task.kind,
             "worker": attempt.worker.id,
         }
 
     # ---- state queries -----------------------------------------------------
 
     @property
+    def failure(self) -> str | None:
+        """Why the job cannot succeed any more (set once, by ``fail``)."""
+        return self._failure
+
+    @property
+    def maps_done(self) -> int:
+        return self._done_count[TaskKind.MAP]
+
+    @property
+    def reduces_done(self) -> int:
+        return self._done_count[TaskKind.REDUCE]
+
+    @property
     def succeeded(self) -> bool:
-        return self.counters.reduces_done == len(self.reduces)
+        return self.reduces_done == len(self.reduces)
 
     @property
     def finished(self) -> bool:
-        return self.succeeded or self.failure is not None
+        return self.succeeded or self._failure is not None
 
-    def live_workers(self) -> list[Worker]:
+    def live_workers(self) -> list[RegisteredWorker]:
         return [w for w in self.workers.values() if w.state in LIVE]
+
+    def view(self, now: float) -> JobView:
+        """A frozen picture of the job at ``now``, sharing nothing mutable with the scheduler."""
+        if self._failure is not None:
+            phase = JobPhase.FAILED
+        elif self.succeeded:
+            phase = JobPhase.DONE
+        elif self.maps_done == len(self.maps):
+            phase = JobPhase.REDUCES
+        else:
+            phase = JobPhase.MAPS
+        live = [w for w in self.workers.values() if w.state in LIVE]
+        departed = [w for w in self.workers.values() if w.state not in LIVE][-KEEP_DEPARTED:]
+        workers = tuple(self._worker_view(w, now) for w in sorted(live + departed, key=lambda w: w.id))
+        recent = itertools.islice(reversed(self.attempts.values()), KEEP_ATTEMPTS)
+        return JobView(
+            now=now,
+            started=self.started,
+            job=self.facts,
+            phase=phase,
+            failure=self._failure,
+            maps=self._counts(TaskKind.MAP),
+            reduces=self._counts(TaskKind.REDUCE),
+            input_done=self._done_input,
+            tally=self.tally.copy(),
+            workers_live=len(live),
+            workers_total=len(self.workers),
+            workers=workers,
+            attempts=tuple(self._attempt_view(a, now) for a in recent),
+        )
+
+    def _counts(self, kind: TaskKind) -> TaskCounts:
+        return TaskCounts(
+            len(self._tasks(kind)), self._done_count[kind], len(self._running[kind]), self._pending_count[kind]
+        )
+
+    def _worker_view(self, w: RegisteredWorker, now: float) -> WorkerView:
+        return WorkerView(
+            w.id,
+            w.info.name,
+            w.info.host,
+            w.info.pid,
+            w.state,
+            w.suspect,
+            max(0.0, now - w.last_seen),
+            self._attempt_view(w.attempt, now) if w.attempt is not None else None,
+        )
+
+    @staticmethod
+    def _attempt_view(a: TaskAttempt, now: float) -> AttemptView:
+        until = now if a.ended is None else a.ended
+        return AttemptView(
+            a.id,
+            a.task.kind,
+            a.task.index,
+            a.worker.id,
+            a.worker.info.name,
+            a.state,
+            a.backup,
+            max(0.0, until - a.started),
+            a.detail,
+        )
 
     # ---- task states -------------------------------------------------------
 
@@ -301,7 +363,7 @@ class Scheduler:
         return self.maps if kind is TaskKind.MAP else self.reduces
 
     def _set_state(self, task: Task, state: TaskState) -> None:
-        """The one place a task changes state, so the pending queues stay right."""
+        """The one place a task changes state, so the queues and counts stay right."""
         if task.state is state:
             return
         if task.state is TaskState.PENDING:
@@ -313,21 +375,20 @@ class Scheduler:
         if state is TaskState.PENDING:
             self._pending_count[task.kind] += 1
             heapq.heappush(self._pending_heap[task.kind], task.index)
-        if task.kind is TaskKind.MAP:
-            if state is TaskState.DONE:
-                self.counters.maps_done += 1
-                if self.counters.maps_done == len(self.maps):
-                    self._maps_done_at = self._now
-            elif task.state is TaskState.DONE:
-                self.counters.maps_done -= 1
-                self._maps_done_at = None
-        elif state is TaskState.DONE:
-            self.counters.reduces_done += 1
+        size = task.split.end - task.split.start if task.split is not None else 0
+        if state is TaskState.DONE:
+            self._done_count[task.kind] += 1
+            self._done_input += size
+            if task.kind is TaskKind.MAP and self.maps_done == len(self.maps):
+                self._maps_done_at = self._now
         elif task.state is TaskState.DONE:
-            self.counters.reduces_done -= 1
+            self._done_count[task.kind] -= 1
+            self._done_input -= size
+            if task.kind is TaskKind.MAP:
+                self._maps_done_at = None
         task.state = state
 
-    def _next_pending(self, kind: TaskKind, worker: Worker) -> Task | None:
+    def _next_pending(self, kind: TaskKind, worker: RegisteredWorker) -> Task | None:
         """The lowest pending task of a phase that ``worker`` may run. Without exclusions
         that is one heap pop (O(log n)); a task ``worker`` is excluded from is passed over
         and pushed back, costing a pop and push each."""
@@ -360,18 +421,18 @@ class Scheduler:
         actions: list = []
         if old is not None and old.state in LIVE:
             actions += self._declare_dead(now, old, "it registered again")
-        worker = Worker(self._next_worker, identity, hello, now, now, now)
+        worker = RegisteredWorker(self._next_worker, identity, hello, now, now, now)
         self._next_worker += 1
         self.workers[worker.id] = worker
         self.by_identity[identity] = worker
         log.info("%s joined", worker.describe())
-        self.record(now, EventKind.WORKER_JOINED, worker=worker.id, name=hello.name, pid=hello.pid, host=hello.host)
+        self.record(WorkerJoined(t=now, worker=worker.id, name=hello.name, pid=hello.pid, host=hello.host))
         actions.append(Send(identity, welcome(worker.id)))
         for map_task in self.maps:  # outputs left in this worker's folder by a dead one: it serves them
             r = map_task.result
             if r is not None and r.orphaned and _same_folder(r.worker.info, hello):
                 r.worker, r.orphaned = worker, False
-                self.record(now, EventKind.MAP_OUTPUT_MOVED, task=map_task.index, worker=worker.id)
+                self.record(MapOutputMoved(t=now, task=map_task.index, worker=worker.id))
                 actions += self._announce(map_task)
         return actions + self._dispatch(now)
 
@@ -390,16 +451,13 @@ class Scheduler:
             # worker leaving mid-attempt loses it, as a crash would.
             attempt = worker.attempt
             if worker.state is WorkerState.DRAINING and attempt is not None and attempt.state is AttemptState.RUNNING:
-                self._end(attempt, AttemptState.CANCELLED)
-                self.record(now, EventKind.TASK_CANCELLED, **self._attempt_fields(attempt), why="its worker left")
+                self._cancel(now, attempt, "its worker left")
             worker.state = WorkerState.LEFT
-            self.record(now, EventKind.WORKER_LEFT, worker=worker.id)
+            self.record(WorkerLeft(t=now, worker=worker.id))
             return self._release(now, worker, "it left") + self._dispatch(now)
         if isinstance(message, p.Draining):
             worker.state = WorkerState.DRAINING
-            self.record(
-                now, EventKind.WORKER_DRAINING, worker=worker.id, attempt=worker.attempt.id if worker.attempt else None
-            )
+            self.record(WorkerDraining(t=now, worker=worker.id, attempt=worker.attempt.id if worker.attempt else None))
             log.info("%s is draining", worker.describe())
             return []
         attempt = self.attempts.get(message.attempt)
@@ -423,31 +481,30 @@ class Scheduler:
         else:  # Cancelled: normally accounted for when the coordinator cancelled it
             actions = []
             if attempt.state is AttemptState.RUNNING:  # it stopped unasked: give the task back
-                self._end(attempt, AttemptState.CANCELLED)
-                self.record(now, EventKind.TASK_CANCELLED, **self._attempt_fields(attempt), why="the worker stopped it")
+                self._cancel(now, attempt, "the worker stopped it")
         return actions + self._dispatch(now)
 
-    def _fence(self, now: float, identity: bytes, worker: Worker | None, message: Any) -> list:
+    def _fence(self, now: float, identity: bytes, worker: RegisteredWorker | None, message: Any) -> list:
         """A message from an incarnation that is not alive: ignore its content, tell it to re-register."""
         if isinstance(message, p.Goodbye):
             return []
         why = "unknown worker" if worker is None else f"worker {worker.id} is {worker.state.value}"
         log.info("fenced %s from %r: %s", type(message).__name__, identity, why)
-        self.counters.fenced += 1
         self.record(
-            now,
-            EventKind.MESSAGE_FENCED,
-            worker=getattr(message, "worker", None),
-            message=type(message).__name__,
-            attempt=getattr(message, "attempt", None),
-            why=why,
+            MessageFenced(
+                t=now,
+                worker=getattr(message, "worker", None),
+                message=type(message).__name__,
+                attempt=getattr(message, "attempt", None),
+                why=why,
+            )
         )
         actions: list = [Send(identity, p.Unknown(why, getattr(message, "worker", 0)))]
         if isinstance(message, p.TaskDone) and self._zombie_output(identity, worker, message):
             actions.append(Discard(message.path))  # a zombie's finished reduce: never committed
         return actions
 
-    def _zombie_output(self, identity: bytes, worker: Worker | None, done: p.TaskDone) -> bool:
+    def _zombie_output(self, identity: bytes, worker: RegisteredWorker | None, done: p.TaskDone) -> bool:
         """Whether ``done`` names the output of a reduce attempt this dead incarnation really ran
         (so deleting it deletes nothing else: a stranger's message deletes no file)."""
         attempt = self.attempts.get(done.attempt)
@@ -471,7 +528,7 @@ class Scheduler:
                 continue
             if silent > self.settings.suspect_after and not worker.suspect:
                 worker.suspect = True
-                self.record(now, EventKind.WORKER_SUSPECT, worker=worker.id, silent=round(silent, 6))
+                self.record(WorkerSuspect(t=now, worker=worker.id, silent=round(silent, 6)))
             if now - worker.last_sent >= self.settings.heartbeat_interval:
                 actions.append(Send(worker.identity, p.Heartbeat(0)))
         timeout = self.settings.task_timeout
@@ -499,23 +556,59 @@ class Scheduler:
         """The coordinator could not publish a reduce's output: run that reduce again."""
         self._now = now
         task = self.reduces[partition]
-        self.record(now, EventKind.COMMIT_FAILED, task=partition, why=why)
+        self.record(CommitFailed(t=now, task=partition, why=why))
         log.warning("could not commit %s (%s): running it again", task.describe(), why)
         self._set_state(task, TaskState.PENDING)
         task.commit_failures += 1
-        if task.commit_failures >= self.settings.max_lost and self.failure is None:
-            self.failure = (
-                f"{task.describe()} could not be committed {task.commit_failures} times; the last error: {why}"
+        if task.commit_failures >= self.settings.max_lost:
+            self.fail(
+                now, f"{task.describe()} could not be committed {task.commit_failures} times; the last error: {why}"
             )
         return self._dispatch(now)
 
+    def committed(self, now: float, partition: int, pulled: int = 0) -> None:
+        """The coordinator published a partition's output (after pulling ``pulled`` bytes of it
+        from the reducer's host)."""
+        self.record(OutputCommitted(t=now, partition=partition, pulled=pulled))
+
+    def fail(self, now: float, why: str) -> None:
+        """The job cannot succeed any more: no task is handed out from now on. The first
+        reason stands; later ones are only logged."""
+        if self._failure is not None:
+            log.info("also: %s", why)
+            return
+        self._failure = why
+        self.record(JobFailing(t=now, why=why))
+
+    def job_started(self, now: float) -> None:
+        f = self.facts
+        self.record(JobStarted(t=now, job=f.job_id, maps=f.n_map, reduces=f.n_reduce, input_bytes=f.input_bytes))
+
+    def job_finished(self, now: float, rejected: int = 0, stopped: str | None = None) -> None:
+        """The job is over: succeeded, failed, or ``stopped`` for that reason (an interruption,
+        a failure of the coordinator itself). Recorded once; ``rejected``: malformed frames."""
+        if self._job_finished:
+            return
+        self._job_finished = True
+        t = self.tally
+        self.record(
+            JobFinished(
+                t=now,
+                ok=self.succeeded and self._failure is None and stopped is None,
+                message=stopped or self._failure or "",
+                input_fetched=t.input_fetched,
+                shuffle_fetched=t.shuffle_fetched,
+                output_pulled=t.output_pulled,
+                rejected=rejected,
+            )
+        )
+
     # ---- transitions -------------------------------------------------------
 
-    def _start(self, now: float, worker: Worker, task: Task, backup: bool = False) -> Send:
-        attempt = Attempt(self._next_attempt, task, worker, now, backup=backup)
+    def _start(self, now: float, worker: RegisteredWorker, task: Task, backup: bool = False) -> Send:
+        attempt = TaskAttempt(self._next_attempt, task, worker, now, backup=backup)
         self._next_attempt += 1
         self.attempts[attempt.id] = attempt
-        self.counters.attempts += 1
         self._set_state(task, TaskState.RUNNING)
         task.running.append(attempt)
         worker.state = WorkerState.BUSY
@@ -529,9 +622,7 @@ class Scheduler:
             empty = [m.index for m in done if not m.result.lengths[task.index]]
             message = p.AssignReduce(attempt.id, task.index, outputs, empty)
         log.debug("attempt %d: %s on %s", attempt.id, task.describe(), worker.describe())
-        self.record(
-            now, EventKind.BACKUP_LAUNCHED if backup else EventKind.TASK_ASSIGNED, **self._attempt_fields(attempt)
-        )
+        self.record((BackupLaunched if backup else TaskAssigned)(t=now, **self._ids(attempt)))
         return Send(worker.identity, message)
 
     def _location(self, map_task: Task, partition: int) -> p.MapOutput:
@@ -547,45 +638,44 @@ class Scheduler:
             r.lengths[partition],
         )
 
-    def _end(self, attempt: Attempt, state: AttemptState) -> None:
-        attempt.state = state
+    def _end(self, now: float, attempt: TaskAttempt, state: AttemptState, detail: str = "") -> None:
+        attempt.state, attempt.ended, attempt.detail = state, now, detail
         task = attempt.task
         if attempt in task.running:
             task.running.remove(attempt)
         if task.state is TaskState.RUNNING and not task.running:
             self._set_state(task, TaskState.PENDING)
 
-    def _succeeded(self, now: float, attempt: Attempt, done: p.TaskDone) -> list:
+    def _cancel(self, now: float, attempt: TaskAttempt, why: str) -> None:
+        self._end(now, attempt, AttemptState.CANCELLED, why)
+        self.record(TaskCancelled(t=now, **self._ids(attempt), why=why))
+
+    def _succeeded(self, now: float, attempt: TaskAttempt, done: p.TaskDone) -> list:
         task = attempt.task
         if task.state is TaskState.DONE or attempt.state is not AttemptState.RUNNING:
-            self.record(now, EventKind.RESULT_DISCARDED, **self._attempt_fields(attempt), was=attempt.state.value)
+            self.record(ResultDiscarded(t=now, **self._ids(attempt), was=attempt.state))
             if attempt.state is AttemptState.RUNNING:
-                self._end(attempt, AttemptState.SUPERSEDED)
+                self._end(now, attempt, AttemptState.SUPERSEDED, "its task was done already")
             return [Discard(done.path)] if task.kind is TaskKind.REDUCE and is_reduce_temp(done.path) else []
         problem = self._check_result(attempt, done)
         if problem:
             return self._failed(now, attempt, p.TaskFailed(done.worker, attempt.id, problem, user_error=False))
-        self._end(attempt, AttemptState.SUCCEEDED)
+        self._end(now, attempt, AttemptState.SUCCEEDED)
         # Bytes in: a map's split; bytes out: a map's output (all partitions) or a reduce's output file.
         size_in = task.split.end - task.split.start if task.kind is TaskKind.MAP else 0
         size_out = sum(done.partition_lengths) if task.kind is TaskKind.MAP else done.size
         self.record(
-            now,
-            EventKind.TASK_FINISHED,
-            **self._attempt_fields(attempt),
-            records=done.records,
-            seconds=round(now - attempt.started, 6),
-            backup=attempt.backup,
-            fetched=done.fetched,
-            input_bytes=size_in,
-            output_bytes=size_out,
+            TaskFinished(
+                t=now,
+                **self._ids(attempt),
+                records=done.records,
+                seconds=round(now - attempt.started, 6),
+                backup=attempt.backup,
+                fetched=done.fetched,
+                input_bytes=size_in,
+                output_bytes=size_out,
+            )
         )
-        if task.kind is TaskKind.MAP:
-            self.counters.input_fetched += done.fetched
-            self.counters.input_done += size_in
-        else:
-            self.counters.shuffle_fetched += done.fetched
-            self.counters.output_written += size_out
         duration = now - self._effective_start(attempt)
         attempt.worker.slow = duration > self._slow_limit(task)
         bisect.insort(self._durations[task.kind], duration)
@@ -594,10 +684,9 @@ class Scheduler:
         task.lost = 0
         actions: list = []
         for other in list(task.running):  # the losers of a race: stop them, discard their output
-            self._end(other, AttemptState.SUPERSEDED)
-            self.record(
-                now, EventKind.TASK_CANCELLED, **self._attempt_fields(other), why=f"attempt {attempt.id} finished first"
-            )
+            why = f"attempt {attempt.id} finished first"
+            self._end(now, other, AttemptState.SUPERSEDED, why)
+            self.record(TaskCancelled(t=now, **self._ids(other), why=why, superseded_by=attempt.id))
             actions.append(Send(other.worker.identity, p.Cancel(other.id)))
         self._set_state(task, TaskState.DONE)
         if task.kind is TaskKind.REDUCE:
@@ -610,7 +699,7 @@ class Scheduler:
         task.result = MapResult(attempt.id, attempt.worker, done.path, list(done.partition_lengths), offsets)
         return actions + self._announce(task)
 
-    def _check_result(self, attempt: Attempt, done: p.TaskDone) -> str:
+    def _check_result(self, attempt: TaskAttempt, done: p.TaskDone) -> str:
         if attempt.task.kind is TaskKind.MAP:
             lengths = done.partition_lengths
             if (
@@ -629,7 +718,7 @@ class Scheduler:
             return f"reduce output named {done.path!r} ({done.size} bytes), expected {expected!r}"
         return ""
 
-    def _announce(self, map_task: Task, only: Attempt | None = None) -> list:
+    def _announce(self, map_task: Task, only: TaskAttempt | None = None) -> list:
         """Tell running reduce attempts (or just ``only``) where this map's output is."""
         attempts = [only] if only is not None else [a for t in self.reduces for a in t.running]
         sends = []
@@ -640,16 +729,16 @@ class Scheduler:
                 sends.append(Send(a.worker.identity, p.MapOutputs(a.id, [], [map_task.index])))
         return sends
 
-    def _fetch_failed(self, now: float, attempt: Attempt, failed: p.FetchFailed) -> list:
+    def _fetch_failed(self, now: float, attempt: TaskAttempt, failed: p.FetchFailed) -> list:
         """A reducer could not read a map's output: point it elsewhere, or run the map again."""
-        self.counters.fetch_failures += 1
         self.record(
-            now,
-            EventKind.FETCH_FAILED,
-            **self._attempt_fields(attempt),
-            map_task=failed.map_task,
-            map_attempt=failed.map_attempt,
-            error=failed.error,
+            FetchFailed(
+                t=now,
+                **self._ids(attempt),
+                map_task=failed.map_task,
+                map_attempt=failed.map_attempt,
+                error=failed.error,
+            )
         )
         if not 0 <= failed.map_task < len(self.maps) or attempt.state is not AttemptState.RUNNING:
             return []
@@ -665,12 +754,13 @@ class Scheduler:
                 failed.data_address,
             )
             map_task.fetch_reruns += 1
-            if map_task.fetch_reruns > self.settings.max_lost and self.failure is None:
+            if map_task.fetch_reruns > self.settings.max_lost:
                 # The fault may be the readers' (no route to the server, a full disk): stop.
-                self.failure = (
+                self.fail(
+                    now,
                     f"reducers failed to read the output of {map_task.describe()} {map_task.fetch_reruns} times, "
                     f"the last time {attempt.worker.describe()}: {failed.error}; check that workers can reach each "
-                    "other's data servers (--advertise) and have room in their scratch folders"
+                    "other's data servers (--advertise) and have room in their scratch folders",
                 )
             self._lose_map_output(now, map_task)
             if r.orphaned:  # no live server: its other outputs are as unreachable, run them now too
@@ -687,12 +777,12 @@ class Scheduler:
             return []
         return self._announce(map_task, only=attempt)  # it has moved since: say where
 
-    def _failed(self, now: float, attempt: Attempt, failed: p.TaskFailed) -> list:
+    def _failed(self, now: float, attempt: TaskAttempt, failed: p.TaskFailed) -> list:
         task = attempt.task
         if attempt.state is not AttemptState.RUNNING:
             return []  # already accounted for when it timed out or was cancelled
-        self._end(attempt, AttemptState.FAILED)
-        self.counters.failed_attempts += 1
+        self._end(now, attempt, AttemptState.FAILED, failed.error)
+        self.record(TaskFailed(t=now, **self._ids(attempt), error=failed.error, user_error=failed.user_error))
         if task.state is TaskState.DONE:
             return []
         if failed.user_error:
@@ -712,31 +802,26 @@ class Scheduler:
             limit,
             failed.error,
         )
-        self.record(
-            now,
-            EventKind.TASK_FAILED,
-            **self._attempt_fields(attempt),
-            error=failed.error,
-            user_error=failed.user_error,
-        )
-        if self.failure is not None:
-            return []
         if not failed.user_error and failed.details == OutputFolderError.kind:
             # No other worker can write into a read-only, unwritable or full output folder.
-            self.failure = f"{failed.error}, on {attempt.worker.describe()}"
+            self.fail(now, f"{failed.error}, on {attempt.worker.describe()}")
         elif count >= limit and failed.user_error:
-            self.failure = (
-                f"{task.describe()} failed {count} times; the last attempt, on {attempt.worker.describe()}, "
-                f"raised:\n{failed.details or failed.error}"
-            ).rstrip()
+            self.fail(
+                now,
+                (
+                    f"{task.describe()} failed {count} times; the last attempt, on {attempt.worker.describe()}, "
+                    f"raised:\n{failed.details or failed.error}"
+                ).rstrip(),
+            )
         elif count >= limit:
-            self.failure = (
+            self.fail(
+                now,
                 f"{task.describe()} failed {count} times in a row for reasons not in the app's code; "
-                f"the last attempt, on {attempt.worker.describe()}: {failed.error}"
+                f"the last attempt, on {attempt.worker.describe()}: {failed.error}",
             )
         return []
 
-    def _timed_out(self, now: float, attempt: Attempt) -> list:
+    def _timed_out(self, now: float, attempt: TaskAttempt) -> list:
         worker = attempt.worker
         message = p.TaskFailed(
             worker.id, attempt.id, f"ran longer than the task timeout ({self.settings.task_timeout} s)"
@@ -744,9 +829,8 @@ class Scheduler:
         # The worker stays busy until it confirms the cancellation.
         return self._failed(now, attempt, message) + [Send(worker.identity, p.Cancel(attempt.id))]
 
-    def _declare_dead(self, now: float, worker: Worker, why: str) -> list:
+    def _declare_dead(self, now: float, worker: RegisteredWorker, why: str) -> list:
         worker.state = WorkerState.DEAD
-        self.counters.workers_dead += 1
         doing = (
             f" while running attempt {worker.attempt.id} of {worker.attempt.task.describe()}"
             if worker.attempt
@@ -760,28 +844,29 @@ class Scheduler:
             worker.last_seen - self.started,
         )
         self.record(
-            now,
-            EventKind.WORKER_DEAD,
-            worker=worker.id,
-            why=why,
-            silent=round(now - worker.last_seen, 6),
-            attempt=worker.attempt.id if worker.attempt else None,
+            WorkerDead(
+                t=now,
+                worker=worker.id,
+                why=why,
+                silent=round(now - worker.last_seen, 6),
+                attempt=worker.attempt.id if worker.attempt else None,
+            )
         )
         return self._release(now, worker, why)
 
-    def _release(self, now: float, worker: Worker, why: str) -> list:
+    def _release(self, now: float, worker: RegisteredWorker, why: str) -> list:
         """Give back what a departed worker held: its attempt, and map outputs only it could serve."""
         attempt, worker.attempt = worker.attempt, None
         if attempt is not None and attempt.state is AttemptState.RUNNING:
-            self._end(attempt, AttemptState.LOST)
-            self.record(now, EventKind.TASK_LOST, **self._attempt_fields(attempt))
-            self.counters.lost_attempts += 1
+            self._end(now, attempt, AttemptState.LOST, why)
+            self.record(TaskLost(t=now, **self._ids(attempt)))
             task = attempt.task
             task.lost += 1
-            if task.lost >= self.settings.max_lost and self.failure is None:
-                self.failure = (
+            if task.lost >= self.settings.max_lost:
+                self.fail(
+                    now,
                     f"{task.describe()} lost {task.lost} workers in a row (the last: {worker.describe()}, {why}); "
-                    "the task may crash whatever runs it: look at that input and at the worker logs"
+                    "the task may crash whatever runs it: look at that input and at the worker logs",
                 )
         actions = []
         if not self.succeeded:
@@ -805,20 +890,19 @@ class Scheduler:
                 and candidate.info.data_address != old.data_address
             ):
                 map_task.result.worker = candidate
-                self.record(now, EventKind.MAP_OUTPUT_MOVED, task=map_task.index, worker=candidate.id)
+                self.record(MapOutputMoved(t=now, task=map_task.index, worker=candidate.id))
                 return self._announce(map_task)
         # No server for now. The files most likely outlive the process (a crash, not a lost
         # disk): reducers on that host read them directly, a worker joining with that folder
         # serves them, and a reducer that cannot read them says so (FetchFailed): then it re-runs.
         map_task.result.orphaned = True
-        self.record(now, EventKind.MAP_OUTPUT_ORPHANED, task=map_task.index)
+        self.record(MapOutputOrphaned(t=now, task=map_task.index))
         return []
 
     def _lose_map_output(self, now: float, map_task: Task) -> None:
-        self.record(now, EventKind.MAP_RERUN, task=map_task.index)
+        self.record(MapRerun(t=now, task=map_task.index))
         map_task.result = None
         self._set_state(map_task, TaskState.PENDING)
-        self.counters.maps_rerun += 1
 
     # ---- decisions ---------------------------------------------------------
 
@@ -859,13 +943,13 @@ class Scheduler:
             actions += self._preempt_reduces(now, wanted - freeing, why)
         return actions
 
-    def _effective_start(self, attempt: Attempt) -> float:
+    def _effective_start(self, attempt: TaskAttempt) -> float:
         """When an attempt could start working: a reduce waits for the last map."""
         if attempt.task.kind is TaskKind.REDUCE and self._maps_done_at is not None:
             return max(attempt.started, self._maps_done_at)
         return attempt.started
 
-    def _backup(self, now: float, worker: Worker, kinds: tuple[TaskKind, ...]) -> Send | None:
+    def _backup(self, now: float, worker: RegisteredWorker, kinds: tuple[TaskKind, ...]) -> Send | None:
         """A backup attempt on idle ``worker`` for the most overdue straggler of ``kinds``, if any.
         A worker that straggled itself runs none: it would most likely be slow again."""
         if not self.settings.speculation or worker.slow:
@@ -880,11 +964,10 @@ class Scheduler:
             return None
         straggler = max(overdue, key=lambda pair: pair[0])[1]
         straggler.worker.slow = True
-        self.counters.backups += 1
         log.info("backup attempt for %s, slow on %s", straggler.task.describe(), straggler.worker.describe())
         return self._start(now, worker, straggler.task, backup=True)
 
-    def _stragglers(self, now: float, kind: TaskKind) -> list[tuple[float, Attempt]]:
+    def _stragglers(self, now: float, kind: TaskKind) -> list[tuple[float, TaskAttempt]]:
         """Running attempts of a phase past its straggler limit (any, on a slow worker),
         with how far past it.
 
@@ -927,8 +1010,7 @@ class Scheduler:
         actions = []
         for attempt in running[:wanted]:
             log.info("cancelling attempt %d of %s: %s", attempt.id, attempt.task.describe(), why)
-            self._end(attempt, AttemptState.CANCELLED)
-            self.record(now, EventKind.TASK_CANCELLED, **self._attempt_fields(attempt), why=why)
+            self._cancel(now, attempt, why)
             actions.append(Send(attempt.worker.identity, p.Cancel(attempt.id)))
         return actions
 

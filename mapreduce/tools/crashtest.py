@@ -37,7 +37,7 @@ from mapreduce.errors import JobFailed, UsageError
 from mapreduce.job import load_app
 from mapreduce.tools.corpus import write_corpus
 from mapreduce.tools.faults import Fault, FaultKind, faults_beside, write_faults
-from mapreduce.wire.events import read_events
+from mapreduce.wire.events import read_records
 
 log = logging.getLogger(__name__)
 
@@ -521,7 +521,7 @@ class CrashTest:
         run = self._run_job(job, events, rng, logs)
         problem = compare_outputs(workspace.oracle, out) if run.result.ok else f"the job failed: {run.result.message}"
         shutil.rmtree(out, ignore_errors=True)
-        log_events = list(read_events(events))
+        log_events = list(read_records(events))
         # The faults beside the event log, on its clock: `mapreduce report` marks them on the timeline.
         write_faults(faults_beside(events), run.faults)
         return RoundResult(

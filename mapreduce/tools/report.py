@@ -31,7 +31,7 @@ from typing import Any
 import click
 
 from mapreduce.errors import MapReduceError
-from mapreduce.wire.events import read_events
+from mapreduce.wire.events import read_records
 
 # ---- what a log says (pure) -------------------------------------------------------------
 
@@ -297,7 +297,7 @@ def _fault(value: Fault | Sequence) -> Fault:
 def read_faults(path: str | Path) -> list[Fault]:
     """A faults file: one ``{"t": ..., "kind": ..., "pid": ...}`` per line."""
     faults = []
-    for record in read_events(path):
+    for record in read_records(path):
         faults.append(Fault(float(record["t"]), str(record["kind"]), int(record["pid"])))
     return faults
 
@@ -310,7 +310,7 @@ def load(path: str | Path, faults: Iterable[Fault | Sequence] | None = None) -> 
     """Parse an event log file; faults from ``NAME.faults.jsonl`` beside it unless given."""
     path = Path(path)
     try:
-        events = list(read_events(path))
+        events = list(read_records(path))
     except OSError as exc:
         raise ReportError(f"cannot read event log {str(path)!r}: {exc.strerror}") from exc
     except (ValueError, KeyError) as exc:

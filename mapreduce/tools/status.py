@@ -1,19 +1,20 @@
 """A live view of a running job: a JSON snapshot, a small read-only web page, ``mapreduce status``.
 
-The coordinator's loop owns the scheduler, so every snapshot is built there
-(``StatusBoard.update``, at most a few times a second) and handed to the web
-server, which only reads the snapshot last published: the server thread never
-touches the scheduler. Routes: ``/`` (a page that refreshes itself every
-second, and shows the state at load time without JavaScript too) and
+The coordinator's loop hands its observer a frozen view of the job
+(``mapreduce.coordinator.view.JobView``) and the events since the last call; a
+``StatusBoard`` is such an observer: it keeps the recent events, turns the view into
+a JSON snapshot (at most a few times a second) and publishes it to the web server,
+which only reads the snapshot last published. Routes: ``/`` (a page that refreshes
+itself every second, and shows the state at load time without JavaScript too) and
 ``/status.json``. Anything else is 404; a method other than GET or HEAD is 405.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import html
-import itertools
 import json
 import logging
 import os
@@ -27,45 +28,22 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import click
 
-from mapreduce.coordinator.scheduler import LIVE, AttemptState, Event, EventKind, Scheduler, TaskState
+from mapreduce.coordinator.view import AttemptView, JobView, WorkerView
+from mapreduce.wire.events import AttemptState, Event, JobFinished
 
 log = logging.getLogger(__name__)
 
 KEEP_EVENTS = 50
-KEEP_ATTEMPTS = 30
-KEEP_DEPARTED = 50  # dead or left workers shown, besides every live one
 ERROR_CHARS = 300
-
-# Events that end an attempt, and the field that says why.
-_ENDINGS = {
-    EventKind.TASK_FINISHED: None,
-    EventKind.TASK_FAILED: "error",
-    EventKind.TASK_LOST: None,
-    EventKind.TASK_CANCELLED: "why",
-}
 
 
 # ---- the snapshot ------------------------------------------------------------
-
-
-def job_facts(app: str, job_id: str, splits: Sequence[Any], n_reduce: int, output_dir: str | Path) -> dict:
-    """The static facts of a job, for ``snapshot``'s ``job`` argument."""
-    return {
-        "app": app,
-        "job_id": job_id,
-        "n_map": len(splits),
-        "n_reduce": n_reduce,
-        "inputs": len({s.path for s in splits}),
-        "input_bytes": sum(s.end - s.start for s in splits),
-        "output": str(output_dir),
-    }
 
 
 def _first_line(text: Any) -> str:
@@ -73,156 +51,90 @@ def _first_line(text: Any) -> str:
     return line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 3] + "..."
 
 
-def _progress(tasks: list) -> dict:
-    counts = {state: 0 for state in TaskState}
-    for task in tasks:
-        counts[task.state] += 1
+def _attempt(a: AttemptView) -> dict:
+    info = {
+        "id": a.id,
+        "phase": a.phase.value,
+        "task": a.task,
+        "worker": a.worker,
+        "worker_name": a.worker_name,
+        "state": a.state.value,
+        "backup": a.backup,
+        "seconds": round(a.seconds, 3),
+    }
+    if a.state is AttemptState.FAILED:
+        info["error"] = _first_line(a.detail)
+    elif a.state is not AttemptState.RUNNING and a.detail:
+        info["why"] = _first_line(a.detail)
+    return info
+
+
+def _worker(w: WorkerView) -> dict:
     return {
-        "total": len(tasks),
-        "done": counts[TaskState.DONE],
-        "running": counts[TaskState.RUNNING],
-        "pending": counts[TaskState.PENDING],
+        "id": w.id,
+        "name": w.name,
+        "host": w.host,
+        "pid": w.pid,
+        "state": w.state.value,
+        "suspect": w.suspect,
+        "heartbeat_age": round(w.heartbeat_age, 3),
+        "attempt": _attempt(w.attempt) if w.attempt is not None else None,
     }
 
 
-def snapshot(
-    scheduler: Scheduler,
-    now: float,
-    job: Mapping[str, Any],
-    events: Iterable[Event] = (),
-    ended: Mapping[int, tuple[float, str]] | None = None,
-) -> dict:
-    """A JSON-able picture of the job at monotonic time ``now``.
-
-    ``events``: the recent events to show (oldest first; the scheduler clears its own
-    list every loop, so a StatusBoard keeps them). ``ended``: attempt id -> (monotonic
-    time it ended, its error or why it was cancelled), from those events."""
-    ended = ended or {}
-    s = scheduler
-    maps, reduces = _progress(s.maps), _progress(s.reduces)
-    if s.failure is not None:
-        phase = "failed"
-    elif s.succeeded:
-        phase = "done"
-    elif maps["done"] == maps["total"]:
-        phase = "reduces"
-    else:
-        phase = "maps"
-    elapsed = max(0.0, now - s.started)
-    done_bytes = sum(t.split.end - t.split.start for t in s.maps if t.state is TaskState.DONE and t.split is not None)
-
-    def attempt_info(a) -> dict:
-        end, note = ended.get(a.id, (None, ""))
-        if a.state is AttemptState.RUNNING:
-            seconds = now - a.started
-        else:
-            seconds = None if end is None else end - a.started
-        info = {
-            "id": a.id,
-            "phase": a.task.kind.value,
-            "task": a.task.index,
-            "worker": a.worker.id,
-            "worker_name": a.worker.info.name,
-            "state": a.state.value,
-            "backup": a.backup,
-            "seconds": None if seconds is None else round(max(0.0, seconds), 3),
-        }
-        if a.state is AttemptState.FAILED:
-            info["error"] = _first_line(note)
-        elif a.state in (AttemptState.CANCELLED, AttemptState.SUPERSEDED) and note:
-            info["why"] = _first_line(note)
-        return info
-
-    live = [w for w in s.workers.values() if w.state in LIVE]
-    departed = [w for w in s.workers.values() if w.state not in LIVE][-KEEP_DEPARTED:]
-    workers = []
-    for w in sorted(live + departed, key=lambda w: w.id):
-        workers.append(
-            {
-                "id": w.id,
-                "name": w.info.name,
-                "host": w.info.host,
-                "pid": w.info.pid,
-                "state": w.state.value,
-                "suspect": w.suspect,
-                "heartbeat_age": round(max(0.0, now - w.last_seen), 3),
-                "attempt": attempt_info(w.attempt) if w.attempt is not None else None,
-            }
-        )
-    recent = list(itertools.islice(reversed(s.attempts.values()), KEEP_ATTEMPTS))
+def snapshot(view: JobView, events: Iterable[Event] = ()) -> dict:
+    """A JSON-able picture of a job's view. ``events``: the recent events to show, oldest
+    first (shown newest first, timed from the job's start)."""
+    elapsed = view.elapsed
     return {
-        "job": dict(job),
-        "phase": phase,
-        "failure": s.failure,
+        "job": dataclasses.asdict(view.job),
+        "phase": view.phase.value,
+        "failure": view.failure,
         "elapsed": round(elapsed, 3),
-        "maps": maps,
-        "reduces": reduces,
-        "counters": asdict(s.counters),
+        "maps": dataclasses.asdict(view.maps),
+        "reduces": dataclasses.asdict(view.reduces),
+        "counters": view.tally.as_dict(),
         "throughput": {
-            "input_bytes_done": done_bytes,
-            "bytes_per_second": round(done_bytes / elapsed, 1) if elapsed > 0 else 0.0,
+            "input_bytes_done": view.input_done,
+            "bytes_per_second": round(view.input_done / elapsed, 1) if elapsed > 0 else 0.0,
         },
-        "workers_live": len(live),
-        "workers_total": len(s.workers),
-        "workers": workers,
-        "attempts": [attempt_info(a) for a in recent],
+        "workers_live": view.workers_live,
+        "workers_total": view.workers_total,
+        "workers": [_worker(w) for w in view.workers],
+        "attempts": [_attempt(a) for a in view.attempts],
         "events": [
-            {"t": round(e.time - s.started, 3), "event": e.kind.value, **e.fields} for e in reversed(list(events))
+            {"t": round(e.t - view.started, 3), "event": e.kind.value, **e.fields()} for e in reversed(list(events))
         ],
     }
 
 
 class StatusBoard:
-    """Keeps what the scheduler forgets (its events, why attempts ended) and publishes
-    snapshots. Call ``update`` from the coordinator's loop before each time it clears
-    ``scheduler.events``; calling it more often is harmless (no event is taken twice)."""
+    """The coordinator's observer for the status page: keeps the recent events and publishes
+    snapshots, at most every ``every`` seconds (and at once when the job finishes)."""
 
-    def __init__(
-        self,
-        job: Mapping[str, Any],
-        server: StatusServer | None = None,
-        every: float = 0.25,
-        keep_events: int = KEEP_EVENTS,
-    ):
-        self.job = dict(job)
+    def __init__(self, server: StatusServer | None = None, every: float = 0.25, keep_events: int = KEEP_EVENTS):
         self.server = server
         self.every = every
         self.events: deque[Event] = deque(maxlen=keep_events)
-        self.ended: dict[int, tuple[float, str]] = {}
         self.current: dict | None = None
-        self._last_event: Event | None = None  # held, so an identity check cannot match a new object
         self._built = float("-inf")
 
-    def _new_events(self, events: list[Event]) -> list[Event]:
-        if self._last_event is not None:
-            for i in range(len(events) - 1, -1, -1):
-                if events[i] is self._last_event:
-                    return events[i + 1 :]
-        return list(events)
-
-    def update(self, scheduler: Scheduler, now: float, force: bool = False) -> dict | None:
+    def update(self, view: JobView, events: Sequence[Event] = (), force: bool = False) -> dict | None:
         """Take new events; rebuild and publish the snapshot if ``every`` seconds have passed
         (or the job just finished, or ``force``). Returns the new snapshot, if one was built."""
-        for event in self._new_events(scheduler.events):
-            self._last_event = event
-            self.events.append(event)
-            if event.kind in _ENDINGS and "attempt" in event.fields:
-                field = _ENDINGS[event.kind]
-                self.ended[event.fields["attempt"]] = (event.time, str(event.fields.get(field, "")) if field else "")
-            if event.kind is EventKind.JOB_FINISHED:
-                force = True
-        if len(self.ended) > 8 * KEEP_ATTEMPTS:
-            cutoff = max(self.ended) - 2 * KEEP_ATTEMPTS
-            self.ended = {a: v for a, v in self.ended.items() if a > cutoff}
-        if not force and now - self._built < self.every:
+        self.events.extend(events)
+        force = force or any(isinstance(e, JobFinished) for e in events)
+        if not force and view.now - self._built < self.every:
             return None
-        self._built = now
-        snap = snapshot(scheduler, now, self.job, self.events, self.ended)
+        self._built = view.now
+        snap = snapshot(view, self.events)
         snap["updated"] = round(time.time(), 3)
         self.current = snap
         if self.server is not None:
             self.server.publish(snap)
         return snap
+
+    __call__ = update  # an observer: Coordinator(observe=board)
 
 
 # ---- formatting shared by the page and the terminal ----------------------------

@@ -6,7 +6,7 @@ import subprocess
 import time
 
 from helpers import APPS, assert_same_output, free_endpoint, mapreduce_command, run_cli
-from mapreduce.wire.events import read_events
+from mapreduce.wire.events import read_records
 
 
 def start(*args: str, **kwargs) -> subprocess.Popen:
@@ -18,7 +18,7 @@ def start(*args: str, **kwargs) -> subprocess.Popen:
 def wait_for_event(events, kind: str, timeout: float = 60, count: int = 1) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if events.exists() and sum(1 for e in read_events(events) if e["event"] == kind) >= count:
+        if events.exists() and sum(1 for e in read_records(events) if e["event"] == kind) >= count:
             return
         time.sleep(0.05)
     raise AssertionError(f"no {kind} event within {timeout} s")
@@ -53,7 +53,7 @@ def test_coordinator_and_separate_workers_match_seq(gutenberg, oracle, tmp_path)
             if process.poll() is None:
                 process.kill()
     assert_same_output(expected, out)
-    assert sum(1 for e in read_events(events) if e["event"] == "worker_left") == 3
+    assert sum(1 for e in read_records(events) if e["event"] == "worker_left") == 3
     assert list((tmp_path / "scratch").glob("job-*/*")) == []  # workers removed their map output
 
 
@@ -94,7 +94,7 @@ def test_worker_joining_late_gets_work(corpus, oracle, tmp_path):
             if process is not None and process.poll() is None:
                 process.kill()
     assert_same_output(expected, out)
-    log = list(read_events(events))
+    log = list(read_records(events))
     late_id = max(e["worker"] for e in log if e["event"] == "worker_joined")
     assert late_id == 2
     assert any(e["event"] == "task_finished" and e["worker"] == late_id for e in log)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import APPS, assert_same_output, mapreduce_command, run_cli
-from mapreduce.wire.events import read_events
+from mapreduce.wire.events import read_records
 
 
 @pytest.mark.parametrize("app", ["wordcount", "indexer"])
@@ -58,7 +58,7 @@ def test_gutenberg_three_workers_ten_reducers(app, gutenberg, oracle, tmp_path):
     assert_same_output(expected, out)
     # With no faults every task runs exactly once.
     assigned = collections.Counter(
-        (e["phase"], e["task"]) for e in read_events(events) if e["event"] == "task_assigned"
+        (e["phase"], e["task"]) for e in read_records(events) if e["event"] == "task_assigned"
     )
     assert sorted(assigned) == sorted([("map", i) for i in range(len(gutenberg))] + [("reduce", r) for r in range(10)])
     assert set(assigned.values()) == {1}
@@ -86,7 +86,7 @@ def test_maps_and_reduces_run_at_the_same_time(corpus, oracle, tmp_path):
         "--quiet",
     )
     assert_same_output(expected, out)
-    log = list(read_events(events))
+    log = list(read_records(events))
     last_map_done = max(e["t"] for e in log if e["event"] == "task_finished" and e["phase"] == "map")
     reduce_starts = [e["t"] for e in log if e["event"] == "task_assigned" and e["phase"] == "reduce"]
     # The slow map holds one worker for seconds; the other works through reduces meanwhile.
@@ -125,7 +125,7 @@ def test_user_error_fails_the_job_after_max_attempts(tmp_path):
     message = result.stderr[result.stderr.index("job failed") :]
     assert "Traceback" in message and ", in map\n" in message  # the user's own traceback...
     assert "mapreduce/" not in message  # ...without the framework's frames
-    failures = [e for e in read_events(events) if e["event"] == "task_failed"]
+    failures = [e for e in read_records(events) if e["event"] == "task_failed"]
     assert len(failures) == 3 and all(e["user_error"] for e in failures)
     assert not (out / "_SUCCESS").exists()
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporary files left
@@ -155,7 +155,7 @@ def _wait_for(condition, timeout: float, what: str) -> None:
 def _worker_pids(events) -> list[int]:
     if not events.exists():
         return []
-    return [e["pid"] for e in read_events(events) if e["event"] == "worker_joined"]
+    return [e["pid"] for e in read_records(events) if e["event"] == "worker_joined"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])

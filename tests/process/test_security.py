@@ -15,7 +15,7 @@ from mapreduce.errors import UsageError
 from mapreduce.net import security
 from mapreduce.net.dataserver import DataServer, Fetcher, Unreachable
 from mapreduce.wire import messages as p
-from mapreduce.wire.events import read_events
+from mapreduce.wire.events import read_records
 
 
 @pytest.fixture
@@ -143,7 +143,7 @@ def test_with_keys_only_allowed_workers_get_anything(keys, tmp_path, oracle):
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
             assert not any(s.poll(100) for s in intruders), "an unauthenticated peer got an answer"
-        assert not events.exists() or not of(list(read_events(events)), "worker_joined")
+        assert not events.exists() or not of(list(read_records(events)), "worker_joined")
         # The job's own worker: the output is exact.
         good = run_cli("worker", "--connect", endpoint, "--key-dir", str(keys), timeout=120)
         assert good.returncode == 0
@@ -155,7 +155,7 @@ def test_with_keys_only_allowed_workers_get_anything(keys, tmp_path, oracle):
         if coordinator.poll() is None:
             coordinator.kill()
     assert_same_output(expected, out)
-    assert [e["name"] for e in of(list(read_events(events)), "worker_joined")] != ["intruder"]
+    assert [e["name"] for e in of(list(read_records(events)), "worker_joined")] != ["intruder"]
 
 
 def test_data_server_with_keys_answers_only_allowed_clients(keys, tmp_path):

@@ -30,7 +30,7 @@ from mapreduce.tools.crashtest import (
     format_totals,
     job_seconds,
 )
-from mapreduce.wire.events import read_events
+from mapreduce.wire.events import read_records
 
 CHAOS = ["--kill-every", "0.7", "--pause-probability", "0.3", "--worker-timeout", "2", "--heartbeat-interval", "0.3"]
 
@@ -115,7 +115,7 @@ def test_crash_app_on_a_local_cluster_matches_seq(corpus, oracle, tmp_path):
     )
     assert_same_output(expected, out)
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
-    log = list(read_events(events))
+    log = list(read_records(events))
     assert any(e["event"] == "task_lost" for e in log), "no worker crashed"
     assert sum(1 for e in log if e["event"] == "worker_joined") > 4  # crashed workers were replaced
 
@@ -184,7 +184,7 @@ def test_crashtest_interrupted_stops_everything(tmp_path):
     round_log = kept / "round-01.jsonl"
     try:
         deadline = time.monotonic() + 120
-        while not (round_log.exists() and any(e["event"] == "task_finished" for e in read_events(round_log))):
+        while not (round_log.exists() and any(e["event"] == "task_finished" for e in read_records(round_log))):
             assert process.poll() is None, process.stderr.read()
             assert time.monotonic() < deadline, "round 1 never started"
             time.sleep(0.05)
@@ -194,7 +194,7 @@ def test_crashtest_interrupted_stops_everything(tmp_path):
         if process.poll() is None:
             process.kill()
     assert "interrupted" in process.stderr.read()
-    pids = [e["pid"] for e in read_events(round_log) if e["event"] == "worker_joined"]
+    pids = [e["pid"] for e in read_records(round_log) if e["event"] == "worker_joined"]
     assert pids and not any(_running(pid) for pid in pids)
     assert list(scratch.iterdir()) == []
 

@@ -14,20 +14,20 @@ import urllib.request
 import pytest
 from click.testing import CliRunner
 
-from helpers import join, make, map_done, one, reduce_done
-from mapreduce.coordinator.scheduler import EventKind
+from helpers import join, make, map_done, msgs, one, reduce_done
+from mapreduce.coordinator.view import JobFacts
 from mapreduce.tools.status import (
     StatusBoard,
     StatusServer,
     dump_dom,
     find_browser,
-    job_facts,
     render_page,
     screenshot,
     snapshot,
     status,
 )
 from mapreduce.wire import messages as p
+from mapreduce.wire.events import MapRerun, TaskAssigned, TaskFailed, WorkerJoined
 
 JOB = {
     "app": "wordcount",
@@ -40,9 +40,14 @@ JOB = {
 }
 
 
+def wordcount(n_maps: int = 2, n_reduce: int = 1, now: float = 0.0, **settings):
+    """A scheduler whose view has JOB's facts (for n_maps=2, n_reduce=1)."""
+    return make(n_maps, n_reduce, now, job_id="abc123", app="wordcount", out="/out", **settings)
+
+
 def two_workers_mid_job():
     """Two maps, one reduce: A finished map 0 at t=1 and runs the reduce; B still runs map 1."""
-    s = make(n_maps=2, n_reduce=1)
+    s = wordcount()
     a, actions = join(s, b"A")
     m0 = one(actions, b"A", p.AssignMap)
     b, actions = join(s, b"B")
@@ -60,26 +65,26 @@ def by_id(items: list, key: int) -> dict:
 
 
 def test_snapshot_of_a_job_that_has_not_started():
-    s = make(n_maps=3, n_reduce=2, now=10.0)
-    snap = snapshot(s, 12.5, JOB)
+    s = wordcount(n_maps=3, n_reduce=2, now=10.0)
+    snap = snapshot(s.view(12.5))
     assert snap["phase"] == "maps" and snap["elapsed"] == 2.5
     assert snap["maps"] == {"total": 3, "done": 0, "running": 0, "pending": 3}
     assert snap["reduces"] == {"total": 2, "done": 0, "running": 0, "pending": 2}
     assert snap["workers"] == [] and snap["attempts"] == [] and snap["events"] == []
-    assert snap["job"] == JOB and snap["failure"] is None
+    assert snap["job"] == dict(JOB, n_map=3, n_reduce=2, inputs=3, input_bytes=300) and snap["failure"] is None
     assert snap["throughput"] == {"input_bytes_done": 0, "bytes_per_second": 0.0}
     json.dumps(snap)
 
 
 def test_snapshot_mid_job_progress_workers_attempts_and_throughput():
     s, (a, b), (m0, m1, r0) = two_workers_mid_job()
-    snap = snapshot(s, 2.0, JOB)
+    snap = snapshot(s.view(2.0))
     json.dumps(snap)
-    assert snap["phase"] == "maps"
+    assert snap["job"] == JOB and snap["phase"] == "maps"
     assert snap["maps"] == {"total": 2, "done": 1, "running": 1, "pending": 0}
     assert snap["reduces"] == {"total": 1, "done": 0, "running": 1, "pending": 0}
     assert snap["throughput"] == {"input_bytes_done": 100, "bytes_per_second": 50.0}
-    assert snap["counters"]["attempts"] == 3 and snap["counters"]["maps_done"] == 1
+    assert snap["counters"]["attempts"] == 3 and snap["counters"]["succeeded"] == 1
     assert snap["workers_live"] == snap["workers_total"] == 2
     wa, wb = by_id(snap["workers"], a), by_id(snap["workers"], b)
     assert (wa["name"], wa["host"], wa["pid"], wa["state"], wa["suspect"]) == ("A", "box", 4242, "busy", False)
@@ -102,98 +107,119 @@ def test_snapshot_mid_job_progress_workers_attempts_and_throughput():
 def test_snapshot_phases_reduces_done_and_failed():
     s, (a, b), (m0, m1, r0) = two_workers_mid_job()
     map_done(s, 2.0, b"B", b, m1, [3])
-    assert snapshot(s, 2.0, JOB)["phase"] == "reduces"
+    assert snapshot(s.view(2.0))["phase"] == "reduces"
     reduce_done(s, 3.0, b"A", a, r0)
-    snap = snapshot(s, 3.0, JOB)
+    snap = snapshot(s.view(3.0))
     assert snap["phase"] == "done" and snap["reduces"]["done"] == 1
 
-    s = make(n_maps=1, n_reduce=1, max_attempts=1)
+    s = wordcount(n_maps=1, n_reduce=1, max_attempts=1)
     w, actions = join(s, b"A")
     assign = one(actions, b"A", p.AssignMap)
     s.receive(1.0, b"A", p.TaskFailed(w, assign.attempt, "KeyError: 'x'"))
-    snap = snapshot(s, 1.0, JOB)
+    snap = snapshot(s.view(1.0))
     assert snap["phase"] == "failed" and "KeyError: 'x'" in snap["failure"]
 
 
 def test_suspect_and_dead_workers_and_a_lost_attempt():
-    s = make(n_maps=2, n_reduce=1, heartbeat_interval=1.0, worker_timeout=5.0)
+    s = wordcount(n_maps=2, n_reduce=1, heartbeat_interval=1.0, worker_timeout=5.0)
     a, actions = join(s, b"A")
     m0 = one(actions, b"A", p.AssignMap)
     b, _ = join(s, b"B")
-    board = StatusBoard(JOB, every=0)
+    board = StatusBoard(every=0)
     s.receive(2.9, b"B", p.Heartbeat(b))
     s.tick(3.0)  # A silent 3 s > 2.5 intervals: suspect
-    snap = board.update(s, 3.0)
+    snap = board.update(s.view(3.0), s.take_events())
     assert by_id(snap["workers"], a)["suspect"] and by_id(snap["workers"], a)["state"] == "busy"
     assert not by_id(snap["workers"], b)["suspect"]
     s.receive(5.5, b"B", p.Heartbeat(b))
     s.tick(6.0)
-    snap = board.update(s, 6.0)
+    snap = board.update(s.view(6.0), s.take_events())
     wa = by_id(snap["workers"], a)
     assert wa["state"] == "dead" and wa["attempt"] is None and wa["heartbeat_age"] == 6.0
     assert snap["workers_live"] == 1 and snap["counters"]["workers_dead"] == 1
     lost = by_id(snap["attempts"], m0.attempt)
-    assert lost["state"] == "lost" and lost["seconds"] == 6.0
+    assert lost["state"] == "lost" and lost["seconds"] == 6.0 and lost["why"] == "silent for 6.0 s"
     names = [e["event"] for e in snap["events"]]
     assert names[:2] == ["task_lost", "worker_dead"]  # newest first
     assert "worker_suspect" in names
 
 
-def test_board_keeps_failed_attempts_error_line_and_events_once():
-    s = make(n_maps=1, n_reduce=1, max_attempts=3)
+def test_board_keeps_the_recent_events_and_the_view_why_attempts_ended():
+    s = wordcount(n_maps=1, n_reduce=1, max_attempts=3)
     a, actions = join(s, b"A")
     assign = one(actions, b"A", p.AssignMap)
-    board = StatusBoard(JOB, every=0)
-    board.update(s, 0.5)
-    board.update(s, 0.6)  # nothing new: nothing taken twice
-    assert [e.kind for e in board.events] == [EventKind.WORKER_JOINED, EventKind.TASK_ASSIGNED]
+    board = StatusBoard(every=0)
+    board.update(s.view(0.5), s.take_events())
+    board.update(s.view(0.6), s.take_events())  # nothing new
+    assert [type(e) for e in board.events] == [WorkerJoined, TaskAssigned]
     tb = 'Traceback (most recent call last):\n  File "app.py", line 3\nZeroDivisionError: division by zero'
     s.receive(2.0, b"A", p.TaskFailed(a, assign.attempt, "ZeroDivisionError: division by zero", tb))
-    snap = board.update(s, 2.5)
-    s.events.clear()  # as the coordinator does after every loop
+    snap = board.update(s.view(2.5), s.take_events())
     failed = by_id(snap["attempts"], assign.attempt)
     assert failed["state"] == "failed" and failed["error"] == "ZeroDivisionError: division by zero"
     assert failed["seconds"] == 2.0
-    assert snapshot(s, 2.5, JOB)["attempts"][-1].get("error") == ""  # without the board: no record of it
-    assert len(board.events) == 4
-    snap = board.update(s, 3.0)
+    assert snapshot(s.view(2.5))["attempts"][-1]["error"] == failed["error"]  # the view knows it: no board needed
+    assert [type(e) for e in board.events] == [WorkerJoined, TaskAssigned, TaskFailed, TaskAssigned]
+    snap = board.update(s.view(3.0), s.take_events())
     assert len(snap["events"]) == 4 and snap["events"][0]["event"] == "task_assigned"
+    assert snap["events"][1] == {
+        "t": 2.0,
+        "event": "task_failed",
+        "attempt": assign.attempt,
+        "task": 0,
+        "phase": "map",
+        "worker": a,
+        "error": "ZeroDivisionError: division by zero",
+        "user_error": True,
+    }
+
+
+def test_a_race_loser_shows_which_attempt_won():
+    s = wordcount(n_maps=3, n_reduce=1, speculation=True)
+    assigned = {}
+    for ident in (b"A", b"B", b"C"):
+        w, actions = join(s, ident)
+        assigned[ident] = (w, one(actions, ident, p.AssignMap))
+    straggler = assigned[b"A"][1]
+    for ident in (b"B", b"C"):
+        map_done(s, 1.0, ident, *assigned[ident], [5])
+    backup = msgs(s.tick(2.1), kind=p.AssignMap)[0]  # A's map is past 2x the median: a backup
+    runner = next(w for w in s.workers.values() if w.attempt is not None and w.attempt.id == backup.attempt)
+    map_done(s, 3.0, runner.identity, runner.id, backup, [5])
+    snap = snapshot(s.view(3.0))
+    lost_race = by_id(snap["attempts"], straggler.attempt)
+    assert lost_race["state"] == "superseded" and lost_race["why"] == f"attempt {backup.attempt} finished first"
+    assert (snap["counters"]["backups"], snap["counters"]["superseded"], snap["counters"]["cancelled"]) == (1, 1, 0)
 
 
 def test_board_throttles_keeps_the_last_events_and_publishes_when_the_job_ends():
-    s = make(n_maps=1, n_reduce=1)
+    s = wordcount(n_maps=1, n_reduce=1)
     published = []
 
     class Sink:
         def publish(self, snap):
             published.append(snap)
 
-    board = StatusBoard(JOB, server=Sink(), every=1.0, keep_events=5)
-    assert board.update(s, 0.0) is not None
-    for i in range(20):
-        s.record(0.1 + i / 100, EventKind.MAP_RERUN, task=i)
-    assert board.update(s, 0.5) is None  # too soon: events taken, nothing built
-    assert [e.fields["task"] for e in board.events] == [15, 16, 17, 18, 19]
-    s.events.clear()
-    s.record(0.6, EventKind.JOB_FINISHED, ok=True, message="")
-    snap = board.update(s, 0.6)
+    board = StatusBoard(server=Sink(), every=1.0, keep_events=5)
+    assert board.update(s.view(0.0)) is not None
+    reruns = [MapRerun(t=0.1 + i / 100, task=i) for i in range(20)]
+    assert board.update(s.view(0.5), reruns) is None  # too soon: events taken, nothing built
+    assert [e.task for e in board.events] == [15, 16, 17, 18, 19]
+    s.job_finished(0.6)
+    snap = board.update(s.view(0.6), s.take_events())
     assert snap is not None and published[-1] is snap and len(published) == 2
     assert [e["event"] for e in snap["events"]][:2] == ["job_finished", "map_rerun"]
     assert isinstance(snap["updated"], float)
 
 
-def test_job_facts():
-    s = make(n_maps=3)
-    facts = job_facts("wordcount", "j1", [t.split for t in s.maps], 4, "/out")
-    assert facts == {
-        "app": "wordcount",
-        "job_id": "j1",
-        "n_map": 3,
-        "n_reduce": 4,
-        "inputs": 3,
-        "input_bytes": 300,
-        "output": "/out",
-    }
+def test_the_view_has_the_jobs_facts_and_is_frozen():
+    s = make(n_maps=3, n_reduce=4, job_id="j1", app="wordcount", out="/out")
+    view = s.view(0.0)
+    assert view.job == JobFacts("wordcount", "j1", 3, 4, 3, 300, "/out")
+    with pytest.raises(AttributeError):
+        view.phase = None
+    view.tally.attempts += 1  # a copy: the scheduler's own tally is not touched
+    assert s.tally.attempts == 0
 
 
 # ---- the server ------------------------------------------------------------------
@@ -216,7 +242,7 @@ def server():
 @pytest.fixture
 def mid_job():
     s, ids, attempts = two_workers_mid_job()
-    return snapshot(s, 2.0, JOB, s.events)
+    return snapshot(s.view(2.0), s.events)
 
 
 def test_server_routes(server, mid_job):
@@ -333,11 +359,11 @@ def test_browser_page_follows_the_job():
     s = make(n_maps=2, n_reduce=1, heartbeat_interval=1.0, worker_timeout=5.0)
     a, _ = join(s, b"A")
     b, _ = join(s, b"B")
-    board = StatusBoard(JOB, every=0)
-    alive = board.update(s, 1.0)
+    board = StatusBoard(every=0)
+    alive = board.update(s.view(1.0), s.take_events())
     s.receive(5.5, b"B", p.Heartbeat(b))
     s.tick(6.0)
-    dead = board.update(s, 6.0)
+    dead = board.update(s.view(6.0), s.take_events())
     assert by_id(dead["workers"], a)["state"] == "dead"
 
     with StatusServer() as srv:

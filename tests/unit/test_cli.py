@@ -175,14 +175,13 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere():
     plain, terminal = io.StringIO(), Terminal()
     shows = [Progress(plain, every_plain=3600), Progress(terminal, every=0)]
     for show in shows:
-        show(s)
-    map_done(s, 1.0, b"A", a, one(actions, b"A", p.AssignMap), [3])
+        show(s.view(0.5))
+    actions = map_done(s, 1.0, b"A", a, one(actions, b"A", p.AssignMap), [3])
     for show in shows:
-        show(s)  # same phase: the plain one waits; the bar redraws
-    s.maps[1].state = s.maps[0].state  # (by hand) every map done: a new phase shows at once
-    s.counters.maps_done = 2
+        show(s.view(1.0))  # same phase: the plain one waits; the bar redraws
+    map_done(s, 2.0, b"A", a, one(actions, b"A", p.AssignMap), [3])  # every map done: a new phase shows at once
     for show in shows:
-        show(s)
+        show(s.view(2.0))
         show.close()
     lines = plain.getvalue().splitlines()
     assert len(lines) == 2 and lines[0].startswith("progress ") and "maps 0/2" in lines[0] and "maps 2/2" in lines[1]

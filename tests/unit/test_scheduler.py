@@ -9,12 +9,27 @@ from mapreduce.coordinator.scheduler import (
     AttemptState,
     Commit,
     Discard,
-    EventKind,
     Send,
     TaskState,
     WorkerState,
 )
 from mapreduce.wire import messages as p
+from mapreduce.wire.events import (
+    MapOutputMoved,
+    MapOutputOrphaned,
+    MapRerun,
+    MessageFenced,
+    ResultDiscarded,
+    TaskAssigned,
+    TaskCancelled,
+    TaskFailed,
+    TaskFinished,
+    TaskLost,
+    WorkerDead,
+    WorkerDraining,
+    WorkerJoined,
+    WorkerLeft,
+)
 
 # ---- registration and dispatch order ----------------------------------------
 
@@ -28,7 +43,7 @@ def test_register_gets_welcome_then_assign_map():
     assert actions[1].identity == b"A"
     assert isinstance(assign, p.AssignMap)
     assert (assign.task, assign.key, assign.path, assign.start, assign.end) == (0, "in0.txt", "/data/in0.txt", 0, 100)
-    assert kinds(s) == [EventKind.WORKER_JOINED, EventKind.TASK_ASSIGNED]
+    assert kinds(s) == [WorkerJoined, TaskAssigned]
     assert s.workers[wid].state is WorkerState.BUSY
     assert s.maps[0].state is TaskState.RUNNING and s.maps[1].state is TaskState.PENDING
 
@@ -82,7 +97,7 @@ def test_single_worker_runs_every_map_before_any_reduce():
     assert seen == [("map", 0), ("map", 1), ("map", 2), ("reduce", 0)]
     assert isinstance(assign, p.AssignReduce)
     assert sorted(o.map_task for o in assign.outputs) == [0, 1, 2]
-    assert s.counters.maps_done == 3
+    assert s.maps_done == 3
 
 
 def test_reduce_assigned_while_map_runs_gets_later_locations():
@@ -116,12 +131,12 @@ def test_map_done_with_wrong_partition_count_is_a_failure():
     a, actions = join(s, b"A")
     m = one(actions, b"A", p.AssignMap)
     actions = map_done(s, 1.0, b"A", a, m, [1, 2])  # 2 lengths for 3 partitions
-    assert EventKind.TASK_FAILED in kinds(s)
-    assert EventKind.TASK_FINISHED not in kinds(s)
-    failed = events(s, EventKind.TASK_FAILED)[0]
-    assert "2 partitions" in failed.fields["error"] and "expected 3" in failed.fields["error"]
+    assert TaskFailed in kinds(s)
+    assert TaskFinished not in kinds(s)
+    failed = events(s, TaskFailed)[0]
+    assert "2 partitions" in failed.error and "expected 3" in failed.error
     assert s.attempts[m.attempt].state is AttemptState.FAILED
-    assert s.counters.maps_done == 0 and s.maps[0].result is None
+    assert s.maps_done == 0 and s.maps[0].result is None
     # The map runs again (on the now idle worker), not a reduce.
     again = one(actions, b"A", p.AssignMap)
     assert again.task == 0 and again.attempt != m.attempt
@@ -148,20 +163,20 @@ def test_silent_worker_declared_dead_at_exactly_the_timeout_and_its_map_moves():
 
     assert s.tick(5.0) == []  # exactly worker_timeout of silence: still alive
     assert s.workers[a].state is WorkerState.BUSY
-    assert EventKind.WORKER_DEAD not in kinds(s)
+    assert WorkerDead not in kinds(s)
 
     actions = s.tick(5.000001)
     assert s.workers[a].state is WorkerState.DEAD
-    dead = events(s, EventKind.WORKER_DEAD)
-    assert [e.fields["worker"] for e in dead] == [a]
-    assert dead[0].time == 5.000001
-    lost = events(s, EventKind.TASK_LOST)
-    assert [(e.fields["attempt"], e.fields["task"], e.fields["phase"]) for e in lost] == [(m0.attempt, 0, "map")]
+    dead = events(s, WorkerDead)
+    assert [e.worker for e in dead] == [a]
+    assert dead[0].t == 5.000001
+    lost = events(s, TaskLost)
+    assert [(e.attempt, e.task, e.phase) for e in lost] == [(m0.attempt, 0, "map")]
     assert s.attempts[m0.attempt].state is AttemptState.LOST
     again = one(actions, b"B", p.AssignMap)  # B is the idle one
     assert again.task == 0 and again.attempt not in (m0.attempt, m1.attempt)
     assert msgs(actions, b"A") == []
-    assert s.counters.workers_dead == 1 and s.counters.lost_attempts == 1
+    assert s.tally.workers_dead == 1 and s.tally.lost_attempts == 1
 
 
 def test_heartbeats_go_out_after_the_interval():
@@ -219,11 +234,11 @@ def test_late_task_done_from_dead_worker_is_fenced():
     actions = s.receive(7.0, b"A", p.TaskDone(a, m_a.attempt, [10], "/scratch/A/m1", 3))
     assert len(actions) == 1 and isinstance(actions[0].message, p.Unknown)
     assert actions[0].identity == b"A"
-    assert [e.kind for e in s.events[before:]] == [EventKind.MESSAGE_FENCED]
-    fenced = s.events[-1].fields
-    assert fenced["worker"] == a and fenced["message"] == "TaskDone" and fenced["attempt"] == m_a.attempt
+    assert [type(e) for e in s.events[before:]] == [MessageFenced]
+    fenced = s.events[-1]
+    assert fenced.worker == a and fenced.message == "TaskDone" and fenced.attempt == m_a.attempt
     assert s.maps[0].state is TaskState.RUNNING and s.maps[0].result is None
-    assert s.counters.maps_done == 0
+    assert s.maps_done == 0
     assert s.workers[a].state is WorkerState.DEAD
     # B's result is the one that counts.
     actions = map_done(s, 8.0, b"B", b, m_b, [9])
@@ -243,7 +258,7 @@ def test_late_task_done_from_dead_worker_is_fenced():
 )
 def test_any_message_from_dead_incarnation_gets_unknown(message):
     s, a, m_a, b, m_b = _two_workers_one_dead()
-    state = (s.maps[0].state, s.maps[0].failures, s.maps[0].lost, s.workers[a].last_seen, s.counters.failed_attempts)
+    state = (s.maps[0].state, s.maps[0].failures, s.maps[0].lost, s.workers[a].last_seen, s.tally.failed_attempts)
     actions = s.receive(7.0, b"A", message(a, m_a.attempt))
     assert [type(x.message) for x in actions] == [p.Unknown]
     assert (
@@ -251,7 +266,7 @@ def test_any_message_from_dead_incarnation_gets_unknown(message):
         s.maps[0].failures,
         s.maps[0].lost,
         s.workers[a].last_seen,
-        s.counters.failed_attempts,
+        s.tally.failed_attempts,
     ) == state
     assert s.workers[a].state is WorkerState.DEAD
     assert s.attempts[m_b.attempt].state is AttemptState.RUNNING
@@ -263,8 +278,8 @@ def test_unknown_worker_id_gets_unknown():
     m = one(actions, b"A", p.AssignMap)
     actions = s.receive(1.0, b"X", p.TaskDone(99, m.attempt, [1], "/x", 1))
     assert actions == [Send(b"X", p.Unknown("unknown worker", 99))]
-    assert kinds(s)[-1] is EventKind.MESSAGE_FENCED
-    assert s.maps[0].state is TaskState.RUNNING and s.counters.maps_done == 0
+    assert kinds(s)[-1] is MessageFenced
+    assert s.maps[0].state is TaskState.RUNNING and s.maps_done == 0
     assert s.receive(1.0, b"X", p.Heartbeat(99)) == [Send(b"X", p.Unknown("unknown worker", 99))]
     # A Goodbye from a stranger needs no answer.
     assert s.receive(1.0, b"X", p.Goodbye(99)) == []
@@ -279,7 +294,7 @@ def test_mismatched_identity_gets_unknown_and_changes_nothing():
     actions = s.receive(4.0, b"B", p.TaskDone(a, m.attempt, [1], "/fake", 1))
     assert [type(x.message) for x in actions] == [p.Unknown]
     assert actions[0].identity == b"B"
-    assert kinds(s)[-1] is EventKind.MESSAGE_FENCED
+    assert kinds(s)[-1] is MessageFenced
     assert s.maps[0].state is TaskState.RUNNING
     assert s.attempts[m.attempt].state is AttemptState.RUNNING
     assert s.workers[a].last_seen == 0.0  # the impostor did not keep A alive
@@ -314,7 +329,7 @@ def test_message_about_an_attempt_the_worker_is_not_running_is_ignored():
     mb = one(actions, b"B", p.AssignMap)
     assert s.receive(1.0, b"A", p.TaskDone(a, mb.attempt, [1], "/x", 1)) == []
     assert s.receive(1.0, b"A", p.TaskDone(a, 12345, [1], "/x", 1)) == []
-    assert s.maps[1].state is TaskState.RUNNING and s.counters.maps_done == 0
+    assert s.maps[1].state is TaskState.RUNNING and s.maps_done == 0
     assert s.workers[a].state is WorkerState.BUSY and s.workers[a].attempt.id == ma.attempt
 
 
@@ -344,12 +359,12 @@ def test_first_reduce_done_commits_and_a_second_attempt_is_discarded():
     actions = reduce_done(s, 12.0, b"A", a, r_a)
     assert commits(actions) == [(0, f".part-00000.a{r_a.attempt}.tmp")]
     assert s.succeeded and s.finished
-    assert s.counters.reduces_done == 1
+    assert s.reduces_done == 1
     # B finished too, racing the Cancel: its output is thrown away.
     actions = reduce_done(s, 12.5, b"B", b, r_b)
     assert actions == [Discard(f".part-00000.a{r_b.attempt}.tmp")]
-    assert kinds(s)[-1] is EventKind.RESULT_DISCARDED
-    assert s.counters.reduces_done == 1
+    assert kinds(s)[-1] is ResultDiscarded
+    assert s.reduces_done == 1
     assert s.workers[b].state is WorkerState.IDLE
 
 
@@ -370,8 +385,8 @@ def test_task_timeout_fails_overdue_attempt_and_worker_stays_busy_until_cancelle
     assert s.tick(12.0) == []  # exactly the timeout: not overdue yet
     actions = s.tick(12.01)
     assert actions == [Send(b"A", p.Cancel(m.attempt))]
-    failed = events(s, EventKind.TASK_FAILED)
-    assert len(failed) == 1 and "timeout" in failed[0].fields["error"]
+    failed = events(s, TaskFailed)
+    assert len(failed) == 1 and "timeout" in failed[0].error
     assert s.attempts[m.attempt].state is AttemptState.FAILED
     assert s.maps[0].state is TaskState.PENDING and s.maps[0].failures == 1
     assert s.workers[a].state is WorkerState.BUSY
@@ -422,8 +437,8 @@ def test_user_errors_count_to_max_attempts_then_the_job_fails_with_the_traceback
     assert "failed 3 times" in s.failure
     assert "ZeroDivisionError: division by zero #3" in s.failure
     assert 'File "app.py", line 3, in map' in s.failure
-    assert s.counters.failed_attempts == 3
-    assert len(events(s, EventKind.TASK_FAILED)) == 3
+    assert s.tally.failed_attempts == 3
+    assert len(events(s, TaskFailed)) == 3
     assert s.tick(50.0) == []
 
 
@@ -451,8 +466,8 @@ def test_lost_attempts_do_not_count_toward_max_attempts_but_max_lost_fails_the_j
         t += 10.0
     assert s.failure is not None
     assert "map task 0" in s.failure and "lost 3 workers" in s.failure
-    assert s.counters.lost_attempts == 3 and s.counters.failed_attempts == 0
-    assert len(events(s, EventKind.TASK_LOST)) == 3
+    assert s.tally.lost_attempts == 3 and s.tally.failed_attempts == 0
+    assert len(events(s, TaskLost)) == 3
     # No more work is handed out.
     _, actions = join(s, b"late", now=t)
     assert msgs(actions, b"late", p.AssignMap) == []
@@ -481,7 +496,7 @@ def test_goodbye_releases_the_attempt_as_lost():
     actions = s.receive(1.0, b"A", p.Goodbye(a))
     actions += s.tick(1.05)  # the coordinator ticks at least every 0.1 s
     assert s.workers[a].state is WorkerState.LEFT
-    assert EventKind.WORKER_LEFT in kinds(s) and EventKind.TASK_LOST in kinds(s)
+    assert WorkerLeft in kinds(s) and TaskLost in kinds(s)
     assert s.attempts[m.attempt].state is AttemptState.LOST
     # No idle worker for the map: B's reduce is cancelled to make room.
     assert one(actions, b"B", p.Cancel) == p.Cancel(r.attempt)
@@ -512,10 +527,10 @@ def test_dead_workers_map_output_moves_to_a_live_worker_on_the_same_host_and_scr
     s, (a, b, c), m, r, actions = _finished_map_then_death(
         dict(host_id="host-1", scratch="/scratch/a", data_address="tcp://c:1")
     )
-    moved = events(s, EventKind.MAP_OUTPUT_MOVED)
-    assert [(e.fields["task"], e.fields["worker"]) for e in moved] == [(0, c)]
-    assert EventKind.MAP_RERUN not in kinds(s)
-    assert s.maps[0].state is TaskState.DONE and s.counters.maps_rerun == 0
+    moved = events(s, MapOutputMoved)
+    assert [(e.task, e.worker) for e in moved] == [(0, c)]
+    assert MapRerun not in kinds(s)
+    assert s.maps[0].state is TaskState.DONE and s.tally.maps_rerun == 0
     update = one(actions, b"B", p.MapOutputs)
     assert update == p.MapOutputs(
         r.attempt, [p.MapOutput(0, m.attempt, "host-1", f"/scratch/A/m{m.attempt}", "tcp://c:1", 0, 5)]
@@ -533,12 +548,12 @@ def test_dead_workers_map_output_moves_to_a_live_worker_on_the_same_host_and_scr
 )
 def test_dead_workers_map_output_is_rerun_when_no_one_can_serve_it(c_info):
     s, (a, b, c), m, r, actions = _finished_map_then_death(c_info)
-    assert EventKind.MAP_OUTPUT_MOVED not in kinds(s) and EventKind.MAP_RERUN not in kinds(s)
+    assert MapOutputMoved not in kinds(s) and MapRerun not in kinds(s)
     # Orphaned, not lost yet: its files may outlive the process. A reader that fails says so.
-    assert [e.fields["task"] for e in events(s, EventKind.MAP_OUTPUT_ORPHANED)] == [0]
+    assert [e.task for e in events(s, MapOutputOrphaned)] == [0]
     actions = report_unreadable(s, 6.6, b"B", b, r.attempt)
-    assert [e.fields["task"] for e in events(s, EventKind.MAP_RERUN)] == [0]
-    assert s.counters.maps_rerun == 1 and s.counters.maps_done == 0
+    assert [e.task for e in events(s, MapRerun)] == [0]
+    assert s.tally.maps_rerun == 1 and s.maps_done == 0
     rerun = one(actions, b"C", p.AssignMap)
     assert rerun.task == 0 and rerun.attempt != m.attempt
     assert msgs(actions, b"B", p.Cancel) == []  # C was idle: no need to preempt B
@@ -562,7 +577,7 @@ def test_no_rerun_once_every_reduce_is_done():
     s.receive(4.0, b"B", p.Heartbeat(b))
     s.tick(6.5)
     assert s.workers[a].state is WorkerState.DEAD
-    assert EventKind.MAP_RERUN not in kinds(s) and EventKind.MAP_OUTPUT_MOVED not in kinds(s)
+    assert MapRerun not in kinds(s) and MapOutputMoved not in kinds(s)
     assert s.maps[0].state is TaskState.DONE and s.succeeded
 
 
@@ -583,11 +598,11 @@ def test_pending_map_without_idle_worker_cancels_the_newest_reduce_attempt():
         s.receive(4.0, ident, p.Heartbeat(wid))
     s.tick(6.5)  # A (last heard at 1.0) dies with the only copy of map 0's output
     actions = report_unreadable(s, 6.6, b"B", b, r_b.attempt)  # B, on another host, cannot read it
-    assert EventKind.MAP_RERUN in kinds(s)
+    assert MapRerun in kinds(s)
     assert msgs(actions, kind=p.Cancel) == [p.Cancel(r_c.attempt)]
     assert one(actions, b"C", p.Cancel) == p.Cancel(r_c.attempt)
-    cancelled = events(s, EventKind.TASK_CANCELLED)
-    assert [(e.fields["attempt"], e.fields["task"]) for e in cancelled] == [(r_c.attempt, 1)]
+    cancelled = events(s, TaskCancelled)
+    assert [(e.attempt, e.task) for e in cancelled] == [(r_c.attempt, 1)]
     assert s.attempts[r_c.attempt].state is AttemptState.CANCELLED
     assert s.attempts[r_b.attempt].state is AttemptState.RUNNING
     assert s.reduces[1].state is TaskState.PENDING
@@ -651,7 +666,7 @@ def test_draining_worker_finishes_its_map_gets_nothing_new_and_leaves_without_a_
     a, actions = join(s, b"A", scratch="/scratch/a")
     first = one(actions, b"A", p.AssignMap)
     assert s.receive(1.0, b"A", p.Draining(a)) == []
-    assert s.workers[a].state is WorkerState.DRAINING and EventKind.WORKER_DRAINING in kinds(s)
+    assert s.workers[a].state is WorkerState.DRAINING and WorkerDraining in kinds(s)
     # Its map finishes and counts; no new task goes to it.
     actions = map_done(s, 2.0, b"A", a, first, [5])
     assert msgs(actions, b"A") == [] and s.maps[0].state is TaskState.DONE
@@ -661,7 +676,7 @@ def test_draining_worker_finishes_its_map_gets_nothing_new_and_leaves_without_a_
     assert one(actions, b"B", p.AssignMap).task == 1
     actions = s.receive(3.0, b"A", p.Goodbye(a))
     assert s.workers[a].state is WorkerState.LEFT
-    assert s.counters.lost_attempts == 0 and s.counters.workers_dead == 0
+    assert s.tally.lost_attempts == 0 and s.tally.workers_dead == 0
     assert s.maps[0].result.orphaned  # kept on its host's disk for reducers there, re-run if unreadable
 
 
@@ -693,7 +708,7 @@ def test_commit_names_the_reducer_host_and_a_scratch_path_is_accepted():
         "tcp://10.0.0.9:7000",
         70,
     )
-    assert s.counters.shuffle_fetched == 123
+    assert s.tally.shuffle_fetched == 123
 
 
 def test_no_task_until_min_workers_have_joined_then_no_more_waiting():
@@ -715,6 +730,6 @@ def test_goodbye_with_an_attempt_in_flight_hands_it_back_without_a_loss():
     s.receive(1.0, b"A", p.Draining(a))
     s.receive(1.1, b"A", p.Goodbye(a))
     assert s.attempts[assign.attempt].state is AttemptState.CANCELLED
-    assert s.counters.lost_attempts == 0 and s.maps[0].lost == 0 and s.maps[0].state is TaskState.PENDING
+    assert s.tally.lost_attempts == 0 and s.maps[0].lost == 0 and s.maps[0].state is TaskState.PENDING
     b, actions = join(s, b"B", now=2.0)
     assert one(actions, b"B", p.AssignMap).task == 0

@@ -5,8 +5,21 @@ from __future__ import annotations
 import dataclasses
 
 from helpers import commits, events, join, kinds, make, map_done, msgs, one, reduce_done
-from mapreduce.coordinator.scheduler import AttemptState, Commit, Discard, EventKind, TaskState, WorkerState
+from mapreduce.coordinator.scheduler import AttemptState, Commit, Discard, TaskState, WorkerState
 from mapreduce.wire import messages as p
+from mapreduce.wire.events import (
+    BackupLaunched,
+    CommitFailed,
+    MapOutputMoved,
+    MapOutputOrphaned,
+    MapRerun,
+    ResultDiscarded,
+    TaskCancelled,
+    TaskFailed,
+    TaskFinished,
+    WorkerDead,
+    WorkerSuspect,
+)
 
 
 def three_maps_two_done(**settings):
@@ -27,7 +40,7 @@ def test_no_backup_for_ordinary_variation():
     s, _, m_a = three_maps_two_done()
     # The median finished map took 1 s: a backup needs 2x that and 0.5 s more, i.e. past t=2.
     assert msgs(s.tick(1.9), kind=p.AssignMap) == []
-    assert EventKind.BACKUP_LAUNCHED not in kinds(s)
+    assert BackupLaunched not in kinds(s)
 
 
 def test_straggler_gets_one_backup_and_the_first_to_finish_wins():
@@ -36,7 +49,7 @@ def test_straggler_gets_one_backup_and_the_first_to_finish_wins():
     backups = msgs(actions, kind=p.AssignMap)
     assert len(backups) == 1 and backups[0].task == m_a.task  # one backup per task, not two
     backup = backups[0]
-    assert [e.fields["task"] for e in events(s, EventKind.BACKUP_LAUNCHED)] == [m_a.task]
+    assert [e.task for e in events(s, BackupLaunched)] == [m_a.task]
     assert msgs(s.tick(10.0), kind=p.AssignMap) == []  # still just one backup
     wid = next(w.id for w in s.workers.values() if w.attempt is not None and w.attempt.id == backup.attempt)
     runner = s.workers[wid].identity
@@ -45,11 +58,11 @@ def test_straggler_gets_one_backup_and_the_first_to_finish_wins():
     assert cancel.attempt == m_a.attempt
     assert s.attempts[m_a.attempt].state is AttemptState.SUPERSEDED
     assert s.workers[a].state is WorkerState.BUSY  # until it confirms
-    finished = events(s, EventKind.TASK_FINISHED)[-1]
-    assert finished.fields["backup"] is True
+    finished = events(s, TaskFinished)[-1]
+    assert finished.backup is True
     # The straggler's own late completion is discarded; its worker is free again.
     actions = map_done(s, 12.0, b"A", a, m_a, [5])
-    assert EventKind.RESULT_DISCARDED in kinds(s)
+    assert ResultDiscarded in kinds(s)
     assert s.maps[m_a.task].result.attempt == backup.attempt
     assert s.workers[a].state is WorkerState.IDLE
 
@@ -86,9 +99,9 @@ def test_a_reduce_waiting_for_a_straggling_map_makes_way_for_its_backup():
     r0 = one(map_done(s, 1.0, b"B", b, m1, [5]), b"B", p.AssignReduce)  # B only waits for map 0 now
     assert msgs(s.tick(1.9)) == []  # map 0 is not late yet (2x the median)
     assert one(s.tick(2.1), b"B", p.Cancel).attempt == r0.attempt
-    assert events(s, EventKind.TASK_CANCELLED)[-1].fields["why"] == "a straggling map needs a backup"
+    assert events(s, TaskCancelled)[-1].why == "a straggling map needs a backup"
     backup = one(s.receive(2.2, b"B", p.Cancelled(b, r0.attempt)), b"B", p.AssignMap)
-    assert backup.task == m0.task and events(s, EventKind.BACKUP_LAUNCHED)
+    assert backup.task == m0.task and events(s, BackupLaunched)
     # The backup wins; the reduce runs again on the first free worker.
     actions = map_done(s, 3.2, b"B", b, backup, [5])
     assert one(actions, b"A", p.Cancel).attempt == m0.attempt
@@ -155,12 +168,12 @@ def test_fetch_failure_reruns_the_map_once_and_announces_the_new_output():
     loc = r1.outputs[0]
     failed = p.FetchFailed(b, r1.attempt, 0, loc.attempt, loc.data_address, "FetchError: gone")
     actions = s.receive(2.0, b"B", failed)
-    assert s.maps[0].state is TaskState.PENDING and EventKind.MAP_RERUN in kinds(s)
+    assert s.maps[0].state is TaskState.PENDING and MapRerun in kinds(s)
     # The map must run again and every worker is busy in a reduce: the newest reduce makes room.
     assert one(actions, b"B", p.Cancel).attempt == r1.attempt
     assert s.attempts[r0.attempt].state is AttemptState.RUNNING  # the other reduce keeps waiting
     s.receive(2.1, b"A", p.FetchFailed(a, r0.attempt, 0, loc.attempt, loc.data_address, "gone"))
-    assert s.counters.maps_rerun == 1  # a second report of the same lost output changes nothing
+    assert s.tally.maps_rerun == 1  # a second report of the same lost output changes nothing
     actions = s.receive(2.2, b"B", p.Cancelled(b, r1.attempt))
     rerun = one(actions, b"B", p.AssignMap)
     actions = map_done(s, 3.0, b"B", b, rerun, [3, 4])
@@ -176,11 +189,11 @@ def test_fetch_failure_for_an_output_that_moved_gets_the_new_place():
     r = one(actions, b"B", p.AssignReduce)
     map_done(s, 1.0, b"A", a, m, [3])
     s.receive(1.5, b"A", p.Goodbye(a))  # A leaves; B shares its folder and serves its output
-    assert EventKind.MAP_OUTPUT_MOVED in kinds(s) and s.maps[0].result.worker.id == b
+    assert MapOutputMoved in kinds(s) and s.maps[0].result.worker.id == b
     actions = s.receive(2.0, b"B", p.FetchFailed(b, r.attempt, 0, m.attempt, "tcp://A:9000", "gone"))
     moved = one(actions, b"B", p.MapOutputs)
     assert moved.outputs[0].data_address == "tcp://B:9000"
-    assert s.maps[0].state is TaskState.DONE and s.counters.maps_rerun == 0
+    assert s.maps[0].state is TaskState.DONE and s.tally.maps_rerun == 0
 
 
 def test_supervisor_reported_exit_declares_the_worker_dead_at_once():
@@ -194,8 +207,8 @@ def test_supervisor_reported_exit_declares_the_worker_dead_at_once():
     assert pids[a] == pids[b]  # the test helper gives both pid 4242: both are this host's
     actions = s.process_exited(0.5, "host-1", 4242, -9)
     assert s.workers[a].state is WorkerState.DEAD and s.workers[b].state is WorkerState.DEAD
-    dead = events(s, EventKind.WORKER_DEAD)[0]
-    assert "exited with code -9" in dead.fields["why"] and dead.fields["attempt"] == m.attempt
+    dead = events(s, WorkerDead)[0]
+    assert "exited with code -9" in dead.why and dead.attempt == m.attempt
 
 
 def test_commit_failure_runs_the_reduce_again():
@@ -207,7 +220,7 @@ def test_commit_failure_runs_the_reduce_again():
     actions = reduce_done(s, 2.0, b"A", a, r)
     assert (0, f".part-00000.a{r.attempt}.tmp") in commits(actions) and s.succeeded
     actions = s.commit_failed(2.1, 0, "gone")
-    assert not s.succeeded and EventKind.COMMIT_FAILED in kinds(s)
+    assert not s.succeeded and CommitFailed in kinds(s)
     again = one(actions, b"A", p.AssignReduce)
     assert again.attempt != r.attempt
 
@@ -232,7 +245,7 @@ def test_reduce_output_with_a_foreign_name_is_refused():
     actions = s.receive(2.0, b"A", p.TaskDone(a, r.attempt, [], "../../etc/passwd", 1))
     assert not [x for x in actions if isinstance(x, (Commit, Discard))]
     assert s.reduces[0].state is not TaskState.DONE
-    assert "expected" in events(s, EventKind.TASK_FAILED)[0].fields["error"]
+    assert "expected" in events(s, TaskFailed)[0].error
 
 
 def test_zombie_reduce_output_is_discarded_when_fenced():
@@ -241,14 +254,14 @@ def test_zombie_reduce_output_is_discarded_when_fenced():
     m = one(actions, b"A", p.AssignMap)
     r = one(map_done(s, 1.0, b"A", a, m, [3]), b"A", p.AssignReduce)
     s.tick(3.6)  # 2.6 s of silence: suspect (2.5 heartbeat intervals), not dead
-    assert EventKind.WORKER_SUSPECT in kinds(s) and s.workers[a].state is WorkerState.BUSY
+    assert WorkerSuspect in kinds(s) and s.workers[a].state is WorkerState.BUSY
     s.tick(6.1)
     assert s.workers[a].state is WorkerState.DEAD
     temp = f".part-00000.a{r.attempt}.tmp"
     actions = s.receive(7.0, b"A", p.TaskDone(a, r.attempt, [], temp, 1))
     assert Discard(temp) in actions and one(actions, b"A", p.Unknown)
     assert not any(isinstance(x, Commit) for x in actions)
-    assert s.counters.fenced == 1
+    assert s.tally.fenced == 1
 
 
 def test_empty_map_outputs_travel_as_indices_not_locations():
@@ -273,7 +286,7 @@ def test_map_output_index_that_overflows_the_wire_is_refused():
     m = one(actions, b"A", p.AssignMap)
     big = 2**63 - 1
     s.receive(1.0, b"A", p.TaskDone(a, m.attempt, [big, big, 5], "/scratch/log", 1, big))
-    assert s.maps[0].state is not TaskState.DONE and EventKind.TASK_FAILED in kinds(s)
+    assert s.maps[0].state is not TaskState.DONE and TaskFailed in kinds(s)
 
 
 def test_endless_fetch_failures_fail_the_job_instead_of_rerunning_forever():
@@ -305,7 +318,7 @@ def test_dead_workers_maps_rerun_only_if_an_unfinished_reduce_needs_them():
     one(actions, b"B", p.AssignReduce)
     reduce_done(s, 2.0, b"A", a, r0)
     s.receive(2.5, b"A", p.Goodbye(a))  # partition 0 is committed; partition 1 needs nothing of A
-    assert EventKind.MAP_RERUN not in kinds(s) and s.maps[0].state is TaskState.DONE
+    assert MapRerun not in kinds(s) and s.maps[0].state is TaskState.DONE
 
 
 def test_cancelled_unasked_gives_the_task_back():
@@ -325,8 +338,8 @@ def test_orphaned_output_is_served_by_a_worker_joining_with_the_same_folder():
     one(actions, b"B", p.AssignReduce)
     map_done(s, 1.0, b"A", a, m, [3])
     s.process_exited(1.5, "host-1", 4242, -9)  # A crashed (B is on another host: pid 4242 there is not it)
-    assert s.workers[a].state is WorkerState.DEAD and EventKind.MAP_OUTPUT_ORPHANED in kinds(s)
-    assert s.maps[0].state is TaskState.DONE and s.counters.maps_rerun == 0
+    assert s.workers[a].state is WorkerState.DEAD and MapOutputOrphaned in kinds(s)
+    assert s.maps[0].state is TaskState.DONE and s.tally.maps_rerun == 0
     c, actions = join(s, b"C", now=2.0, scratch="/shared", data_address="tcp://C:1")  # its replacement
     update = one(actions, b"B", p.MapOutputs)
     assert update.outputs[0].data_address == "tcp://C:1" and s.maps[0].result.worker.id == c
@@ -347,7 +360,7 @@ def test_one_unreadable_orphan_reruns_every_needed_orphan_of_that_worker():
     loc = s._location(s.maps[0], 0)
     s.receive(2.0, b"B", p.FetchFailed(b, r.attempt, 0, loc.attempt, loc.data_address, "Unreachable: no answer"))
     assert [m.state for m in s.maps] == [TaskState.PENDING, TaskState.PENDING, TaskState.DONE]
-    assert s.counters.maps_rerun == 2
+    assert s.tally.maps_rerun == 2
 
 
 # ---- failures of a worker's environment: retried elsewhere (per-task exclusion) ----
@@ -370,8 +383,8 @@ def test_task_that_failed_for_its_worker_waits_for_another_worker():
     assert s.workers[a].state is WorkerState.IDLE and s.maps[0].state is TaskState.PENDING
     # Not the user's fault: it does not count toward max_attempts (1 here).
     assert s.failure is None and (s.maps[0].failures, s.maps[0].lost) == (0, 1)
-    failed = events(s, EventKind.TASK_FAILED)[0].fields
-    assert (failed["worker"], failed["user_error"], failed["error"]) == (a, False, FULL)
+    failed = events(s, TaskFailed)[0]
+    assert (failed.worker, failed.user_error, failed.error) == (a, False, FULL)
     actions = map_done(s, 2.0, b"B", b, m1, [3])
     assert one(actions, b"B", p.AssignMap).task == 0
     assert msgs(actions, b"A", p.AssignMap) == []
@@ -472,7 +485,7 @@ def test_no_backup_on_a_worker_excluded_from_the_task():
     actions = s.tick(10.0)
     backups = msgs(actions, kind=p.AssignMap)
     assert len(backups) == 1 and msgs(actions, b"D", p.AssignMap) == backups and backups[0].task == 0
-    assert events(s, EventKind.BACKUP_LAUNCHED)[0].fields["worker"] == d
+    assert events(s, BackupLaunched)[0].worker == d
 
 
 def test_an_output_folder_that_cannot_take_output_fails_the_job_at_once():
