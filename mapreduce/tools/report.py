@@ -7,19 +7,21 @@ the MapReduce paper's Figure 3), a side-by-side comparison when given several lo
 speedup curve from a benchmark's JSON, and an ``index.html`` showing them with summary
 numbers.
 
-Reading a log (``parse``) is pure and needs nothing but the standard library; matplotlib is
-imported only when a picture is drawn (``pip install mapreduce[report]``), with the Agg
-backend, so importing this module and the command line stay fast.
+A log is read through the event schema (``mapreduce.wire.events``): ``run_log`` matches
+typed events, never names or message texts, and is pure; the counts come from the schema's
+``Tally``. matplotlib is imported only when a picture is drawn (``pip install
+mapreduce[report]``), with the Agg backend, so importing this module and the command line
+stay fast.
 
 Injected faults (kills and pauses, e.g. from ``mapreduce crashtest``) are not in the
-coordinator's log: pass them as ``faults`` (``Fault`` or ``(time, kind, pid)`` with a
-monotonic ``time`` on the log's clock), or put them beside the log as ``NAME.faults.jsonl``
-(one ``{"t": monotonic seconds, "kind": "kill" | "pause" | "resume", "pid": N}`` a line),
+coordinator's log: pass them as ``faults`` (``mapreduce.tools.faults.Fault``, with a
+monotonic ``time`` on the log's clock), or put them beside the log as ``NAME.faults.jsonl``,
 which ``write_report`` and the command read when present.
 """
 
 from __future__ import annotations
 
+import enum
 import html
 import json
 import math
@@ -31,22 +33,71 @@ from typing import Any
 import click
 
 from mapreduce.errors import MapReduceError
-from mapreduce.wire.events import read_records
+from mapreduce.tools.faults import Fault, FaultKind, faults_beside, read_faults
+from mapreduce.wire import events as wire
+from mapreduce.wire.events import (
+    AttemptEvent,
+    BackupLaunched,
+    Event,
+    JobFailing,
+    JobFinished,
+    JobStarted,
+    MapRerun,
+    MessageFenced,
+    OutputCommitted,
+    ResultDiscarded,
+    Tally,
+    TaskAssigned,
+    TaskCancelled,
+    TaskFailed,
+    TaskFinished,
+    TaskLost,
+    WorkerDead,
+    WorkerDraining,
+    WorkerJoined,
+    WorkerLeft,
+    WorkerSuspect,
+)
 
 # ---- what a log says (pure) -------------------------------------------------------------
-
-START_EVENTS = ("task_assigned", "backup_launched")
-END_EVENTS = ("task_finished", "task_failed", "task_lost", "task_cancelled", "result_discarded")
-OUTCOMES = ("succeeded", "failed", "lost", "cancelled", "superseded", "running")
 
 
 class ReportError(MapReduceError):
     """A report cannot be made: a missing library, an unreadable log or benchmark file."""
 
 
+class Outcome(enum.Enum):
+    """How an attempt ended, as the timeline draws it."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    LOST = "lost"
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"  # another attempt of its task finished first
+    RUNNING = "running"  # never ended in the log
+
+
+class MarkerKind(enum.Enum):
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    FENCED = "fenced"
+    BACKUP = "backup"
+    RERUN = "rerun"
+    KILL = "kill"
+    PAUSE = "pause"
+    RESUME = "resume"
+
+
+FAULT_MARKERS = {
+    FaultKind.KILL: MarkerKind.KILL,
+    FaultKind.PAUSE: MarkerKind.PAUSE,
+    FaultKind.RESUME: MarkerKind.RESUME,
+}
+
+
 @dataclass
-class Attempt:
-    """One task attempt: from its assignment to the event that ended it."""
+class AttemptSpan:
+    """One task attempt as the timeline draws it: from its assignment to the event that ended it."""
 
     id: int
     phase: str  # "map" or "reduce"
@@ -55,11 +106,11 @@ class Attempt:
     start: float  # monotonic seconds, as in the log
     backup: bool = False
     end: float | None = None  # None: never ended in the log
-    outcome: str = "running"  # one of OUTCOMES
+    outcome: Outcome = Outcome.RUNNING
     records: int | None = None
     fetched: int | None = None
-    input_bytes: int | None = None  # if the log carries it (task_finished "input_bytes")
-    output_bytes: int | None = None  # if the log carries it (task_finished "output_bytes")
+    input_bytes: int | None = None
+    output_bytes: int | None = None
     why: str = ""
 
     @property
@@ -93,38 +144,25 @@ class Incarnation:
 
 
 @dataclass(frozen=True)
-class Fault:
-    """A fault injected from outside: ``kind`` is kill, pause or resume; ``time`` monotonic."""
-
-    time: float
-    kind: str
-    pid: int
-
-
-@dataclass(frozen=True)
 class Marker:
     """A point event drawn on a worker's row (worker None: not tied to a worker)."""
 
     time: float
-    kind: str  # suspect, dead, fenced, backup, rerun, kill, pause, resume
+    kind: MarkerKind
     worker: int | None
     task: int | None = None
 
 
 @dataclass
-class Job:
-    start: float  # the first event (the log has no job-start record)
-    finished: float | None = None  # job_finished
+class JobSpan:
+    start: float  # job_started, else the first event
+    finished: float | None = None  # job_finished, else the last event
     ok: bool | None = None
     message: str = ""
-    input_fetched: int = 0
-    shuffle_fetched: int = 0
-    output_pulled: int = 0
+    failing: str = ""  # why the job could not succeed, when it was decided (job_failing)
     rejected: int = 0
     commits: list[tuple[float, int]] = field(default_factory=list)  # (t, partition)
-    reruns: list[tuple[float, int]] = field(default_factory=list)  # (t, map task)
-    fetch_failures: int = 0
-    n_maps: int = 0  # from the task indices seen
+    n_maps: int = 0  # job_started's, or from the task indices seen
     n_reduces: int = 0
 
     @property
@@ -135,19 +173,16 @@ class Job:
     def seconds(self) -> float:
         return self.end - self.start
 
-    @property
-    def bytes_moved(self) -> int:
-        return self.input_fetched + self.shuffle_fetched + self.output_pulled
-
 
 @dataclass
 class RunLog:
     """Everything a report draws, from one event log."""
 
-    job: Job
-    attempts: list[Attempt]
+    job: JobSpan
+    attempts: list[AttemptSpan]
     workers: list[Incarnation]  # in order of joining
     markers: list[Marker]
+    tally: Tally
     faults: list[Fault] = field(default_factory=list)
 
     def rel(self, t: float) -> float:
@@ -161,6 +196,11 @@ class RunLog:
         """The incarnation process ``pid`` had at ``time``: its latest join at or before it."""
         known = [w for w in self.workers if w.pid == pid and w.joined is not None and w.joined <= time]
         return known[-1] if known else None
+
+    @property
+    def bytes_moved(self) -> int:
+        """Input and map output read over the network, and reduce output pulled to the coordinator."""
+        return self.tally.input_fetched + self.tally.shuffle_fetched + self.tally.output_pulled
 
 
 @dataclass(frozen=True)
@@ -185,169 +225,189 @@ class Summary:
     pauses: int
 
 
-def parse(events: Iterable[Mapping], faults: Iterable[Fault | Sequence] = ()) -> RunLog:
-    """Attempts, worker incarnations, markers and job times from a log's events (in order)."""
+def _ending(event: AttemptEvent) -> tuple[Outcome, str] | None:
+    """How an event ends its attempt, and why; None if it does not end one."""
+    match event:
+        case TaskFinished():
+            return Outcome.SUCCEEDED, ""
+        case TaskFailed(error=error):
+            return Outcome.FAILED, error
+        case TaskLost():
+            return Outcome.LOST, ""
+        case TaskCancelled(superseded_by=None, why=why):
+            return Outcome.CANCELLED, why
+        case TaskCancelled(why=why):
+            return Outcome.SUPERSEDED, why
+        case ResultDiscarded():  # the result of a running attempt whose task was already done
+            return Outcome.SUPERSEDED, ""
+    return None
+
+
+class _Reader:
+    """Folds a log's events, in order, into a RunLog."""
+
+    def __init__(self, start: float):
+        self.job = JobSpan(start=start)
+        self.attempts: dict[int, AttemptSpan] = {}
+        self.workers: dict[int, Incarnation] = {}
+        self.markers: list[Marker] = []
+        self.maps: set[int] = set()
+        self.reduces: set[int] = set()
+
+    def incarnation(self, worker_id: int) -> Incarnation:
+        if worker_id not in self.workers:  # a log that starts late: a worker never seen joining
+            self.workers[worker_id] = Incarnation(worker_id)
+        return self.workers[worker_id]
+
+    def add(self, event: Event) -> None:
+        t = event.t
+        match event:
+            case WorkerJoined():
+                w = self.incarnation(event.worker)
+                w.name, w.pid, w.host, w.joined = event.name, event.pid, event.host, t
+            case WorkerDead():
+                w = self.incarnation(event.worker)
+                w.dead, w.dead_why = t, event.why
+                self.markers.append(Marker(t, MarkerKind.DEAD, w.id))
+            case WorkerLeft():
+                self.incarnation(event.worker).left = t
+            case WorkerDraining():
+                self.incarnation(event.worker).draining = t
+            case WorkerSuspect():
+                self.incarnation(event.worker).suspects.append(t)
+                self.markers.append(Marker(t, MarkerKind.SUSPECT, event.worker))
+            case MessageFenced():
+                known = event.worker in self.workers
+                if known:
+                    self.workers[event.worker].fenced.append(t)
+                self.markers.append(Marker(t, MarkerKind.FENCED, event.worker if known else None))
+            case TaskAssigned() | BackupLaunched():
+                self.start_attempt(event)
+            case AttemptEvent():  # any other event of an attempt may end it
+                self.end_attempt(event)
+            case MapRerun():
+                self.maps.add(event.task)
+                served = [
+                    a
+                    for a in self.attempts.values()
+                    if a.phase == "map" and a.task == event.task and a.outcome is Outcome.SUCCEEDED
+                ]
+                self.markers.append(Marker(t, MarkerKind.RERUN, served[-1].worker if served else None, event.task))
+            case OutputCommitted():
+                self.job.commits.append((t, event.partition))
+                self.reduces.add(event.partition)
+            case JobStarted():  # the coordinator's start is the origin
+                self.job.start, self.job.n_maps, self.job.n_reduces = t, event.maps, event.reduces
+            case JobFailing():
+                self.job.failing = event.why
+            case JobFinished():
+                self.job.finished, self.job.ok, self.job.message = t, event.ok, event.message
+                self.job.rejected = event.rejected
+
+    def start_attempt(self, event: TaskAssigned | BackupLaunched) -> None:
+        backup = isinstance(event, BackupLaunched)
+        self.attempts[event.attempt] = AttemptSpan(
+            event.attempt, event.phase, event.task, event.worker, event.t, backup=backup
+        )
+        self.incarnation(event.worker)
+        (self.maps if event.phase == "map" else self.reduces).add(event.task)
+        if backup:
+            self.markers.append(Marker(event.t, MarkerKind.BACKUP, event.worker, event.task))
+
+    def end_attempt(self, event: AttemptEvent) -> None:
+        ending = _ending(event)
+        a = self.attempts.get(event.attempt)
+        if ending is None or a is None or a.end is not None:
+            return  # not an ending, an unknown attempt, or a result discarded after its attempt ended
+        a.end = event.t
+        a.outcome, a.why = ending
+        if isinstance(event, TaskFinished):
+            a.records, a.fetched = event.records, event.fetched
+            a.input_bytes, a.output_bytes = event.input_bytes, event.output_bytes
+
+
+def run_log(events: Iterable[Event], faults: Iterable[Fault] = ()) -> RunLog:
+    """Attempts, worker incarnations, markers, job times and the tally from a log's events (in order)."""
     events = list(events)
     if not events:
         raise ReportError("the event log is empty")
-    job = Job(start=min(e["t"] for e in events))
-    attempts: dict[int, Attempt] = {}
-    workers: dict[int, Incarnation] = {}
-    markers: list[Marker] = []
-    maps: set[int] = set()
-    reduces: set[int] = set()
-
-    def incarnation(worker_id: int) -> Incarnation:
-        if worker_id not in workers:  # a log that starts late: a worker never seen joining
-            workers[worker_id] = Incarnation(worker_id)
-        return workers[worker_id]
-
-    for e in events:
-        kind, t = e["event"], e["t"]
-        if kind == "worker_joined":
-            w = incarnation(e["worker"])
-            w.name, w.pid, w.host, w.joined = e.get("name", ""), e.get("pid"), e.get("host", ""), t
-        elif kind == "worker_dead":
-            w = incarnation(e["worker"])
-            w.dead, w.dead_why = t, e.get("why", "")
-            markers.append(Marker(t, "dead", w.id))
-        elif kind == "worker_left":
-            incarnation(e["worker"]).left = t
-        elif kind == "worker_draining":
-            incarnation(e["worker"]).draining = t
-        elif kind == "worker_suspect":
-            incarnation(e["worker"]).suspects.append(t)
-            markers.append(Marker(t, "suspect", e["worker"]))
-        elif kind == "message_fenced":
-            worker_id = e.get("worker")
-            if isinstance(worker_id, int) and worker_id in workers:
-                workers[worker_id].fenced.append(t)
-                markers.append(Marker(t, "fenced", worker_id))
-            else:
-                markers.append(Marker(t, "fenced", None))
-        elif kind in START_EVENTS:
-            backup = kind == "backup_launched"
-            attempts[e["attempt"]] = Attempt(e["attempt"], e["phase"], e["task"], e["worker"], t, backup=backup)
-            incarnation(e["worker"])
-            (maps if e["phase"] == "map" else reduces).add(e["task"])
-            if backup:
-                markers.append(Marker(t, "backup", e["worker"], e["task"]))
-        elif kind in END_EVENTS:
-            a = attempts.get(e.get("attempt"))
-            if a is None or a.end is not None:
-                continue  # a result discarded after its attempt already ended, or an unknown attempt
-            a.end = t
-            if kind == "task_finished":
-                a.outcome = "succeeded"
-                a.records, a.fetched = e.get("records"), e.get("fetched")
-                a.input_bytes, a.output_bytes = e.get("input_bytes"), e.get("output_bytes")
-            elif kind == "task_failed":
-                a.outcome, a.why = "failed", e.get("error", "")
-            elif kind == "task_lost":
-                a.outcome = "lost"
-            elif kind == "task_cancelled":
-                a.why = e.get("why", "")
-                a.outcome = "superseded" if "finished first" in a.why else "cancelled"
-            else:  # result_discarded of a running attempt: its task was already done
-                a.outcome = "superseded"
-        elif kind == "map_rerun":
-            job.reruns.append((t, e["task"]))
-            maps.add(e["task"])
-            served = [
-                a for a in attempts.values() if a.phase == "map" and a.task == e["task"] and a.outcome == "succeeded"
-            ]
-            markers.append(Marker(t, "rerun", served[-1].worker if served else None, e["task"]))
-        elif kind == "output_committed":
-            job.commits.append((t, e["partition"]))
-            reduces.add(e["partition"])
-        elif kind == "fetch_failed":
-            job.fetch_failures += 1
-        elif kind == "job_finished":
-            job.finished, job.ok, job.message = t, e.get("ok"), e.get("message", "")
-            job.input_fetched = e.get("input_fetched", 0) or 0
-            job.shuffle_fetched = e.get("shuffle_fetched", 0) or 0
-            job.output_pulled = e.get("output_pulled", 0) or 0
-            job.rejected = e.get("rejected", 0) or 0
-        elif kind == "job_started":  # if the coordinator records its start, it is the origin
-            job.start = t
-            job.n_maps, job.n_reduces = e.get("maps", 0) or 0, e.get("reduces", 0) or 0
+    reader = _Reader(start=min(e.t for e in events))
+    for event in events:
+        reader.add(event)
+    job = reader.job
     if job.finished is None:
-        job.finished = max(e["t"] for e in events)
-    job.n_maps = max(job.n_maps, max(maps) + 1 if maps else 0)
-    job.n_reduces = max(job.n_reduces, max(reduces) + 1 if reduces else 0)
-    ordered = sorted(workers.values(), key=lambda w: (w.joined if w.joined is not None else math.inf, w.id))
-    log = RunLog(job, sorted(attempts.values(), key=lambda a: a.id), ordered, markers)
-    log.faults = [_fault(f) for f in faults]
+        job.finished = max(e.t for e in events)
+    job.n_maps = max(job.n_maps, max(reader.maps) + 1 if reader.maps else 0)
+    job.n_reduces = max(job.n_reduces, max(reader.reduces) + 1 if reader.reduces else 0)
+    workers = sorted(reader.workers.values(), key=lambda w: (w.joined if w.joined is not None else math.inf, w.id))
+    attempts = sorted(reader.attempts.values(), key=lambda a: a.id)
+    log = RunLog(job, attempts, workers, reader.markers, Tally.of(events), list(faults))
     for f in log.faults:
         w = log.incarnation_of(f.pid, f.time)
-        log.markers.append(Marker(f.time, f.kind, w.id if w else None))
+        log.markers.append(Marker(f.time, FAULT_MARKERS[f.kind], w.id if w else None))
     return log
 
 
-def _fault(value: Fault | Sequence) -> Fault:
-    if isinstance(value, Fault):
-        return value
-    if hasattr(value, "kind") and hasattr(value, "pid") and hasattr(value, "time"):  # crashtest's Fault
-        kind = value.kind
-        return Fault(float(value.time), str(getattr(kind, "value", kind)), int(value.pid))
-    time, kind, pid = value
-    return Fault(float(time), str(getattr(kind, "value", kind)), int(pid))
-
-
-def read_faults(path: str | Path) -> list[Fault]:
-    """A faults file: one ``{"t": ..., "kind": ..., "pid": ...}`` per line."""
-    faults = []
-    for record in read_records(path):
-        faults.append(Fault(float(record["t"]), str(record["kind"]), int(record["pid"])))
-    return faults
-
-
-def faults_beside(log_path: Path) -> Path:
-    return log_path.with_name(log_path.stem + ".faults.jsonl")
-
-
-def load(path: str | Path, faults: Iterable[Fault | Sequence] | None = None) -> RunLog:
-    """Parse an event log file; faults from ``NAME.faults.jsonl`` beside it unless given."""
-    path = Path(path)
+def read_log(path: str | Path) -> list[Event]:
+    """The events of a log file, each line checked against the schema; a ReportError names the
+    file and line of the first that is not an event."""
+    events = []
     try:
-        events = list(read_records(path))
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    events.append(wire.parse(json.loads(line)))
+                except ValueError as exc:  # not JSON (json.JSONDecodeError), or not an event (EventError)
+                    raise ReportError(f"{path}, line {number}: not an event: {exc}") from exc
     except OSError as exc:
         raise ReportError(f"cannot read event log {str(path)!r}: {exc.strerror}") from exc
-    except (ValueError, KeyError) as exc:
-        raise ReportError(f"{str(path)!r} is not an event log: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ReportError(f"{str(path)!r} is not an event log: it is not UTF-8 text") from exc
+    return events
+
+
+def load(path: str | Path, faults: Iterable[Fault] | None = None) -> RunLog:
+    """Read an event log file; faults from ``NAME.faults.jsonl`` beside it unless given."""
+    path = Path(path)
+    events = read_log(path)
     if faults is None:
         beside = faults_beside(path)
-        faults = read_faults(beside) if beside.exists() else []
+        try:
+            faults = read_faults(beside) if beside.exists() else []
+        except OSError as exc:
+            raise ReportError(f"cannot read faults file {str(beside)!r}: {exc.strerror}") from exc
+        except ValueError as exc:  # read_faults names the file
+            raise ReportError(str(exc)) from exc
     try:
-        return parse(events, faults)
+        return run_log(events, faults)
     except ReportError as exc:
         raise ReportError(f"{path}: {exc}") from exc
-    except (KeyError, TypeError) as exc:
-        raise ReportError(f"{str(path)!r} is not an event log: a record lacks {exc}") from exc
 
 
 def summarize(log: RunLog) -> Summary:
-    count = lambda outcome: sum(1 for a in log.attempts if a.outcome == outcome)  # noqa: E731
+    tally = log.tally
+    cancelled = sum(1 for a in log.attempts if a.outcome in (Outcome.CANCELLED, Outcome.SUPERSEDED))
     return Summary(
         seconds=log.job.seconds,
         ok=log.job.ok,
         maps=log.job.n_maps,
         reduces=log.job.n_reduces,
-        attempts=len(log.attempts),
-        succeeded=count("succeeded"),
-        failed=count("failed"),
-        lost=count("lost"),
-        cancelled=count("cancelled") + count("superseded"),
-        backups=sum(1 for a in log.attempts if a.backup),
+        attempts=tally.attempts,
+        succeeded=tally.succeeded,
+        failed=tally.failed_attempts,
+        lost=tally.lost_attempts,
+        cancelled=cancelled,  # from the attempts: a discarded result can supersede a running attempt
+        backups=tally.backups,
         workers=len(log.workers),
-        workers_dead=sum(1 for w in log.workers if w.dead is not None),
-        fenced=sum(len(w.fenced) for w in log.workers)
-        + sum(1 for m in log.markers if m.kind == "fenced" and m.worker is None),
-        maps_rerun=len(log.job.reruns),
-        fetch_failures=log.job.fetch_failures,
-        bytes_moved=log.job.bytes_moved,
-        kills=sum(1 for f in log.faults if f.kind == "kill"),
-        pauses=sum(1 for f in log.faults if f.kind == "pause"),
+        workers_dead=tally.workers_dead,
+        fenced=tally.fenced,
+        maps_rerun=tally.maps_rerun,
+        fetch_failures=tally.fetch_failures,
+        bytes_moved=log.bytes_moved,
+        kills=sum(1 for f in log.faults if f.kind is FaultKind.KILL),
+        pauses=sum(1 for f in log.faults if f.kind is FaultKind.PAUSE),
     )
 
 
@@ -381,7 +441,7 @@ def bin_width(seconds: float) -> float:
 
 
 @dataclass(frozen=True)
-class Progress:
+class ProgressSeries:
     """The three panels' data for one run; times in seconds from the job's start."""
 
     edges: list[float]
@@ -394,13 +454,13 @@ class Progress:
     committed_fraction: list[float]
 
 
-def progress_data(log: RunLog, input_bytes: Mapping[int, int] | None = None) -> Progress:
+def progress_data(log: RunLog, input_bytes: Mapping[int, int] | None = None) -> ProgressSeries:
     """Input read per second (each successful map's bytes, or the map itself, spread over its
     attempt), reduce rate (likewise, from the last map finished before it), and the fraction of
     partitions committed over time."""
     job = log.job
     width = bin_width(max(job.seconds, 1e-3))
-    done = [a for a in log.attempts if a.outcome == "succeeded" and a.end is not None]
+    done = [a for a in log.attempts if a.outcome is Outcome.SUCCEEDED and a.end is not None]
     maps = [a for a in done if a.phase == "map"]
     reduces = [a for a in done if a.phase == "reduce"]
     sizes = dict(input_bytes or {})
@@ -419,7 +479,9 @@ def progress_data(log: RunLog, input_bytes: Mapping[int, int] | None = None) -> 
         amount, reduce_unit = (lambda a: float(a.records or 0)), "reduce out records/s"
     map_ends = sorted(a.end for a in maps)
 
-    def busy_from(r: Attempt) -> float:  # a reduce waits for the maps before it works: from the last one before its end
+    def busy_from(
+        r: AttemptSpan,
+    ) -> float:  # a reduce waits for the maps before it works: from the last one before its end
         before = [t for t in map_ends if t <= r.end]
         return max(r.start, before[-1]) if before else r.start
 
@@ -432,7 +494,7 @@ def progress_data(log: RunLog, input_bytes: Mapping[int, int] | None = None) -> 
         fractions.append(i / total)
     times.append(job.seconds)
     fractions.append(fractions[-1])
-    return Progress(
+    return ProgressSeries(
         edges,
         width,
         input_rate,
@@ -499,32 +561,30 @@ def _pyplot():
 
 PHASE_COLOURS = {"map": "#4c72b0", "reduce": "#dd8452"}
 OUTCOME_STYLE = {  # hatch, edge colour
-    "succeeded": ("", "#222222"),
-    "failed": ("xxx", "#c00000"),
-    "lost": ("///", "#000000"),
-    "cancelled": ("...", "#666666"),
-    "superseded": ("\\\\\\", "#666666"),
-    "running": ("---", "#666666"),
+    Outcome.SUCCEEDED: ("", "#222222"),
+    Outcome.FAILED: ("xxx", "#c00000"),
+    Outcome.LOST: ("///", "#000000"),
+    Outcome.CANCELLED: ("...", "#666666"),
+    Outcome.SUPERSEDED: ("\\\\\\", "#666666"),
+    Outcome.RUNNING: ("---", "#666666"),
 }
 MARKER_STYLE = {  # matplotlib marker, colour, size, legend text
-    "suspect": ("o", "#e6b800", 6, "suspect (silent)"),
-    "dead": ("X", "#c00000", 9, "declared dead"),
-    "fenced": ("|", "#7b3294", 10, "message fenced"),
-    "backup": ("^", "#1a9850", 8, "backup launched"),
-    "rerun": ("v", "#d95f02", 8, "map output lost: re-run"),
-    "kill": ("*", "#000000", 13, "SIGKILL"),
-    "pause": ("P", "#2166ac", 9, "SIGSTOP"),
-    "resume": ("P", "#92c5de", 9, "SIGCONT"),
+    MarkerKind.SUSPECT: ("o", "#e6b800", 6, "suspect (silent)"),
+    MarkerKind.DEAD: ("X", "#c00000", 9, "declared dead"),
+    MarkerKind.FENCED: ("|", "#7b3294", 10, "message fenced"),
+    MarkerKind.BACKUP: ("^", "#1a9850", 8, "backup launched"),
+    MarkerKind.RERUN: ("v", "#d95f02", 8, "map output lost: re-run"),
+    MarkerKind.KILL: ("*", "#000000", 13, "SIGKILL"),
+    MarkerKind.PAUSE: ("P", "#2166ac", 9, "SIGSTOP"),
+    MarkerKind.RESUME: ("P", "#92c5de", 9, "SIGCONT"),
 }
 
 
-def _as_log(events: RunLog | Iterable[Mapping], faults: Iterable[Fault | Sequence] = ()) -> RunLog:
-    return events if isinstance(events, RunLog) else parse(events, faults)
+def _as_log(events: RunLog | Iterable[Event], faults: Iterable[Fault] = ()) -> RunLog:
+    return events if isinstance(events, RunLog) else run_log(events, faults)
 
 
-def timeline(
-    events: RunLog | Iterable[Mapping], path: str | Path, faults: Iterable[Fault | Sequence] = (), title: str = ""
-) -> int:
+def timeline(events: RunLog | Iterable[Event], path: str | Path, faults: Iterable[Fault] = (), title: str = "") -> int:
     """A PNG with one row per worker incarnation and a bar per attempt; returns the rows drawn."""
     plt = _pyplot()
     from matplotlib.collections import PolyCollection
@@ -543,10 +603,10 @@ def timeline(
             gone = log.rel(w.end) if w.end is not None else end
             ax.plot([born, gone], [y, y], color="#bbbbbb", linewidth=1, zorder=1)
         for f in log.faults:  # a pause: a shaded span until its resume
-            if f.kind != "pause":
+            if f.kind is not FaultKind.PAUSE:
                 continue
             resume = next(
-                (g.time for g in log.faults if g.kind == "resume" and g.pid == f.pid and g.time >= f.time), None
+                (g.time for g in log.faults if g.kind is FaultKind.RESUME and g.pid == f.pid and g.time >= f.time), None
             )
             w = log.incarnation_of(f.pid, f.time)
             if w is not None and resume is not None:
@@ -558,7 +618,7 @@ def timeline(
                     alpha=0.12,
                     zorder=0,
                 )
-        groups: dict[tuple[str, str, bool], list[tuple[float, float, float]]] = {}  # one barh call per style
+        groups: dict[tuple[str, Outcome, bool], list[tuple[float, float, float]]] = {}  # one barh call per style
         for a in log.attempts:
             if a.worker in rows:
                 stop = a.end if a.end is not None else log.job.end
@@ -578,7 +638,7 @@ def timeline(
                     zorder=2,
                 )
             )
-        points: dict[str, tuple[list[float], list[float]]] = {}
+        points: dict[MarkerKind, tuple[list[float], list[float]]] = {}
         for m in log.markers:
             xs, ys = points.setdefault(m.kind, ([], []))
             xs.append(log.rel(m.time))
@@ -615,7 +675,9 @@ def timeline(
         handles = [Patch(facecolor=c, label=p) for p, c in PHASE_COLOURS.items()]
         used = {a.outcome for a in log.attempts}
         handles += [
-            Patch(facecolor="white", edgecolor=e, hatch=h, label=o) for o, (h, e) in OUTCOME_STYLE.items() if o in used
+            Patch(facecolor="white", edgecolor=e, hatch=h, label=o.value)
+            for o, (h, e) in OUTCOME_STYLE.items()
+            if o in used
         ]
         kinds = {m.kind for m in log.markers}
         handles += [
@@ -651,12 +713,12 @@ def _progress_column(axes, log: RunLog, label: str, input_bytes: Mapping[int, in
             if w.dead is not None:
                 ax.axvline(log.rel(w.dead), color="#c00000", linewidth=0.8, alpha=0.6)
         for f in log.faults:
-            if f.kind == "kill":
+            if f.kind is FaultKind.KILL:
                 ax.axvline(log.rel(f.time), color="#000000", linewidth=0.8, linestyle=":")
 
 
 def progress_compare(
-    runs: Sequence[tuple[str, RunLog | Iterable[Mapping]]],
+    runs: Sequence[tuple[str, RunLog | Iterable[Event]]],
     path: str | Path,
     input_bytes: Mapping[int, int] | None = None,
 ) -> int:
@@ -683,7 +745,7 @@ def progress_compare(
 
 
 def progress(
-    events: RunLog | Iterable[Mapping], path: str | Path, label: str = "", input_bytes: Mapping[int, int] | None = None
+    events: RunLog | Iterable[Event], path: str | Path, label: str = "", input_bytes: Mapping[int, int] | None = None
 ) -> int:
     """Figure 3 of the MapReduce paper for one run; see ``progress_compare``."""
     log = _as_log(events)
@@ -754,7 +816,7 @@ def write_report(
     event_logs: Sequence[str | Path],
     output_dir: str | Path,
     speedup_json: str | Path | None = None,
-    faults: Mapping[str, Iterable[Fault | Sequence]] | None = None,
+    faults: Mapping[str, Iterable[Fault]] | None = None,
 ) -> Path:
     """PNGs for each event log (and a comparison, and a speedup curve) and an index.html
     showing them with summary numbers; returns the index's path. ``faults`` maps a log's
@@ -766,7 +828,7 @@ def report_files(
     event_logs: Sequence[str | Path],
     output_dir: str | Path,
     speedup_json: str | Path | None = None,
-    faults: Mapping[str, Iterable[Fault | Sequence]] | None = None,
+    faults: Mapping[str, Iterable[Fault]] | None = None,
 ) -> list[Path]:
     """``write_report``, returning every file written (index.html last)."""
     if not event_logs and speedup_json is None:
@@ -805,7 +867,10 @@ def report_files(
 
 def _headline(log: RunLog) -> str:
     s = summarize(log)
-    return f"{s.seconds:.2f} s, {s.attempts} attempts, {s.lost} lost, {s.failed} failed, {s.backups} backups, {s.workers_dead} dead"
+    return (
+        f"{s.seconds:.2f} s, {s.attempts} attempts, {s.lost} lost, {s.failed} failed, "
+        f"{s.backups} backups, {s.workers_dead} dead"
+    )
 
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:
@@ -828,7 +893,7 @@ def _html(rows: list[tuple[str, Summary]], sections: list[tuple[str, list[str]]]
         for name, s in rows
     )
     notes = "".join(
-        f"<p><b>{html.escape(name)}</b> failed: {html.escape(log.job.message)}</p>"
+        f"<p><b>{html.escape(name)}</b> failed: {html.escape(log.job.message or log.job.failing)}</p>"
         for name, _, log in runs
         if log.job.ok is False
     )
@@ -844,9 +909,13 @@ def _html(rows: list[tuple[str, Summary]], sections: list[tuple[str, list[str]]]
         "Progress: input read and reduce work per second, each successful attempt's amount spread over its run, "
         "and the share of output partitions committed; red lines mark workers declared dead, dotted lines kills.</p>"
     )
-    style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}"
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}"
+    )
     return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>mapreduce report</title><style>{style}</style></head>'
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>mapreduce report</title>'
+        f"<style>{style}</style></head>"
         f"<body><h1>mapreduce report</h1>{table}{notes}{legend}{figures}</body></html>\n"
     )
 

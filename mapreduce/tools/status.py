@@ -4,8 +4,9 @@ The coordinator's loop hands its observer a frozen view of the job
 (``mapreduce.coordinator.view.JobView``) and the events since the last call; a
 ``StatusBoard`` is such an observer: it keeps the recent events, turns the view into
 a JSON snapshot (at most a few times a second) and publishes it to the web server,
-which only reads the snapshot last published. Routes: ``/`` (a page that refreshes
-itself every second, and shows the state at load time without JavaScript too) and
+which only reads the snapshot last published. Routes: ``/`` (the page, rendered here,
+showing the state at load time; without JavaScript it reloads itself), ``/fragment``
+(the page's content alone: the page's script fetches it every second and swaps it in) and
 ``/status.json``. Anything else is 404; a method other than GET or HEAD is 405.
 """
 
@@ -175,91 +176,46 @@ def _seconds(x: float | None) -> str:
 
 
 # ---- the page -------------------------------------------------------------------
+#
+# The page is rendered here, in Python, and only here: ``/`` is the whole page, ``/fragment``
+# its <main> alone, which the page's small script fetches every second and swaps in.
+# Everything a worker sends is escaped on the way in; without JavaScript the page reloads.
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.2em 0 .4em}
 .meta{color:#555}.phase{font-weight:bold;padding:.1em .5em;border-radius:.3em;background:#ddd}
-.phase.done{background:#c8e6c9}.phase.failed{background:#ffcdd2}.phase.maps,.phase.reduces{background:#bbdefb}
-.bar{display:flex;gap:1em;align-items:center;margin:.3em 0}.bar span{width:9em}.bar progress{width:24em;height:1.1em}
-.bar small{color:#555}.failure{background:#ffebee;border:1px solid #e57373;padding:.5em;white-space:pre-wrap}
-table{border-collapse:collapse;background:#fff}th,td{border:1px solid #ddd;padding:.2em .6em;text-align:left;vertical-align:top}
+.phase.done{background:#c8e6c9}.phase.failed{background:#ffcdd2}
+.phase.maps,.phase.reduces{background:#bbdefb}
+.bar{display:flex;gap:1em;align-items:center;margin:.3em 0}.bar span{width:9em}
+.bar progress{width:24em;height:1.1em}.bar small{color:#555}
+.failure{background:#ffebee;border:1px solid #e57373;padding:.5em;white-space:pre-wrap}
+table{border-collapse:collapse;background:#fff}
+th,td{border:1px solid #ddd;padding:.2em .6em;text-align:left;vertical-align:top}
 th{background:#f0f0f0}td.num{text-align:right}
 #counters{display:flex;flex-wrap:wrap;gap:.4em}#counters div{background:#fff;border:1px solid #ddd;padding:.2em .6em}
 .state{font-weight:bold;padding:0 .4em;border-radius:.3em;color:#fff}
-.state.ok{background:#2e7d32}.state.suspect{background:#f9a825;color:#222}.state.dead{background:#c62828}.state.gone{background:#9e9e9e}
+.state.ok{background:#2e7d32}.state.suspect{background:#f9a825;color:#222}
+.state.dead{background:#c62828}.state.gone{background:#9e9e9e}
 .out-succeeded{color:#2e7d32}.out-failed{color:#c62828}.out-lost{color:#c62828}.out-running{color:#1565c0}
 .out-cancelled,.out-superseded{color:#777}#conn{color:#c62828}
 """
 
+# Fetches the server-rendered <main> every second and swaps it in: no HTML is built here.
 _SCRIPT = r"""
 (function () {
   "use strict";
-  var ESC = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"};
-  function esc(v) { return String(v == null ? "" : v).replace(/[&<>"']/g, function (c) { return ESC[c]; }); }
-  function secs(x) { return x == null ? "" : x.toFixed(1) + " s"; }
-  function bytes(n) {
-    var units = ["B", "KB", "MB", "GB", "TB"];
-    for (var i = 0; i < units.length; i++) {
-      if (Math.abs(n) < 1000 || i == units.length - 1) return i == 0 ? n.toFixed(0) + " B" : n.toFixed(1) + " " + units[i];
-      n /= 1000;
-    }
-  }
-  function state(w) {
-    if (w.suspect && ["idle", "busy", "draining"].indexOf(w.state) >= 0) return [w.state + " (suspect)", "suspect"];
-    return [w.state, {idle: "ok", busy: "ok", dead: "dead"}[w.state] || "gone"];
-  }
-  function task(a) { return a ? a.phase + " " + a.task + " (attempt " + a.id + (a.backup ? ", backup" : "") + ")" : ""; }
-  function fields(e) {
-    var out = [];
-    for (var k in e) if (k != "t" && k != "event" && e[k] != null) out.push(k + "=" + (typeof e[k] == "boolean" ? (e[k] ? "True" : "False") : e[k]));
-    return out.join(" ");
-  }
-  function bar(name, p) {
-    return '<div class="bar"><span>' + name + " " + p.done + "/" + p.total + '</span><progress max="' + Math.max(p.total, 1) +
-      '" value="' + p.done + '"></progress><small>running ' + p.running + " \u00b7 pending " + p.pending + "</small></div>";
-  }
-  function row(cells) { return "<tr>" + cells.join("") + "</tr>"; }
-  function td(v, cls) { return "<td" + (cls ? ' class="' + cls + '"' : "") + ">" + esc(v) + "</td>"; }
-  function render(s) {
-    var j = s.job, c = s.counters, h = [];
-    h.push('<h1>mapreduce: ' + esc(j.app) + '</h1><p class="meta"><span id="phase" class="phase ' + esc(s.phase) + '">' + esc(s.phase) +
-      "</span> job " + esc(j.job_id) + " \u00b7 elapsed " + secs(s.elapsed) + " \u00b7 " + j.n_map + " maps, " + j.n_reduce +
-      " reduces \u00b7 " + j.inputs + " input files, " + bytes(j.input_bytes) + " \u00b7 output " + esc(j.output) + "</p>");
-    if (s.failure) h.push('<pre class="failure">' + esc(s.failure) + "</pre>");
-    h.push(bar("maps", s.maps) + bar("reduces", s.reduces));
-    h.push('<p id="throughput">input done ' + bytes(s.throughput.input_bytes_done) + " \u00b7 " + bytes(s.throughput.bytes_per_second) + "/s</p>");
-    h.push('<h2>Counters</h2><div id="counters">');
-    for (var k in c) h.push("<div><b>" + esc(/_(fetched|pulled)$/.test(k) ? bytes(c[k]) : c[k]) + "</b> " + esc(k) + "</div>");
-    h.push("</div>");
-    h.push("<h2>Workers (" + s.workers_live + " live of " + s.workers_total + ')</h2><table id="workers"><tr><th>id</th><th>name</th>' +
-      "<th>host</th><th>pid</th><th>state</th><th>last heartbeat</th><th>task</th></tr>");
-    s.workers.forEach(function (w) {
-      var st = state(w);
-      h.push('<tr id="worker-' + w.id + '">' + td(w.id, "num") + td(w.name) + td(w.host) + td(w.pid, "num") +
-        '<td><span class="state ' + st[1] + '">' + esc(st[0]) + "</span></td>" + td(secs(w.heartbeat_age) + " ago", "num") + td(task(w.attempt)) + "</tr>");
-    });
-    h.push('</table><h2>Recent attempts</h2><table id="attempts"><tr><th>attempt</th><th>task</th><th>worker</th><th>outcome</th><th>time</th><th>detail</th></tr>');
-    s.attempts.forEach(function (a) {
-      h.push(row([td(a.id, "num"), td(a.phase + " " + a.task + (a.backup ? " (backup)" : "")), td(a.worker + " " + a.worker_name),
-        td(a.state, "out-" + a.state), td(secs(a.seconds), "num"), td(a.error || a.why || "")]));
-    });
-    h.push('</table><h2>Recent events</h2><table id="events"><tr><th>time</th><th>event</th><th>details</th></tr>');
-    s.events.forEach(function (e) { h.push(row([td("+" + secs(e.t), "num"), td(e.event), td(fields(e))])); });
-    h.push("</table>");
-    return h.join("");
-  }
-  var count = 0;
+  var main = document.getElementById("main"), conn = document.getElementById("conn"), count = 0;
   function poll() {
-    fetch("status.json", {cache: "no-store"}).then(function (r) {
+    fetch("fragment", {cache: "no-store"}).then(function (r) {
       if (!r.ok) throw new Error("HTTP " + r.status);
-      return r.json();
-    }).then(function (s) {
-      document.getElementById("main").innerHTML = render(s);
-      document.getElementById("conn").textContent = "";
+      return r.text();
+    }).then(function (fragment) {
+      main.innerHTML = fragment;
+      conn.textContent = "";
       document.body.setAttribute("data-refreshed", String(++count));
     }).catch(function (e) {
-      document.getElementById("conn").textContent = "status unavailable (" + e.message + "), retrying";
+      conn.textContent = "status unavailable (" + e.message + "), retrying";
     }).then(function () { setTimeout(poll, 1000); });
   }
   setTimeout(poll, 1000);
@@ -271,10 +227,14 @@ def _csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
 
+# Only the page's own script and style run; it may fetch only from this server.
 _CSP = (
     f"default-src 'none'; script-src {_csp_hash(_SCRIPT)}; style-src {_csp_hash(_STYLE)}; "
     "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+_FRAGMENT_CSP = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+_STARTING = "<h1>mapreduce</h1><p>No status yet: the job is starting.</p>"
 
 
 def _td(value: Any, cls: str = "") -> str:
@@ -284,70 +244,95 @@ def _td(value: Any, cls: str = "") -> str:
 
 def _bar(name: str, p: Mapping[str, int]) -> str:
     return (
-        f'<div class="bar"><span>{name} {p["done"]}/{p["total"]}</span><progress max="{max(p["total"], 1)}" value="{p["done"]}">'
-        f"</progress><small>running {p['running']} \u00b7 pending {p['pending']}</small></div>"
+        f'<div class="bar"><span>{name} {p["done"]}/{p["total"]}</span>'
+        f'<progress max="{max(p["total"], 1)}" value="{p["done"]}"></progress>'
+        f"<small>running {p['running']} \u00b7 pending {p['pending']}</small></div>"
     )
 
 
-def render_main(s: Mapping[str, Any]) -> str:
-    """The page's content for one snapshot (the page's script renders the same from JSON)."""
+def _heading(s: Mapping[str, Any]) -> str:
     e = html.escape
-    j, c = s["job"], s["counters"]
-    h = [
-        f'<h1>mapreduce: {e(str(j.get("app", "")))}</h1><p class="meta"><span id="phase" class="phase {e(s["phase"])}">{e(s["phase"])}'
-        f"</span> job {e(str(j.get('job_id', '')))} \u00b7 elapsed {_seconds(s['elapsed'])} \u00b7 {j.get('n_map')} maps, "
-        f"{j.get('n_reduce')} reduces \u00b7 {j.get('inputs')} input files, {human_bytes(j.get('input_bytes') or 0)} \u00b7 "
+    j, phase = s["job"], e(s["phase"])
+    return (
+        f"<h1>mapreduce: {e(str(j.get('app', '')))}</h1>"
+        f'<p class="meta"><span id="phase" class="phase {phase}">{phase}</span> '
+        f"job {e(str(j.get('job_id', '')))} \u00b7 elapsed {_seconds(s['elapsed'])} \u00b7 "
+        f"{j.get('n_map')} maps, {j.get('n_reduce')} reduces \u00b7 "
+        f"{j.get('inputs')} input files, {human_bytes(j.get('input_bytes') or 0)} \u00b7 "
         f"output {e(str(j.get('output', '')))}</p>"
+    )
+
+
+def _workers(s: Mapping[str, Any]) -> str:
+    h = [
+        f'<h2>Workers ({s["workers_live"]} live of {s["workers_total"]})</h2><table id="workers">'
+        "<tr><th>id</th><th>name</th><th>host</th><th>pid</th><th>state</th><th>last heartbeat</th><th>task</th></tr>"
     ]
-    if s.get("failure"):
-        h.append(f'<pre class="failure">{e(s["failure"])}</pre>')
-    h.append(_bar("maps", s["maps"]) + _bar("reduces", s["reduces"]))
-    t = s["throughput"]
-    h.append(
-        f'<p id="throughput">input done {human_bytes(t["input_bytes_done"])} \u00b7 {human_bytes(t["bytes_per_second"])}/s</p>'
-    )
-    h.append('<h2>Counters</h2><div id="counters">')
-    h.append("".join(f"<div><b>{e(_counter(k, v))}</b> {e(k)}</div>" for k, v in c.items()) + "</div>")
-    h.append(
-        f'<h2>Workers ({s["workers_live"]} live of {s["workers_total"]})</h2><table id="workers"><tr><th>id</th><th>name</th>'
-        "<th>host</th><th>pid</th><th>state</th><th>last heartbeat</th><th>task</th></tr>"
-    )
     for w in s["workers"]:
         text, cls = worker_state(w)
         h.append(
-            f'<tr id="worker-{w["id"]}">{_td(w["id"], "num")}{_td(w["name"])}{_td(w["host"])}{_td(w["pid"], "num")}'
-            f'<td><span class="state {cls}">{e(text)}</span></td>{_td(_seconds(w["heartbeat_age"]) + " ago", "num")}{_td(task_text(w["attempt"]))}</tr>'
+            f'<tr id="worker-{html.escape(str(w["id"]))}">{_td(w["id"], "num")}{_td(w["name"])}{_td(w["host"])}'
+            f'{_td(w["pid"], "num")}<td><span class="state {cls}">{html.escape(text)}</span></td>'
+            f"{_td(_seconds(w['heartbeat_age']) + ' ago', 'num')}{_td(task_text(w['attempt']))}</tr>"
         )
-    h.append(
-        '</table><h2>Recent attempts</h2><table id="attempts"><tr><th>attempt</th><th>task</th><th>worker</th><th>outcome</th><th>time</th><th>detail</th></tr>'
-    )
+    return "".join(h) + "</table>"
+
+
+def _attempts(s: Mapping[str, Any]) -> str:
+    h = [
+        '<h2>Recent attempts</h2><table id="attempts"><tr><th>attempt</th><th>task</th><th>worker</th>'
+        "<th>outcome</th><th>time</th><th>detail</th></tr>"
+    ]
     for a in s["attempts"]:
         h.append(
             "<tr>"
             + _td(a["id"], "num")
             + _td(f"{a['phase']} {a['task']}" + (" (backup)" if a["backup"] else ""))
             + _td(f"{a['worker']} {a['worker_name']}")
-            + _td(a["state"], "out-" + a["state"])
+            + _td(a["state"], "out-" + html.escape(a["state"]))
             + _td(_seconds(a["seconds"]), "num")
             + _td(a.get("error") or a.get("why") or "")
             + "</tr>"
         )
-    h.append('</table><h2>Recent events</h2><table id="events"><tr><th>time</th><th>event</th><th>details</th></tr>')
+    return "".join(h) + "</table>"
+
+
+def _events(s: Mapping[str, Any]) -> str:
+    h = ['<h2>Recent events</h2><table id="events"><tr><th>time</th><th>event</th><th>details</th></tr>']
     for ev in s["events"]:
         h.append("<tr>" + _td("+" + _seconds(ev["t"]), "num") + _td(ev["event"]) + _td(event_text(ev)) + "</tr>")
-    h.append("</table>")
+    return "".join(h) + "</table>"
+
+
+def render_main(s: Mapping[str, Any] | None) -> str:
+    """The page's content for one snapshot (None: none yet): what ``/`` shows in its <main>
+    and ``/fragment`` serves for the page's script to swap in."""
+    if s is None:
+        return _STARTING
+    e = html.escape
+    h = [_heading(s)]
+    if s.get("failure"):
+        h.append(f'<pre class="failure">{e(s["failure"])}</pre>')
+    h.append(_bar("maps", s["maps"]) + _bar("reduces", s["reduces"]))
+    t = s["throughput"]
+    h.append(
+        f'<p id="throughput">input done {human_bytes(t["input_bytes_done"])} \u00b7 '
+        f"{human_bytes(t['bytes_per_second'])}/s</p>"
+    )
+    counters = "".join(f"<div><b>{e(_counter(k, v))}</b> {e(k)}</div>" for k, v in s["counters"].items())
+    h.append(f'<h2>Counters</h2><div id="counters">{counters}</div>')
+    h += [_workers(s), _attempts(s), _events(s)]
     return "".join(h)
 
 
 def render_page(s: Mapping[str, Any] | None) -> str:
-    main = render_main(s) if s is not None else "<h1>mapreduce</h1><p>No status yet: the job is starting.</p>"
     title = f"mapreduce: {s['job'].get('app', '')} ({s['phase']})" if s is not None else "mapreduce"
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f'<title>{html.escape(title)}</title><noscript><meta http-equiv="refresh" content="2"></noscript>'
         f"<style>{_STYLE}</style></head>\n"
-        f'<body><p id="conn"></p><main id="main">{main}</main>\n<script>{_SCRIPT}</script></body></html>\n'
+        f'<body><p id="conn"></p><main id="main">{render_main(s)}</main>\n<script>{_SCRIPT}</script></body></html>\n'
     )
 
 
@@ -387,8 +372,12 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/":
             page = render_page(snap).encode("utf-8")
             self._reply(200, "text/html; charset=utf-8", page, {"Content-Security-Policy": _CSP}, body=body)
+        elif path == "/fragment":
+            fragment = render_main(snap).encode("utf-8")
+            headers = {"Content-Security-Policy": _FRAGMENT_CSP}
+            self._reply(200, "text/html; charset=utf-8", fragment, headers, body=body)
         else:
-            self._reply(404, "text/plain; charset=utf-8", b"not found: try / or /status.json\n", body=body)
+            self._reply(404, "text/plain; charset=utf-8", b"not found: try /, /fragment or /status.json\n", body=body)
 
     def _reply(
         self, code: int, kind: str, data: bytes, headers: Mapping[str, str] | None = None, body: bool = True
@@ -478,10 +467,12 @@ def format_summary(s: Mapping[str, Any]) -> str:
     j, c, t = s["job"], s["counters"], s["throughput"]
     m, r = s["maps"], s["reduces"]
     lines = [
-        f"{j.get('app', '?')} (job {j.get('job_id', '?')}): {s['phase']}, {s['elapsed']:.1f} s; output {j.get('output', '?')}",
+        f"{j.get('app', '?')} (job {j.get('job_id', '?')}): {s['phase']}, {s['elapsed']:.1f} s; "
+        f"output {j.get('output', '?')}",
         f"maps     {m['done']}/{m['total']} done, {m['running']} running, {m['pending']} pending",
         f"reduces  {r['done']}/{r['total']} done, {r['running']} running, {r['pending']} pending",
-        f"input    {human_bytes(t['input_bytes_done'])} of {human_bytes(j.get('input_bytes') or 0)} read, {human_bytes(t['bytes_per_second'])}/s",
+        f"input    {human_bytes(t['input_bytes_done'])} of {human_bytes(j.get('input_bytes') or 0)} read, "
+        f"{human_bytes(t['bytes_per_second'])}/s",
     ]
     if s.get("failure"):
         lines.append("failure: " + s["failure"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import json
 import os
 import re
@@ -21,6 +23,7 @@ from mapreduce.tools.status import (
     StatusServer,
     dump_dom,
     find_browser,
+    render_main,
     render_page,
     screenshot,
     snapshot,
@@ -251,6 +254,8 @@ def test_server_routes(server, mid_job):
     assert code == 503 and b"no status" in body
     code, _, body = get(server.url)
     assert code == 200 and b"starting" in body
+    code, _, body = get(server.url + "fragment")
+    assert code == 200 and body.decode() == render_main(None) and "starting" in body.decode()
 
     server.publish(mid_job)
     code, headers, body = get(server.url + "status.json")
@@ -263,15 +268,37 @@ def test_server_routes(server, mid_job):
     assert '<table id="workers">' in page and '<tr id="worker-1">' in page and '<tr id="worker-2">' in page
     assert '<span class="state ok">busy</span>' in page and "reduce 0 (attempt 3)" in page
     assert '<progress max="2" value="1">' in page and 'http-equiv="refresh"' in page
-    assert "task_assigned" in page and "fetch(" in page
+    assert "task_assigned" in page and 'fetch("fragment"' in page
 
-    for path in ("status", "index.html", "status.json/x", "../etc/passwd"):
+    # The fragment is the page's <main>, rendered by the same function: one renderer.
+    code, headers, body = get(server.url + "fragment?t=1")
+    fragment = body.decode()
+    assert code == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    assert fragment == render_main(mid_job) and f'<main id="main">{fragment}</main>' in page
+    assert "script-src" not in headers["Content-Security-Policy"]  # the fragment alone runs nothing
+    assert fragment.startswith("<h1>mapreduce: wordcount</h1>") and "<html" not in fragment
+
+    for path in ("status", "index.html", "status.json/x", "fragment/x", "../etc/passwd"):
         assert get(server.url + path)[0] == 404
-    for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "BREW"):
-        code, headers, _ = get(server.url + "status.json", method)
-        assert code == 405 and headers["Allow"] == "GET, HEAD", method
-    code, _, body = get(server.url + "status.json", "HEAD")
-    assert code == 200 and body == b""
+    for path in ("", "status.json", "fragment"):
+        for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "BREW"):
+            code, headers, _ = get(server.url + path, method)
+            assert code == 405 and headers["Allow"] == "GET, HEAD", (path, method)
+        code, headers, body = get(server.url + path, "HEAD")
+        assert code == 200 and body == b"" and int(headers["Content-Length"]) == len(get(server.url + path)[2])
+
+
+def test_the_page_script_only_swaps_in_the_fragment_and_its_hash_is_allowed(server, mid_job):
+    server.publish(mid_job)
+    _, headers, body = get(server.url)
+    (script,) = re.findall(r"<script>(.*?)</script>", body.decode(), re.S)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    csp = headers["Content-Security-Policy"]
+    assert f"script-src 'sha256-{digest}';" in csp and "connect-src 'self'" in csp
+    assert "default-src 'none'" in csp and "unsafe-inline" not in csp
+    # No HTML is built in JavaScript: the script fetches the fragment, not the JSON.
+    assert 'fetch("fragment"' in script and "status.json" not in script and "<td" not in script
+    assert '<noscript><meta http-equiv="refresh" content="2"></noscript>' in body.decode()
 
 
 def test_server_swaps_snapshots_and_closes(mid_job):
@@ -289,14 +316,19 @@ def test_server_swaps_snapshots_and_closes(mid_job):
         urllib.request.urlopen(srv.url + "status.json", timeout=2)
 
 
-def test_page_escapes_what_workers_send(mid_job):
+def test_page_and_fragment_escape_what_workers_send(server, mid_job):
     evil = copy.deepcopy(mid_job)
     evil["workers"][0]["name"] = "<script>alert(1)</script>"
+    evil["workers"][1]["host"] = '"><img src=x onerror=alert(2)>'
     evil["attempts"][0]["state"] = "failed"
     evil["attempts"][0]["error"] = "ValueError: <b>bad</b> & worse"
-    page = render_page(evil)
-    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "ValueError: &lt;b&gt;bad&lt;/b&gt; &amp; worse" in page
+    evil["events"].append({"t": 1.0, "event": "worker_joined", "name": "<i>x</i>"})
+    server.publish(evil)
+    for served in (get(server.url)[2].decode(), get(server.url + "fragment")[2].decode(), render_page(evil)):
+        assert "<script>alert(1)" not in served and "&lt;script&gt;alert(1)&lt;/script&gt;" in served
+        assert "<img" not in served and "&quot;&gt;&lt;img src=x onerror=alert(2)&gt;" in served
+        assert "ValueError: &lt;b&gt;bad&lt;/b&gt; &amp; worse" in served
+        assert "name=&lt;i&gt;x&lt;/i&gt;" in served and "<i>x" not in served
 
 
 # ---- the command -----------------------------------------------------------------
@@ -355,7 +387,7 @@ def worker_row(dom: str, worker: int) -> str:
 
 @needs_browser
 def test_browser_page_follows_the_job():
-    """The page is rendered with a live worker; the JSON it then fetches says that worker died."""
+    """The page is rendered with a live worker; the fragment it then fetches says that worker died."""
     s = make(n_maps=2, n_reduce=1, heartbeat_interval=1.0, worker_timeout=5.0)
     a, _ = join(s, b"A")
     b, _ = join(s, b"B")
@@ -367,11 +399,14 @@ def test_browser_page_follows_the_job():
     assert by_id(dead["workers"], a)["state"] == "dead"
 
     with StatusServer() as srv:
-        srv.publish(dead)
-        dead_json = srv.current()[1]
-        srv.current = lambda: (alive, dead_json)  # the page as of `alive`, the JSON as of `dead`
+        srv.publish(alive)
         page = get(srv.url)[2].decode()
         assert '<span class="state ok">busy</span>' in worker_row(page, a)
+        srv.publish(dead)
+        later = srv.current()
+        srv.publish(alive)
+        answers = iter([srv.current()])
+        srv.current = lambda: next(answers, later)  # the first request (the page) as of `alive`, then `dead`
         dom = dump_dom(srv.url, wait_ms=3000, browser=BROWSER)
     row = worker_row(dom, a)
     assert '<span class="state dead">dead</span>' in row, row  # only the page's script can have put it there
