@@ -18,6 +18,7 @@ import pytest
 from mapreduce.coordinator.scheduler import Commit, Scheduler, Send, Settings
 from mapreduce.inputs import Split
 from mapreduce.output import attempt_temp_name
+from mapreduce.shuffle import iter_run
 from mapreduce.wire import messages as p
 from mapreduce.wire.events import Event, parse, read_records, to_record
 
@@ -313,3 +314,11 @@ def reduce_done(s, now, ident, wid, assign):
     return s.receive(
         now, ident, p.TaskDone(wid, assign.attempt, [], attempt_temp_name(assign.task, s.job_id, assign.attempt), 7)
     )
+
+
+def iter_run_file(path: str, offset: int, length: int):
+    """The records of one run, read from its byte range of a file (as a reducer reads them)."""
+    if length == 0:
+        return
+    with open(path, "rb") as f:
+        yield from iter_run(f, offset, length)

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mapreduce import defaults, runner
@@ -37,7 +37,18 @@ from mapreduce.errors import JobFailed, UsageError
 from mapreduce.job import load_app
 from mapreduce.tools.corpus import write_corpus
 from mapreduce.tools.faults import Fault, FaultKind, faults_beside, write_faults
-from mapreduce.wire.events import read_records
+from mapreduce.wire.events import (
+    Event,
+    JobFinished,
+    Tally,
+    TaskFinished,
+    TaskLost,
+    WorkerDead,
+    WorkerJoined,
+    WorkerLeft,
+    parse,
+    read_events,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +111,6 @@ class CrashTestOptions:
 
 
 @dataclass(frozen=True)
-class EventCounts:
-    workers_dead: int = 0
-    tasks_lost: int = 0
-    maps_rerun: int = 0
-    backups: int = 0
-    fenced: int = 0
-    fetch_failures: int = 0
-
-    def __add__(self, other: EventCounts) -> EventCounts:
-        return EventCounts(*(a + b for a, b in zip(astuple(self), astuple(other))))
-
-
-@dataclass(frozen=True)
 class Detection:
     """Detection latencies of SIGKILLs (seconds), and how many kills were never detected."""
 
@@ -125,7 +123,7 @@ class RoundResult:
     number: int  # 0: the baseline run without injected faults
     seconds: float
     faults: tuple[Fault, ...]
-    counts: EventCounts
+    tally: Tally  # what the coordinator's event log counted
     detection: Detection
     problem: str | None  # None: the job succeeded and its output equals the oracle's
     job_failed: bool = False
@@ -176,42 +174,24 @@ class CrashTestReport:
 
 # ---- reading event logs (pure) ----------------------------------------------------
 
-_COUNTED = {
-    "worker_dead": "workers_dead",
-    "task_lost": "tasks_lost",
-    "map_rerun": "maps_rerun",
-    "backup_launched": "backups",
-    "message_fenced": "fenced",
-    "fetch_failed": "fetch_failures",
-}
 
-
-def count_events(events: Iterable[Mapping]) -> EventCounts:
-    counts = dict.fromkeys(_COUNTED.values(), 0)
-    for event in events:
-        name = _COUNTED.get(event["event"])
-        if name is not None:
-            counts[name] += 1
-    return EventCounts(**counts)
-
-
-def job_seconds(events: Iterable[Mapping], started: float, fallback: float) -> float:
+def job_seconds(events: Iterable[Event], started: float, fallback: float) -> float:
     """From the coordinator's start to its job_finished event: the output is committed by then.
     (The coordinator returns later: it waits a little for goodbyes, in vain from a killed worker.)"""
-    finished = [event["t"] for event in events if event["event"] == "job_finished"]
+    finished = [event.t for event in events if isinstance(event, JobFinished)]
     return finished[-1] - started if finished else fallback
 
 
-def detection_latencies(events: Iterable[Mapping], faults: Iterable[Fault]) -> Detection:
+def detection_latencies(events: Iterable[Event], faults: Iterable[Fault]) -> Detection:
     """For each SIGKILL: the time to the coordinator's first task_lost or worker_dead event
     for the incarnation the killed process had (its latest worker_joined before the kill)."""
     joins: list[tuple[float, int, int]] = []  # (t, pid, worker)
     detected: dict[int, float] = {}  # worker -> first task_lost/worker_dead
     for event in events:
-        if event["event"] == "worker_joined":
-            joins.append((event["t"], event["pid"], event["worker"]))
-        elif event["event"] in ("task_lost", "worker_dead"):
-            detected.setdefault(event["worker"], event["t"])
+        if isinstance(event, WorkerJoined):
+            joins.append((event.t, event.pid, event.worker))
+        elif isinstance(event, TaskLost | WorkerDead):
+            detected.setdefault(event.worker, event.t)
     latencies, undetected = [], 0
     for kill in (f for f in faults if f.kind is FaultKind.KILL):
         incarnations = [worker for t, pid, worker in joins if pid == kill.pid and t <= kill.time]
@@ -224,14 +204,14 @@ def detection_latencies(events: Iterable[Mapping], faults: Iterable[Fault]) -> D
 
 
 class EventTail:
-    """Reads the new complete lines of an event log that is still being written."""
+    """Reads the new complete events of an event log that is still being written."""
 
     def __init__(self, path: Path):
         self.path = path
         self._offset = 0
         self._partial = b""
 
-    def read(self) -> list[dict]:
+    def read(self) -> list[Event]:
         try:
             with open(self.path, "rb") as f:
                 f.seek(self._offset)
@@ -241,7 +221,7 @@ class EventTail:
         self._offset += len(data)
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
-        return [json.loads(line) for line in lines if line.strip()]
+        return [parse(json.loads(line)) for line in lines if line.strip()]
 
 
 class LiveIncarnations:
@@ -251,12 +231,12 @@ class LiveIncarnations:
         self._latest: dict[int, int] = {}  # pid -> its latest worker id
         self._gone: set[int] = set()
 
-    def update(self, events: Iterable[Mapping]) -> None:
+    def update(self, events: Iterable[Event]) -> None:
         for event in events:
-            if event["event"] == "worker_joined":
-                self._latest[event["pid"]] = event["worker"]
-            elif event["event"] in ("worker_dead", "worker_left"):
-                self._gone.add(event["worker"])
+            if isinstance(event, WorkerJoined):
+                self._latest[event.pid] = event.worker
+            elif isinstance(event, WorkerDead | WorkerLeft):
+                self._gone.add(event.worker)
 
     def pids(self) -> set[int]:
         return {pid for pid, worker in self._latest.items() if worker not in self._gone}
@@ -305,27 +285,28 @@ def format_row(result: RoundResult) -> str:
         result.seconds,
         result.kills,
         result.pauses,
-        result.counts,
+        result.tally,
         result.verdict,
     )
 
 
 def format_totals(report: CrashTestReport) -> str:
     rounds = report.rounds
-    counts = sum((r.counts for r in rounds), EventCounts())
+    tally = sum((r.tally for r in rounds), Tally())
     matched = sum(1 for r in rounds if r.ok)
     return _row(
         "all",
         sum(r.seconds for r in rounds),
         sum(r.kills for r in rounds),
         sum(r.pauses for r in rounds),
-        counts,
+        tally,
         f"{matched}/{len(rounds)} OK",
     )
 
 
-def _row(label: str, seconds: float, kills: int, pauses: int, counts: EventCounts, verdict: str) -> str:
-    cells = (label, f"{seconds:.2f}", str(kills), str(pauses), *map(str, astuple(counts)))
+def _row(label: str, seconds: float, kills: int, pauses: int, tally: Tally, verdict: str) -> str:
+    counted = (tally.workers_dead, tally.lost_attempts, tally.maps_rerun, tally.backups, tally.fenced)
+    cells = (label, f"{seconds:.2f}", str(kills), str(pauses), *map(str, (*counted, tally.fetch_failures)))
     return "  ".join(cell.rjust(width) for cell, width in zip(cells, _WIDTHS)) + "  " + verdict
 
 
@@ -413,7 +394,7 @@ class Chaos:
         while not self._stop.is_set():
             events = self._tail.read()
             self._alive.update(events)
-            if any(event["event"] == "task_finished" for event in events):
+            if any(isinstance(event, TaskFinished) for event in events):
                 return True
             self._stop.wait(0.02)
         return False
@@ -521,14 +502,14 @@ class CrashTest:
         run = self._run_job(job, events, rng, logs)
         problem = compare_outputs(workspace.oracle, out) if run.result.ok else f"the job failed: {run.result.message}"
         shutil.rmtree(out, ignore_errors=True)
-        log_events = list(read_records(events))
+        log_events = list(read_events(events))
         # The faults beside the event log, on its clock: `mapreduce report` marks them on the timeline.
         write_faults(faults_beside(events), run.faults)
         return RoundResult(
             number,
             job_seconds(log_events, run.started, run.result.seconds),
             run.faults,
-            count_events(log_events),
+            Tally.of(log_events),
             detection_latencies(log_events, run.faults),
             problem,
             job_failed=not run.result.ok,

@@ -500,5 +500,9 @@ class Tally:
     def copy(self) -> Tally:
         return dataclasses.replace(self)
 
+    def __add__(self, other: Tally) -> Tally:
+        """The counts of two jobs together (a crash test's rounds, say)."""
+        return Tally(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)})
+
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import SLEEPY, assert_same_output, of, words_file
+from helpers import SLEEPY, assert_same_output, iter_run_file, of, words_file
 from mapreduce import shuffle
 from mapreduce.errors import OutputFolderError, StorageError, storage_errors
 from mapreduce.inputs import fingerprint
@@ -114,7 +114,7 @@ def test_failed_map_output_is_cut_from_the_log_and_the_next_map_appends_cleanly(
     records = [
         r
         for n, length in enumerate(third.partition_lengths)
-        for r in shuffle.iter_run_file(str(log_path), third.offset + sum(third.partition_lengths[:n]), length)
+        for r in iter_run_file(str(log_path), third.offset + sum(third.partition_lengths[:n]), length)
     ]
     assert sorted(records) == [("x", 2), ("y", 1), ("z", 1)]
     job.close()

@@ -17,19 +17,18 @@ from mapreduce.tools.crashtest import (
     COLUMNS,
     CrashTestReport,
     Detection,
-    EventCounts,
     EventTail,
     Fault,
     FaultKind,
     LiveIncarnations,
     RoundResult,
     compare_outputs,
-    count_events,
     detection_latencies,
     format_row,
     format_totals,
     job_seconds,
 )
+from mapreduce.wire import events as ev
 from mapreduce.wire.events import read_records
 
 CHAOS = ["--kill-every", "0.7", "--pause-probability", "0.3", "--worker-timeout", "2", "--heartbeat-interval", "0.3"]
@@ -135,7 +134,7 @@ def test_local_cluster_replaces_crashed_killed_and_paused_workers(tmp_path):
         paused = cluster.processes[2]
         cluster.pause_worker(paused)
         _wait_until(lambda: len(cluster.processes) == 4, "a replacement for a paused worker")
-        assert paused.poll() is None and cluster.paused_workers() == [paused]
+        assert paused.poll() is None  # stopped, not dead, and not among the active workers:
         assert cluster.active_workers() == [cluster.processes[3]]
         cluster.resume_worker(paused)
         assert sorted(p.pid for p in cluster.active_workers()) == sorted([paused.pid, cluster.processes[3].pid])
@@ -211,30 +210,38 @@ def _running(pid: int) -> bool:
 
 
 def joined(t, worker, pid):
-    return {"t": t, "event": "worker_joined", "worker": worker, "pid": pid}
+    return ev.WorkerJoined(t=t, worker=worker, name=f"local-{worker}", pid=pid, host="box")
+
+
+def attempt(cls, t, worker, attempt, task, phase="map", **fields):
+    return cls(t=t, worker=worker, attempt=attempt, task=task, phase=phase, **fields)
+
+
+def dead(t, worker, attempt=None):
+    return ev.WorkerDead(t=t, worker=worker, why="silent", silent=2.0, attempt=attempt)
 
 
 SYNTHETIC = [
     joined(10.0, 1, 101),
     joined(10.1, 2, 102),
     joined(10.2, 3, 103),
-    {"t": 10.5, "event": "task_assigned", "worker": 1, "attempt": 1, "task": 0, "phase": "map"},
+    attempt(ev.TaskAssigned, 10.5, 1, 1, 0),
     # pid 101 killed at 11.0 while running a map: suspected, then dead and its task lost.
-    {"t": 12.5, "event": "worker_suspect", "worker": 1},
-    {"t": 13.1, "event": "worker_dead", "worker": 1, "attempt": 1},
-    {"t": 13.1, "event": "task_lost", "worker": 1, "attempt": 1, "task": 0, "phase": "map"},
-    {"t": 13.2, "event": "map_output_moved", "task": 3, "worker": 2},
+    ev.WorkerSuspect(t=12.5, worker=1, silent=1.5),
+    dead(13.1, 1, attempt=1),
+    attempt(ev.TaskLost, 13.1, 1, 1, 0),
+    ev.MapOutputMoved(t=13.2, task=3, worker=2),
     # pid 102 paused at 11.5: declared dead, comes back as worker 5, fenced once, later killed at 16.0.
-    {"t": 13.6, "event": "worker_dead", "worker": 2, "attempt": None},
+    dead(13.6, 2),
     joined(13.7, 4, 104),
-    {"t": 15.0, "event": "message_fenced", "worker": 2, "attempt": 7},
+    ev.MessageFenced(t=15.0, worker=2, message="TaskDone", attempt=7, why="worker 2 is dead"),
     joined(15.0, 5, 102),
-    {"t": 15.5, "event": "backup_launched", "worker": 3, "attempt": 9, "task": 1, "phase": "reduce"},
-    {"t": 15.6, "event": "fetch_failed", "worker": 3, "attempt": 9},
-    {"t": 15.7, "event": "map_rerun", "task": 2},
-    {"t": 17.8, "event": "task_lost", "worker": 5, "attempt": 11, "task": 1, "phase": "reduce"},
-    {"t": 17.8, "event": "worker_dead", "worker": 5, "attempt": 11},
-    {"t": 18.0, "event": "job_finished", "ok": True},
+    attempt(ev.BackupLaunched, 15.5, 3, 9, 1, "reduce"),
+    attempt(ev.FetchFailed, 15.6, 3, 9, 1, "reduce", map_task=2, map_attempt=4, error="FetchError: gone"),
+    ev.MapRerun(t=15.7, task=2),
+    attempt(ev.TaskLost, 17.8, 5, 11, 1, "reduce"),
+    dead(17.8, 5, attempt=11),
+    ev.JobFinished(t=18.0, ok=True, message=""),
 ]
 FAULTS = (
     Fault(FaultKind.KILL, 101, 11.0),
@@ -245,10 +252,10 @@ FAULTS = (
 )
 
 
-def test_count_events():
-    assert count_events(SYNTHETIC) == EventCounts(
-        workers_dead=3, tasks_lost=2, maps_rerun=1, backups=1, fenced=1, fetch_failures=1
-    )
+def test_the_tally_counts_what_the_crash_test_reports():
+    tally = ev.Tally.of(SYNTHETIC)
+    counted = (tally.workers_dead, tally.lost_attempts, tally.maps_rerun, tally.backups, tally.fenced)
+    assert (*counted, tally.fetch_failures) == (3, 2, 1, 1, 1, 1)
 
 
 def test_detection_latencies_follow_each_killed_process_to_its_incarnation():
@@ -266,19 +273,23 @@ def test_live_incarnations_and_event_tail(tmp_path):
     path = tmp_path / "events.jsonl"
     tail = EventTail(path)
     assert tail.read() == []  # not written yet
-    path.write_text('{"t": 1, "event": "worker_joined", "worker": 1, "pid": 7}\n{"t": 2, "event": "worker_jo')
+    path.write_text(
+        '{"t": 1, "event": "worker_joined", "worker": 1, "pid": 7, "name": "a", "host": "h"}\n'
+        '{"t": 2, "event": "worker_jo'
+    )
     alive = LiveIncarnations()
     alive.update(tail.read())
     assert alive.pids() == {7}
     with open(path, "a") as f:  # the rest of a line being written
-        f.write('ined", "worker": 2, "pid": 8}\n{"t": 3, "event": "worker_dead", "worker": 1}\n')
+        f.write('ined", "worker": 2, "pid": 8, "name": "b", "host": "h"}\n')
+        f.write('{"t": 3, "event": "worker_dead", "worker": 1, "why": "silent", "silent": 2.0}\n')
     alive.update(tail.read())
     assert alive.pids() == {8}
 
 
 def test_report_rows_totals_and_overhead():
-    counts = EventCounts(workers_dead=2, tasks_lost=1)
-    baseline = RoundResult(0, 2.0, (), EventCounts(), Detection(), None)
+    counts = ev.Tally(workers_dead=2, lost_attempts=1)
+    baseline = RoundResult(0, 2.0, (), ev.Tally(), Detection(), None)
     good = RoundResult(1, 5.0, FAULTS[:3], counts, Detection((2.0,), 0), None)
     bad = RoundResult(
         2,

@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from mapreduce import output
-from mapreduce.errors import UsageError
+from mapreduce.errors import JobFailed, UsageError
 from mapreduce.output import SUCCESS, commit, finish, part_name, prepare_output, temp_name
 
 
@@ -132,7 +132,7 @@ def test_finish_refuses_when_a_partition_is_missing(tmp_path):
     folder.mkdir()
     (folder / part_name(0)).write_bytes(b"x")
     (folder / part_name(2)).write_bytes(b"x")
-    with pytest.raises(RuntimeError, match="part-00001"):
+    with pytest.raises(JobFailed, match="part-00001"):
         finish(folder, 3)
     assert not (folder / SUCCESS).exists()
 

@@ -9,20 +9,13 @@ from operator import itemgetter
 import msgpack
 import pytest
 
+from helpers import iter_run_file
 from mapreduce import shuffle
 from mapreduce.errors import AppError
 from mapreduce.job import stable_partition
 from mapreduce.shuffle import MapOutputBuffer, iter_run, merge_runs, roundtrip, write_run
 
 first = itemgetter(0)
-
-
-def iter_run_file(path: str, offset: int, length: int):
-    """The records of one run, read from its byte range of a file (as a reducer reads them)."""
-    if length == 0:
-        return
-    with open(path, "rb") as f:
-        yield from iter_run(f, offset, length)
 
 
 def random_pairs(seed: int, n: int, n_keys: int = 40) -> list[tuple[str, int]]:
