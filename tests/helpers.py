@@ -255,7 +255,7 @@ def hello(
 
 
 def welcome(worker_id: int) -> p.Welcome:
-    return p.Welcome(worker_id, "job", b"app", 1, 1, 1.0, "/out", "out-host")
+    return p.Welcome(worker_id, "job", b"app", 1, 1, 1.0, "/out")
 
 
 def join(s: Scheduler, ident: bytes, now: float = 0.0, **info) -> tuple[int, list]:

@@ -114,7 +114,6 @@ class Coordinator:
             self.settings.n_reduce,
             self.settings.heartbeat_interval,
             str(self.output_dir.resolve()),
-            self._host_id,
             self.data_server.port,
             self._output_token,
         )

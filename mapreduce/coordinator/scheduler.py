@@ -42,7 +42,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from mapreduce import output
+from mapreduce import defaults, output
 from mapreduce.coordinator.view import (
     LIVE,
     AttemptView,
@@ -56,35 +56,8 @@ from mapreduce.coordinator.view import (
 )
 from mapreduce.errors import OutputFolderError
 from mapreduce.inputs import Split
+from mapreduce.wire import events as ev
 from mapreduce.wire import messages as p
-from mapreduce.wire.events import (
-    AttemptState,
-    BackupLaunched,
-    CommitFailed,
-    Event,
-    FetchFailed,
-    JobFailing,
-    JobFinished,
-    JobStarted,
-    MapOutputMoved,
-    MapOutputOrphaned,
-    MapRerun,
-    MessageFenced,
-    OutputCommitted,
-    ResultDiscarded,
-    Tally,
-    TaskAssigned,
-    TaskCancelled,
-    TaskFailed,
-    TaskFinished,
-    TaskKind,
-    TaskLost,
-    WorkerDead,
-    WorkerDraining,
-    WorkerJoined,
-    WorkerLeft,
-    WorkerSuspect,
-)
 
 log = logging.getLogger(__name__)
 
@@ -97,22 +70,22 @@ KEEP_DEPARTED = 50  # dead or left workers in a view, besides every live one
 @dataclass(frozen=True)
 class Settings:
     n_reduce: int
-    heartbeat_interval: float = 1.0
-    worker_timeout: float = 5.0
-    max_attempts: int = 4
-    max_lost: int = 8
+    heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL
+    worker_timeout: float = defaults.WORKER_TIMEOUT
+    max_attempts: int = defaults.MAX_ATTEMPTS
+    max_lost: int = defaults.MAX_WORKER_LOSSES
     task_timeout: float | None = None
-    speculation: bool = True
+    speculation: bool = defaults.SPECULATION
     # An attempt is a straggler once it has run slow_factor times the median time of its
     # phase's finished tasks and slow_margin seconds longer than that median. Backups run
     # only on otherwise idle workers, so a false alarm costs little: the bar is low.
-    slow_factor: float = 2.0
-    slow_margin: float = 0.5
-    min_workers: int = 1  # hand out no task until this many workers have joined (then never wait again)
+    slow_factor: float = defaults.SLOW_FACTOR
+    slow_margin: float = defaults.SLOW_MARGIN
+    min_workers: int = defaults.MIN_WORKERS  # hand out no task until this many workers have joined (then never again)
 
     @property
     def suspect_after(self) -> float:
-        return 2.5 * self.heartbeat_interval
+        return defaults.SUSPECT_AFTER_HEARTBEATS * self.heartbeat_interval
 
 
 @dataclass
@@ -127,7 +100,7 @@ class MapResult:
 
 @dataclass
 class Task:
-    kind: TaskKind
+    kind: ev.TaskKind
     index: int
     split: Split | None = None
     state: TaskState = TaskState.PENDING
@@ -154,7 +127,7 @@ class TaskAttempt:
     task: Task
     worker: RegisteredWorker
     started: float
-    state: AttemptState = AttemptState.RUNNING
+    state: ev.AttemptState = ev.AttemptState.RUNNING
     backup: bool = False
     ended: float | None = None
     detail: str = ""  # why it ended: a failure's error, or why it was cancelled
@@ -222,14 +195,14 @@ class Scheduler:
             sum(s.end - s.start for s in splits),
             output,
         )
-        self.maps = [Task(TaskKind.MAP, i, split) for i, split in enumerate(splits)]
-        self.reduces = [Task(TaskKind.REDUCE, r) for r in range(settings.n_reduce)]
+        self.maps = [Task(ev.TaskKind.MAP, i, split) for i, split in enumerate(splits)]
+        self.reduces = [Task(ev.TaskKind.REDUCE, r) for r in range(settings.n_reduce)]
         self.workers: dict[int, RegisteredWorker] = {}
         self.by_identity: dict[bytes, RegisteredWorker] = {}
         self.attempts: dict[int, TaskAttempt] = {}
-        self.tally = Tally()
+        self.tally = ev.Tally()
         self.started = now
-        self.events: list[Event] = []  # recorded since the coordinator last took them
+        self.events: list[ev.Event] = []  # recorded since the coordinator last took them
         self._failure: str | None = None
         self._job_finished = False
         self._next_worker = 1
@@ -237,24 +210,24 @@ class Scheduler:
         # Pending tasks by phase: a heap of indices (lowest first) checked lazily on pop,
         # so choosing the next task costs O(log n) however many tasks a job has.
         self._pending_heap = {
-            TaskKind.MAP: list(range(len(self.maps))),
-            TaskKind.REDUCE: list(range(len(self.reduces))),
+            ev.TaskKind.MAP: list(range(len(self.maps))),
+            ev.TaskKind.REDUCE: list(range(len(self.reduces))),
         }
-        self._pending_count = {TaskKind.MAP: len(self.maps), TaskKind.REDUCE: len(self.reduces)}
-        self._running: dict[TaskKind, set[int]] = {TaskKind.MAP: set(), TaskKind.REDUCE: set()}
-        self._done_count = {TaskKind.MAP: 0, TaskKind.REDUCE: 0}
+        self._pending_count = {ev.TaskKind.MAP: len(self.maps), ev.TaskKind.REDUCE: len(self.reduces)}
+        self._running: dict[ev.TaskKind, set[int]] = {ev.TaskKind.MAP: set(), ev.TaskKind.REDUCE: set()}
+        self._done_count = {ev.TaskKind.MAP: 0, ev.TaskKind.REDUCE: 0}
         self._done_input = 0  # input bytes of the maps done now
-        self._durations: dict[TaskKind, list[float]] = {TaskKind.MAP: [], TaskKind.REDUCE: []}  # sorted
+        self._durations: dict[ev.TaskKind, list[float]] = {ev.TaskKind.MAP: [], ev.TaskKind.REDUCE: []}  # sorted
         self._map_sizes: list[int] = []  # input bytes of the finished maps, sorted
         self._maps_done_at: float | None = None if self.maps else now
         self._now = now
         self._started_work = False  # becomes True once min_workers have joined
 
-    def record(self, event: Event) -> None:
+    def record(self, event: ev.Event) -> None:
         self.events.append(event)
         self.tally.add(event)
 
-    def take_events(self) -> list[Event]:
+    def take_events(self) -> list[ev.Event]:
         """The events recorded since the last call (for the log and the observers)."""
         events, self.events = self.events, []
         return events
@@ -278,11 +251,11 @@ class Scheduler:
 
     @property
     def maps_done(self) -> int:
-        return self._done_count[TaskKind.MAP]
+        return self._done_count[ev.TaskKind.MAP]
 
     @property
     def reduces_done(self) -> int:
-        return self._done_count[TaskKind.REDUCE]
+        return self._done_count[ev.TaskKind.REDUCE]
 
     @property
     def succeeded(self) -> bool:
@@ -315,8 +288,8 @@ class Scheduler:
             job=self.facts,
             phase=phase,
             failure=self._failure,
-            maps=self._counts(TaskKind.MAP),
-            reduces=self._counts(TaskKind.REDUCE),
+            maps=self._counts(ev.TaskKind.MAP),
+            reduces=self._counts(ev.TaskKind.REDUCE),
             input_done=self._done_input,
             tally=self.tally.copy(),
             workers_live=len(live),
@@ -325,7 +298,7 @@ class Scheduler:
             attempts=tuple(self._attempt_view(a, now) for a in recent),
         )
 
-    def _counts(self, kind: TaskKind) -> TaskCounts:
+    def _counts(self, kind: ev.TaskKind) -> TaskCounts:
         return TaskCounts(
             len(self._tasks(kind)), self._done_count[kind], len(self._running[kind]), self._pending_count[kind]
         )
@@ -359,8 +332,8 @@ class Scheduler:
 
     # ---- task states -------------------------------------------------------
 
-    def _tasks(self, kind: TaskKind) -> list[Task]:
-        return self.maps if kind is TaskKind.MAP else self.reduces
+    def _tasks(self, kind: ev.TaskKind) -> list[Task]:
+        return self.maps if kind is ev.TaskKind.MAP else self.reduces
 
     def _set_state(self, task: Task, state: TaskState) -> None:
         """The one place a task changes state, so the queues and counts stay right."""
@@ -379,16 +352,16 @@ class Scheduler:
         if state is TaskState.DONE:
             self._done_count[task.kind] += 1
             self._done_input += size
-            if task.kind is TaskKind.MAP and self.maps_done == len(self.maps):
+            if task.kind is ev.TaskKind.MAP and self.maps_done == len(self.maps):
                 self._maps_done_at = self._now
         elif task.state is TaskState.DONE:
             self._done_count[task.kind] -= 1
             self._done_input -= size
-            if task.kind is TaskKind.MAP:
+            if task.kind is ev.TaskKind.MAP:
                 self._maps_done_at = None
         task.state = state
 
-    def _next_pending(self, kind: TaskKind, worker: RegisteredWorker) -> Task | None:
+    def _next_pending(self, kind: ev.TaskKind, worker: RegisteredWorker) -> Task | None:
         """The lowest pending task of a phase that ``worker`` may run. Without exclusions
         that is one heap pop (O(log n)); a task ``worker`` is excluded from is passed over
         and pushed back, costing a pop and push each."""
@@ -426,13 +399,13 @@ class Scheduler:
         self.workers[worker.id] = worker
         self.by_identity[identity] = worker
         log.info("%s joined", worker.describe())
-        self.record(WorkerJoined(t=now, worker=worker.id, name=hello.name, pid=hello.pid, host=hello.host))
+        self.record(ev.WorkerJoined(t=now, worker=worker.id, name=hello.name, pid=hello.pid, host=hello.host))
         actions.append(Send(identity, welcome(worker.id)))
         for map_task in self.maps:  # outputs left in this worker's folder by a dead one: it serves them
             r = map_task.result
             if r is not None and r.orphaned and _same_folder(r.worker.info, hello):
                 r.worker, r.orphaned = worker, False
-                self.record(MapOutputMoved(t=now, task=map_task.index, worker=worker.id))
+                self.record(ev.MapOutputMoved(t=now, task=map_task.index, worker=worker.id))
                 actions += self._announce(map_task)
         return actions + self._dispatch(now)
 
@@ -450,14 +423,20 @@ class Scheduler:
             # is handed back, not lost: a drain counts against nothing. Without Draining, a
             # worker leaving mid-attempt loses it, as a crash would.
             attempt = worker.attempt
-            if worker.state is WorkerState.DRAINING and attempt is not None and attempt.state is AttemptState.RUNNING:
+            if (
+                worker.state is WorkerState.DRAINING
+                and attempt is not None
+                and attempt.state is ev.AttemptState.RUNNING
+            ):
                 self._cancel(now, attempt, "its worker left")
             worker.state = WorkerState.LEFT
-            self.record(WorkerLeft(t=now, worker=worker.id))
+            self.record(ev.WorkerLeft(t=now, worker=worker.id))
             return self._release(now, worker, "it left") + self._dispatch(now)
         if isinstance(message, p.Draining):
             worker.state = WorkerState.DRAINING
-            self.record(WorkerDraining(t=now, worker=worker.id, attempt=worker.attempt.id if worker.attempt else None))
+            self.record(
+                ev.WorkerDraining(t=now, worker=worker.id, attempt=worker.attempt.id if worker.attempt else None)
+            )
             log.info("%s is draining", worker.describe())
             return []
         attempt = self.attempts.get(message.attempt)
@@ -480,7 +459,7 @@ class Scheduler:
             actions = self._failed(now, attempt, message)
         else:  # Cancelled: normally accounted for when the coordinator cancelled it
             actions = []
-            if attempt.state is AttemptState.RUNNING:  # it stopped unasked: give the task back
+            if attempt.state is ev.AttemptState.RUNNING:  # it stopped unasked: give the task back
                 self._cancel(now, attempt, "the worker stopped it")
         return actions + self._dispatch(now)
 
@@ -491,7 +470,7 @@ class Scheduler:
         why = "unknown worker" if worker is None else f"worker {worker.id} is {worker.state.value}"
         log.info("fenced %s from %r: %s", type(message).__name__, identity, why)
         self.record(
-            MessageFenced(
+            ev.MessageFenced(
                 t=now,
                 worker=getattr(message, "worker", None),
                 message=type(message).__name__,
@@ -513,7 +492,7 @@ class Scheduler:
             and worker.identity == identity
             and attempt is not None
             and attempt.worker is worker
-            and attempt.task.kind is TaskKind.REDUCE
+            and attempt.task.kind is ev.TaskKind.REDUCE
             and done.path == output.attempt_temp_name(attempt.task.index, self.job_id, attempt.id)
         )
 
@@ -528,13 +507,13 @@ class Scheduler:
                 continue
             if silent > self.settings.suspect_after and not worker.suspect:
                 worker.suspect = True
-                self.record(WorkerSuspect(t=now, worker=worker.id, silent=round(silent, 6)))
+                self.record(ev.WorkerSuspect(t=now, worker=worker.id, silent=round(silent, 6)))
             if now - worker.last_sent >= self.settings.heartbeat_interval:
                 actions.append(Send(worker.identity, p.Heartbeat(0)))
         timeout = self.settings.task_timeout
         if timeout is not None:
             for attempt in list(self.attempts.values()):
-                if attempt.state is AttemptState.RUNNING and now - self._effective_start(attempt) > timeout:
+                if attempt.state is ev.AttemptState.RUNNING and now - self._effective_start(attempt) > timeout:
                     actions += self._timed_out(now, attempt)
         return actions + self._dispatch(now)
 
@@ -556,7 +535,7 @@ class Scheduler:
         """The coordinator could not publish a reduce's output: run that reduce again."""
         self._now = now
         task = self.reduces[partition]
-        self.record(CommitFailed(t=now, task=partition, why=why))
+        self.record(ev.CommitFailed(t=now, task=partition, why=why))
         log.warning("could not commit %s (%s): running it again", task.describe(), why)
         self._set_state(task, TaskState.PENDING)
         task.commit_failures += 1
@@ -569,7 +548,7 @@ class Scheduler:
     def committed(self, now: float, partition: int, pulled: int = 0) -> None:
         """The coordinator published a partition's output (after pulling ``pulled`` bytes of it
         from the reducer's host)."""
-        self.record(OutputCommitted(t=now, partition=partition, pulled=pulled))
+        self.record(ev.OutputCommitted(t=now, partition=partition, pulled=pulled))
 
     def fail(self, now: float, why: str) -> None:
         """The job cannot succeed any more: no task is handed out from now on. The first
@@ -578,11 +557,11 @@ class Scheduler:
             log.info("also: %s", why)
             return
         self._failure = why
-        self.record(JobFailing(t=now, why=why))
+        self.record(ev.JobFailing(t=now, why=why))
 
     def job_started(self, now: float) -> None:
         f = self.facts
-        self.record(JobStarted(t=now, job=f.job_id, maps=f.n_map, reduces=f.n_reduce, input_bytes=f.input_bytes))
+        self.record(ev.JobStarted(t=now, job=f.job_id, maps=f.n_map, reduces=f.n_reduce, input_bytes=f.input_bytes))
 
     def job_finished(self, now: float, rejected: int = 0, stopped: str | None = None) -> None:
         """The job is over: succeeded, failed, or ``stopped`` for that reason (an interruption,
@@ -592,7 +571,7 @@ class Scheduler:
         self._job_finished = True
         t = self.tally
         self.record(
-            JobFinished(
+            ev.JobFinished(
                 t=now,
                 ok=self.succeeded and self._failure is None and stopped is None,
                 message=stopped or self._failure or "",
@@ -613,7 +592,7 @@ class Scheduler:
         task.running.append(attempt)
         worker.state = WorkerState.BUSY
         worker.attempt = attempt
-        if task.kind is TaskKind.MAP:
+        if task.kind is ev.TaskKind.MAP:
             s = task.split
             message: Any = p.AssignMap(attempt.id, task.index, s.key, s.path, s.start, s.end, s.fingerprint)
         else:
@@ -622,7 +601,7 @@ class Scheduler:
             empty = [m.index for m in done if not m.result.lengths[task.index]]
             message = p.AssignReduce(attempt.id, task.index, outputs, empty)
         log.debug("attempt %d: %s on %s", attempt.id, task.describe(), worker.describe())
-        self.record((BackupLaunched if backup else TaskAssigned)(t=now, **self._ids(attempt)))
+        self.record((ev.BackupLaunched if backup else ev.TaskAssigned)(t=now, **self._ids(attempt)))
         return Send(worker.identity, message)
 
     def _location(self, map_task: Task, partition: int) -> p.MapOutput:
@@ -638,7 +617,7 @@ class Scheduler:
             r.lengths[partition],
         )
 
-    def _end(self, now: float, attempt: TaskAttempt, state: AttemptState, detail: str = "") -> None:
+    def _end(self, now: float, attempt: TaskAttempt, state: ev.AttemptState, detail: str = "") -> None:
         attempt.state, attempt.ended, attempt.detail = state, now, detail
         task = attempt.task
         if attempt in task.running:
@@ -647,25 +626,25 @@ class Scheduler:
             self._set_state(task, TaskState.PENDING)
 
     def _cancel(self, now: float, attempt: TaskAttempt, why: str) -> None:
-        self._end(now, attempt, AttemptState.CANCELLED, why)
-        self.record(TaskCancelled(t=now, **self._ids(attempt), why=why))
+        self._end(now, attempt, ev.AttemptState.CANCELLED, why)
+        self.record(ev.TaskCancelled(t=now, **self._ids(attempt), why=why))
 
     def _succeeded(self, now: float, attempt: TaskAttempt, done: p.TaskDone) -> list:
         task = attempt.task
-        if task.state is TaskState.DONE or attempt.state is not AttemptState.RUNNING:
-            self.record(ResultDiscarded(t=now, **self._ids(attempt), was=attempt.state))
-            if attempt.state is AttemptState.RUNNING:
-                self._end(now, attempt, AttemptState.SUPERSEDED, "its task was done already")
-            return [Discard(done.path)] if task.kind is TaskKind.REDUCE and is_reduce_temp(done.path) else []
+        if task.state is TaskState.DONE or attempt.state is not ev.AttemptState.RUNNING:
+            self.record(ev.ResultDiscarded(t=now, **self._ids(attempt), was=attempt.state))
+            if attempt.state is ev.AttemptState.RUNNING:
+                self._end(now, attempt, ev.AttemptState.SUPERSEDED, "its task was done already")
+            return [Discard(done.path)] if task.kind is ev.TaskKind.REDUCE and is_reduce_temp(done.path) else []
         problem = self._check_result(attempt, done)
         if problem:
             return self._failed(now, attempt, p.TaskFailed(done.worker, attempt.id, problem, user_error=False))
-        self._end(now, attempt, AttemptState.SUCCEEDED)
+        self._end(now, attempt, ev.AttemptState.SUCCEEDED)
         # Bytes in: a map's split; bytes out: a map's output (all partitions) or a reduce's output file.
-        size_in = task.split.end - task.split.start if task.kind is TaskKind.MAP else 0
-        size_out = sum(done.partition_lengths) if task.kind is TaskKind.MAP else done.size
+        size_in = task.split.end - task.split.start if task.kind is ev.TaskKind.MAP else 0
+        size_out = sum(done.partition_lengths) if task.kind is ev.TaskKind.MAP else done.size
         self.record(
-            TaskFinished(
+            ev.TaskFinished(
                 t=now,
                 **self._ids(attempt),
                 records=done.records,
@@ -679,17 +658,17 @@ class Scheduler:
         duration = now - self._effective_start(attempt)
         attempt.worker.slow = duration > self._slow_limit(task)
         bisect.insort(self._durations[task.kind], duration)
-        if task.kind is TaskKind.MAP:
+        if task.kind is ev.TaskKind.MAP:
             bisect.insort(self._map_sizes, size_in)
         task.lost = 0
         actions: list = []
         for other in list(task.running):  # the losers of a race: stop them, discard their output
             why = f"attempt {attempt.id} finished first"
-            self._end(now, other, AttemptState.SUPERSEDED, why)
-            self.record(TaskCancelled(t=now, **self._ids(other), why=why, superseded_by=attempt.id))
+            self._end(now, other, ev.AttemptState.SUPERSEDED, why)
+            self.record(ev.TaskCancelled(t=now, **self._ids(other), why=why, superseded_by=attempt.id))
             actions.append(Send(other.worker.identity, p.Cancel(other.id)))
         self._set_state(task, TaskState.DONE)
-        if task.kind is TaskKind.REDUCE:
+        if task.kind is ev.TaskKind.REDUCE:
             info = attempt.worker.info
             return actions + [Commit(task.index, done.path, attempt.id, info.data_address, done.size)]
         offsets, total = [], done.offset
@@ -700,7 +679,7 @@ class Scheduler:
         return actions + self._announce(task)
 
     def _check_result(self, attempt: TaskAttempt, done: p.TaskDone) -> str:
-        if attempt.task.kind is TaskKind.MAP:
+        if attempt.task.kind is ev.TaskKind.MAP:
             lengths = done.partition_lengths
             if (
                 len(lengths) != self.settings.n_reduce
@@ -732,7 +711,7 @@ class Scheduler:
     def _fetch_failed(self, now: float, attempt: TaskAttempt, failed: p.FetchFailed) -> list:
         """A reducer could not read a map's output: point it elsewhere, or run the map again."""
         self.record(
-            FetchFailed(
+            ev.FetchFailed(
                 t=now,
                 **self._ids(attempt),
                 map_task=failed.map_task,
@@ -740,7 +719,7 @@ class Scheduler:
                 error=failed.error,
             )
         )
-        if not 0 <= failed.map_task < len(self.maps) or attempt.state is not AttemptState.RUNNING:
+        if not 0 <= failed.map_task < len(self.maps) or attempt.state is not ev.AttemptState.RUNNING:
             return []
         map_task = self.maps[failed.map_task]
         r = map_task.result
@@ -779,10 +758,10 @@ class Scheduler:
 
     def _failed(self, now: float, attempt: TaskAttempt, failed: p.TaskFailed) -> list:
         task = attempt.task
-        if attempt.state is not AttemptState.RUNNING:
+        if attempt.state is not ev.AttemptState.RUNNING:
             return []  # already accounted for when it timed out or was cancelled
-        self._end(now, attempt, AttemptState.FAILED, failed.error)
-        self.record(TaskFailed(t=now, **self._ids(attempt), error=failed.error, user_error=failed.user_error))
+        self._end(now, attempt, ev.AttemptState.FAILED, failed.error)
+        self.record(ev.TaskFailed(t=now, **self._ids(attempt), error=failed.error, user_error=failed.user_error))
         if task.state is TaskState.DONE:
             return []
         if failed.user_error:
@@ -844,7 +823,7 @@ class Scheduler:
             worker.last_seen - self.started,
         )
         self.record(
-            WorkerDead(
+            ev.WorkerDead(
                 t=now,
                 worker=worker.id,
                 why=why,
@@ -857,9 +836,9 @@ class Scheduler:
     def _release(self, now: float, worker: RegisteredWorker, why: str) -> list:
         """Give back what a departed worker held: its attempt, and map outputs only it could serve."""
         attempt, worker.attempt = worker.attempt, None
-        if attempt is not None and attempt.state is AttemptState.RUNNING:
-            self._end(now, attempt, AttemptState.LOST, why)
-            self.record(TaskLost(t=now, **self._ids(attempt)))
+        if attempt is not None and attempt.state is ev.AttemptState.RUNNING:
+            self._end(now, attempt, ev.AttemptState.LOST, why)
+            self.record(ev.TaskLost(t=now, **self._ids(attempt)))
             task = attempt.task
             task.lost += 1
             if task.lost >= self.settings.max_lost:
@@ -890,17 +869,17 @@ class Scheduler:
                 and candidate.info.data_address != old.data_address
             ):
                 map_task.result.worker = candidate
-                self.record(MapOutputMoved(t=now, task=map_task.index, worker=candidate.id))
+                self.record(ev.MapOutputMoved(t=now, task=map_task.index, worker=candidate.id))
                 return self._announce(map_task)
         # No server for now. The files most likely outlive the process (a crash, not a lost
         # disk): reducers on that host read them directly, a worker joining with that folder
         # serves them, and a reducer that cannot read them says so (FetchFailed): then it re-runs.
         map_task.result.orphaned = True
-        self.record(MapOutputOrphaned(t=now, task=map_task.index))
+        self.record(ev.MapOutputOrphaned(t=now, task=map_task.index))
         return []
 
     def _lose_map_output(self, now: float, map_task: Task) -> None:
-        self.record(MapRerun(t=now, task=map_task.index))
+        self.record(ev.MapRerun(t=now, task=map_task.index))
         map_task.result = None
         self._set_state(map_task, TaskState.PENDING)
 
@@ -915,41 +894,43 @@ class Scheduler:
             self._started_work = True
         actions: list = []
         for worker in [w for w in self.workers.values() if w.state is WorkerState.IDLE]:
-            task = self._next_pending(TaskKind.MAP, worker)
-            if task is None and self._pending_count[TaskKind.MAP] == 0:
+            task = self._next_pending(ev.TaskKind.MAP, worker)
+            if task is None and self._pending_count[ev.TaskKind.MAP] == 0:
                 # A straggling map holds up every reduce: its backup comes before them.
-                backup = self._backup(now, worker, (TaskKind.MAP,))
+                backup = self._backup(now, worker, (ev.TaskKind.MAP,))
                 if backup is not None:
                     actions.append(backup)
                     continue
-                task = self._next_pending(TaskKind.REDUCE, worker)
+                task = self._next_pending(ev.TaskKind.REDUCE, worker)
             if task is not None:
                 actions.append(self._start(now, worker, task))
             else:
-                backup = self._backup(now, worker, (TaskKind.REDUCE,))
+                backup = self._backup(now, worker, (ev.TaskKind.REDUCE,))
                 if backup is not None:
                     actions.append(backup)
         # Maps that must run before any reduce can: pending ones, and stragglers that no idle
         # worker could back up. A reduce waiting for them only waits: its worker can run them.
-        wanted = self._pending_count[TaskKind.MAP]
+        wanted = self._pending_count[ev.TaskKind.MAP]
         why = "a map must run first"
         if not wanted and self.settings.speculation:
-            wanted, why = len(self._stragglers(now, TaskKind.MAP)), "a straggling map needs a backup"
+            wanted, why = len(self._stragglers(now, ev.TaskKind.MAP)), "a straggling map needs a backup"
         if wanted:
             # Workers still finishing a cancelled attempt will be free soon: count them.
             freeing = sum(
-                1 for w in self.live_workers() if w.attempt is not None and w.attempt.state is not AttemptState.RUNNING
+                1
+                for w in self.live_workers()
+                if w.attempt is not None and w.attempt.state is not ev.AttemptState.RUNNING
             )
             actions += self._preempt_reduces(now, wanted - freeing, why)
         return actions
 
     def _effective_start(self, attempt: TaskAttempt) -> float:
         """When an attempt could start working: a reduce waits for the last map."""
-        if attempt.task.kind is TaskKind.REDUCE and self._maps_done_at is not None:
+        if attempt.task.kind is ev.TaskKind.REDUCE and self._maps_done_at is not None:
             return max(attempt.started, self._maps_done_at)
         return attempt.started
 
-    def _backup(self, now: float, worker: RegisteredWorker, kinds: tuple[TaskKind, ...]) -> Send | None:
+    def _backup(self, now: float, worker: RegisteredWorker, kinds: tuple[ev.TaskKind, ...]) -> Send | None:
         """A backup attempt on idle ``worker`` for the most overdue straggler of ``kinds``, if any.
         A worker that straggled itself runs none: it would most likely be slow again."""
         if not self.settings.speculation or worker.slow:
@@ -967,13 +948,13 @@ class Scheduler:
         log.info("backup attempt for %s, slow on %s", straggler.task.describe(), straggler.worker.describe())
         return self._start(now, worker, straggler.task, backup=True)
 
-    def _stragglers(self, now: float, kind: TaskKind) -> list[tuple[float, TaskAttempt]]:
+    def _stragglers(self, now: float, kind: ev.TaskKind) -> list[tuple[float, TaskAttempt]]:
         """Running attempts of a phase past its straggler limit (any, on a slow worker),
         with how far past it.
 
         Only tasks with a single running attempt qualify (one backup per task), and a
         reduce only once every map is done (before that, it is waiting, not slow)."""
-        if kind is TaskKind.REDUCE and self._maps_done_at is None:
+        if kind is ev.TaskKind.REDUCE and self._maps_done_at is None:
             return []
         tasks, found = self._tasks(kind), []
         for index in self._running[kind]:
@@ -994,7 +975,7 @@ class Scheduler:
         if not durations:
             return math.inf
         expected = durations[len(durations) // 2]
-        if task.kind is TaskKind.MAP:
+        if task.kind is ev.TaskKind.MAP:
             typical = self._map_sizes[len(self._map_sizes) // 2]
             expected *= max(1.0, (task.split.end - task.split.start) / max(typical, 1))
         return max(self.settings.slow_factor * expected, expected + self.settings.slow_margin)

@@ -32,7 +32,7 @@ from typing import Any
 
 import click
 
-from mapreduce.errors import MapReduceError
+from mapreduce.errors import ReportError
 from mapreduce.tools.faults import Fault, FaultKind, faults_beside, read_faults
 from mapreduce.wire import events as wire
 from mapreduce.wire.events import (
@@ -60,10 +60,6 @@ from mapreduce.wire.events import (
 )
 
 # ---- what a log says (pure) -------------------------------------------------------------
-
-
-class ReportError(MapReduceError):
-    """A report cannot be made: a missing library, an unreadable log or benchmark file."""
 
 
 class Outcome(enum.Enum):

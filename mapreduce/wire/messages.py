@@ -24,7 +24,7 @@ import msgpack
 
 from mapreduce.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Welcome lost output_host_id
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # A data server's address as a worker advertises it (the socket's bound endpoint, always
@@ -139,7 +139,6 @@ class Welcome:
     n_reduce: int
     heartbeat_interval: float
     output_dir: str
-    output_host_id: str  # the coordinator's host
     data_port: int = 0  # the coordinator's data server (inputs, for workers on other hosts), same host as --connect
     output_token: str = ""  # in the output folder's visibility file: a worker that reads it writes there directly
 

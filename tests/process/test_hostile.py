@@ -132,12 +132,12 @@ def pickle_frames(blobs: list[bytes]) -> list[list[bytes]]:
         text = blob.decode("latin-1")  # the same bytes as a str: passes a str field's type check
         frames += [[blob], [blob, blob], [b"", blob], [packb(blob)], [packb(text)]]
         frames += [
-            [packb([1, text, {}])],
+            [packb([p.PROTOCOL_VERSION, text, {}])],
             [packb([blob, "Heartbeat", {"worker": 1}])],
-            [packb([1, "Heartbeat", blob])],
-            [packb([1, "Heartbeat", {"worker": 1, text: blob}])],
-            [packb([1, "Heartbeat", {blob: 1}])],
-            [packb([1, "Heartbeat", {"worker": 1}, blob])],
+            [packb([p.PROTOCOL_VERSION, "Heartbeat", blob])],
+            [packb([p.PROTOCOL_VERSION, "Heartbeat", {"worker": 1, text: blob}])],
+            [packb([p.PROTOCOL_VERSION, "Heartbeat", {blob: 1}])],
+            [packb([p.PROTOCOL_VERSION, "Heartbeat", {"worker": 1}, blob])],
         ]
         for code in (0, 1, 42, 127, -1, -128):
             e = ext(code, blob)
@@ -151,9 +151,9 @@ def pickle_frames(blobs: list[bytes]) -> list[list[bytes]]:
             name = type(base).__name__
             for field in fields_of(base):
                 for value in (blob, text, msgpack.ExtType(1, blob), [blob], [text], {text: blob}):
-                    frames.append([packb([1, name, {**fields_of(base), field: value}])])
+                    frames.append([packb([p.PROTOCOL_VERSION, name, {**fields_of(base), field: value}])])
             if isinstance(base, p.TaskDone):
-                frames.append([packb([1, name, {**fields_of(base), "partition_lengths": [1, blob]}])])
+                frames.append([packb([p.PROTOCOL_VERSION, name, {**fields_of(base), "partition_lengths": [1, blob]}])])
     return frames
 
 
@@ -1097,7 +1097,7 @@ def wrong_direction(attempt: int) -> list[bytes]:
             p.AssignMap(attempt, 0, "k", "/etc/passwd", 0, 10),
             p.AssignReduce(attempt, 0, [location]),
             p.Cancel(attempt),
-            p.Welcome(1, "job", b"\x80\x05N.", 1, 1, 1.0, "/", "h"),
+            p.Welcome(1, "job", b"\x80\x05N.", 1, 1, 1.0, "/"),
             p.JobDone(True, "done"),
             p.Unknown("you"),
             p.Refused("no"),

@@ -5,16 +5,10 @@ from __future__ import annotations
 import pytest
 
 from helpers import commits, events, join, kinds, make, map_done, msgs, one, reduce_done, report_unreadable, welcome
-from mapreduce.coordinator.scheduler import (
-    AttemptState,
-    Commit,
-    Discard,
-    Send,
-    TaskState,
-    WorkerState,
-)
+from mapreduce.coordinator.scheduler import Commit, Discard, Send, TaskState, WorkerState
 from mapreduce.wire import messages as p
 from mapreduce.wire.events import (
+    AttemptState,
     MapOutputMoved,
     MapOutputOrphaned,
     MapRerun,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 from helpers import commits, events, join, kinds, make, map_done, msgs, one, reduce_done
-from mapreduce.coordinator.scheduler import AttemptState, Commit, Discard, TaskState, WorkerState
+from mapreduce.coordinator.scheduler import Commit, Discard, TaskState, WorkerState
 from mapreduce.wire import messages as p
 from mapreduce.wire.events import (
+    AttemptState,
     BackupLaunched,
     CommitFailed,
     MapOutputMoved,
