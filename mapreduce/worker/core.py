@@ -1,10 +1,10 @@
 """The worker's decisions as a pure state machine: events in, instructions out, time passed in.
 
 The control loop (loop.py) turns what happens on its sockets, its signal handler and its
-executor thread into events, hands each to ``WorkerCore.handle`` with the time, and carries
-out the instructions it gets back, in order. It polls no longer than ``next_deadline()``:
-every timer (heartbeat, reconnect, handshake, drain, cancel grace) is checked after each
-event, so a Tick at that time is enough to fire it.
+executor thread into events, hands those of one poll to ``WorkerCore.handle_all`` with the
+time, and carries out the instructions it gets back, in order. It polls no longer than
+``next_deadline()``: every timer (heartbeat, reconnect, handshake, drain, cancel grace) is
+checked after the events, so a Tick at that time is enough to fire it.
 
 What the core decides: registering (again), heartbeats, reconnecting with a doubling
 backoff, giving up on a silent coordinator, failed or stuck security handshakes, which
@@ -229,13 +229,21 @@ class WorkerCore:
     # ---- the interface -------------------------------------------------------
 
     def handle(self, event: Event, now: float) -> list[Instruction]:
+        return self.handle_all([event], now)
+
+    def handle_all(self, events: list[Event], now: float) -> list[Instruction]:
+        """What happened at ``now`` (all that one poll found, in order), then the timers:
+        a message read in the same poll as a due reconnect still counts as word from the
+        coordinator."""
         if self.state is WorkerState.STOPPED:
             return []
-        assert self.state is not WorkerState.NEW or isinstance(event, Started), "Started comes first"
+        assert self.state is not WorkerState.NEW or isinstance(events[0], Started), "Started comes first"
         self._out = []
-        self._on(event, now)
-        if self.state is not WorkerState.STOPPED:
-            self._check_timers(now)
+        for event in events:
+            self._on(event, now)
+            if self.state is WorkerState.STOPPED:
+                return self._out
+        self._check_timers(now)
         return self._out
 
     def next_deadline(self) -> float | None:

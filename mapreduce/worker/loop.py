@@ -205,11 +205,6 @@ class Worker:
         events: list[core.Event] = []
         if self._monitor in ready:
             events += self._handshake_events()
-        if self._signals is not None and self._signals.fileno() in ready:
-            self._signals.recv(64)  # the handler has run: its flag is read below
-        if self._drain_asked:
-            self._drain_asked = False
-            events.append(core.DrainAsked(self._gathering()))
         if self._wake_recv in ready:
             self._wake_recv.recv()
             events += self._attempt_events()
@@ -219,6 +214,11 @@ class Worker:
                 events.append(core.MessageReceived(p.decode(frame, p.COORDINATOR_MESSAGES)))
             except ProtocolError as exc:
                 events.append(core.GarbageReceived(str(exc)))
+        if self._signals is not None and self._signals.fileno() in ready:
+            self._signals.recv(64)  # the handler has run: its flag is read below
+        if self._drain_asked:
+            self._drain_asked = False
+            events.append(core.DrainAsked(self._gathering()))
         return events or [core.Tick()]
 
     def _handshake_events(self) -> list[core.Event]:
@@ -254,10 +254,8 @@ class Worker:
         return attempt is not None and attempt.gathering.is_set()
 
     def _feed(self, events: list[core.Event]) -> None:
-        now = time.monotonic()
-        for event in events:
-            for instruction in self.core.handle(event, now):
-                self._carry_out(instruction)
+        for instruction in self.core.handle_all(events, time.monotonic()):
+            self._carry_out(instruction)
 
     def _carry_out(self, instruction: core.Instruction) -> None:
         match instruction:

@@ -167,6 +167,16 @@ def test_a_message_from_the_coordinator_even_a_malformed_one_postpones_the_recon
     assert Connect() in d.at(7.0)
 
 
+def test_timers_run_after_everything_one_poll_found():
+    """A worker paused past its reconnect time (SIGSTOP) wakes to its finished attempt and a
+    coordinator message at once: the message counts, no reconnect, the result goes out."""
+    d = Driver()
+    d.welcomed(0.0)
+    run = d.run(0.5, assign_map(11))
+    instructions = d.core.handle_all([AttemptFinished(run, done(11)), MessageReceived(p.Heartbeat(0))], 5.0)
+    assert instructions == [Report(dataclasses.replace(done(11), worker=INCARNATION)), Send(p.Heartbeat(INCARNATION))]
+
+
 def test_gives_up_with_exit_3_after_coordinator_timeout_of_silence():
     d = Driver()
     d.welcomed(0.0)
