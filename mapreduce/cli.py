@@ -379,16 +379,18 @@ def coordinator(
     help="Address of this host that the coordinator and other workers can reach; "
     "the data server binds it. Default: this host's address on the interface that reaches the coordinator.",
 )
-@click.option("--heartbeat-interval", default=1.0, show_default=True, help="Seconds between heartbeats.")
+@click.option(
+    "--heartbeat-interval", default=defaults.HEARTBEAT_INTERVAL, show_default=True, help="Seconds between heartbeats."
+)
 @click.option(
     "--coordinator-timeout",
-    default=20.0,
+    default=defaults.COORDINATOR_TIMEOUT,
     show_default=True,
     help="Exit non-zero after this many seconds without word from the coordinator.",
 )
 @click.option(
     "--drain-timeout",
-    default=30.0,
+    default=defaults.DRAIN_TIMEOUT,
     show_default=True,
     help="On SIGTERM, seconds the current task may take to finish before it is handed back.",
 )
@@ -400,7 +402,8 @@ def worker(
     SIGTERM drains: no new task, the current one finishes or is handed back, then exit 0."""
     from mapreduce.net.node import address_towards, default_scratch, endpoint_host
     from mapreduce.net.security import check_exposure
-    from mapreduce.worker.loop import ExitCode, Worker, WorkerOptions
+    from mapreduce.worker.core import ExitCode
+    from mapreduce.worker.loop import Worker, WorkerOptions
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     keys = _keys(key_dir, "worker")

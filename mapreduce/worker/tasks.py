@@ -50,6 +50,7 @@ class AttemptContext:
     """What a running attempt shares with the worker's control loop."""
 
     attempt: int
+    run: int = 0  # the worker core's name for this run of the attempt (results are matched by it)
     cancelled: threading.Event = field(default_factory=threading.Event)
     gathering: threading.Event = field(default_factory=threading.Event)  # a reduce waiting for map output
     inbox: queue.Queue[tuple[list[p.MapOutput], list[int]]] = field(default_factory=queue.Queue)
