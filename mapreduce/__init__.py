@@ -9,6 +9,8 @@ from mapreduce.errors import AppError, JobFailed, MapReduceError, ProtocolError,
 # Imported on first use: a worker process needs none of the coordinator's side.
 _LAZY = {
     "App": "job",
+    "Record": "job",
+    "NO_VALUE": "job",
     "load_app": "job",
     "stable_partition": "job",
     "read_output": "output",
@@ -33,7 +35,9 @@ __all__ = [
     "JobFailed",
     "JobOptions",
     "MapReduceError",
+    "NO_VALUE",
     "ProtocolError",
+    "Record",
     "UsageError",
     "load_app",
     "read_output",

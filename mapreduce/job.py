@@ -1,18 +1,26 @@
 """The app contract: loading an app and checking it has what a job needs.
 
 An app is a module with ``map(key, value)`` yielding ``(key, value)`` pairs and
-``reduce(key, values)`` returning one value; optionally ``combine(key, values)``
-(same shape as reduce, run map-side), ``partition(key, n)`` and ``init(params)``
-(called once per process, before any task, with the ``--param`` values).
-A module constant ``whole_files = True`` asks for each input file to reach map
-whole, never split (for apps that number lines, say).
+``reduce(key, values)``; optionally ``combine(key, values)`` (same shape as reduce, run
+map-side), ``partition(key, n)`` and ``init(params)`` (called once per process, before
+any task, with the ``--param`` values). A module constant ``whole_files = True`` asks for
+each input file to reach map whole, never split (for apps that number lines, say).
+
+What a reduce (or combine) emits for a key (:func:`emitted`):
+- a value: one record ``key<TAB>value``; ``None``: no record;
+- a generator: one record per value it yields, in order;
+- a :class:`Record` (returned or yielded): a record under a key of its own
+  (Hadoop's ``context.write(k, v)``), or with no value a line with no tab.
+A map may yield a ``Record`` too; a combine must keep its key.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
+import types
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,6 +37,53 @@ BUILTIN_PACKAGE = "mapreduce.apps"
 MapFn = Callable[[str, Any], Iterable[tuple[str, Any]]]
 ReduceFn = Callable[[str, Iterator[Any]], Any]
 PartitionFn = Callable[[str, int], int]
+
+
+class _NoValue:
+    """The value of a record that is only a key: written as a line with no tab."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_VALUE"
+
+    def __reduce__(self) -> str:
+        return "NO_VALUE"  # pickled by reference: one instance everywhere
+
+
+NO_VALUE = _NoValue()
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record under a key of the task's choosing: ``yield Record(word, count)`` in a reduce
+    writes ``word<TAB>count`` whatever key it was called with; ``Record(line)`` writes the
+    line alone (no tab: Hadoop's null value)."""
+
+    key: str
+    value: Any = NO_VALUE
+
+
+def emitted(key: str, result: Any) -> Iterator[tuple[str, Any]]:
+    """The (key, value) records a reduce or combine call emitted for ``key`` (see the module)."""
+    if result is None:
+        return
+    if isinstance(result, types.GeneratorType):
+        for item in result:
+            if isinstance(item, Record):
+                yield _record_key(item), item.value
+            else:
+                yield key, item
+    elif isinstance(result, Record):
+        yield _record_key(result), result.value
+    else:
+        yield key, result
+
+
+def _record_key(record: Record) -> str:
+    if type(record.key) is not str:
+        raise AppError(f"{record!r}: a record's key must be a str, not {type(record.key).__name__}")
+    return record.key
 
 
 def stable_partition(key: str, n: int) -> int:
@@ -78,6 +133,10 @@ def load_app(ref: str, params: Mapping[str, str] | None = None) -> App:
     for optional in ("combine", "partition", "init"):
         if functions[optional] is not None and not callable(functions[optional]):
             raise AppError(f"app {ref!r}: {optional} is defined but is not a function")
+    for name, takes in (("map", "(key, value)"), ("reduce", "(key, values)"), ("combine", "(key, values)"),
+                        ("partition", "(key, n)"), ("init", "(params)")):  # fmt: skip
+        if functions[name] is not None:
+            _check_shape(ref, name, functions[name], takes)
     if functions["init"] is None and params:
         raise AppError(f"app {ref!r} takes no parameters (it defines no init(params)), got {sorted(params)}")
     # Ship the module's code by value: a worker may not have the app installed.
@@ -98,6 +157,20 @@ def load_app(ref: str, params: Mapping[str, str] | None = None) -> App:
     except Exception as exc:
         raise AppError(f"app {ref!r} rejected its parameters: {type(exc).__name__}: {exc}") from exc
     return app
+
+
+def _check_shape(ref: str, name: str, function: Callable, takes: str) -> None:
+    """Refuse, at load time, a function that cannot be called the way the framework calls it."""
+    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+        raise AppError(f"app {ref!r}: {name} is async; it must be a plain function {name}{takes}")
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return  # a builtin or C function: nothing to check
+    try:
+        signature.bind(*[None] * takes.count(",") + [None])
+    except TypeError:
+        raise AppError(f"app {ref!r}: {name}{signature} cannot be called as {name}{takes}") from None
 
 
 def _checked_partition(partition: PartitionFn) -> PartitionFn:

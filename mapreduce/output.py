@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mapreduce.errors import JobFailed, UsageError, storage_errors
+from mapreduce.job import NO_VALUE
 
 SUCCESS = "_SUCCESS"
 _OURS = re.compile(r"^(part-\d{5}|_SUCCESS|\.part-\d{5}\.[0-9a-z-]+\.tmp|\.mapreduce-visible-[0-9a-f]+)$")
@@ -113,12 +114,15 @@ def remove_visibility(folder: Path, job_id: str) -> str | None:
         return f"{visibility_name(job_id)} stays in {folder}: {exc.strerror or exc}"
 
 
-def format_value(value: Any) -> str:
-    return value if isinstance(value, str) else str(value)
+def format_line(key: str, value: Any) -> str:
+    """``key<TAB>value``, or the key alone for a record with no value (``Record(line)``)."""
+    if value is NO_VALUE:
+        return f"{key}\n"
+    return f"{key}\t{value if isinstance(value, str) else str(value)}\n"
 
 
 def write_lines(path: Path, results: Iterable[tuple[str, Any]], what: str = "", role: str = "output") -> int:
-    """Write ``key<TAB>value`` lines and fsync; return the number of lines.
+    """Write ``key<TAB>value`` lines (see format_line) and fsync; return the number of lines.
 
     An OSError of the file itself (a full disk, a read-only folder) becomes a StorageError
     naming the folder as ``role`` ("output" or "scratch"): an OutputFolderError if the output
@@ -131,7 +135,7 @@ def write_lines(path: Path, results: Iterable[tuple[str, Any]], what: str = "", 
     try:
         batch = []
         for key, value in results:
-            batch.append(f"{key}\t{format_value(value)}\n")
+            batch.append(format_line(key, value))
             count += 1
             if len(batch) >= 4096:
                 with storage_errors(path.parent, what, role):

@@ -14,7 +14,7 @@ from typing import Any
 from mapreduce import defaults, output
 from mapreduce.errors import AppError
 from mapreduce.inputs import make_splits, read_split
-from mapreduce.job import App
+from mapreduce.job import NO_VALUE, App, Record, emitted
 from mapreduce.shuffle import roundtrip
 
 
@@ -26,8 +26,10 @@ def run_sequential(
     for split in make_splits(inputs, split_size):
         where = f"input {split.key!r} (bytes {split.start}-{split.end})"
         for pair in app.map(split.key, read_split(split)):
+            if isinstance(pair, Record):
+                pair = (pair.key, None if pair.value is NO_VALUE else pair.value)
             if not (isinstance(pair, tuple | list) and len(pair) == 2):
-                raise AppError(f"map emitted {pair!r} for {where}: expected a (key, value) pair")
+                raise AppError(f"map emitted {pair!r} for {where}: expected a (key, value) pair or a Record")
             key, value = pair
             if type(key) is not str:
                 raise AppError(f"map emitted key {key!r} ({type(key).__name__}) for {where}: keys must be str")
@@ -42,7 +44,7 @@ def run_sequential(
             end = start
             while end < len(pairs) and pairs[end][0] == key:
                 end += 1
-            results.append((key, app.reduce(key, iter([v for _, v in pairs[start:end]]))))
+            results.extend(emitted(key, app.reduce(key, iter([v for _, v in pairs[start:end]]))))
             start = end
         temp = output.temp_name(index, "seq")
         lines += output.write_lines(output_dir / temp, results)

@@ -27,14 +27,14 @@ from zlib import crc32
 import msgpack
 
 from mapreduce.errors import AppError, storage_errors
-from mapreduce.job import stable_partition
+from mapreduce.job import NO_VALUE, Record, emitted, stable_partition
 
 DEFAULT_BUFFER_RECORDS = 400_000
 BLOCK = 4096
 _READ_CHUNK = 1 << 20
 _first = itemgetter(0)
 
-Record = tuple[str, Any]
+Pair = tuple[str, Any]
 _DICT_ITEMS = type({}.items())
 
 
@@ -103,19 +103,31 @@ def _positional_reader(f: BinaryIO) -> Callable[[int, int], bytes]:
     return lambda size, position: os.pread(fd, size, position)
 
 
-def combine_sorted(records: Iterable[Record], combine: Callable[[str, Iterator[Any]], Any]) -> Iterator[Record]:
+def combine_sorted(records: Iterable[Pair], combine: Callable[[str, Iterator[Any]], Any]) -> Iterator[Pair]:
+    """Each key's values through ``combine``, which may emit none, one or many values (see
+    job.emitted), all under the key it was given: its output is already partitioned."""
     for key, group in groupby(records, key=_first):
-        yield key, combine(key, (value for _, value in group))
+        for out_key, value in emitted(key, combine(key, (value for _, value in group))):
+            if out_key != key:
+                raise AppError(f"combine emitted a record under key {out_key!r} for key {key!r}: it must keep its key")
+            yield key, None if value is NO_VALUE else value
 
 
-def merge_runs(runs: Sequence[Iterable[Record]]) -> Iterator[Record]:
+def _record_pair(item: Any, where: str) -> Pair:
+    """A map's Record as a (key, value) pair (a record with no value carries None), or an error."""
+    if not isinstance(item, Record):
+        raise AppError(f"map emitted {item!r} for {where}: expected a (key, value) pair or a Record")
+    return item.key, None if item.value is NO_VALUE else item.value
+
+
+def merge_runs(runs: Sequence[Iterable[Pair]]) -> Iterator[Pair]:
     """A stable k-way merge: equal keys keep the order of ``runs``."""
     if len(runs) == 1:
         return iter(runs[0])
     return heapq.merge(*runs, key=_first)
 
 
-def group_in_memory(runs: Sequence[Iterable[Record]]) -> Iterator[tuple[str, Iterator[Any]]]:
+def group_in_memory(runs: Sequence[Iterable[Pair]]) -> Iterator[tuple[str, Iterator[Any]]]:
     """Group small runs in a dict: the same result as merging them, with no per-record heap."""
     table: dict[str, list] = {}
     get = table.get
@@ -130,12 +142,12 @@ def group_in_memory(runs: Sequence[Iterable[Record]]) -> Iterator[tuple[str, Ite
         yield key, iter(table[key])
 
 
-def group_sorted(records: Iterable[Record]) -> Iterator[tuple[str, Iterator[Any]]]:
+def group_sorted(records: Iterable[Pair]) -> Iterator[tuple[str, Iterator[Any]]]:
     for key, group in groupby(records, key=_first):
         yield key, (value for _, value in group)
 
 
-def _blocks(records: Iterable[Record]) -> Iterator[list]:
+def _blocks(records: Iterable[Pair]) -> Iterator[list]:
     if isinstance(records, list):
         for start in range(0, len(records), BLOCK):
             yield records[start : start + BLOCK]
@@ -145,7 +157,7 @@ def _blocks(records: Iterable[Record]) -> Iterator[list]:
         yield block
 
 
-def write_run(f: BinaryIO, records: Iterable[Record]) -> int:
+def write_run(f: BinaryIO, records: Iterable[Pair]) -> int:
     """Write records as blocks of keys and values; return the number of bytes written."""
     pack = msgpack.Packer(use_bin_type=True).pack
     written = 0
@@ -222,7 +234,7 @@ class MapOutputBuffer:
         self.spill_prefix = spill_prefix
         self.what = what
         self.limit = limit_records
-        self.buffers: list[list[Record]] = [[] for _ in range(n_partitions)]
+        self.buffers: list[list[Pair]] = [[] for _ in range(n_partitions)]
         # A map that returned dict.items() into an empty buffer: the dict and each partition's
         # keys. Its keys are distinct, so they sort as plain strings and need no combining.
         self.mapping: tuple[dict, list[list[str]]] | None = None
@@ -244,7 +256,7 @@ class MapOutputBuffer:
         count = self.count
         for pair in pairs:
             if (pair.__class__ is not tuple and pair.__class__ is not list) or len(pair) != 2:
-                raise AppError(f"map emitted {pair!r} for {where}: expected a (key, value) pair")
+                pair = _record_pair(pair, where)
             key, value = pair
             if type(key) is not str:
                 raise AppError(f"map emitted key {key!r} ({type(key).__name__}) for {where}: keys must be str")
@@ -286,7 +298,7 @@ class MapOutputBuffer:
             for buf, part in zip(self.buffers, keys):
                 buf.extend((key, mapping[key]) for key in part)
 
-    def _sorted_partitions(self) -> list[list[Record]]:
+    def _sorted_partitions(self) -> list[list[Pair]]:
         self._unpack_mapping()
         runs = []
         for buf in self.buffers:
@@ -379,7 +391,7 @@ class MapOutputBuffer:
                     )
                     offsets[i] += spill_lengths[p]
                 # Each run reads its own file, so the k-way merge streams them side by side.
-                merged: Iterable[Record] = merge_runs(runs)
+                merged: Iterable[Pair] = merge_runs(runs)
                 if self.combine:
                     merged = combine_sorted(merged, self.combine)
                 lengths.append(write_run(out, merged))

@@ -322,3 +322,31 @@ def iter_run_file(path: str, offset: int, length: int):
         return
     with open(path, "rb") as f:
         yield from iter_run(f, offset, length)
+
+
+def run_external(app: str, inputs: list[str], out: Path, *args: str, workers: int = 2, timeout: float = 120) -> None:
+    """A job on a coordinator and ``workers`` worker processes started separately (as on
+    several machines, here on loopback); fail with their stderr if it does not succeed."""
+    endpoint = free_endpoint()
+    scratch = out.parent / f"{out.name}-scratch"
+    command = mapreduce_command("coordinator", app, *inputs, "--output", str(out), "--bind", endpoint, *args)
+    coordinator = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    started = [
+        subprocess.Popen(
+            mapreduce_command("worker", "--connect", endpoint, "--scratch", str(scratch)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(workers)
+    ]
+    try:
+        code = coordinator.wait(timeout=timeout)
+        assert code == 0, f"the coordinator exited {code}:\n{coordinator.stderr.read()}"
+        for worker in started:
+            assert worker.wait(timeout=30) == 0, worker.stderr.read()
+    finally:
+        for process in [coordinator, *started]:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

@@ -30,7 +30,7 @@ from typing import BinaryIO
 from mapreduce import output, shuffle
 from mapreduce.errors import storage_errors
 from mapreduce.inputs import Split, fingerprint, read_split
-from mapreduce.job import App
+from mapreduce.job import App, emitted
 from mapreduce.net.dataserver import Fetcher, FetchError, RemoteFile, Unreachable
 from mapreduce.wire import messages as p
 
@@ -256,7 +256,9 @@ def run_reduce(
         role = "output" if job.sees_output else "scratch"
         what = f"output of reduce task {task.task}, attempt {task.attempt}"
         reduce = job.app.reduce
-        results = ((key, reduce(key, values)) for key, values in _checked(inputs.groups(), ctx))
+        results = (
+            record for key, values in _checked(inputs.groups(), ctx) for record in emitted(key, reduce(key, values))
+        )
         try:
             count = output.write_lines(target, results, what, role)
             with storage_errors(target.parent, what, role):

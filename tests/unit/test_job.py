@@ -16,7 +16,7 @@ import pytest
 
 from mapreduce.apps import wordcount
 from mapreduce.errors import AppError, UsageError
-from mapreduce.job import App, load_app, stable_partition
+from mapreduce.job import NO_VALUE, App, Record, emitted, load_app, stable_partition
 from mapreduce.shuffle import MapOutputBuffer
 
 
@@ -362,3 +362,95 @@ def test_count_words_across_chunk_boundaries(monkeypatch):
         )
         assert wordcount.count_words(text) == collections.Counter(reference_words(text)), repr(text)
         assert wordcount.words(text) == reference_words(text), repr(text)
+
+
+# ---- what a reduce emits ----------------------------------------------------------
+
+
+def test_a_value_is_one_record_and_none_is_no_record():
+    assert list(emitted("k", 3)) == [("k", 3)]
+    assert list(emitted("k", [1, 2])) == [("k", [1, 2])]  # a list is one value, not many
+    assert list(emitted("k", None)) == []
+    assert list(emitted("k", 0)) == [("k", 0)]  # falsy values are values
+
+
+def test_a_generator_emits_each_value_in_order_and_records_under_their_own_keys():
+    def reduce(key, values):
+        yield 2
+        yield Record("other", 5)
+        yield Record("bare line")
+        yield 1
+
+    assert list(emitted("k", reduce("k", iter([])))) == [("k", 2), ("other", 5), ("bare line", NO_VALUE), ("k", 1)]
+    assert list(emitted("k", Record("x", 1))) == [("x", 1)]
+
+
+def test_a_record_key_must_be_a_str():
+    with pytest.raises(AppError, match="key must be a str"):
+        list(emitted("k", Record(7, 1)))
+
+
+def test_no_value_lines_have_no_tab(tmp_path):
+    from mapreduce.output import format_line
+
+    assert format_line("a b", NO_VALUE) == "a b\n"
+    assert format_line("a", None) == "a\tNone\n"
+    assert format_line("a", "x\ty") == "a\tx\ty\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "def map(k):\n    return []\ndef reduce(k, v):\n    return 0\n",
+            r"map\(k\) cannot be called as map\(key, value\)",
+        ),
+        ("def map(k, v):\n    return []\ndef reduce(k, v, extra):\n    return 0\n", "cannot be called as reduce"),
+        ("async def map(k, v):\n    return []\ndef reduce(k, v):\n    return 0\n", "map is async"),
+        ("def map(k, v):\n    return []\nasync def reduce(k, v):\n    yield 0\n", "reduce is async"),
+        ("def map(k, v):\n    return []\ndef reduce(k, v):\n    return 0\ndef combine(k):\n    return 0\n", "combine"),
+        ("def map(k, v):\n    return []\ndef reduce(k, v):\n    return 0\ndef init():\n    pass\n", "init"),
+    ],
+)
+def test_shapes_that_cannot_work_are_refused_at_load_time(tmp_path, body, message):
+    with pytest.raises(AppError, match=message):
+        load_app(write_app(tmp_path, body))
+
+
+def test_shapes_that_work_load(tmp_path):
+    body = (
+        "def map(k, v, *rest):\n    return []\ndef reduce(k, v=None):\n    yield 0\ndef combine(*args):\n    return 0\n"
+    )
+    app = load_app(write_app(tmp_path, body))
+    assert app.combine is not None
+
+
+def test_combine_emitting_many_values_or_none_feeds_the_shuffle(tmp_path):
+    def combine(key, values):
+        values = list(values)
+        if key == "drop":
+            return None
+        yield from values
+
+    buf = MapOutputBuffer(1, stable_partition, combine, tmp_path, 100)
+    buf.add_all([("a", 1), ("a", 2), ("drop", 1), ("drop", 1)], "test input")
+    runs = buf._sorted_partitions()
+    assert runs == [[("a", 1), ("a", 2)]]
+
+
+def test_combine_must_keep_its_key(tmp_path):
+    def combine(key, values):
+        yield Record(key + "!", sum(values))
+
+    buf = MapOutputBuffer(1, stable_partition, combine, tmp_path, 100)
+    buf.add_all([("a", 1), ("a", 2)], "test input")
+    with pytest.raises(AppError, match="must keep its key"):
+        buf._sorted_partitions()
+
+
+def test_a_map_may_emit_records(tmp_path):
+    buf = MapOutputBuffer(1, stable_partition, None, tmp_path, 100)
+    buf.add_all([Record("line"), Record("k", 2), ("k", 1)], "test input")
+    assert buf._sorted_partitions() == [[("k", 2), ("k", 1), ("line", None)]]
+    with pytest.raises(AppError, match="expected a \\(key, value\\) pair or a Record"):
+        buf.add_all(["not a pair"], "test input")

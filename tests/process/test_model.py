@@ -1,0 +1,31 @@
+"""The programming model on both kinds of cluster, each run compared byte for byte with
+`mapreduce seq`: the embedded one (`mapreduce run`) and separately started workers."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import APPS, assert_same_output, run_cli, run_external
+
+EMITTERS = str(APPS / "emitters.py")
+
+
+def run_on(cluster: str, app: str, inputs: list[str], out, *args: str) -> None:
+    if cluster == "embedded":
+        run_cli("run", app, *inputs, "--output", str(out), "--workers", "2", "--quiet", *args)
+    else:
+        run_external(app, inputs, out, *args)
+
+
+@pytest.mark.parametrize("cluster", ["embedded", "external"])
+def test_reduce_emitting_none_one_many_and_other_keys(cluster, gutenberg, oracle, tmp_path):
+    args = ["--reduce", "3", "--split-size", "300k"]
+    expected = oracle(EMITTERS, gutenberg, *args)
+    out = tmp_path / "out"
+    run_on(cluster, EMITTERS, gutenberg, out, *args)
+    assert_same_output(expected, out)
+    lines = [line for part in sorted(out.glob("part-*")) for line in part.read_text().splitlines()]
+    assert any(line.startswith("len:") and "\t" not in line for line in lines)  # key-only lines
+    assert any(line.startswith("frequent:") for line in lines)  # records under other keys
+    counts = {k: v for k, _, v in (line.partition("\t") for line in lines if "\t" in line)}
+    assert "1" not in counts.values()  # keys seen once emitted nothing
