@@ -1,5 +1,6 @@
-"""Lines matching a regular expression: ``--param pattern=REGEX``.
-Keys are ``path:line-number`` (1-based); values are the lines."""
+"""Lines matching a regular expression: ``--param pattern=REGEX``. A map-only app (no
+reduce): each input file's matches, in order, are one part file of lines
+``path:line-number<TAB>line`` (numbers count from 1)."""
 
 import re
 
@@ -28,7 +29,3 @@ def map(path, text):
         line = line.removesuffix("\r")
         if search(line):
             yield f"{path}:{number}", line
-
-
-def reduce(key, lines):
-    return next(lines)

@@ -58,9 +58,10 @@ def _job_options(f):
             "--reduce",
             "-r",
             "n_reduce",
-            default=defaults.N_REDUCE,
-            show_default=True,
-            help="Number of reduce tasks (output partitions).",
+            type=int,
+            default=None,
+            help=f"Number of reduce tasks (output partitions) [default: {defaults.N_REDUCE}, or 0 for an app "
+            "without reduce]; 0: a map-only job, a part file per map task.",
         ),
         click.option(
             "--param",
@@ -494,7 +495,7 @@ def list_apps() -> None:
 @click.option(
     "--seed", default=0, show_default=True, help="Seeds the faults' timing and victims, and the generated corpus."
 )
-@click.option("--reduce", "-r", "n_reduce", default=8, show_default=True, help="Number of reduce tasks.")
+@click.option("--reduce", "-r", "n_reduce", type=int, default=None, help="Number of reduce tasks (default: as run).")
 @click.option(
     "--split-size", type=Size(), default="1M", show_default=True, help="Largest input split given to one map task."
 )

@@ -1,8 +1,8 @@
 """The app contract: loading an app and checking it has what a job needs.
 
-An app is a module with ``map(key, value)`` yielding ``(key, value)`` pairs and
-``reduce(key, values)``; optionally ``combine(key, values)`` (same shape as reduce, run
-map-side), ``partition(key, n)`` and ``init(params)`` (called once per process, before
+An app is a module with ``map(key, value)`` yielding ``(key, value)`` pairs and, unless it
+is map-only, ``reduce(key, values)``; optionally ``combine(key, values)`` (same shape as
+reduce, run map-side), ``partition(key, n)`` and ``init(params)`` (called once per process, before
 any task, with the ``--param`` values). A module constant ``whole_files = True`` asks for
 each input file to reach map whole, never split (for apps that number lines, say).
 
@@ -80,6 +80,17 @@ def emitted(key: str, result: Any) -> Iterator[tuple[str, Any]]:
         yield key, result
 
 
+def output_records(items: Iterable[Any], where: str) -> Iterator[tuple[str, Any]]:
+    """A map's (key, value) pairs and Records as output records (a map-only job's output)."""
+    for item in items:
+        if isinstance(item, Record):
+            yield _record_key(item), item.value
+        elif (item.__class__ is tuple or item.__class__ is list) and len(item) == 2 and type(item[0]) is str:
+            yield item[0], item[1]
+        else:
+            raise AppError(f"map emitted {item!r} for {where}: expected a (key, value) pair with a str key or a Record")
+
+
 def _record_key(record: Record) -> str:
     if type(record.key) is not str:
         raise AppError(f"{record!r}: a record's key must be a str, not {type(record.key).__name__}")
@@ -98,7 +109,7 @@ class App:
 
     name: str
     map: MapFn
-    reduce: ReduceFn
+    reduce: ReduceFn | None  # None: a map-only app
     combine: ReduceFn | None = None
     partition: PartitionFn = stable_partition
     init: Callable[[Mapping[str, str]], None] | None = None
@@ -127,10 +138,11 @@ def load_app(ref: str, params: Mapping[str, str] | None = None) -> App:
     path to a ``.py`` file, and check it follows the app contract."""
     module = _import_app_module(ref)
     functions = {name: getattr(module, name, None) for name in ("map", "reduce", "combine", "partition", "init")}
-    for required in ("map", "reduce"):
-        if not callable(functions[required]):
-            raise AppError(f"app {ref!r} ({module.__name__}) defines no {required}(key, value) function")
-    for optional in ("combine", "partition", "init"):
+    if not callable(functions["map"]):
+        raise AppError(f"app {ref!r} ({module.__name__}) defines no map(key, value) function")
+    if functions["reduce"] is None and functions["combine"] is not None:
+        raise AppError(f"app {ref!r} has a combine but no reduce: a map-only app has nothing to combine for")
+    for optional in ("reduce", "combine", "partition", "init"):
         if functions[optional] is not None and not callable(functions[optional]):
             raise AppError(f"app {ref!r}: {optional} is defined but is not a function")
     for name, takes in (("map", "(key, value)"), ("reduce", "(key, values)"), ("combine", "(key, values)"),

@@ -33,7 +33,7 @@ WHOLE_FILE = 1 << 62
 
 @dataclass(frozen=True)
 class JobOptions:
-    n_reduce: int = defaults.N_REDUCE
+    n_reduce: int | None = None  # None: defaults.N_REDUCE, or 0 for an app without reduce
     split_size: int = defaults.SPLIT_SIZE
     overwrite: bool = False
     params: Mapping[str, str] = field(default_factory=dict)
@@ -45,11 +45,11 @@ class JobOptions:
     max_worker_losses: int = defaults.MAX_WORKER_LOSSES
     min_workers: int = defaults.MIN_WORKERS
 
-    def settings(self) -> Settings:
+    def settings(self, n_reduce: int) -> Settings:
         from mapreduce.coordinator.scheduler import Settings
 
         return Settings(
-            self.n_reduce,
+            n_reduce,
             self.heartbeat_interval,
             self.worker_timeout,
             self.max_attempts,
@@ -66,13 +66,14 @@ class PreparedJob:
     splits: list[Split]
     output_dir: Path
     split_size: int
+    n_reduce: int  # 0: a map-only job
 
 
 def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options: JobOptions) -> PreparedJob:
     """Check everything a job needs, in the order a user would fix it; change nothing
     on disk except creating an empty output folder (and dropping a stale _SUCCESS)."""
-    if options.n_reduce < 1:
-        raise UsageError(f"the number of reduce tasks must be at least 1, got {options.n_reduce}")
+    if options.n_reduce is not None and options.n_reduce < 0:
+        raise UsageError(f"the number of reduce tasks must be 0 (a map-only job) or more, got {options.n_reduce}")
     if options.max_worker_losses < 1:
         raise UsageError(f"--max-worker-losses must be at least 1, got {options.max_worker_losses}")
     if options.min_workers < 1:
@@ -85,15 +86,20 @@ def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
             f"({options.heartbeat_interval} s)"
         )
     app = load_app(app_ref, options.params)
+    n_reduce = options.n_reduce
+    if n_reduce is None:
+        n_reduce = defaults.N_REDUCE if app.reduce is not None else 0
+    elif n_reduce and app.reduce is None:
+        raise UsageError(f"app {app_ref!r} has no reduce: it is map-only, so --reduce must be 0, got {n_reduce}")
     split_size = WHOLE_FILE if app.whole_files else options.split_size
     splits = make_splits(list(inputs), split_size)
     folder = output.prepare_output(output_dir, options.overwrite)
-    return PreparedJob(app, splits, folder, split_size)
+    return PreparedJob(app, splits, folder, split_size, n_reduce)
 
 
 def run_seq(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options: JobOptions = JobOptions()) -> int:
     job = prepare(app_ref, inputs, output_dir, options)
-    return run_sequential(job.app, list(inputs), job.output_dir, options.n_reduce, job.split_size)
+    return run_sequential(job.app, list(inputs), job.output_dir, job.n_reduce, job.split_size)
 
 
 def serve(
@@ -119,7 +125,7 @@ def serve(
             job.app,
             job.splits,
             job.output_dir,
-            options.settings(),
+            options.settings(job.n_reduce),
             bind,
             progress,
             events=events,
@@ -157,7 +163,7 @@ def run_local(
             job.app,
             job.splits,
             job.output_dir,
-            options.settings(),
+            options.settings(job.n_reduce),
             local.address,
             progress,
             events=events,

@@ -14,7 +14,7 @@ from typing import Any
 from mapreduce import defaults, output
 from mapreduce.errors import AppError
 from mapreduce.inputs import make_splits, read_split
-from mapreduce.job import NO_VALUE, App, Record, emitted
+from mapreduce.job import NO_VALUE, App, Record, emitted, output_records
 from mapreduce.shuffle import roundtrip
 
 
@@ -22,6 +22,8 @@ def run_sequential(
     app: App, inputs: list[str], output_dir: Path, n_reduce: int, split_size: int = defaults.SPLIT_SIZE
 ) -> int:
     """Run the job; return the number of output lines. ``output_dir`` must be prepared."""
+    if n_reduce == 0:
+        return _map_only(app, inputs, output_dir, split_size)
     partitions: list[list[tuple[str, Any]]] = [[] for _ in range(n_reduce)]
     for split in make_splits(inputs, split_size):
         where = f"input {split.key!r} (bytes {split.start}-{split.end})"
@@ -50,4 +52,17 @@ def run_sequential(
         lines += output.write_lines(output_dir / temp, results)
         output.commit(output_dir, temp, index)
     output.finish(output_dir, n_reduce)
+    return lines
+
+
+def _map_only(app: App, inputs: list[str], output_dir: Path, split_size: int) -> int:
+    """No reduce: each map task's records, in the order emitted, are its own part file."""
+    lines = 0
+    splits = make_splits(inputs, split_size)
+    for index, split in enumerate(splits):
+        where = f"input {split.key!r} (bytes {split.start}-{split.end})"
+        temp = output.temp_name(index, "seq")
+        lines += output.write_lines(output_dir / temp, output_records(app.map(split.key, read_split(split)), where))
+        output.commit(output_dir, temp, index)
+    output.finish(output_dir, len(splits))
     return lines

@@ -130,7 +130,7 @@ class Coordinator:
         try:
             self._serve(scheduler)
             if scheduler.succeeded and scheduler.failure is None:  # (a commit may fail after the last reduce)
-                output.finish(self.output_dir, self.settings.n_reduce)
+                output.finish(self.output_dir, len(scheduler.outputs))
                 ok, message = True, f"output committed to {self.output_dir}"
             else:
                 ok, message = False, scheduler.failure or "stopped"

@@ -197,6 +197,9 @@ class Scheduler:
         )
         self.maps = [Task(ev.TaskKind.MAP, i, split) for i, split in enumerate(splits)]
         self.reduces = [Task(ev.TaskKind.REDUCE, r) for r in range(settings.n_reduce)]
+        # A map-only job (no reduce): each map's output is committed as its own part file.
+        self.map_only = settings.n_reduce == 0
+        self.outputs = self.maps if self.map_only else self.reduces  # the tasks whose output is committed
         self.workers: dict[int, RegisteredWorker] = {}
         self.by_identity: dict[bytes, RegisteredWorker] = {}
         self.attempts: dict[int, TaskAttempt] = {}
@@ -259,7 +262,11 @@ class Scheduler:
 
     @property
     def succeeded(self) -> bool:
-        return self.reduces_done == len(self.reduces)
+        return self._done_count[self.outputs_kind] == len(self.outputs)
+
+    @property
+    def outputs_kind(self) -> ev.TaskKind:
+        return ev.TaskKind.MAP if self.map_only else ev.TaskKind.REDUCE
 
     @property
     def finished(self) -> bool:
@@ -492,7 +499,7 @@ class Scheduler:
             and worker.identity == identity
             and attempt is not None
             and attempt.worker is worker
-            and attempt.task.kind is ev.TaskKind.REDUCE
+            and self._commits(attempt.task)
             and done.path == output.attempt_temp_name(attempt.task.index, self.job_id, attempt.id)
         )
 
@@ -534,7 +541,7 @@ class Scheduler:
     def commit_failed(self, now: float, partition: int, why: str) -> list:
         """The coordinator could not publish a reduce's output: run that reduce again."""
         self._now = now
-        task = self.reduces[partition]
+        task = self.outputs[partition]
         self.record(ev.CommitFailed(t=now, task=partition, why=why))
         log.warning("could not commit %s (%s): running it again", task.describe(), why)
         self._set_state(task, TaskState.PENDING)
@@ -635,14 +642,14 @@ class Scheduler:
             self.record(ev.ResultDiscarded(t=now, **self._ids(attempt), was=attempt.state))
             if attempt.state is ev.AttemptState.RUNNING:
                 self._end(now, attempt, ev.AttemptState.SUPERSEDED, "its task was done already")
-            return [Discard(done.path)] if task.kind is ev.TaskKind.REDUCE and is_reduce_temp(done.path) else []
+            return [Discard(done.path)] if self._commits(task) and is_reduce_temp(done.path) else []
         problem = self._check_result(attempt, done)
         if problem:
             return self._failed(now, attempt, p.TaskFailed(done.worker, attempt.id, problem, user_error=False))
         self._end(now, attempt, ev.AttemptState.SUCCEEDED)
         # Bytes in: a map's split; bytes out: a map's output (all partitions) or a reduce's output file.
         size_in = task.split.end - task.split.start if task.kind is ev.TaskKind.MAP else 0
-        size_out = sum(done.partition_lengths) if task.kind is ev.TaskKind.MAP else done.size
+        size_out = done.size if self._commits(task) else sum(done.partition_lengths)
         self.record(
             ev.TaskFinished(
                 t=now,
@@ -668,7 +675,7 @@ class Scheduler:
             self.record(ev.TaskCancelled(t=now, **self._ids(other), why=why, superseded_by=attempt.id))
             actions.append(Send(other.worker.identity, p.Cancel(other.id)))
         self._set_state(task, TaskState.DONE)
-        if task.kind is ev.TaskKind.REDUCE:
+        if self._commits(task):
             info = attempt.worker.info
             return actions + [Commit(task.index, done.path, attempt.id, info.data_address, done.size)]
         offsets, total = [], done.offset
@@ -678,8 +685,13 @@ class Scheduler:
         task.result = MapResult(attempt.id, attempt.worker, done.path, list(done.partition_lengths), offsets)
         return actions + self._announce(task)
 
+    def _commits(self, task: Task) -> bool:
+        """Whether a finished attempt of ``task`` wrote output to commit (a reduce, or a map of
+        a map-only job), rather than map output for reduces."""
+        return task.kind is ev.TaskKind.REDUCE or self.map_only
+
     def _check_result(self, attempt: TaskAttempt, done: p.TaskDone) -> str:
-        if attempt.task.kind is ev.TaskKind.MAP:
+        if not self._commits(attempt.task):
             lengths = done.partition_lengths
             if (
                 len(lengths) != self.settings.n_reduce
@@ -694,7 +706,7 @@ class Scheduler:
         # The name in the output folder, or (from another host) a path in scratch ending in it.
         named = done.path == expected or done.path.endswith("/" + expected)
         if not named or not 0 <= done.size < MAX_OFFSET:
-            return f"reduce output named {done.path!r} ({done.size} bytes), expected {expected!r}"
+            return f"output named {done.path!r} ({done.size} bytes), expected {expected!r}"
         return ""
 
     def _announce(self, map_task: Task, only: TaskAttempt | None = None) -> list:

@@ -72,7 +72,7 @@ class CrashTestOptions:
     kill_every: float = 1.0
     pause_probability: float = 0.2
     seed: int = 0
-    n_reduce: int = 8
+    n_reduce: int | None = None  # None: the app's default (see runner.JobOptions)
     worker_timeout: float = 2.0
     heartbeat_interval: float = 0.5
     corpus_size: int = 20 * 1024 * 1024
@@ -529,7 +529,7 @@ class CrashTest:
                 job.app,
                 job.splits,
                 job.output_dir,
-                opts.job_options().settings(),
+                opts.job_options().settings(job.n_reduce),
                 local.address,
                 goodbye_grace=GOODBYE_GRACE,
                 events=events,

@@ -18,6 +18,7 @@ OSError raised inside the app's functions stays the user's error.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -30,7 +31,7 @@ from typing import BinaryIO
 from mapreduce import output, shuffle
 from mapreduce.errors import storage_errors
 from mapreduce.inputs import Split, fingerprint, read_split
-from mapreduce.job import App, emitted
+from mapreduce.job import App, emitted, output_records
 from mapreduce.net.dataserver import Fetcher, FetchError, RemoteFile, Unreachable
 from mapreduce.wire import messages as p
 
@@ -127,12 +128,17 @@ def run_map(
     received = fetcher.received
     local = job.sees_input(split.path, task.fingerprint)
     text = read_split(split, None if local else RemoteFile(fetcher, job.input_address, split.path))
+    where = f"input {split.key!r} (bytes {split.start}-{split.end})"
+    if job.n_reduce == 0:  # a map-only job: the map's records are the output, in the order emitted
+        records = output_records(job.app.map(split.key, text), where)
+        done = write_output(job, task.task, task.attempt, _checked(records, ctx), "map")
+        return dataclasses.replace(done, fetched=fetcher.received - received)
     what = f"map output of attempt {task.attempt}"
     buffer = shuffle.MapOutputBuffer(
         job.n_reduce, job.app.partition, job.app.combine, job.workdir, buffer_records, f"a{task.attempt}-spill", what
     )
     try:
-        buffer.add_all(job.app.map(split.key, text), f"input {split.key!r} (bytes {split.start}-{split.end})")
+        buffer.add_all(job.app.map(split.key, text), where)
         ctx.check()
         # Every map of this worker appends to one file: no file to create per task.
         path, offset, lengths = job.append_map_output(buffer.finish_into, what)
@@ -250,28 +256,34 @@ def run_reduce(
     inputs = ReduceInputs(job, ctx, fetcher, folder, report)
     try:
         inputs.gather(task.outputs, task.empty)
-        temp = output.attempt_temp_name(task.task, job.job_id, task.attempt)
-        # Where the output folder is not visible, the coordinator pulls the file from scratch.
-        target = job.output_dir / temp if job.sees_output else job.workdir / temp
-        role = "output" if job.sees_output else "scratch"
-        what = f"output of reduce task {task.task}, attempt {task.attempt}"
         reduce = job.app.reduce
         results = (
             record for key, values in _checked(inputs.groups(), ctx) for record in emitted(key, reduce(key, values))
         )
-        try:
-            count = output.write_lines(target, results, what, role)
-            with storage_errors(target.parent, what, role):
-                size = target.stat().st_size
-        except BaseException:
-            with contextlib.suppress(OSError):  # a read-only folder refuses even this
-                target.unlink(missing_ok=True)
-            raise
-        name = temp if job.sees_output else str(target)
-        return p.TaskDone(0, task.attempt, [], name, count, size=size, fetched=fetcher.received - received)
+        done = write_output(job, task.task, task.attempt, results, "reduce")
+        return dataclasses.replace(done, fetched=fetcher.received - received)
     finally:
         inputs.close()
         _remove_folder(folder)
+
+
+def write_output(job: JobContext, task: int, attempt: int, records: Iterator, phase: str) -> p.TaskDone:
+    """Write a task's output records to its attempt's temporary file, which the coordinator
+    alone may commit: in the output folder where this worker sees it, else in scratch (from
+    where the coordinator pulls it)."""
+    temp = output.attempt_temp_name(task, job.job_id, attempt)
+    target = job.output_dir / temp if job.sees_output else job.workdir / temp
+    role = "output" if job.sees_output else "scratch"
+    what = f"output of {phase} task {task}, attempt {attempt}"
+    try:
+        count = output.write_lines(target, records, what, role)
+        with storage_errors(target.parent, what, role):
+            size = target.stat().st_size
+    except BaseException:
+        with contextlib.suppress(OSError):  # a read-only folder refuses even this
+            target.unlink(missing_ok=True)
+        raise
+    return p.TaskDone(0, attempt, [], temp if job.sees_output else str(target), count, size=size)
 
 
 def _remove_folder(folder: Path) -> None:

@@ -29,3 +29,14 @@ def test_reduce_emitting_none_one_many_and_other_keys(cluster, gutenberg, oracle
     assert any(line.startswith("frequent:") for line in lines)  # records under other keys
     counts = {k: v for k, _, v in (line.partition("\t") for line in lines if "\t" in line)}
     assert "1" not in counts.values()  # keys seen once emitted nothing
+
+
+@pytest.mark.parametrize("cluster", ["embedded", "external"])
+def test_map_only_job_writes_a_part_per_map_task_in_emitted_order(cluster, gutenberg, oracle, tmp_path):
+    args = ["--reduce", "0", "--split-size", "256k"]  # wordcount's map, no reduce: its records as they come
+    expected = oracle("wordcount", gutenberg, *args)
+    out = tmp_path / "out"
+    run_on(cluster, "wordcount", gutenberg, out, *args)
+    assert_same_output(expected, out)
+    parts = sorted(out.glob("part-*"))
+    assert len(parts) > len(gutenberg)  # more map tasks than files: a part per map task

@@ -73,10 +73,13 @@ def test_broken_app_file(text, tmp_path):
     )
 
 
-def test_app_without_reduce(text, tmp_path):
+def test_app_without_reduce_is_map_only(text, tmp_path):
     app = tmp_path / "halfapp.py"
     app.write_text("def map(k, v):\n    yield k, 1\n")
-    assert_refused(invoke("seq", str(app), text, "--output", str(tmp_path / "o")), "defines no reduce")
+    refused = invoke("seq", str(app), text, "--reduce", "2", "--output", str(tmp_path / "o"))
+    assert_refused(refused, "has no reduce: it is map-only, so --reduce must be 0, got 2")
+    assert invoke("seq", str(app), text, "--output", str(tmp_path / "o2")).exit_code == 0
+    assert (tmp_path / "o2" / "part-00000").read_text() == f"{text}\t1\n"
 
 
 def test_app_file_missing(text, tmp_path):
@@ -131,7 +134,7 @@ def test_output_folder_cannot_be_created(text, tmp_path):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--reduce", "0"], "at least 1"),
+        (["--reduce", "-1"], "must be 0 (a map-only job) or more"),
         (["--split-size", "lots"], "is not a size"),
         (["--max-attempts", "0"], "at least 1"),
         (["--worker-timeout", "0.5"], "must exceed"),

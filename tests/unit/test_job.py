@@ -126,14 +126,18 @@ def test_missing_py_file_is_an_app_error(tmp_path):
     assert missing in str(info.value)
 
 
-@pytest.mark.parametrize("missing", ["reduce", "map"])
-def test_file_missing_a_required_function(tmp_path, missing):
-    present = {"map", "reduce"} - {missing}
-    body = "".join(f"def {name}(k, v):\n    return []\n\n" for name in present)
-    path = write_app(tmp_path, body)
-    with pytest.raises(AppError, match=rf"defines no {missing}\(") as info:
+def test_file_missing_map(tmp_path):
+    path = write_app(tmp_path, "def reduce(k, v):\n    return []\n")
+    with pytest.raises(AppError, match=r"defines no map\(") as info:
         load_app(path)
     assert path in str(info.value)
+
+
+def test_an_app_without_reduce_is_map_only_and_cannot_combine(tmp_path):
+    assert load_app(write_app(tmp_path, "def map(k, v):\n    return []\n")).reduce is None
+    body = "def map(k, v):\n    return []\ndef combine(k, v):\n    return 0\n"
+    with pytest.raises(AppError, match="combine but no reduce"):
+        load_app(write_app(tmp_path, body))
 
 
 def test_required_name_that_is_not_a_function(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import commits, events, join, kinds, make, map_done, msgs, one, reduce_done, report_unreadable, welcome
+from mapreduce import output
 from mapreduce.coordinator.scheduler import Commit, Discard, Send, TaskState, WorkerState
 from mapreduce.wire import messages as p
 from mapreduce.wire.events import (
@@ -727,3 +728,51 @@ def test_goodbye_with_an_attempt_in_flight_hands_it_back_without_a_loss():
     assert s.tally.lost_attempts == 0 and s.maps[0].lost == 0 and s.maps[0].state is TaskState.PENDING
     b, actions = join(s, b"B", now=2.0)
     assert one(actions, b"B", p.AssignMap).task == 0
+
+
+# ---- map-only jobs ---------------------------------------------------------------------
+
+
+def map_output_done(s, now, ident, wid, assign, records=3):
+    """A map of a map-only job finished: its output is a temporary file to commit."""
+    temp = output.attempt_temp_name(assign.task, s.job_id, assign.attempt)
+    return s.receive(now, ident, p.TaskDone(wid, assign.attempt, [], temp, records, size=10))
+
+
+def test_map_only_job_commits_each_map_as_its_own_part():
+    s = make(n_maps=3, n_reduce=0)
+    a, actions = join(s, b"A")
+    b, actions_b = join(s, b"B")
+    m0, m1 = one(actions, b"A", p.AssignMap), one(actions_b, b"B", p.AssignMap)
+    actions = map_output_done(s, 1.0, b"A", a, m0)
+    m2 = one(actions, b"A", p.AssignMap)
+    assert commits(actions) == [(0, output.attempt_temp_name(0, s.job_id, m0.attempt)), "Send"]
+    assert not s.succeeded and not any(isinstance(m, p.AssignReduce) for m in msgs(actions))
+    map_output_done(s, 2.0, b"B", b, m1)
+    actions = map_output_done(s, 3.0, b"A", a, m2)
+    assert [c[0] for c in commits(actions) if isinstance(c, tuple)] == [2]
+    assert s.succeeded and s.view(3.0).phase.value == "done"
+
+
+def test_map_only_output_with_a_wrong_name_fails_the_attempt_and_a_late_duplicate_is_discarded():
+    s = make(n_maps=1, n_reduce=0, speculation=True)
+    a, actions = join(s, b"A")
+    m = one(actions, b"A", p.AssignMap)
+    actions = s.receive(1.0, b"A", p.TaskDone(a, m.attempt, [], "not-a-temp-name", 1, size=1))
+    assert not commits(actions) or all(not isinstance(c, tuple) for c in commits(actions))
+    again = one(actions, b"A", p.AssignMap)
+    assert again.attempt != m.attempt
+    map_output_done(s, 2.0, b"A", a, again)
+    assert s.succeeded
+
+
+def test_map_only_committed_output_needs_no_rerun_when_its_worker_dies():
+    s = make(n_maps=2, n_reduce=0)
+    a, actions = join(s, b"A")
+    m0 = one(actions, b"A", p.AssignMap)
+    actions = map_output_done(s, 1.0, b"A", a, m0)
+    m1 = one(actions, b"A", p.AssignMap)
+    b, _ = join(s, b"B", host_id="host-2")
+    actions = s.process_exited(1.5, "host-1", 4242, -9)  # A dies holding map 1
+    assert s.maps[0].state is TaskState.DONE and s.tally.maps_rerun == 0  # committed: nothing to redo
+    assert m1.task == 1 and one(actions, b"B", p.AssignMap).task == 1
