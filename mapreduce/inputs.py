@@ -10,10 +10,10 @@ one split and no UTF-8 character is ever cut.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from mapreduce import defaults
 from mapreduce.errors import UsageError
@@ -79,14 +79,52 @@ def fingerprint(path: str) -> str:
 def read_split(split: Split, source: BinaryIO | None = None) -> str:
     """The text of a split, decoded as UTF-8 with replacement characters.
     ``source``: the file opened elsewhere (a remote one); by default the local path."""
+    return _read_lines_of(split, source)[1].decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a line record starts: the input as the user named it, and the byte offset of
+    the line in that file (a line input app's map key, like Hadoop's text input)."""
+
+    path: str
+    offset: int
+
+
+def line_records(split: Split, source: BinaryIO | None = None) -> Iterator[tuple[Position, str]]:
+    """The lines of a split, each with its position: split at ``\n`` only, without it (a
+    ``\r`` before it stays: the line as it is), decoded as UTF-8 with replacement characters."""
+    offset, data = _read_lines_of(split, source)
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # the data ends with a newline: no line after it
+    for raw in lines:
+        yield Position(split.key, offset), raw.decode("utf-8", "replace")
+        offset += len(raw) + 1
+
+
+def map_source(app: Any, split: Split, source: BinaryIO | None = None) -> str | Iterator[tuple[Position, str]]:
+    """What an app's map task reads: the split's text, or its line records (a line input app)."""
+    if app.input_format.value == "lines":
+        return line_records(split, source)
+    return read_split(split, source)
+
+
+def _read_lines_of(split: Split, source: BinaryIO | None) -> tuple[int, bytes]:
+    """Where the split's first whole line starts in its file, and the bytes of its lines."""
     if source is not None:
-        return read_range(source, split.start, split.end).decode("utf-8", "replace")
+        return line_range(source, split.start, split.end)
     with open(split.path, "rb") as f:
-        return read_range(f, split.start, split.end).decode("utf-8", "replace")
+        return line_range(f, split.start, split.end)
 
 
 def read_range(f: BinaryIO, start: int, end: int) -> bytes:
     """Bytes of the lines that begin in ``[start, end)``; see the module docstring."""
+    return line_range(f, start, end)[1]
+
+
+def line_range(f: BinaryIO, start: int, end: int) -> tuple[int, bytes]:
+    """Where the first line that begins in ``[start, end)`` begins, and the bytes of those lines."""
     if start > 0:
         # A line that began before `start` belongs to the previous split: skip it,
         # unless the byte before `start` ends a line (then a new line begins here).
@@ -97,8 +135,8 @@ def read_range(f: BinaryIO, start: int, end: int) -> bytes:
     else:
         f.seek(0)
     if start >= end:
-        return b""
+        return start, b""
     data = f.read(end - start)
     if data and not data.endswith(b"\n"):
         data += f.readline()  # finish the line that crosses `end`
-    return data
+    return start, data

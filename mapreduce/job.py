@@ -12,10 +12,18 @@ What a reduce (or combine) emits for a key (:func:`emitted`):
 - a :class:`Record` (returned or yielded): a record under a key of its own
   (Hadoop's ``context.write(k, v)``), or with no value a line with no tab.
 A map may yield a ``Record`` too; a combine must keep its key.
+
+Opt-in powers, checked when the app is loaded:
+- ``input_format = "lines"``: map is called once per line, ``map(Position(path, offset),
+  line)``, instead of once per split with its whole text (``"text"``, the default).
+- ``map_setup()`` / ``map_teardown()`` and ``reduce_setup()`` / ``reduce_teardown()`` run once
+  per task, around its calls; a teardown may return or yield records (pairs or Records) to
+  emit, e.g. the totals of in-mapper combining across a whole split.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib
 import importlib.util
 import inspect
@@ -37,6 +45,31 @@ BUILTIN_PACKAGE = "mapreduce.apps"
 MapFn = Callable[[str, Any], Iterable[tuple[str, Any]]]
 ReduceFn = Callable[[str, Iterator[Any]], Any]
 PartitionFn = Callable[[str, int], int]
+
+
+class InputFormat(enum.Enum):
+    TEXT = "text"  # map(path, text of the split): one call per split
+    LINES = "lines"  # map(Position(path, offset), line): one call per line
+
+
+def _each(map_fn: MapFn, records: Iterable[tuple[Any, str]]) -> Iterator:
+    for key, line in records:
+        out = map_fn(key, line)
+        if out is not None:
+            yield from out
+
+
+def _lazy(map_fn: MapFn, key: str, value: Any) -> Iterator:
+    yield from map_fn(key, value) or ()
+
+
+def _around(setup: Callable | None, body: Iterable, teardown: Callable | None) -> Iterator:
+    """``body``'s records between ``setup()`` and the records ``teardown()`` returns or yields."""
+    if setup is not None:
+        setup()
+    yield from body
+    if teardown is not None:
+        yield from teardown() or ()
 
 
 class _NoValue:
@@ -115,6 +148,30 @@ class App:
     init: Callable[[Mapping[str, str]], None] | None = None
     params: Mapping[str, str] | None = None
     whole_files: bool = False  # the app needs each input file in one map call
+    input_format: InputFormat = InputFormat.TEXT
+    map_setup: Callable[[], None] | None = None
+    map_teardown: Callable[[], Any] | None = None
+    reduce_setup: Callable[[], None] | None = None
+    reduce_teardown: Callable[[], Any] | None = None
+
+    def run_map(self, key: str, source: Any) -> Iterable:
+        """Everything one map task emits: ``source`` is the split's text, or its
+        (Position, line) records for a line input app (see inputs.line_records)."""
+        if self.input_format is InputFormat.LINES:
+            calls: Any = _each(self.map, source)
+        elif self.map_setup is None and self.map_teardown is None:
+            return self.map(key, source) or ()  # as it is: a dict's items() takes a fast path
+        else:
+            calls = None
+        return _around(self.map_setup, calls if calls is not None else _lazy(self.map, key, source), self.map_teardown)
+
+    def run_reduce(self, groups: Iterable[tuple[str, Iterator]]) -> Iterator[tuple[str, Any]]:
+        """Everything one reduce task emits for its groups (key, values), in key order."""
+        reduce = self.reduce
+        body = (record for key, values in groups for record in emitted(key, reduce(key, values)))
+        if self.reduce_setup is None and self.reduce_teardown is None:
+            return body
+        return output_records(_around(self.reduce_setup, body, self.reduce_teardown), "reduce_teardown")
 
     def start(self) -> None:
         """Run the app's ``init`` hook; call once per process before any task."""
@@ -137,16 +194,19 @@ def load_app(ref: str, params: Mapping[str, str] | None = None) -> App:
     """Load an app named by short name (``wordcount``), module (``pkg.job``) or
     path to a ``.py`` file, and check it follows the app contract."""
     module = _import_app_module(ref)
-    functions = {name: getattr(module, name, None) for name in ("map", "reduce", "combine", "partition", "init")}
+    names = ("map", "reduce", "combine", "partition", "init", *HOOKS)
+    functions = {name: getattr(module, name, None) for name in names}
     if not callable(functions["map"]):
         raise AppError(f"app {ref!r} ({module.__name__}) defines no map(key, value) function")
-    if functions["reduce"] is None and functions["combine"] is not None:
-        raise AppError(f"app {ref!r} has a combine but no reduce: a map-only app has nothing to combine for")
-    for optional in ("reduce", "combine", "partition", "init"):
+    if functions["reduce"] is None:
+        for needs_reduce in ("combine", "reduce_setup", "reduce_teardown"):
+            if functions[needs_reduce] is not None:
+                raise AppError(f"app {ref!r} has a {needs_reduce} but no reduce: a map-only app has no reduce side")
+    for optional in ("reduce", "combine", "partition", "init", *HOOKS):
         if functions[optional] is not None and not callable(functions[optional]):
             raise AppError(f"app {ref!r}: {optional} is defined but is not a function")
     for name, takes in (("map", "(key, value)"), ("reduce", "(key, values)"), ("combine", "(key, values)"),
-                        ("partition", "(key, n)"), ("init", "(params)")):  # fmt: skip
+                        ("partition", "(key, n)"), ("init", "(params)"), *((h, "()") for h in HOOKS)):  # fmt: skip
         if functions[name] is not None:
             _check_shape(ref, name, functions[name], takes)
     if functions["init"] is None and params:
@@ -163,12 +223,26 @@ def load_app(ref: str, params: Mapping[str, str] | None = None) -> App:
         init=functions["init"],
         params=dict(params or {}),
         whole_files=bool(getattr(module, "whole_files", False)),
+        input_format=_input_format(ref, module),
+        **{hook: functions[hook] for hook in HOOKS},
     )
     try:
         app.start()
     except Exception as exc:
         raise AppError(f"app {ref!r} rejected its parameters: {type(exc).__name__}: {exc}") from exc
     return app
+
+
+HOOKS = ("map_setup", "map_teardown", "reduce_setup", "reduce_teardown")
+
+
+def _input_format(ref: str, module: ModuleType) -> InputFormat:
+    value = getattr(module, "input_format", InputFormat.TEXT.value)
+    try:
+        return InputFormat(value)
+    except ValueError:
+        known = ", ".join(repr(f.value) for f in InputFormat)
+        raise AppError(f"app {ref!r}: input_format = {value!r} is not one of {known}") from None
 
 
 def _check_shape(ref: str, name: str, function: Callable, takes: str) -> None:
@@ -180,7 +254,7 @@ def _check_shape(ref: str, name: str, function: Callable, takes: str) -> None:
     except (TypeError, ValueError):
         return  # a builtin or C function: nothing to check
     try:
-        signature.bind(*[None] * takes.count(",") + [None])
+        signature.bind(*[None] * (takes.count(",") + 1 if takes != "()" else 0))
     except TypeError:
         raise AppError(f"app {ref!r}: {name}{signature} cannot be called as {name}{takes}") from None
 

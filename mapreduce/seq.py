@@ -7,14 +7,15 @@ intermediate format once, so reduce sees what it sees in a distributed run.
 
 from __future__ import annotations
 
+from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from mapreduce import defaults, output
 from mapreduce.errors import AppError
-from mapreduce.inputs import make_splits, read_split
-from mapreduce.job import NO_VALUE, App, Record, emitted, output_records
+from mapreduce.inputs import make_splits, map_source
+from mapreduce.job import NO_VALUE, App, Record, output_records
 from mapreduce.shuffle import roundtrip
 
 
@@ -27,7 +28,7 @@ def run_sequential(
     partitions: list[list[tuple[str, Any]]] = [[] for _ in range(n_reduce)]
     for split in make_splits(inputs, split_size):
         where = f"input {split.key!r} (bytes {split.start}-{split.end})"
-        for pair in app.map(split.key, read_split(split)):
+        for pair in app.run_map(split.key, map_source(app, split)):
             if isinstance(pair, Record):
                 pair = (pair.key, None if pair.value is NO_VALUE else pair.value)
             if not (isinstance(pair, tuple | list) and len(pair) == 2):
@@ -38,18 +39,10 @@ def run_sequential(
             partitions[app.partition(key, n_reduce)].append((key, roundtrip(value)))
     lines = 0
     for index, pairs in enumerate(partitions):
-        pairs.sort(key=itemgetter(0))
-        results = []
-        start = 0
-        while start < len(pairs):
-            key = pairs[start][0]
-            end = start
-            while end < len(pairs) and pairs[end][0] == key:
-                end += 1
-            results.extend(emitted(key, app.reduce(key, iter([v for _, v in pairs[start:end]]))))
-            start = end
+        pairs.sort(key=itemgetter(0))  # stable: a key's values stay in map order
+        groups = ((key, (v for _, v in group)) for key, group in groupby(pairs, key=itemgetter(0)))
         temp = output.temp_name(index, "seq")
-        lines += output.write_lines(output_dir / temp, results)
+        lines += output.write_lines(output_dir / temp, app.run_reduce(groups))
         output.commit(output_dir, temp, index)
     output.finish(output_dir, n_reduce)
     return lines
@@ -62,7 +55,8 @@ def _map_only(app: App, inputs: list[str], output_dir: Path, split_size: int) ->
     for index, split in enumerate(splits):
         where = f"input {split.key!r} (bytes {split.start}-{split.end})"
         temp = output.temp_name(index, "seq")
-        lines += output.write_lines(output_dir / temp, output_records(app.map(split.key, read_split(split)), where))
+        records = output_records(app.run_map(split.key, map_source(app, split)), where)
+        lines += output.write_lines(output_dir / temp, records)
         output.commit(output_dir, temp, index)
     output.finish(output_dir, len(splits))
     return lines

@@ -30,8 +30,8 @@ from typing import BinaryIO
 
 from mapreduce import output, shuffle
 from mapreduce.errors import storage_errors
-from mapreduce.inputs import Split, fingerprint, read_split
-from mapreduce.job import App, emitted, output_records
+from mapreduce.inputs import Split, fingerprint, map_source
+from mapreduce.job import App, output_records
 from mapreduce.net.dataserver import Fetcher, FetchError, RemoteFile, Unreachable
 from mapreduce.wire import messages as p
 
@@ -127,10 +127,10 @@ def run_map(
     split = Split(task.key, task.path, task.start, task.end)
     received = fetcher.received
     local = job.sees_input(split.path, task.fingerprint)
-    text = read_split(split, None if local else RemoteFile(fetcher, job.input_address, split.path))
+    source = map_source(job.app, split, None if local else RemoteFile(fetcher, job.input_address, split.path))
     where = f"input {split.key!r} (bytes {split.start}-{split.end})"
     if job.n_reduce == 0:  # a map-only job: the map's records are the output, in the order emitted
-        records = output_records(job.app.map(split.key, text), where)
+        records = output_records(job.app.run_map(split.key, source), where)
         done = write_output(job, task.task, task.attempt, _checked(records, ctx), "map")
         return dataclasses.replace(done, fetched=fetcher.received - received)
     what = f"map output of attempt {task.attempt}"
@@ -138,7 +138,7 @@ def run_map(
         job.n_reduce, job.app.partition, job.app.combine, job.workdir, buffer_records, f"a{task.attempt}-spill", what
     )
     try:
-        buffer.add_all(job.app.map(split.key, text), where)
+        buffer.add_all(job.app.run_map(split.key, source), where)
         ctx.check()
         # Every map of this worker appends to one file: no file to create per task.
         path, offset, lengths = job.append_map_output(buffer.finish_into, what)
@@ -256,10 +256,7 @@ def run_reduce(
     inputs = ReduceInputs(job, ctx, fetcher, folder, report)
     try:
         inputs.gather(task.outputs, task.empty)
-        reduce = job.app.reduce
-        results = (
-            record for key, values in _checked(inputs.groups(), ctx) for record in emitted(key, reduce(key, values))
-        )
+        results = job.app.run_reduce(_checked(inputs.groups(), ctx))
         done = write_output(job, task.task, task.attempt, results, "reduce")
         return dataclasses.replace(done, fetched=fetcher.received - received)
     finally:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from helpers import APPS, assert_same_output, run_cli, run_external
@@ -40,3 +42,23 @@ def test_map_only_job_writes_a_part_per_map_task_in_emitted_order(cluster, guten
     assert_same_output(expected, out)
     parts = sorted(out.glob("part-*"))
     assert len(parts) > len(gutenberg)  # more map tasks than files: a part per map task
+
+
+LINESTATS = str(APPS / "linestats.py")
+
+
+@pytest.mark.parametrize("cluster", ["embedded", "external"])
+def test_line_input_with_setup_and_teardown(cluster, gutenberg, oracle, tmp_path):
+    args = ["--reduce", "2", "--split-size", "200k"]
+    expected = oracle(LINESTATS, gutenberg, *args)
+    out = tmp_path / "out"
+    run_on(cluster, LINESTATS, gutenberg, out, *args)
+    assert_same_output(expected, out)
+    lines = [line for part in sorted(out.glob("part-*")) for line in part.read_text().splitlines()]
+    assert sum(line.startswith("~summary ") for line in lines) == 2  # one per reduce task
+    first = {line.split("\t")[0]: line.rsplit(" ", 1)[1] for line in lines if line.startswith("line-start:")}
+    for book in gutenberg:  # the byte offset of each book's first line that is not blank
+        data = Path(book).read_bytes()
+        offset = next(i for i, line in enumerate(data.split(b"\n")) if line.strip())
+        expected_offset = sum(len(line) + 1 for line in data.split(b"\n")[:offset])
+        assert first[f"line-start:{Path(book).name}"] == str(expected_offset)

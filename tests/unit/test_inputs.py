@@ -206,3 +206,24 @@ def test_fingerprint_changes_with_the_file_and_is_empty_when_unseen(tmp_path):
     os.utime(path, ns=(1, 2))
     assert fingerprint(str(path)) == "4:2"
     assert fingerprint(str(tmp_path / "missing")) == ""
+
+
+def test_line_records_carry_the_byte_offset_of_each_line(tmp_path):
+    from mapreduce.inputs import Position, line_records
+
+    path = tmp_path / "t.txt"
+    data = "héllo\nworld\r\n\nlast".encode()
+    path.write_bytes(data)
+    whole = list(line_records(Split("t.txt", str(path), 0, len(data))))
+    assert whole == [
+        (Position("t.txt", 0), "héllo"),
+        (Position("t.txt", 7), "world\r"),  # split at \n only: the line as it is
+        (Position("t.txt", 14), ""),
+        (Position("t.txt", 15), "last"),
+    ]
+    for cut in range(1, len(data)):  # any two splits: every line once, with the same position
+        halves = [
+            *line_records(Split("t.txt", str(path), 0, cut)),
+            *line_records(Split("t.txt", str(path), cut, len(data))),
+        ]
+        assert halves == whole

@@ -458,3 +458,32 @@ def test_a_map_may_emit_records(tmp_path):
     assert buf._sorted_partitions() == [[("k", 2), ("k", 1), ("line", None)]]
     with pytest.raises(AppError, match="expected a \\(key, value\\) pair or a Record"):
         buf.add_all(["not a pair"], "test input")
+
+
+def test_input_format_and_hooks_are_checked_at_load_time(tmp_path):
+    base = "def map(k, v):\n    return []\ndef reduce(k, v):\n    return 0\n"
+    with pytest.raises(AppError, match="input_format = 'rows' is not one of 'text', 'lines'"):
+        load_app(write_app(tmp_path, base + "input_format = 'rows'\n"))
+    with pytest.raises(AppError, match=r"map_setup\(x\) cannot be called as map_setup\(\)"):
+        load_app(write_app(tmp_path, base + "def map_setup(x):\n    pass\n"))
+    with pytest.raises(AppError, match="has a reduce_teardown but no reduce"):
+        load_app(write_app(tmp_path, "def map(k, v):\n    return []\ndef reduce_teardown():\n    pass\n"))
+
+
+def test_run_map_calls_setup_then_map_then_teardown_in_order(tmp_path):
+    calls = []
+    app = App(
+        "t",
+        map=lambda k, v: calls.append(("map", k)) or [(k, 1)],
+        reduce=None,
+        map_setup=lambda: calls.append("setup"),
+        map_teardown=lambda: calls.append("teardown") or [("total", 9)],
+    )
+    assert list(app.run_map("in.txt", "text")) == [("in.txt", 1), ("total", 9)]
+    assert calls == ["setup", ("map", "in.txt"), "teardown"]
+    assert app.run_map("x", "t") is not None and App("t", map=lambda k, v: None, reduce=None).run_map("x", "t") == ()
+
+
+def test_run_reduce_emits_teardown_records_after_every_key():
+    app = App("t", map=lambda k, v: [], reduce=lambda k, vs: sum(vs), reduce_teardown=lambda: [Record("end", 0)])
+    assert list(app.run_reduce([("a", iter([1, 2])), ("b", iter([3]))])) == [("a", 3), ("b", 3), ("end", 0)]
