@@ -267,16 +267,29 @@ def run(
             f"{time.monotonic() - started:.2f} s; output in {output}",
             err=True,
         )
+        _echo_counters(result.tally.counters)
 
 
 @cli.command()
 @_job_options
-def seq(app, inputs, output, n_reduce, params, split_size, overwrite):
+@click.option("--quiet", "-q", is_flag=True, help="No counters at the end.")
+def seq(app, inputs, output, n_reduce, params, split_size, overwrite, quiet):
     """Run APP over INPUTS in this one process: the reference output."""
     from mapreduce import runner
 
     options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params))
-    _guard(lambda: runner.run_seq(app, inputs, output, options))
+    counts = _guard(lambda: runner.run_seq(app, inputs, output, options))
+    if not quiet:
+        _echo_counters(counts)
+
+
+def _echo_counters(counts) -> None:
+    """The job's counters, a line each, on stderr (as Hadoop prints them at a job's end)."""
+    from mapreduce.counters import format_counters
+
+    lines = format_counters(counts)
+    if lines:
+        click.echo("counters:\n  " + "\n  ".join(lines), err=True)
 
 
 def _security_options(f):
@@ -363,6 +376,7 @@ def coordinator(
                 f"{_mb(c.shuffle_fetched)} of map output worker to worker",
                 err=True,
             )
+        _echo_counters(c.counters)
 
 
 @cli.command()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mapreduce import defaults
+from mapreduce import counters, defaults
 from mapreduce.errors import UsageError
 
 
@@ -104,10 +104,25 @@ def line_records(split: Split, source: BinaryIO | None = None) -> Iterator[tuple
 
 
 def map_source(app: Any, split: Split, source: BinaryIO | None = None) -> str | Iterator[tuple[Position, str]]:
-    """What an app's map task reads: the split's text, or its line records (a line input app)."""
+    """What an app's map task reads: the split's text, or its line records (a line input
+    app); its lines are counted into the running task's counters (MAP_INPUT_RECORDS)."""
+    counts = counters.current()
     if app.input_format.value == "lines":
-        return line_records(split, source)
-    return read_split(split, source)
+        return line_records(split, source) if counts is None else _counted(line_records(split, source), counts)
+    text = read_split(split, source)
+    if counts is not None:
+        counts.builtin(counters.MAP_INPUT_RECORDS, text.count("\n") + (1 if text and text[-1] != "\n" else 0))
+    return text
+
+
+def _counted(records: Iterator, counts: counters.Counters) -> Iterator:
+    n = 0
+    try:
+        for record in records:
+            n += 1
+            yield record
+    finally:
+        counts.builtin(counters.MAP_INPUT_RECORDS, n)
 
 
 def _read_lines_of(split: Split, source: BinaryIO | None) -> tuple[int, bytes]:

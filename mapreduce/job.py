@@ -38,6 +38,7 @@ from typing import Any
 
 import cloudpickle
 
+from mapreduce import counters
 from mapreduce.errors import AppError
 
 BUILTIN_PACKAGE = "mapreduce.apps"
@@ -50,6 +51,20 @@ PartitionFn = Callable[[str, int], int]
 class InputFormat(enum.Enum):
     TEXT = "text"  # map(path, text of the split): one call per split
     LINES = "lines"  # map(Position(path, offset), line): one call per line
+
+
+def _counted_groups(groups: Iterable[tuple[str, Iterator]]) -> Iterator[tuple[str, Iterator]]:
+    """The groups, counted into the running task's counters. (Their records are counted
+    where they are read: a reduce need not consume all its values.)"""
+    n = 0
+    try:
+        for group in groups:
+            n += 1
+            yield group
+    finally:
+        counts = counters.current()
+        if counts is not None:
+            counts.builtin(counters.REDUCE_INPUT_GROUPS, n)
 
 
 def _each(map_fn: MapFn, records: Iterable[tuple[Any, str]]) -> Iterator:
@@ -168,7 +183,7 @@ class App:
     def run_reduce(self, groups: Iterable[tuple[str, Iterator]]) -> Iterator[tuple[str, Any]]:
         """Everything one reduce task emits for its groups (key, values), in key order."""
         reduce = self.reduce
-        body = (record for key, values in groups for record in emitted(key, reduce(key, values)))
+        body = (record for key, values in _counted_groups(groups) for record in emitted(key, reduce(key, values)))
         if self.reduce_setup is None and self.reduce_teardown is None:
             return body
         return output_records(_around(self.reduce_setup, body, self.reduce_teardown), "reduce_teardown")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from mapreduce import defaults, output
 from mapreduce.cluster import LocalCluster
+from mapreduce.counters import Counters
 from mapreduce.errors import JobFailed, UsageError
 from mapreduce.inputs import Split, make_splits
 from mapreduce.job import App, load_app
@@ -97,7 +98,9 @@ def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
     return PreparedJob(app, splits, folder, split_size, n_reduce)
 
 
-def run_seq(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options: JobOptions = JobOptions()) -> int:
+def run_seq(
+    app_ref: str, inputs: Sequence[str], output_dir: str | Path, options: JobOptions = JobOptions()
+) -> Counters:
     job = prepare(app_ref, inputs, output_dir, options)
     return run_sequential(job.app, list(inputs), job.output_dir, job.n_reduce, job.split_size)
 

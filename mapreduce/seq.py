@@ -12,7 +12,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from mapreduce import defaults, output
+from mapreduce import counters, defaults, output
+from mapreduce.counters import Counters, counting
 from mapreduce.errors import AppError
 from mapreduce.inputs import make_splits, map_source
 from mapreduce.job import NO_VALUE, App, Record, output_records
@@ -21,13 +22,25 @@ from mapreduce.shuffle import roundtrip
 
 def run_sequential(
     app: App, inputs: list[str], output_dir: Path, n_reduce: int, split_size: int = defaults.SPLIT_SIZE
-) -> int:
-    """Run the job; return the number of output lines. ``output_dir`` must be prepared."""
-    if n_reduce == 0:
-        return _map_only(app, inputs, output_dir, split_size)
+) -> Counters:
+    """Run the job; return its counters (one task at a time counts into them: a combine,
+    never run here, counts nothing). ``output_dir`` must be prepared."""
+    counts = Counters()
+    with counting(counts):
+        if n_reduce == 0:
+            _map_only(app, inputs, output_dir, split_size, counts)
+        else:
+            _map_reduce(app, inputs, output_dir, n_reduce, split_size, counts)
+    return counts
+
+
+def _map_reduce(
+    app: App, inputs: list[str], output_dir: Path, n_reduce: int, split_size: int, counts: Counters
+) -> None:
     partitions: list[list[tuple[str, Any]]] = [[] for _ in range(n_reduce)]
     for split in make_splits(inputs, split_size):
         where = f"input {split.key!r} (bytes {split.start}-{split.end})"
+        counts.builtin(counters.MAP_INPUT_BYTES, split.end - split.start)
         for pair in app.run_map(split.key, map_source(app, split)):
             if isinstance(pair, Record):
                 pair = (pair.key, None if pair.value is NO_VALUE else pair.value)
@@ -37,26 +50,27 @@ def run_sequential(
             if type(key) is not str:
                 raise AppError(f"map emitted key {key!r} ({type(key).__name__}) for {where}: keys must be str")
             partitions[app.partition(key, n_reduce)].append((key, roundtrip(value)))
-    lines = 0
+            counts.builtin(counters.MAP_OUTPUT_RECORDS, 1)
     for index, pairs in enumerate(partitions):
         pairs.sort(key=itemgetter(0))  # stable: a key's values stay in map order
+        counts.builtin(counters.REDUCE_INPUT_RECORDS, len(pairs))
         groups = ((key, (v for _, v in group)) for key, group in groupby(pairs, key=itemgetter(0)))
         temp = output.temp_name(index, "seq")
-        lines += output.write_lines(output_dir / temp, app.run_reduce(groups))
+        counts.builtin(counters.REDUCE_OUTPUT_RECORDS, output.write_lines(output_dir / temp, app.run_reduce(groups)))
         output.commit(output_dir, temp, index)
     output.finish(output_dir, n_reduce)
-    return lines
 
 
-def _map_only(app: App, inputs: list[str], output_dir: Path, split_size: int) -> int:
+def _map_only(app: App, inputs: list[str], output_dir: Path, split_size: int, counts: Counters) -> None:
     """No reduce: each map task's records, in the order emitted, are its own part file."""
-    lines = 0
     splits = make_splits(inputs, split_size)
     for index, split in enumerate(splits):
         where = f"input {split.key!r} (bytes {split.start}-{split.end})"
+        counts.builtin(counters.MAP_INPUT_BYTES, split.end - split.start)
         temp = output.temp_name(index, "seq")
         records = output_records(app.run_map(split.key, map_source(app, split)), where)
-        lines += output.write_lines(output_dir / temp, records)
+        written = output.write_lines(output_dir / temp, records)
+        counts.builtin(counters.MAP_OUTPUT_RECORDS, written)
+        counts.builtin(counters.REDUCE_OUTPUT_RECORDS, written)
         output.commit(output_dir, temp, index)
     output.finish(output_dir, len(splits))
-    return lines

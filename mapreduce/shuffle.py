@@ -26,6 +26,7 @@ from zlib import crc32
 
 import msgpack
 
+from mapreduce import counters
 from mapreduce.errors import AppError, storage_errors
 from mapreduce.job import NO_VALUE, Record, emitted, stable_partition
 
@@ -43,15 +44,24 @@ def roundtrip(value: Any) -> Any:
     return msgpack.unpackb(msgpack.packb(value), raw=False)
 
 
-def iter_run(f: BinaryIO, offset: int, length: int, guard: tuple[Path, str] | None = None) -> Iterator[tuple]:
+def iter_run(
+    f: BinaryIO,
+    offset: int,
+    length: int,
+    guard: tuple[Path, str] | None = None,
+    counted: Callable[[int], None] | None = None,
+) -> Iterator[tuple]:
     """Stream the records of the run at ``[offset, offset+length)`` of an open file.
     Reads by position (pread), so many runs of one file can be read side by side.
     With ``guard`` (folder, what), the file is the framework's own: a read error or a
-    damaged block raises a StorageError naming that folder."""
+    damaged block raises a StorageError naming that folder. ``counted`` hears each block's
+    number of records."""
     blocks = _run_blocks(f, offset, length)
     if guard is not None:
         blocks = _guarded_reads(blocks, *guard)
     for keys, values in blocks:
+        if counted is not None:
+            counted(len(keys))
         yield from zip(keys, values)
 
 
@@ -106,11 +116,19 @@ def _positional_reader(f: BinaryIO) -> Callable[[int, int], bytes]:
 def combine_sorted(records: Iterable[Pair], combine: Callable[[str, Iterator[Any]], Any]) -> Iterator[Pair]:
     """Each key's values through ``combine``, which may emit none, one or many values (see
     job.emitted), all under the key it was given: its output is already partitioned."""
+    counts = counters.current()
+    n_in = n_out = 0
     for key, group in groupby(records, key=_first):
-        for out_key, value in emitted(key, combine(key, (value for _, value in group))):
+        values = list(value for _, value in group)
+        n_in += len(values)
+        for out_key, value in emitted(key, combine(key, iter(values))):
             if out_key != key:
                 raise AppError(f"combine emitted a record under key {out_key!r} for key {key!r}: it must keep its key")
+            n_out += 1
             yield key, None if value is NO_VALUE else value
+    if counts is not None:
+        counts.builtin(counters.COMBINE_INPUT_RECORDS, n_in)
+        counts.builtin(counters.COMBINE_OUTPUT_RECORDS, n_out)
 
 
 def _record_pair(item: Any, where: str) -> Pair:
@@ -316,6 +334,9 @@ class MapOutputBuffer:
         runs = self._sorted_partitions()  # user code (combine): outside the storage guard
         path = self.scratch / f"{self.spill_prefix}-{len(self.spills)}.run"
         what = f"spill of {self.what}"
+        spilled = counters.current()
+        if spilled is not None:
+            spilled.builtin(counters.SPILLED_RECORDS, sum(map(len, runs)))
         try:
             with storage_errors(self.scratch, what), open(path, "wb") as f:
                 lengths = [write_run(f, run) for run in runs]

@@ -660,6 +660,7 @@ class Scheduler:
                 fetched=done.fetched,
                 input_bytes=size_in,
                 output_bytes=size_out,
+                counters=[[c.group, c.counter, c.value] for c in done.counters],
             )
         )
         duration = now - self._effective_start(attempt)

@@ -33,6 +33,7 @@ from pathlib import Path
 from mapreduce import defaults, runner
 from mapreduce.cluster import LocalCluster
 from mapreduce.coordinator.loop import Coordinator, JobResult
+from mapreduce.counters import Counters
 from mapreduce.errors import JobFailed, UsageError
 from mapreduce.job import load_app
 from mapreduce.tools.corpus import write_corpus
@@ -261,6 +262,18 @@ def compare_outputs(expected: Path, actual: Path) -> str | None:
     return None
 
 
+def compare_counters(expected: Counters, actual: Counters) -> str | None:
+    """None if the job's counters equal those of the run without faults, else the first that differs."""
+    for key in sorted(set(expected) | set(actual)):
+        if expected.get(key, 0) != actual.get(key, 0):
+            group, counter = key
+            return (
+                f"counter {group}.{counter} is {actual.get(key, 0)}, {expected.get(key, 0)} without faults "
+                "(a failed, lost or superseded attempt counted, or a successful one did not)"
+            )
+    return None
+
+
 def _first_difference(expected: bytes, actual: bytes) -> str:
     a, b = expected.split(b"\n"), actual.split(b"\n")
     for number, (x, y) in enumerate(zip(a, b), 1):
@@ -479,7 +492,7 @@ class CrashTest:
                 raise JobFailed(f"the baseline run without injected faults went wrong: {baseline.problem}")
             rounds = []
             for number in range(1, self.options.rounds + 1):
-                rounds.append(self._round(number, inputs, workspace, chaos=True))
+                rounds.append(self._round(number, inputs, workspace, True, baseline.tally.counters))
                 on_result(rounds[-1])
             return CrashTestReport(baseline, tuple(rounds))
         finally:
@@ -492,7 +505,16 @@ class CrashTest:
         on_stage(f"generating a {size / 2**20:.1f} MiB corpus")
         return [str(p) for p in write_corpus(workspace.root / "corpus", size, CORPUS_FILES, seed=self.options.seed)]
 
-    def _round(self, number: int, inputs: Sequence[str], workspace: Workspace, chaos: bool) -> RoundResult:
+    def _round(
+        self,
+        number: int,
+        inputs: Sequence[str],
+        workspace: Workspace,
+        chaos: bool,
+        expected_counters: Counters | None = None,
+    ) -> RoundResult:
+        """One run of the job; its output must equal the oracle's and (given
+        ``expected_counters``, the run's without faults) its counters must equal those."""
         name = f"round-{number:02d}" if number else "baseline"
         out, events = workspace.root / name, workspace.events_dir / f"{name}.jsonl"
         events.parent.mkdir(parents=True, exist_ok=True)
@@ -503,13 +525,16 @@ class CrashTest:
         problem = compare_outputs(workspace.oracle, out) if run.result.ok else f"the job failed: {run.result.message}"
         shutil.rmtree(out, ignore_errors=True)
         log_events = list(read_events(events))
+        tally = Tally.of(log_events)
+        if problem is None and expected_counters is not None:
+            problem = compare_counters(expected_counters, tally.counters)
         # The faults beside the event log, on its clock: `mapreduce report` marks them on the timeline.
         write_faults(faults_beside(events), run.faults)
         return RoundResult(
             number,
             job_seconds(log_events, run.started, run.result.seconds),
             run.faults,
-            Tally.of(log_events),
+            tally,
             detection_latencies(log_events, run.faults),
             problem,
             job_failed=not run.result.ok,

@@ -880,6 +880,22 @@ def _unique_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
+def _counters_table(runs) -> str:
+    """The job counters of each run (of successful attempts only), a column per run."""
+    per_run = [(name, {f"{g}.{c}": v for (g, c), v in log.tally.counters.sorted_items()}) for name, _, log in runs]
+    names = list(dict.fromkeys(k for _, counts in per_run for k in counts))
+    if not names:
+        return ""
+    head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in per_run)
+    body = "".join(
+        f"<tr><td style='text-align:left'>{html.escape(k)}</td>"
+        + "".join(f"<td>{counts.get(k, '')}</td>" for _, counts in per_run)
+        + "</tr>"
+        for k in names
+    )
+    return f"<h2>Job counters</h2><table id='job-counters'><tr><th>counter</th>{head}</tr>{body}</table>"
+
+
 def _html(rows: list[tuple[str, Summary]], sections: list[tuple[str, list[str]]], runs) -> str:
     head = "".join(f"<th>{html.escape(title)}</th>" for title, _ in SUMMARY_COLUMNS)
     body = "".join(
@@ -894,6 +910,7 @@ def _html(rows: list[tuple[str, Summary]], sections: list[tuple[str, list[str]]]
         if log.job.ok is False
     )
     table = f"<table><tr><th>run</th>{head}</tr>{body}</table>" if rows else ""
+    table += _counters_table(runs)
     figures = "".join(
         f"<h2>{title}</h2>"
         + "".join(f'<p><img src="{html.escape(image)}" alt="{html.escape(image)}"></p>' for image in images)

@@ -95,6 +95,8 @@ def snapshot(view: JobView, events: Iterable[Event] = ()) -> dict:
         "maps": dataclasses.asdict(view.maps),
         "reduces": dataclasses.asdict(view.reduces),
         "counters": view.tally.as_dict(),
+        # The job's counters (the app's and the framework's), of successful attempts only.
+        "job_counters": {f"{g}.{c}": v for (g, c), v in view.tally.counters.sorted_items()},
         "throughput": {
             "input_bytes_done": view.input_done,
             "bytes_per_second": round(view.input_done / elapsed, 1) if elapsed > 0 else 0.0,
@@ -321,6 +323,9 @@ def render_main(s: Mapping[str, Any] | None) -> str:
     )
     counters = "".join(f"<div><b>{e(_counter(k, v))}</b> {e(k)}</div>" for k, v in s["counters"].items())
     h.append(f'<h2>Counters</h2><div id="counters">{counters}</div>')
+    job_counters = "".join(f"<tr><td>{e(k)}</td><td class=num>{v}</td></tr>" for k, v in s["job_counters"].items())
+    if job_counters:
+        h.append(f'<h2>Job counters</h2><table id="job-counters">{job_counters}</table>')
     h += [_workers(s), _attempts(s), _events(s)]
     return "".join(h)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
+from mapreduce.counters import Counters
 from mapreduce.errors import EventLogError
 
 
@@ -177,6 +178,7 @@ class TaskFinished(AttemptEvent):
     fetched: int  # bytes fetched over the network: a map's input, a reduce's map output
     input_bytes: int  # a map's split (0 for a reduce)
     output_bytes: int  # a map's output (every partition), a reduce's output file
+    counters: list = dataclasses.field(default_factory=list)  # [group, counter, value] of this attempt
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -370,10 +372,24 @@ def parse(record: dict) -> Event:
             values[spec.name] = spec.read(kind, record[spec.name])
         elif spec.required:
             raise EventError(f"a {kind.value} event lacks its field {spec.name!r}")
+    if cls is TaskFinished:
+        _check_counters(kind, values.get("counters", []))
     wall = record.get("wall")
     if wall is not None and (isinstance(wall, bool) or not isinstance(wall, (int, float))):
         raise EventError(f"a {kind.value} event's 'wall' is {wall!r}, not a number")
     return cls(**values, wall=wall)
+
+
+def _check_counters(kind: EventKind, counters: list) -> None:
+    for entry in counters:
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], str)
+            and type(entry[2]) is int
+        ):
+            raise EventError(f"a {kind.value} event's counter {entry!r} is not [group, counter, int]")
 
 
 def to_record(event: Event, wall_offset: float) -> dict:
@@ -452,8 +468,21 @@ class Tally:
     output_pulled: int = 0
     input_done: int = 0  # input bytes read by finished maps, re-runs included (throughput)
     output_written: int = 0  # output bytes of finished reduces
+    # Each task's counters, from its latest successful attempt: a failed, lost or superseded
+    # attempt reports none, and a map run again (its output lost) replaces its own counts.
+    task_counters: dict[tuple, list] = dataclasses.field(default_factory=dict)
+
+    @property
+    def counters(self) -> Counters:
+        """The job's counters: the sum over its tasks."""
+        total = Counters()
+        for counts in self.task_counters.values():
+            total.merge(((group, counter), value) for group, counter, value in counts)
+        return total
 
     def add(self, event: Event) -> None:
+        if isinstance(event, TaskFinished):
+            self.task_counters[event.phase, event.task] = event.counters
         match event:
             case TaskAssigned():
                 self.attempts += 1
@@ -498,11 +527,16 @@ class Tally:
         return tally
 
     def copy(self) -> Tally:
-        return dataclasses.replace(self)
+        return dataclasses.replace(self, task_counters=dict(self.task_counters))
 
     def __add__(self, other: Tally) -> Tally:
         """The counts of two jobs together (a crash test's rounds, say)."""
-        return Tally(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)})
+        counts = {name: getattr(self, name) + getattr(other, name) for name in self.as_dict()}
+        tasks = {(0, *k): v for k, v in self.task_counters.items()} | {
+            (1, *k): v for k, v in other.task_counters.items()
+        }
+        return Tally(**counts, task_counters=tasks)
 
     def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+        """The counts of events (the job's counters apart)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "task_counters"}

@@ -24,7 +24,7 @@ import msgpack
 
 from mapreduce.errors import ProtocolError
 
-PROTOCOL_VERSION = 2  # 2: Welcome lost output_host_id
+PROTOCOL_VERSION = 3  # 2: Welcome lost output_host_id; 3: TaskDone carries counters
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # A data server's address as a worker advertises it (the socket's bound endpoint, always
@@ -77,6 +77,15 @@ class Heartbeat:
 
 
 @dataclass(frozen=True)
+class CounterValue:
+    """One counter of an attempt (see mapreduce.counters)."""
+
+    group: str
+    counter: str
+    value: int
+
+
+@dataclass(frozen=True)
 class TaskDone:
     worker: int
     attempt: int
@@ -86,6 +95,7 @@ class TaskDone:
     offset: int = 0  # where in that file a map's output starts
     size: int = 0  # bytes of a reduce's output (the coordinator pulls it from another host)
     fetched: int = 0  # bytes this attempt received over the network (input or map output)
+    counters: list[CounterValue] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

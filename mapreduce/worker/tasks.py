@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from mapreduce import output, shuffle
+from mapreduce import counters, output, shuffle
+from mapreduce.counters import Counters, counting
 from mapreduce.errors import storage_errors
 from mapreduce.inputs import Split, fingerprint, map_source
 from mapreduce.job import App, output_records
@@ -126,13 +127,25 @@ def run_map(
 ) -> p.TaskDone:
     split = Split(task.key, task.path, task.start, task.end)
     received = fetcher.received
+    counts = Counters()
+    counts.builtin(counters.MAP_INPUT_BYTES, split.end - split.start)
+    with counting(counts):  # the user's code and the framework count into this attempt's counters
+        done = _map_body(job, task, ctx, fetcher, split, buffer_records)
+    counts.builtin(counters.MAP_OUTPUT_RECORDS, done.records)
+    if job.n_reduce == 0:
+        counts.builtin(counters.REDUCE_OUTPUT_RECORDS, done.records)  # a map-only job's output
+    return dataclasses.replace(done, fetched=fetcher.received - received, counters=_wire(counts))
+
+
+def _map_body(
+    job: JobContext, task: p.AssignMap, ctx: AttemptContext, fetcher: Fetcher, split: Split, buffer_records: int
+) -> p.TaskDone:
     local = job.sees_input(split.path, task.fingerprint)
     source = map_source(job.app, split, None if local else RemoteFile(fetcher, job.input_address, split.path))
     where = f"input {split.key!r} (bytes {split.start}-{split.end})"
     if job.n_reduce == 0:  # a map-only job: the map's records are the output, in the order emitted
         records = output_records(job.app.run_map(split.key, source), where)
-        done = write_output(job, task.task, task.attempt, _checked(records, ctx), "map")
-        return dataclasses.replace(done, fetched=fetcher.received - received)
+        return write_output(job, task.task, task.attempt, _checked(records, ctx), "map")
     what = f"map output of attempt {task.attempt}"
     buffer = shuffle.MapOutputBuffer(
         job.n_reduce, job.app.partition, job.app.combine, job.workdir, buffer_records, f"a{task.attempt}-spill", what
@@ -144,7 +157,7 @@ def run_map(
         path, offset, lengths = job.append_map_output(buffer.finish_into, what)
     finally:
         buffer.discard()  # spills of a failed attempt too
-    return p.TaskDone(0, task.attempt, lengths, path, buffer.total, offset, fetched=fetcher.received - received)
+    return p.TaskDone(0, task.attempt, lengths, path, buffer.total, offset)
 
 
 class ReduceInputs:
@@ -236,7 +249,9 @@ class ReduceInputs:
     def groups(self) -> Iterator[tuple[str, Iterator]]:
         """Each key with its values (in map order), keys ascending."""
         runs = [self.runs[m] for m in range(self.job.n_map) if self.runs[m][0] is not None]
-        streams = [shuffle.iter_run(f, offset, length) for f, offset, length in runs]
+        counts = counters.current()
+        read = None if counts is None else (lambda n: counts.builtin(counters.REDUCE_INPUT_RECORDS, n))
+        streams = [shuffle.iter_run(f, offset, length, counted=read) for f, offset, length in runs]
         if sum(length for _, _, length in runs) <= IN_MEMORY_REDUCE_BYTES:
             return shuffle.group_in_memory(streams)
         return shuffle.group_sorted(shuffle.merge_runs(streams))
@@ -256,9 +271,12 @@ def run_reduce(
     inputs = ReduceInputs(job, ctx, fetcher, folder, report)
     try:
         inputs.gather(task.outputs, task.empty)
-        results = job.app.run_reduce(_checked(inputs.groups(), ctx))
-        done = write_output(job, task.task, task.attempt, results, "reduce")
-        return dataclasses.replace(done, fetched=fetcher.received - received)
+        counts = Counters()
+        with counting(counts):
+            results = job.app.run_reduce(_checked(inputs.groups(), ctx))
+            done = write_output(job, task.task, task.attempt, results, "reduce")
+        counts.builtin(counters.REDUCE_OUTPUT_RECORDS, done.records)
+        return dataclasses.replace(done, fetched=fetcher.received - received, counters=_wire(counts))
     finally:
         inputs.close()
         _remove_folder(folder)
@@ -281,6 +299,10 @@ def write_output(job: JobContext, task: int, attempt: int, records: Iterator, ph
             target.unlink(missing_ok=True)
         raise
     return p.TaskDone(0, attempt, [], temp if job.sees_output else str(target), count, size=size)
+
+
+def _wire(counts: Counters) -> list[p.CounterValue]:
+    return [p.CounterValue(group, counter, value) for (group, counter), value in counts.sorted_items()]
 
 
 def _remove_folder(folder: Path) -> None:

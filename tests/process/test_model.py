@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import APPS, assert_same_output, run_cli, run_external
+from mapreduce.wire.events import Tally, read_events
 
 EMITTERS = str(APPS / "emitters.py")
 
@@ -62,3 +63,30 @@ def test_line_input_with_setup_and_teardown(cluster, gutenberg, oracle, tmp_path
         offset = next(i for i, line in enumerate(data.split(b"\n")) if line.strip())
         expected_offset = sum(len(line) + 1 for line in data.split(b"\n")[:offset])
         assert first[f"line-start:{Path(book).name}"] == str(expected_offset)
+
+
+COUNTING = str(APPS / "counting.py")
+
+
+def printed_counters(stderr: str) -> dict[str, int]:
+    """The counters a command printed at its end (``counters:`` then ``  group.name = value``)."""
+    lines = stderr.split("counters:\n", 1)[1].splitlines()
+    return {name: int(value) for name, _, value in (line.strip().partition(" = ") for line in lines if " = " in line)}
+
+
+@pytest.mark.parametrize("cluster", ["embedded", "external"])
+def test_counters_of_successful_attempts_match_seq(cluster, gutenberg, tmp_path):
+    args = ["--reduce", "3", "--split-size", "400k"]
+    seq = run_cli("seq", COUNTING, *gutenberg, "--output", str(tmp_path / "seq"), *args)
+    expected = printed_counters(seq.stderr)
+    events = tmp_path / "events.jsonl"
+    run_on(cluster, COUNTING, gutenberg, tmp_path / "out", *args, "--events", str(events))
+    counted = {f"{g}.{c}": v for (g, c), v in Tally.of(read_events(events)).counters.items()}
+    assert expected["words.seen"] == counted["words.seen"] > 600_000
+    combined = {"mapreduce.COMBINE_INPUT_RECORDS", "mapreduce.COMBINE_OUTPUT_RECORDS", "mapreduce.REDUCE_INPUT_RECORDS"}
+    assert {k: v for k, v in counted.items() if k not in combined} == {
+        k: v for k, v in expected.items() if k not in combined
+    }  # seq never combines: the rest is the same
+    assert counted["mapreduce.COMBINE_INPUT_RECORDS"] == counted["mapreduce.MAP_OUTPUT_RECORDS"]
+    assert counted["mapreduce.COMBINE_OUTPUT_RECORDS"] == counted["mapreduce.REDUCE_INPUT_RECORDS"]
+    assert counted["mapreduce.REDUCE_INPUT_RECORDS"] < expected["mapreduce.REDUCE_INPUT_RECORDS"]

@@ -461,3 +461,20 @@ def test_the_command_reports_bad_input_in_one_line(tmp_path):
     assert f"{bad}, line 2: not an event:" in result.output and "worker_joined" in result.output
     result = CliRunner().invoke(report.report, ["--output", str(tmp_path / "out")])
     assert result.exit_code == 2
+
+
+def test_job_counters_are_tabled_per_run_from_each_tasks_successful_attempt():
+    finished = {}  # each task's last finished attempt (an earlier one of the same task is replaced)
+    for i, e in enumerate(LOG):
+        if e["event"] == "task_finished":
+            finished[e["phase"], e["task"]] = i
+    first, *_, last = finished.values()
+    records = [dict(e) for e in LOG]
+    records[first]["counters"] = [["app", "words", 4], ["mapreduce", "MAP_INPUT_RECORDS", 3]]
+    records[last]["counters"] = [["app", "words", 1]]
+    log = report.run_log([wire.parse(r) for r in records])
+    counters = {f"{g}.{c}": v for (g, c), v in log.tally.counters.items()}
+    assert counters == {"app.words": 5, "mapreduce.MAP_INPUT_RECORDS": 3}
+    table = report._counters_table([("one", None, log), ("two", None, report.run_log(EVENTS))])
+    assert "<td style='text-align:left'>app.words</td><td>5</td><td></td>" in table
+    assert report._counters_table([("two", None, report.run_log(EVENTS))]) == ""  # no counters: no table

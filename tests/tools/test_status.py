@@ -493,3 +493,15 @@ def test_live_job_status_in_a_browser_and_against_the_event_log(tmp_path, oracle
     assert c["attempts"] == len(of(log, "task_assigned")) + len(of(log, "backup_launched"))
     assert c["workers_dead"] == len(of(log, "worker_dead")) == 1
     assert c["lost_attempts"] == len(of(log, "task_lost"))
+
+
+def test_job_counters_of_finished_attempts_are_in_the_snapshot_and_on_the_page():
+    s = make(n_maps=1, n_reduce=1)
+    a, actions = join(s, b"A")
+    m = one(actions, b"A", p.AssignMap)
+    counted = [p.CounterValue("app", "words", 7), p.CounterValue("mapreduce", "MAP_INPUT_RECORDS", 2)]
+    s.receive(1.0, b"A", p.TaskDone(a, m.attempt, [5], "/scratch/A/m", 3, counters=counted))
+    snap = snapshot(s.view(2.0))
+    assert snap["job_counters"] == {"mapreduce.MAP_INPUT_RECORDS": 2, "app.words": 7}  # the framework's first
+    page = render_main(snap)
+    assert '<table id="job-counters">' in page and "<td>app.words</td><td class=num>7</td>" in page

@@ -113,6 +113,7 @@ def test_the_log_line_is_the_envelope_then_the_fields_as_plain_json():
         "fetched": 100,
         "input_bytes": 0,
         "output_bytes": 2048,
+        "counters": [],
     }
     assert json.loads(json.dumps(record)) == record
 
@@ -196,26 +197,30 @@ def test_the_tally_counts_events_by_class_and_their_bytes():
     map_ids = dict(IDS, phase=TaskKind.MAP)
     a_map = TaskFinished(t=1, **map_ids, records=1, seconds=1, backup=False, fetched=7, input_bytes=100, output_bytes=5)
     tally = Tally.of([*ONE_OF_EACH, a_map])
-    assert tally == Tally(
-        attempts=2,
-        backups=1,
-        succeeded=2,
-        failed_attempts=1,
-        lost_attempts=1,
-        cancelled=1,
-        superseded=1,
-        workers_joined=1,
-        workers_dead=2,
-        maps_rerun=1,
-        fenced=1,
-        fetch_failures=1,
-        commits=1,
-        input_fetched=7,
-        shuffle_fetched=100,
-        output_pulled=4096,
-        input_done=100,
-        output_written=2048,
+    assert (
+        tally.as_dict()
+        == Tally(
+            attempts=2,
+            backups=1,
+            succeeded=2,
+            failed_attempts=1,
+            lost_attempts=1,
+            cancelled=1,
+            superseded=1,
+            workers_joined=1,
+            workers_dead=2,
+            maps_rerun=1,
+            fenced=1,
+            fetch_failures=1,
+            commits=1,
+            input_fetched=7,
+            shuffle_fetched=100,
+            output_pulled=4096,
+            input_done=100,
+            output_written=2048,
+        ).as_dict()
     )
+    assert len(tally.task_counters) == 2  # the reduce's and the map's (no counts in either)
     copy = tally.copy()
     copy.attempts += 1
     assert tally.attempts == 2 and tally.as_dict()["output_pulled"] == 4096
@@ -302,3 +307,23 @@ def test_job_finished_says_why_it_stopped():
     s.job_finished(1.0, stopped="the coordinator was interrupted")
     [finished] = s.take_events()
     assert finished == JobFinished(t=1.0, ok=False, message="the coordinator was interrupted")
+
+
+def test_job_counters_are_each_tasks_latest_successful_attempt_summed():
+    def finished(t, task, phase, counts):
+        return TaskFinished(t=t, attempt=int(t), task=task, phase=phase, worker=1, records=1, seconds=0.1,
+                            backup=False, fetched=0, input_bytes=1, output_bytes=1, counters=counts)  # fmt: skip
+
+    events = [
+        finished(1, 0, "map", [["app", "words", 5], ["mapreduce", "MAP_INPUT_RECORDS", 2]]),
+        finished(2, 1, "map", [["app", "words", 7]]),
+        finished(3, 0, "map", [["app", "words", 5], ["mapreduce", "MAP_INPUT_RECORDS", 2]]),  # map 0 run again
+        finished(4, 0, "reduce", [["app", "keys", 3]]),
+    ]
+    tally = Tally.of(events)
+    assert dict(tally.counters) == {("app", "words"): 12, ("mapreduce", "MAP_INPUT_RECORDS"): 2, ("app", "keys"): 3}
+    assert dict((tally + tally).counters)[("app", "words")] == 24
+    record = to_record(events[0], 0.0)
+    assert parse(record).counters == events[0].counters
+    with pytest.raises(EventError, match="is not \\[group, counter, int\\]"):
+        parse({**record, "counters": [["app", "words", "5"]]})
