@@ -14,6 +14,8 @@ What a reduce (or combine) emits for a key (:func:`emitted`):
 A map may yield a ``Record`` too; a combine must keep its key.
 
 Opt-in powers, checked when the app is loaded:
+- ``total_order = True``: partition by key ranges cut from a sample of the map's keys, so
+  that part files concatenated in order are globally sorted (mapreduce.sampling).
 - ``input_format = "lines"``: map is called once per line, ``map(Position(path, offset),
   line)``, instead of once per split with its whole text (``"text"``, the default).
 - ``map_setup()`` / ``map_teardown()`` and ``reduce_setup()`` / ``reduce_teardown()`` run once
@@ -164,6 +166,7 @@ class App:
     params: Mapping[str, str] | None = None
     whole_files: bool = False  # the app needs each input file in one map call
     input_format: InputFormat = InputFormat.TEXT
+    total_order: bool = False  # partition by ranges of keys cut from a sample (mapreduce.sampling)
     map_setup: Callable[[], None] | None = None
     map_teardown: Callable[[], Any] | None = None
     reduce_setup: Callable[[], None] | None = None
@@ -213,6 +216,8 @@ def load_app(ref: str, params: Mapping[str, str] | None = None) -> App:
     functions = {name: getattr(module, name, None) for name in names}
     if not callable(functions["map"]):
         raise AppError(f"app {ref!r} ({module.__name__}) defines no map(key, value) function")
+    if getattr(module, "total_order", False) and functions["partition"] is not None:
+        raise AppError(f"app {ref!r} asks for total_order and defines partition: the one excludes the other")
     if functions["reduce"] is None:
         for needs_reduce in ("combine", "reduce_setup", "reduce_teardown"):
             if functions[needs_reduce] is not None:
@@ -239,6 +244,7 @@ def load_app(ref: str, params: Mapping[str, str] | None = None) -> App:
         params=dict(params or {}),
         whole_files=bool(getattr(module, "whole_files", False)),
         input_format=_input_format(ref, module),
+        total_order=bool(getattr(module, "total_order", False)),
         **{hook: functions[hook] for hook in HOOKS},
     )
     try:

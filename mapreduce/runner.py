@@ -21,6 +21,7 @@ from mapreduce.inputs import Split, make_splits
 from mapreduce.job import App, load_app
 from mapreduce.net.node import endpoint_host
 from mapreduce.net.security import Keys, check_exposure, generate, load
+from mapreduce.sampling import with_total_order
 from mapreduce.seq import run_sequential
 
 if TYPE_CHECKING:
@@ -94,6 +95,8 @@ def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
         raise UsageError(f"app {app_ref!r} has no reduce: it is map-only, so --reduce must be 0, got {n_reduce}")
     split_size = WHOLE_FILE if app.whole_files else options.split_size
     splits = make_splits(list(inputs), split_size)
+    if app.total_order and n_reduce:
+        app = with_total_order(app, splits, n_reduce)
     folder = output.prepare_output(output_dir, options.overwrite)
     return PreparedJob(app, splits, folder, split_size, n_reduce)
 

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -90,3 +93,31 @@ def test_counters_of_successful_attempts_match_seq(cluster, gutenberg, tmp_path)
     assert counted["mapreduce.COMBINE_INPUT_RECORDS"] == counted["mapreduce.MAP_OUTPUT_RECORDS"]
     assert counted["mapreduce.COMBINE_OUTPUT_RECORDS"] == counted["mapreduce.REDUCE_INPUT_RECORDS"]
     assert counted["mapreduce.REDUCE_INPUT_RECORDS"] < expected["mapreduce.REDUCE_INPUT_RECORDS"]
+
+
+def awkward_lines(tmp_path) -> list[str]:
+    """Inputs with duplicates, empty lines, CRLF, Unicode, and a last line without newline."""
+    rng = random.Random(5)
+    words = ["apple", "Apple", "b", "", "zebra\r", "é", "naïve", "a b", "10", "9", "~", "apple"]
+    paths = []
+    for n in range(3):
+        lines = [rng.choice(words) + (str(rng.randrange(50)) if rng.random() < 0.5 else "") for _ in range(3000)]
+        path = tmp_path / f"in{n}.txt"
+        path.write_text("\n".join(lines) + ("\n" if n else ""), encoding="utf-8")  # in0 ends mid-line
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.parametrize("cluster", ["embedded", "external"])
+def test_sort_is_lc_all_c_sort_across_part_files(cluster, oracle, tmp_path):
+    inputs = awkward_lines(tmp_path)
+    args = ["--reduce", "4", "--split-size", "8k"]
+    expected = oracle("sort", inputs, *args)
+    out = tmp_path / "out"
+    run_on(cluster, "sort", inputs, out, *args)
+    assert_same_output(expected, out)
+    together = b"".join(part.read_bytes() for part in sorted(out.glob("part-*")))
+    sort = subprocess.run(["sort", *inputs], capture_output=True, env={**os.environ, "LC_ALL": "C"}, check=True)
+    assert together == sort.stdout
+    sizes = [len(part.read_bytes().splitlines()) for part in sorted(out.glob("part-*"))]
+    assert len(sizes) == 4 and max(sizes) < 0.6 * sum(sizes)  # ranges, not one partition holding all
