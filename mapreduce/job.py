@@ -16,6 +16,8 @@ A map may yield a ``Record`` too; a combine must keep its key.
 Opt-in powers, checked when the app is loaded:
 - ``total_order = True``: partition by key ranges cut from a sample of the map's keys, so
   that part files concatenated in order are globally sorted (mapreduce.sampling).
+- ``sort_values = True``: each key's values reach reduce sorted (Hadoop's secondary sort,
+  mrjob's SORT_VALUES), by the same streaming merge as the keys: bounded in memory.
 - ``input_format = "lines"``: map is called once per line, ``map(Position(path, offset),
   line)``, instead of once per split with its whole text (``"text"``, the default).
 - ``map_setup()`` / ``map_teardown()`` and ``reduce_setup()`` / ``reduce_teardown()`` run once
@@ -167,6 +169,7 @@ class App:
     whole_files: bool = False  # the app needs each input file in one map call
     input_format: InputFormat = InputFormat.TEXT
     total_order: bool = False  # partition by ranges of keys cut from a sample (mapreduce.sampling)
+    sort_values: bool = False  # each key's values reach reduce sorted (a secondary sort)
     map_setup: Callable[[], None] | None = None
     map_teardown: Callable[[], Any] | None = None
     reduce_setup: Callable[[], None] | None = None
@@ -245,6 +248,7 @@ def load_app(ref: str, params: Mapping[str, str] | None = None) -> App:
         whole_files=bool(getattr(module, "whole_files", False)),
         input_format=_input_format(ref, module),
         total_order=bool(getattr(module, "total_order", False)),
+        sort_values=bool(getattr(module, "sort_values", False)),
         **{hook: functions[hook] for hook in HOOKS},
     )
     try:

@@ -17,7 +17,7 @@ from mapreduce.counters import Counters, counting
 from mapreduce.errors import AppError
 from mapreduce.inputs import make_splits, map_source
 from mapreduce.job import NO_VALUE, App, Record, output_records
-from mapreduce.shuffle import roundtrip
+from mapreduce.shuffle import roundtrip, sort_pairs
 
 
 def run_sequential(
@@ -52,7 +52,7 @@ def _map_reduce(
             partitions[app.partition(key, n_reduce)].append((key, roundtrip(value)))
             counts.builtin(counters.MAP_OUTPUT_RECORDS, 1)
     for index, pairs in enumerate(partitions):
-        pairs.sort(key=itemgetter(0))  # stable: a key's values stay in map order
+        sort_pairs(pairs, app.sort_values)  # by key, stable: a key's values stay in map order (or sorted)
         counts.builtin(counters.REDUCE_INPUT_RECORDS, len(pairs))
         groups = ((key, (v for _, v in group)) for key, group in groupby(pairs, key=itemgetter(0)))
         temp = output.temp_name(index, "seq")

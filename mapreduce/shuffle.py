@@ -138,14 +138,37 @@ def _record_pair(item: Any, where: str) -> Pair:
     return item.key, None if item.value is NO_VALUE else item.value
 
 
-def merge_runs(runs: Sequence[Iterable[Pair]]) -> Iterator[Pair]:
-    """A stable k-way merge: equal keys keep the order of ``runs``."""
+def merge_runs(runs: Sequence[Iterable[Pair]], sort_values: bool = False) -> Iterator[Pair]:
+    """A stable k-way merge: equal keys keep the order of ``runs`` (with ``sort_values``,
+    runs are in (key, value) order and so is the merge)."""
     if len(runs) == 1:
         return iter(runs[0])
-    return heapq.merge(*runs, key=_first)
+    return _comparing(heapq.merge(*runs, key=None if sort_values else _first))
 
 
-def group_in_memory(runs: Sequence[Iterable[Pair]]) -> Iterator[tuple[str, Iterator[Any]]]:
+def sort_pairs(pairs: list[Pair], sort_values: bool = False) -> None:
+    """Sort by key (stable: a key's values keep their order), or by (key, value)."""
+    if sort_values:
+        with _comparable():
+            pairs.sort()
+    else:
+        pairs.sort(key=_first)
+
+
+@contextlib.contextmanager
+def _comparable() -> Iterator[None]:
+    try:
+        yield
+    except TypeError as exc:  # only values compare: keys are always str
+        raise AppError(f"sort_values needs values that compare with each other (one type): {exc}") from None
+
+
+def _comparing(records: Iterator[Pair]) -> Iterator[Pair]:
+    with _comparable():
+        yield from records
+
+
+def group_in_memory(runs: Sequence[Iterable[Pair]], sort_values: bool = False) -> Iterator[tuple[str, Iterator[Any]]]:
     """Group small runs in a dict: the same result as merging them, with no per-record heap."""
     table: dict[str, list] = {}
     get = table.get
@@ -157,7 +180,21 @@ def group_in_memory(runs: Sequence[Iterable[Pair]]) -> Iterator[tuple[str, Itera
             else:
                 values.append(value)
     for key in sorted(table):
-        yield key, iter(table[key])
+        values = table[key]
+        if sort_values:
+            with _comparable():
+                values.sort()
+        yield key, iter(values)
+
+
+def _values_sorted_per_key(records: Iterable[Pair]) -> Iterator[Pair]:
+    """(key, value) order again after a combine (one key's output in memory at a time)."""
+    for key, group in groupby(records, key=_first):
+        values = [value for _, value in group]
+        with _comparable():
+            values.sort()
+        for value in values:
+            yield key, value
 
 
 def group_sorted(records: Iterable[Pair]) -> Iterator[tuple[str, Iterator[Any]]]:
@@ -244,7 +281,9 @@ class MapOutputBuffer:
         limit_records: int = DEFAULT_BUFFER_RECORDS,
         spill_prefix: str = "spill",
         what: str = "map output",  # for error messages, e.g. "map output of attempt 12"
+        sort_values: bool = False,  # runs in (key, value) order: a secondary sort
     ):
+        self.sort_values = sort_values
         self.n = n_partitions
         self.partition = partition
         self.combine = combine
@@ -320,10 +359,12 @@ class MapOutputBuffer:
         self._unpack_mapping()
         runs = []
         for buf in self.buffers:
-            buf.sort(key=_first)
+            sort_pairs(buf, self.sort_values)
             # With in-mapper combining, keys are often distinct already: nothing to combine.
             if self.combine and len(set(map(_first, buf))) < len(buf):
                 buf = list(combine_sorted(buf, self.combine))
+                if self.sort_values:  # what combine emitted for a key, in order again
+                    sort_pairs(buf, True)
             runs.append(buf)
         self.buffers = [[] for _ in range(self.n)]
         self.total += self.count
@@ -412,9 +453,11 @@ class MapOutputBuffer:
                     )
                     offsets[i] += spill_lengths[p]
                 # Each run reads its own file, so the k-way merge streams them side by side.
-                merged: Iterable[Pair] = merge_runs(runs)
+                merged: Iterable[Pair] = merge_runs(runs, self.sort_values)
                 if self.combine:
                     merged = combine_sorted(merged, self.combine)
+                    if self.sort_values:
+                        merged = _values_sorted_per_key(merged)
                 lengths.append(write_run(out, merged))
             return lengths
         finally:

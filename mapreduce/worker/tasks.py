@@ -148,7 +148,14 @@ def _map_body(
         return write_output(job, task.task, task.attempt, _checked(records, ctx), "map")
     what = f"map output of attempt {task.attempt}"
     buffer = shuffle.MapOutputBuffer(
-        job.n_reduce, job.app.partition, job.app.combine, job.workdir, buffer_records, f"a{task.attempt}-spill", what
+        job.n_reduce,
+        job.app.partition,
+        job.app.combine,
+        job.workdir,
+        buffer_records,
+        f"a{task.attempt}-spill",
+        what,
+        job.app.sort_values,
     )
     try:
         buffer.add_all(job.app.run_map(split.key, source), where)
@@ -252,9 +259,10 @@ class ReduceInputs:
         counts = counters.current()
         read = None if counts is None else (lambda n: counts.builtin(counters.REDUCE_INPUT_RECORDS, n))
         streams = [shuffle.iter_run(f, offset, length, counted=read) for f, offset, length in runs]
+        sort_values = self.job.app.sort_values
         if sum(length for _, _, length in runs) <= IN_MEMORY_REDUCE_BYTES:
-            return shuffle.group_in_memory(streams)
-        return shuffle.group_sorted(shuffle.merge_runs(streams))
+            return shuffle.group_in_memory(streams, sort_values)
+        return shuffle.group_sorted(shuffle.merge_runs(streams, sort_values))
 
     def close(self) -> None:
         for f in self.files.values():

@@ -121,3 +121,13 @@ def test_sort_is_lc_all_c_sort_across_part_files(cluster, oracle, tmp_path):
     assert together == sort.stdout
     sizes = [len(part.read_bytes().splitlines()) for part in sorted(out.glob("part-*"))]
     assert len(sizes) == 4 and max(sizes) < 0.6 * sum(sizes)  # ranges, not one partition holding all
+
+
+@pytest.mark.parametrize("cluster", ["embedded", "external"])
+def test_secondary_sort_gives_each_keys_values_in_order(cluster, gutenberg, oracle, tmp_path):
+    app = str(APPS / "secondary.py")
+    args = ["--reduce", "3", "--split-size", "300k"]
+    expected = oracle(app, gutenberg, *args)  # the app's reduce asserts the order itself
+    out = tmp_path / "out"
+    run_on(cluster, app, gutenberg, out, *args)
+    assert_same_output(expected, out)

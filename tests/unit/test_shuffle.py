@@ -363,3 +363,33 @@ def test_dict_items_with_a_non_str_key_raise_app_error(tmp_path):
     buf = MapOutputBuffer(2, stable_partition, None, tmp_path, 10)
     with pytest.raises(AppError, match="keys must be str"):
         buf.add_all({"ok": 1, 5: 1}.items(), "input 'f.txt'")
+
+
+def test_sort_values_orders_each_keys_values_through_spills_combine_and_merge(tmp_path):
+    from mapreduce.shuffle import group_in_memory, group_sorted, merge_runs
+
+    rng = random.Random(9)
+    pairs = [(rng.choice("abc"), rng.randrange(1000)) for _ in range(500)]
+
+    def combine(key, values):
+        yield from reversed(list(values))  # out of order on purpose: the buffer must sort again
+
+    buf = MapOutputBuffer(1, stable_partition, combine, tmp_path, 37, sort_values=True)  # many spills
+    buf.add_all(pairs, "test")
+    out = tmp_path / "map.out"
+    lengths = buf.finish(out)
+    with open(out, "rb") as f:
+        records = [tuple(r) for r in iter_run(f, 0, lengths[0])]
+    assert records == sorted(pairs)
+    runs = [sorted(pairs[:250]), sorted(pairs[250:])]
+    for grouped in (group_in_memory([iter(r) for r in runs], True), group_sorted(merge_runs(runs, True))):
+        assert [(k, list(v)) for k, v in grouped] == [
+            (k, sorted(v for kk, v in pairs if kk == k)) for k in sorted({k for k, _ in pairs})
+        ]
+
+
+def test_sort_values_of_types_that_do_not_compare_is_a_clear_error(tmp_path):
+    buf = MapOutputBuffer(1, stable_partition, None, tmp_path, 100, sort_values=True)
+    buf.add_all([("a", 1), ("a", "x")], "test")
+    with pytest.raises(AppError, match="sort_values needs values that compare"):
+        buf._sorted_partitions()
