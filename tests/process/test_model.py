@@ -131,3 +131,30 @@ def test_secondary_sort_gives_each_keys_values_in_order(cluster, gutenberg, orac
     out = tmp_path / "out"
     run_on(cluster, app, gutenberg, out, *args)
     assert_same_output(expected, out)
+
+
+def test_join_is_an_inner_equi_join_in_input_order(oracle, tmp_path):
+    people = tmp_path / "people.tsv"
+    people.write_text("1\tada\n2\tbob\n3\tcy\n2\tbo\n")  # id 2 twice on the left
+    orders = tmp_path / "orders"
+    orders.mkdir()
+    (orders / "a.tsv").write_text("2\to1\tpen\n9\to2\tcup\n1\to3\tink\n")
+    (orders / "b.tsv").write_text("2\to4\tpad\n")
+    inputs = [str(people), str(orders / "a.tsv"), str(orders / "b.tsv")]
+    args = ["--param", f"left={people}", "--reduce", "2"]
+    expected = oracle("join", inputs, *args)
+    out = tmp_path / "out"
+    run_on("embedded", "join", inputs, out, *args)
+    assert_same_output(expected, out)
+    by_key = {}
+    for part in out.glob("part-*"):
+        for line in part.read_text().splitlines():
+            key, rest = line.split("\t", 1)
+            by_key.setdefault(key, []).append(rest)
+    assert by_key == {
+        "1": ["ada\to3\tink"],
+        "2": ["bob\to1\tpen", "bo\to1\tpen", "bob\to4\tpad", "bo\to4\tpad"],  # each right line, each left line
+    }
+    out2 = tmp_path / "out2"
+    with pytest.raises(AssertionError, match="key is a 1-based column"):
+        run_cli("seq", "join", *inputs, "--param", f"left={people}", "--param", "key=0", "--output", str(out2))
