@@ -87,6 +87,16 @@ def _job_options(f):
     return f
 
 
+_skip_bad_records_option = click.option(
+    "--skip-bad-records",
+    type=int,
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Skip a record on which map or reduce raised in two attempts, up to N per task (each one reported).",
+)
+
+
 def _cluster_options(f):
     options = [
         click.option(
@@ -125,6 +135,7 @@ def _cluster_options(f):
             show_default=True,
             help="Fail the job when one task has lost this many workers in a row.",
         ),
+        _skip_bad_records_option,
         click.option(
             "--min-workers",
             default=defaults.MIN_WORKERS,
@@ -272,12 +283,13 @@ def run(
 
 @cli.command()
 @_job_options
+@_skip_bad_records_option
 @click.option("--quiet", "-q", is_flag=True, help="No counters at the end.")
-def seq(app, inputs, output, n_reduce, params, split_size, overwrite, quiet):
+def seq(app, inputs, output, n_reduce, params, split_size, overwrite, skip_bad_records, quiet):
     """Run APP over INPUTS in this one process: the reference output."""
     from mapreduce import runner
 
-    options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params))
+    options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), skip_bad_records=skip_bad_records)
     counts = _guard(lambda: runner.run_seq(app, inputs, output, options))
     if not quiet:
         _echo_counters(counts)

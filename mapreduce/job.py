@@ -71,15 +71,50 @@ def _counted_groups(groups: Iterable[tuple[str, Iterator]]) -> Iterator[tuple[st
             counts.builtin(counters.REDUCE_INPUT_GROUPS, n)
 
 
-def _each(map_fn: MapFn, records: Iterable[tuple[Any, str]]) -> Iterator:
-    for key, line in records:
-        out = map_fn(key, line)
-        if out is not None:
-            yield from out
+_BAD_RECORD = "mapreduce_bad_record"  # set on an exception that user code raised on one record
 
 
-def _lazy(map_fn: MapFn, key: str, value: Any) -> Iterator:
-    yield from map_fn(key, value) or ()
+def bad_record(exc: BaseException) -> str:
+    """The record an exception of user code was raised on ("" if unknown): a map's line
+    offset (or its split's start, for a text input map), a reduce's key."""
+    return getattr(exc, _BAD_RECORD, "") or ""
+
+
+def _mark(exc: BaseException, record: str) -> None:
+    if not getattr(exc, _BAD_RECORD, ""):
+        try:
+            setattr(exc, _BAD_RECORD, record)
+        except (AttributeError, TypeError):
+            pass  # an exception that takes no attributes: its record stays unknown
+
+
+def _each(map_fn: MapFn, records: Iterable[tuple[Any, str]], skip: frozenset[str]) -> Iterator:
+    for position, line in records:
+        if skip and str(position.offset) in skip:
+            continue
+        try:
+            out = map_fn(position, line)
+            if out is not None:
+                yield from out
+        except Exception as exc:
+            _mark(exc, str(position.offset))
+            raise
+
+
+def _marking(records: Iterable, record: str) -> Iterator:
+    try:
+        yield from records
+    except Exception as exc:
+        _mark(exc, record)
+        raise
+
+
+def _lazy(map_fn: MapFn, key: str, value: Any, record: str) -> Iterator:
+    try:
+        yield from map_fn(key, value) or ()
+    except Exception as exc:
+        _mark(exc, record)
+        raise
 
 
 def _around(setup: Callable | None, body: Iterable, teardown: Callable | None) -> Iterator:
@@ -175,24 +210,49 @@ class App:
     reduce_setup: Callable[[], None] | None = None
     reduce_teardown: Callable[[], Any] | None = None
 
-    def run_map(self, key: str, source: Any) -> Iterable:
+    def run_map(self, key: str, source: Any, split_start: int = 0, skip: frozenset[str] = frozenset()) -> Iterable:
         """Everything one map task emits: ``source`` is the split's text, or its
-        (Position, line) records for a line input app (see inputs.line_records)."""
+        (Position, line) records for a line input app (see inputs.line_records). Records
+        in ``skip`` (bad records: line offsets, or the split's start for a text map) are
+        not read; an exception of the map names its record (``bad_record``)."""
+        whole = str(split_start)  # a text map's one record: its split
         if self.input_format is InputFormat.LINES:
-            calls: Any = _each(self.map, source)
+            calls: Any = _each(self.map, source, skip)
+        elif whole in skip:
+            calls = ()
         elif self.map_setup is None and self.map_teardown is None:
-            return self.map(key, source) or ()  # as it is: a dict's items() takes a fast path
+            try:
+                result = self.map(key, source)
+            except Exception as exc:
+                _mark(exc, whole)
+                raise
+            if isinstance(result, types.GeneratorType):
+                return _marking(result, whole)
+            return result or ()  # as it is: a dict's items() takes a fast path
         else:
-            calls = None
-        return _around(self.map_setup, calls if calls is not None else _lazy(self.map, key, source), self.map_teardown)
+            calls = _lazy(self.map, key, source, whole)
+        return _around(self.map_setup, calls, self.map_teardown)
 
-    def run_reduce(self, groups: Iterable[tuple[str, Iterator]]) -> Iterator[tuple[str, Any]]:
-        """Everything one reduce task emits for its groups (key, values), in key order."""
-        reduce = self.reduce
-        body = (record for key, values in _counted_groups(groups) for record in emitted(key, reduce(key, values)))
+    def run_reduce(
+        self, groups: Iterable[tuple[str, Iterator]], skip: frozenset[str] = frozenset()
+    ) -> Iterator[tuple[str, Any]]:
+        """Everything one reduce task emits for its groups (key, values), in key order; keys
+        in ``skip`` (bad records) are not reduced, and an exception names its key."""
+        body = self._reduced(_counted_groups(groups), skip)
         if self.reduce_setup is None and self.reduce_teardown is None:
             return body
         return output_records(_around(self.reduce_setup, body, self.reduce_teardown), "reduce_teardown")
+
+    def _reduced(self, groups: Iterable[tuple[str, Iterator]], skip: frozenset[str]) -> Iterator[tuple[str, Any]]:
+        reduce = self.reduce
+        for key, values in groups:
+            if skip and key in skip:
+                continue
+            try:
+                yield from emitted(key, reduce(key, values))
+            except Exception as exc:
+                _mark(exc, key)
+                raise
 
     def start(self) -> None:
         """Run the app's ``init`` hook; call once per process before any task."""

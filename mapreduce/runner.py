@@ -46,6 +46,7 @@ class JobOptions:
     speculation: bool = defaults.SPECULATION
     max_worker_losses: int = defaults.MAX_WORKER_LOSSES
     min_workers: int = defaults.MIN_WORKERS
+    skip_bad_records: int = 0  # records a task may skip when the user's code keeps raising on them
 
     def settings(self, n_reduce: int) -> Settings:
         from mapreduce.coordinator.scheduler import Settings
@@ -59,6 +60,7 @@ class JobOptions:
             task_timeout=self.task_timeout,
             speculation=self.speculation,
             min_workers=self.min_workers,
+            skip_bad_records=self.skip_bad_records,
         )
 
 
@@ -76,6 +78,8 @@ def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
     on disk except creating an empty output folder (and dropping a stale _SUCCESS)."""
     if options.n_reduce is not None and options.n_reduce < 0:
         raise UsageError(f"the number of reduce tasks must be 0 (a map-only job) or more, got {options.n_reduce}")
+    if options.skip_bad_records < 0:
+        raise UsageError(f"--skip-bad-records must be 0 or more, got {options.skip_bad_records}")
     if options.max_worker_losses < 1:
         raise UsageError(f"--max-worker-losses must be at least 1, got {options.max_worker_losses}")
     if options.min_workers < 1:
@@ -105,7 +109,7 @@ def run_seq(
     app_ref: str, inputs: Sequence[str], output_dir: str | Path, options: JobOptions = JobOptions()
 ) -> Counters:
     job = prepare(app_ref, inputs, output_dir, options)
-    return run_sequential(job.app, list(inputs), job.output_dir, job.n_reduce, job.split_size)
+    return run_sequential(job.app, list(inputs), job.output_dir, job.n_reduce, job.split_size, options.skip_bad_records)
 
 
 def serve(

@@ -82,6 +82,7 @@ class Settings:
     slow_factor: float = defaults.SLOW_FACTOR
     slow_margin: float = defaults.SLOW_MARGIN
     min_workers: int = defaults.MIN_WORKERS  # hand out no task until this many workers have joined (then never again)
+    skip_bad_records: int = 0  # records a task may skip when the user's code keeps raising on them
 
     @property
     def suspect_after(self) -> float:
@@ -113,6 +114,9 @@ class Task:
     # Workers (ids) where an attempt failed for the worker's sake: not given it again
     # while another live worker could take it.
     excluded: set[int] = field(default_factory=set)
+    # --skip-bad-records: how often the user's code raised on each record, and those skipped.
+    record_failures: dict[str, int] = field(default_factory=dict)
+    skip: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         if self.split is not None:
@@ -601,12 +605,14 @@ class Scheduler:
         worker.attempt = attempt
         if task.kind is ev.TaskKind.MAP:
             s = task.split
-            message: Any = p.AssignMap(attempt.id, task.index, s.key, s.path, s.start, s.end, s.fingerprint)
+            message: Any = p.AssignMap(
+                attempt.id, task.index, s.key, s.path, s.start, s.end, s.fingerprint, list(task.skip)
+            )
         else:
             done = [m for m in self.maps if m.state is TaskState.DONE]
             outputs = [self._location(m, task.index) for m in done if m.result.lengths[task.index]]
             empty = [m.index for m in done if not m.result.lengths[task.index]]
-            message = p.AssignReduce(attempt.id, task.index, outputs, empty)
+            message = p.AssignReduce(attempt.id, task.index, outputs, empty, list(task.skip))
         log.debug("attempt %d: %s on %s", attempt.id, task.describe(), worker.describe())
         self.record((ev.BackupLaunched if backup else ev.TaskAssigned)(t=now, **self._ids(attempt)))
         return Send(worker.identity, message)
@@ -777,6 +783,8 @@ class Scheduler:
         self.record(ev.TaskFailed(t=now, **self._ids(attempt), error=failed.error, user_error=failed.user_error))
         if task.state is TaskState.DONE:
             return []
+        if failed.user_error and self._skips_bad_record(now, task, failed):
+            return []  # its next attempt runs without that record (or retries to make sure)
         if failed.user_error:
             task.failures += 1
             limit, count = self.settings.max_attempts, task.failures
@@ -812,6 +820,25 @@ class Scheduler:
                 f"the last attempt, on {attempt.worker.describe()}: {failed.error}",
             )
         return []
+
+    def _skips_bad_record(self, now: float, task: Task, failed: p.TaskFailed) -> bool:
+        """With --skip-bad-records: a failure that names its record counts toward that record
+        (skipped once it failed in two attempts, as the MapReduce paper does), not toward
+        --max-attempts, while the task may skip more records."""
+        record = failed.bad_record
+        if not record or len(task.skip) >= self.settings.skip_bad_records or record in task.skip:
+            return False
+        task.record_failures[record] = task.record_failures.get(record, 0) + 1
+        if task.record_failures[record] >= 2:
+            task.skip.append(record)
+            log.warning("skipping record %s of %s: it raised twice: %s", record, task.describe(), failed.error)
+            source = task.split.key if task.split is not None else ""
+            self.record(
+                ev.RecordSkipped(
+                    t=now, task=task.index, phase=task.kind, record=record, input=source, error=failed.error
+                )
+            )
+        return True
 
     def _timed_out(self, now: float, attempt: TaskAttempt) -> list:
         worker = attempt.worker

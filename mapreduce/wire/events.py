@@ -61,6 +61,7 @@ class EventKind(enum.Enum):
     FETCH_FAILED = "fetch_failed"
     COMMIT_FAILED = "commit_failed"
     OUTPUT_COMMITTED = "output_committed"
+    RECORD_SKIPPED = "record_skipped"
     JOB_STARTED = "job_started"
     JOB_FAILING = "job_failing"
     JOB_FINISHED = "job_finished"
@@ -220,6 +221,19 @@ class FetchFailed(AttemptEvent):
     error: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class RecordSkipped(Event):
+    """A bad record (--skip-bad-records): the user's code raised on it in two attempts of
+    its task, so the task's next attempts do not read it."""
+
+    kind = EventKind.RECORD_SKIPPED
+    task: int
+    phase: TaskKind
+    record: str  # a map's line offset in its input (or its split's start), or a reduce's key
+    input: str  # a map's input as given ("" for a reduce)
+    error: str  # the exception's line
+
+
 # ---- map output and commits ------------------------------------------------------------
 
 
@@ -294,7 +308,7 @@ EVENT_TYPES: dict[EventKind, type[Event]] = {
         WorkerJoined, WorkerSuspect, WorkerDead, WorkerDraining, WorkerLeft, MessageFenced,
         TaskAssigned, BackupLaunched, TaskFinished, TaskFailed, TaskLost, TaskCancelled, ResultDiscarded,
         FetchFailed, MapOutputMoved, MapOutputOrphaned, MapRerun, CommitFailed, OutputCommitted,
-        JobStarted, JobFailing, JobFinished,
+        RecordSkipped, JobStarted, JobFailing, JobFinished,
     ]
 }  # fmt: skip
 assert set(EVENT_TYPES) == set(EventKind), "every event kind has its class"
@@ -461,6 +475,7 @@ class Tally:
     fenced: int = 0
     fetch_failures: int = 0
     commits: int = 0
+    records_skipped: int = 0
     # Bytes moved over the network: input that maps read from the coordinator, map output
     # that reduces fetched from other workers, reduce output the coordinator pulled.
     input_fetched: int = 0
@@ -515,6 +530,8 @@ class Tally:
                 self.fenced += 1
             case FetchFailed():
                 self.fetch_failures += 1
+            case RecordSkipped():
+                self.records_skipped += 1
             case OutputCommitted():
                 self.commits += 1
                 self.output_pulled += event.pulled

@@ -24,7 +24,7 @@ import msgpack
 
 from mapreduce.errors import ProtocolError
 
-PROTOCOL_VERSION = 3  # 2: Welcome lost output_host_id; 3: TaskDone carries counters
+PROTOCOL_VERSION = 3  # 2: Welcome lost output_host_id; 3: counters, bad records to skip
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # A data server's address as a worker advertises it (the socket's bound endpoint, always
@@ -105,6 +105,7 @@ class TaskFailed:
     error: str  # one line: the exception type and message
     details: str = ""  # the user's traceback
     user_error: bool = True  # False: the worker could not run the task (not the app's fault)
+    bad_record: str = ""  # the record the user's code raised on: a map's line offset (or split start), a reduce's key
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ class AssignMap:
     start: int
     end: int
     fingerprint: str = ""  # of the input file: a worker that sees the same file reads it directly
+    skip: list[str] = field(default_factory=list)  # bad records not to read (--skip-bad-records)
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ class AssignReduce:
     task: int
     outputs: list[MapOutput]
     empty: list[int] = field(default_factory=list)  # finished maps with nothing for this partition
+    skip: list[str] = field(default_factory=list)  # bad records (keys) not to reduce (--skip-bad-records)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ import zmq
 
 from mapreduce import defaults, output
 from mapreduce.errors import ProtocolError, StorageError
-from mapreduce.job import App
+from mapreduce.job import App, bad_record
 from mapreduce.net.dataserver import DataServer, Fetcher, FetchError
 from mapreduce.net.node import address_towards, default_scratch, endpoint_host, host_id, hostname
 from mapreduce.net.security import HANDSHAKE_FAILURES, Keys, authenticator
@@ -404,7 +404,8 @@ class Worker:
             return p.TaskFailed(0, assign.attempt, str(exc), exc.kind, user_error=False)
         except Exception as exc:
             log.warning("attempt %d failed: %s: %s", assign.attempt, type(exc).__name__, exc)
-            return p.TaskFailed(0, assign.attempt, f"{type(exc).__name__}: {exc}", user_traceback(exc))
+            error = f"{type(exc).__name__}: {exc}"
+            return p.TaskFailed(0, assign.attempt, error, user_traceback(exc), bad_record=bad_record(exc))
 
 
 def _raise_open_file_limit() -> None:
@@ -420,7 +421,14 @@ def _raise_open_file_limit() -> None:
 
 def user_traceback(exc: BaseException) -> str:
     """The exception's traceback without the framework's own frames: the user's code only."""
-    package = os.path.dirname(os.path.abspath(__file__))  # not its apps/ subfolder: those are user code too
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.dirname(f.filename) != package]
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # mapreduce/
+    apps = os.path.join(package, "apps")  # the built-in apps are user code too
+
+    def framework(filename: str) -> bool:
+        folder = os.path.dirname(os.path.abspath(filename))
+        inside = folder == package or folder.startswith(package + os.sep)
+        return inside and not (folder == apps or folder.startswith(apps + os.sep))
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not framework(f.filename)]
     lines = traceback.format_list(frames) + traceback.format_exception_only(type(exc), exc)
     return "".join(["Traceback (most recent call last):\n", *lines] if frames else lines)

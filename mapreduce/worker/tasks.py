@@ -143,8 +143,9 @@ def _map_body(
     local = job.sees_input(split.path, task.fingerprint)
     source = map_source(job.app, split, None if local else RemoteFile(fetcher, job.input_address, split.path))
     where = f"input {split.key!r} (bytes {split.start}-{split.end})"
+    emitted = job.app.run_map(split.key, source, split.start, frozenset(task.skip))
     if job.n_reduce == 0:  # a map-only job: the map's records are the output, in the order emitted
-        records = output_records(job.app.run_map(split.key, source), where)
+        records = output_records(emitted, where)
         return write_output(job, task.task, task.attempt, _checked(records, ctx), "map")
     what = f"map output of attempt {task.attempt}"
     buffer = shuffle.MapOutputBuffer(
@@ -158,7 +159,7 @@ def _map_body(
         job.app.sort_values,
     )
     try:
-        buffer.add_all(job.app.run_map(split.key, source), where)
+        buffer.add_all(emitted, where)
         ctx.check()
         # Every map of this worker appends to one file: no file to create per task.
         path, offset, lengths = job.append_map_output(buffer.finish_into, what)
@@ -281,7 +282,7 @@ def run_reduce(
         inputs.gather(task.outputs, task.empty)
         counts = Counters()
         with counting(counts):
-            results = job.app.run_reduce(_checked(inputs.groups(), ctx))
+            results = job.app.run_reduce(_checked(inputs.groups(), ctx), frozenset(task.skip))
             done = write_output(job, task.task, task.attempt, results, "reduce")
         counts.builtin(counters.REDUCE_OUTPUT_RECORDS, done.records)
         return dataclasses.replace(done, fetched=fetcher.received - received, counters=_wire(counts))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import APPS, assert_same_output, run_cli, run_external
-from mapreduce.wire.events import Tally, read_events
+from mapreduce.wire.events import RecordSkipped, Tally, read_events
 
 EMITTERS = str(APPS / "emitters.py")
 
@@ -158,3 +158,30 @@ def test_join_is_an_inner_equi_join_in_input_order(oracle, tmp_path):
     out2 = tmp_path / "out2"
     with pytest.raises(AssertionError, match="key is a 1-based column"):
         run_cli("seq", "join", *inputs, "--param", f"left={people}", "--param", "key=0", "--output", str(out2))
+
+
+@pytest.mark.parametrize("cluster", ["embedded", "external"])
+def test_bad_records_are_skipped_and_reported_the_same_as_seq(cluster, oracle, tmp_path):
+    app = str(APPS / "badrecords.py")
+    path = tmp_path / "in.txt"
+    lines = [f"w{i % 7} venom x" if i == 40 else f"w{i % 7} y{i % 3}" for i in range(200)]
+    lines[77] = "a POISON line"
+    path.write_text("\n".join(lines) + "\n")
+    offset = sum(len(line) + 1 for line in lines[:77])
+    args = ["--reduce", "2", "--skip-bad-records", "1", "--max-attempts", "2"]
+    expected = oracle(app, [str(path)], *args[:4])
+    events = tmp_path / "events.jsonl"
+    run_on(cluster, app, [str(path)], tmp_path / "out", *args, "--events", str(events))
+    assert_same_output(expected, tmp_path / "out")
+    skipped = [e for e in read_events(events) if isinstance(e, RecordSkipped)]
+    assert sorted((e.phase.value, e.record) for e in skipped) == [("map", str(offset)), ("reduce", "venom")]
+    assert all("ValueError" in e.error for e in skipped) and str(path) in [e.input for e in skipped]
+    text = "".join(p.read_text() for p in sorted((tmp_path / "out").glob("part-*")))
+    assert "venom" not in text and "POISON" not in text and "w0\t" in text
+
+
+def test_without_skipping_a_bad_record_fails_the_job(oracle, tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("fine line\na POISON line\n")
+    failed = run_cli("seq", str(APPS / "badrecords.py"), str(path), "--output", str(tmp_path / "o"), check=False)
+    assert failed.returncode != 0 and "poisoned line at 10" in failed.stderr

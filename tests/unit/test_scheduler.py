@@ -14,6 +14,7 @@ from mapreduce.wire.events import (
     MapOutputOrphaned,
     MapRerun,
     MessageFenced,
+    RecordSkipped,
     ResultDiscarded,
     TaskAssigned,
     TaskCancelled,
@@ -776,3 +777,36 @@ def test_map_only_committed_output_needs_no_rerun_when_its_worker_dies():
     actions = s.process_exited(1.5, "host-1", 4242, -9)  # A dies holding map 1
     assert s.maps[0].state is TaskState.DONE and s.tally.maps_rerun == 0  # committed: nothing to redo
     assert m1.task == 1 and one(actions, b"B", p.AssignMap).task == 1
+
+
+# ---- skipping bad records ------------------------------------------------------------------
+
+
+def fail_on(s, now, ident, wid, assign, record):
+    return s.receive(now, ident, p.TaskFailed(wid, assign.attempt, "ValueError: bad", "tb", bad_record=record))
+
+
+def test_a_record_that_fails_twice_is_skipped_and_failures_on_it_do_not_use_up_attempts():
+    s = make(n_maps=1, n_reduce=1, skip_bad_records=1, max_attempts=2)
+    a, actions = join(s, b"A")
+    m1 = one(actions, b"A", p.AssignMap)
+    m2 = one(fail_on(s, 1.0, b"A", a, m1, "120"), b"A", p.AssignMap)
+    assert m2.skip == [] and s.failure is None  # once: maybe bad luck, try again as it is
+    m3 = one(fail_on(s, 2.0, b"A", a, m2, "120"), b"A", p.AssignMap)
+    assert m3.skip == ["120"] and s.failure is None and s.maps[0].failures == 0
+    (skipped,) = [e for e in s.events if isinstance(e, RecordSkipped)]
+    assert (skipped.task, skipped.record, skipped.input) == (0, "120", "in0.txt")
+    assert s.tally.records_skipped == 1
+    m4 = one(fail_on(s, 3.0, b"A", a, m3, "999"), b"A", p.AssignMap)  # the budget (1) is spent: a failure
+    assert m4.skip == ["120"] and s.maps[0].failures == 1
+    fail_on(s, 4.0, b"A", a, m4, "999")
+    assert s.failure is not None and "failed 2 times" in s.failure
+
+
+def test_without_the_option_a_bad_record_is_an_ordinary_failure():
+    s = make(n_maps=1, n_reduce=1, max_attempts=2)
+    a, actions = join(s, b"A")
+    m1 = one(actions, b"A", p.AssignMap)
+    m2 = one(fail_on(s, 1.0, b"A", a, m1, "120"), b"A", p.AssignMap)
+    fail_on(s, 2.0, b"A", a, m2, "120")
+    assert m2.skip == [] and s.failure is not None
