@@ -44,6 +44,7 @@ class JobOptions:
     speculation: bool = defaults.SPECULATION
     max_worker_losses: int = defaults.MAX_WORKER_LOSSES
     min_workers: int = defaults.MIN_WORKERS
+    compress: output.Compression = output.Compression.NONE  # how part files are written
 
     def settings(self, n_reduce: int) -> Settings:
         from mapreduce.coordinator.scheduler import Settings
@@ -99,7 +100,7 @@ def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
 
 def run_seq(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options: JobOptions = JobOptions()) -> int:
     job = prepare(app_ref, inputs, output_dir, options)
-    return run_sequential(job.app, list(inputs), job.output_dir, job.n_reduce, job.split_size)
+    return run_sequential(job.app, list(inputs), job.output_dir, job.n_reduce, job.split_size, options.compress)
 
 
 def serve(
@@ -131,6 +132,7 @@ def serve(
             events=events,
             keys=keys,
             observe=observe,
+            compression=options.compress,
         )
     except Exception as exc:  # zmq.ZMQError for a bad or busy address
         raise UsageError(f"cannot bind {bind}: {exc}") from exc
@@ -169,6 +171,7 @@ def run_local(
             events=events,
             keys=local.keys,
             observe=observe,
+            compression=options.compress,
         )
         result = local.serve(coordinator)
         if not result.ok and logs is None:

@@ -19,11 +19,16 @@ from mapreduce.shuffle import roundtrip
 
 
 def run_sequential(
-    app: App, inputs: list[str], output_dir: Path, n_reduce: int, split_size: int = defaults.SPLIT_SIZE
+    app: App,
+    inputs: list[str],
+    output_dir: Path,
+    n_reduce: int,
+    split_size: int = defaults.SPLIT_SIZE,
+    compression: output.Compression = output.Compression.NONE,
 ) -> int:
     """Run the job; return the number of output lines. ``output_dir`` must be prepared."""
     if n_reduce == 0:
-        return _map_only(app, inputs, output_dir, split_size)
+        return _map_only(app, inputs, output_dir, split_size, compression)
     partitions: list[list[tuple[str, Any]]] = [[] for _ in range(n_reduce)]
     for split in make_splits(inputs, split_size):
         where = f"input {split.key!r} (bytes {split.start}-{split.end})"
@@ -49,20 +54,21 @@ def run_sequential(
             results.extend(emitted(key, app.reduce(key, iter([v for _, v in pairs[start:end]]))))
             start = end
         temp = output.temp_name(index, "seq")
-        lines += output.write_lines(output_dir / temp, results)
-        output.commit(output_dir, temp, index)
-    output.finish(output_dir, n_reduce)
+        lines += output.write_lines(output_dir / temp, results, compression=compression)
+        output.commit(output_dir, temp, index, compression)
+    output.finish(output_dir, n_reduce, compression)
     return lines
 
 
-def _map_only(app: App, inputs: list[str], output_dir: Path, split_size: int) -> int:
+def _map_only(app: App, inputs: list[str], output_dir: Path, split_size: int, compression: output.Compression) -> int:
     """No reduce: each map task's records, in the order emitted, are its own part file."""
     lines = 0
     splits = make_splits(inputs, split_size)
     for index, split in enumerate(splits):
         where = f"input {split.key!r} (bytes {split.start}-{split.end})"
         temp = output.temp_name(index, "seq")
-        lines += output.write_lines(output_dir / temp, output_records(app.map(split.key, read_split(split)), where))
-        output.commit(output_dir, temp, index)
-    output.finish(output_dir, len(splits))
+        records = output_records(app.map(split.key, read_split(split)), where)
+        lines += output.write_lines(output_dir / temp, records, compression=compression)
+        output.commit(output_dir, temp, index, compression)
+    output.finish(output_dir, len(splits), compression)
     return lines
