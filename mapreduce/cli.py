@@ -43,6 +43,15 @@ def _params(values: tuple[str, ...]) -> dict[str, str]:
     return params
 
 
+COMPRESSIONS = ["none", "gzip"]  # output.Compression's values (not imported here: see _compression)
+
+
+def _compression(ctx, param, value: str):
+    from mapreduce.output import Compression
+
+    return Compression(value)
+
+
 def _job_options(f):
     options = [
         click.argument("app"),
@@ -80,6 +89,14 @@ def _job_options(f):
         ),
         click.option(
             "--overwrite", is_flag=True, help="Replace the part-* files of an earlier job in the output folder."
+        ),
+        click.option(
+            "--compress",
+            type=click.Choice(COMPRESSIONS),
+            default="none",
+            show_default=True,
+            callback=_compression,
+            help="Write the part files compressed: gzip names them part-NNNNN.gz.",
         ),
     ]
     for option in reversed(options):
@@ -285,11 +302,13 @@ def run(
 @_job_options
 @_skip_bad_records_option
 @click.option("--quiet", "-q", is_flag=True, help="No counters at the end.")
-def seq(app, inputs, output, n_reduce, params, split_size, overwrite, skip_bad_records, quiet):
+def seq(app, inputs, output, n_reduce, params, split_size, overwrite, compress, skip_bad_records, quiet):
     """Run APP over INPUTS in this one process: the reference output."""
     from mapreduce import runner
 
-    options = runner.JobOptions(n_reduce, split_size, overwrite, _params(params), skip_bad_records=skip_bad_records)
+    options = runner.JobOptions(
+        n_reduce, split_size, overwrite, _params(params), skip_bad_records=skip_bad_records, compress=compress
+    )
     counts = _guard(lambda: runner.run_seq(app, inputs, output, options))
     if not quiet:
         _echo_counters(counts)

@@ -4,6 +4,7 @@ MapReduceError
  +-- UsageError           bad input detected before any work starts (files, options, output folder)
  |    +-- AppError        the app cannot be loaded or breaks the app contract
  +-- JobFailed            the job ran but could not finish (user code kept raising, workers lost)
+ |    +-- InputError      ... an input file turned out unreadable as what its name says (a damaged archive)
  +-- ProtocolError        a malformed or unexpected message arrived from the network
  +-- EventLogError        an event log record does not match the event schema
  +-- FetchError           a data server did not deliver the bytes asked for
@@ -41,6 +42,12 @@ class AppError(UsageError):
 
 class JobFailed(MapReduceError):
     """The job stopped without committing its output."""
+
+
+class InputError(JobFailed):
+    """An input file turned out unreadable as what its name says while a map read it (a
+    corrupt or truncated archive): the user's data is at fault, so in a worker it fails the
+    attempt like an error in user code; in the sequential run it fails the job."""
 
 
 class ProtocolError(MapReduceError):

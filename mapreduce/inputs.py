@@ -1,22 +1,66 @@
 """Input files and splits.
 
+An input is a file, or a folder standing for the files directly in it (as in Hadoop:
+not recursive, sub-folders skipped, names starting with ``_`` or ``.`` skipped so that
+an earlier job's ``_SUCCESS`` and temporary files are never read), in name order.
+
 A split is a byte range of one file. Splits are cut at fixed offsets without
 reading the file; the reader then moves both ends to line boundaries (a split
 that starts mid-file skips the partial line it starts in, and every split
 reads through the line that crosses its end), so each line belongs to exactly
 one split and no UTF-8 character is ever cut.
+
+A compressed file (``.gz``, ``.bz2``, ``.xz``) cannot be cut: it is one split, read
+whole and decompressed. One that turns out corrupt or truncated fails its map with an
+InputError naming the file and where reading stopped.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import lzma
 import os
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from mapreduce import counters, defaults
-from mapreduce.errors import UsageError
+from mapreduce.errors import InputError, UsageError
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A compression format an input may be in, known by its file name's suffix."""
+
+    name: str
+    suffix: str
+    magic: bytes  # how every such file starts
+    open: Callable[[BinaryIO], BinaryIO]  # the standard library's reader over a binary file object
+
+
+CODECS = (
+    Codec("gzip", ".gz", b"\x1f\x8b", gzip.open),
+    Codec("bzip2", ".bz2", b"BZh", bz2.open),
+    Codec("xz", ".xz", b"\xfd7zXZ\x00", lzma.open),
+)
+# What a damaged archive raises while it is decompressed (an OSError with an errno is
+# the disk's failure instead, and passes through).
+_DAMAGED = (OSError, EOFError, zlib.error, lzma.LZMAError)
+_PIECE = 64 * 1024  # uncompressed bytes read at a time: where reading stopped is known to this much
+
+
+def codec_of(name: str) -> Codec | None:
+    """The compression a file is in, by its name; None for a plain file."""
+    return next((c for c in CODECS if name.endswith(c.suffix)), None)
+
+
+def skipped_name(name: str) -> bool:
+    """A name in an input folder that is not input (``_SUCCESS``, temporary and hidden files)."""
+    return name.startswith(("_", "."))
 
 
 @dataclass(frozen=True)
@@ -30,12 +74,36 @@ class Split:
     fingerprint: str = ""  # the file's size and mtime: a worker that sees the same reads it directly
 
 
-def check_inputs(paths: Sequence[str]) -> list[tuple[str, str, int]]:
-    """Return ``(given, absolute, size)`` for each input, or raise UsageError naming the bad one."""
+def expand_inputs(paths: Sequence[str]) -> list[str]:
+    """The input files the given paths stand for: a file itself, a folder the files in it
+    (see the module docstring), each named as the user would (``folder/name``)."""
     if not paths:
         raise UsageError("no input files given")
-    checked = []
+    files = []
     for given in paths:
+        if not Path(given).is_dir():
+            files.append(given)  # a file, or what check_inputs will refuse, by the name given
+            continue
+        try:
+            names = sorted(os.listdir(given))
+        except OSError as exc:
+            raise UsageError(f"input folder {given!r} cannot be listed: {exc.strerror}") from exc
+        inside = [os.path.join(given, n) for n in names if not skipped_name(n)]
+        inside = [path for path in inside if not os.path.isdir(path)]
+        if not inside:
+            raise UsageError(
+                f"input folder {given!r} holds no input files (sub-folders and names starting "
+                "with '_' or '.' are skipped)"
+            )
+        files.extend(inside)
+    return files
+
+
+def check_inputs(paths: Sequence[str]) -> list[tuple[str, str, int]]:
+    """Return ``(given, absolute, size)`` for each input file (folders expanded), or raise
+    UsageError naming the bad one."""
+    checked = []
+    for given in expand_inputs(paths):
         path = Path(given)
         if not path.exists():
             raise UsageError(f"input file {given!r} does not exist")
@@ -44,10 +112,13 @@ def check_inputs(paths: Sequence[str]) -> list[tuple[str, str, int]]:
         if not os.access(path, os.R_OK):
             raise UsageError(f"input file {given!r} is not readable")
         try:
-            with open(path, "rb"):
-                pass
+            with open(path, "rb") as f:
+                start = f.read(8)
         except OSError as exc:
             raise UsageError(f"input file {given!r} cannot be opened: {exc.strerror}") from exc
+        codec = codec_of(given)
+        if codec is not None and start and not start.startswith(codec.magic[: len(start)]):
+            raise UsageError(f"input file {given!r} is not {codec.name}-compressed, as its name says")
         checked.append((given, str(path.resolve()), path.stat().st_size))
     return checked
 
@@ -58,7 +129,7 @@ def make_splits(paths: Sequence[str], split_size: int = defaults.SPLIT_SIZE) -> 
     splits = []
     for given, absolute, size in check_inputs(paths):
         mark = fingerprint(absolute)
-        if size <= split_size:
+        if size <= split_size or codec_of(given) is not None:  # an archive cannot be cut
             splits.append(Split(given, absolute, 0, size, mark))
             continue
         for start in range(0, size, split_size):
@@ -127,10 +198,45 @@ def _counted(records: Iterator, counts: counters.Counters) -> Iterator:
 
 def _read_lines_of(split: Split, source: BinaryIO | None) -> tuple[int, bytes]:
     """Where the split's first whole line starts in its file, and the bytes of its lines."""
+    codec = codec_of(split.key)
+    if codec is not None:  # one split, the whole file: its lines start at 0 of the uncompressed text
+        return 0, read_compressed(split, codec, source)
     if source is not None:
         return line_range(source, split.start, split.end)
     with open(split.path, "rb") as f:
         return line_range(f, split.start, split.end)
+
+
+def read_compressed(split: Split, codec: Codec, source: BinaryIO | None = None) -> bytes:
+    """A compressed file's split (the whole file) decompressed. A remote ``source`` is
+    fetched whole first (the decompressors read ahead in small pieces: one range each would
+    be a round trip each). A damaged archive raises InputError saying where it broke."""
+    if split.end <= split.start:
+        return b""  # an empty file: no archive at all, no records
+    if source is not None:
+        source.seek(0)
+        raw: BinaryIO = io.BytesIO(source.read(split.end))
+        return _decompress(split.key, codec, raw)
+    with open(split.path, "rb") as raw:
+        return _decompress(split.key, codec, raw)
+
+
+def _decompress(key: str, codec: Codec, raw: BinaryIO) -> bytes:
+    pieces: list[bytes] = []
+    done = 0
+    try:
+        with codec.open(raw) as f:
+            while piece := f.read(_PIECE):
+                pieces.append(piece)
+                done += len(piece)
+    except _DAMAGED as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # the disk failed, not the archive
+        raise InputError(
+            f"input {key!r} is a damaged {codec.name} file: reading failed after {done} uncompressed "
+            f"bytes (within its first {raw.tell()} compressed bytes): {str(exc) or type(exc).__name__}"
+        ) from exc
+    return b"".join(pieces)
 
 
 def read_range(f: BinaryIO, start: int, end: int) -> bytes:

@@ -47,6 +47,7 @@ class JobOptions:
     max_worker_losses: int = defaults.MAX_WORKER_LOSSES
     min_workers: int = defaults.MIN_WORKERS
     skip_bad_records: int = 0  # records a task may skip when the user's code keeps raising on them
+    compress: output.Compression = output.Compression.NONE  # how part files are written
 
     def settings(self, n_reduce: int) -> Settings:
         from mapreduce.coordinator.scheduler import Settings
@@ -109,7 +110,15 @@ def run_seq(
     app_ref: str, inputs: Sequence[str], output_dir: str | Path, options: JobOptions = JobOptions()
 ) -> Counters:
     job = prepare(app_ref, inputs, output_dir, options)
-    return run_sequential(job.app, list(inputs), job.output_dir, job.n_reduce, job.split_size, options.skip_bad_records)
+    return run_sequential(
+        job.app,
+        list(inputs),
+        job.output_dir,
+        job.n_reduce,
+        job.split_size,
+        options.skip_bad_records,
+        options.compress,
+    )
 
 
 def serve(
@@ -141,6 +150,7 @@ def serve(
             events=events,
             keys=keys,
             observe=observe,
+            compression=options.compress,
         )
     except Exception as exc:  # zmq.ZMQError for a bad or busy address
         raise UsageError(f"cannot bind {bind}: {exc}") from exc
@@ -179,6 +189,7 @@ def run_local(
             events=events,
             keys=local.keys,
             observe=observe,
+            compression=options.compress,
         )
         result = local.serve(coordinator)
         if not result.ok and logs is None:

@@ -31,6 +31,7 @@ def run_sequential(
     n_reduce: int,
     split_size: int = defaults.SPLIT_SIZE,
     skip_bad_records: int = 0,
+    compression: output.Compression = output.Compression.NONE,
 ) -> Counters:
     """Run the job; return its counters (one task at a time counts into them: a combine,
     never run here, counts nothing). ``output_dir`` must be prepared. With
@@ -38,9 +39,9 @@ def run_sequential(
     many per task): the distributed run skips it after two attempts, with the same result."""
     counts = Counters()
     if n_reduce == 0:
-        _map_only(app, inputs, output_dir, split_size, counts, skip_bad_records)
+        _map_only(app, inputs, output_dir, split_size, counts, skip_bad_records, compression)
     else:
-        _map_reduce(app, inputs, output_dir, n_reduce, split_size, counts, skip_bad_records)
+        _map_reduce(app, inputs, output_dir, n_reduce, split_size, counts, skip_bad_records, compression)
     return counts
 
 
@@ -72,6 +73,7 @@ def _map_reduce(
     split_size: int,
     counts: Counters,
     skip_bad_records: int,
+    compression: output.Compression,
 ) -> None:
     partitions: list[list[tuple[str, Any]]] = [[] for _ in range(n_reduce)]
     for index, split in enumerate(make_splits(inputs, split_size)):
@@ -100,17 +102,23 @@ def _map_reduce(
 
         def run_reduce(skip: frozenset[str], pairs=pairs, temp=temp) -> None:
             groups = ((key, (v for _, v in group)) for key, group in groupby(pairs, key=itemgetter(0)))
-            written = output.write_lines(output_dir / temp, app.run_reduce(groups, skip))
+            written = output.write_lines(output_dir / temp, app.run_reduce(groups, skip), compression=compression)
             counters.current().builtin(counters.REDUCE_INPUT_RECORDS, len(pairs))
             counters.current().builtin(counters.REDUCE_OUTPUT_RECORDS, written)
 
         _task(run_reduce, counts, skip_bad_records, f"reduce task {index}")
-        output.commit(output_dir, temp, index)
-    output.finish(output_dir, n_reduce)
+        output.commit(output_dir, temp, index, compression)
+    output.finish(output_dir, n_reduce, compression)
 
 
 def _map_only(
-    app: App, inputs: list[str], output_dir: Path, split_size: int, counts: Counters, skip_bad_records: int
+    app: App,
+    inputs: list[str],
+    output_dir: Path,
+    split_size: int,
+    counts: Counters,
+    skip_bad_records: int,
+    compression: output.Compression,
 ) -> None:
     """No reduce: each map task's records, in the order emitted, are its own part file."""
     splits = make_splits(inputs, split_size)
@@ -120,11 +128,11 @@ def _map_only(
 
         def run_map(skip: frozenset[str], split=split, where=where, temp=temp) -> None:
             records = output_records(app.run_map(split.key, map_source(app, split), split.start, skip), where)
-            written = output.write_lines(output_dir / temp, records)
+            written = output.write_lines(output_dir / temp, records, compression=compression)
             counters.current().builtin(counters.MAP_INPUT_BYTES, split.end - split.start)
             counters.current().builtin(counters.MAP_OUTPUT_RECORDS, written)
             counters.current().builtin(counters.REDUCE_OUTPUT_RECORDS, written)
 
         _task(run_map, counts, skip_bad_records, f"map task {index} ({where})")
-        output.commit(output_dir, temp, index)
-    output.finish(output_dir, len(splits))
+        output.commit(output_dir, temp, index, compression)
+    output.finish(output_dir, len(splits), compression)

@@ -66,8 +66,10 @@ class Coordinator:
         exited: Callable[[], list[tuple[int, int]]] | None = None,
         keys: Keys | None = None,
         observe: Observer | None = None,
+        compression: output.Compression = output.Compression.NONE,
     ):
         self.observe = observe
+        self.compression = compression  # of the part files: the workers write them, this commits them
         self._unobserved: list[Event] = []  # events recorded since the observer last saw the job
         self.app, self.splits, self.output_dir, self.settings = app, splits, output_dir, settings
         self.progress = progress
@@ -116,6 +118,7 @@ class Coordinator:
             str(self.output_dir.resolve()),
             self.data_server.port,
             self._output_token,
+            self.compression,
         )
 
     def run(self) -> JobResult:
@@ -130,7 +133,7 @@ class Coordinator:
         try:
             self._serve(scheduler)
             if scheduler.succeeded and scheduler.failure is None:  # (a commit may fail after the last reduce)
-                output.finish(self.output_dir, len(scheduler.outputs))
+                output.finish(self.output_dir, len(scheduler.outputs), self.compression)
                 ok, message = True, f"output committed to {self.output_dir}"
             else:
                 ok, message = False, scheduler.failure or "stopped"
@@ -307,7 +310,7 @@ class Coordinator:
         try:
             if not output.is_temp_name(temp):
                 raise FileNotFoundError(f"{temp!r} is not a temporary output name")
-            output.commit(self.output_dir, temp, partition)
+            output.commit(self.output_dir, temp, partition, self.compression)
         except FileNotFoundError as exc:  # the attempt's file vanished: run it again
             self._carry_out(scheduler, scheduler.commit_failed(now, partition, str(exc)))
         except OSError as exc:

@@ -11,6 +11,7 @@ coordinator to workers.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import ipaddress
 import re
@@ -23,8 +24,9 @@ from typing import Annotated, Any
 import msgpack
 
 from mapreduce.errors import ProtocolError
+from mapreduce.output import Compression
 
-PROTOCOL_VERSION = 3  # 2: Welcome lost output_host_id; 3: counters, bad records to skip
+PROTOCOL_VERSION = 3  # 2: Welcome lost output_host_id; 3: counters, bad records to skip, compression
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # A data server's address as a worker advertises it (the socket's bound endpoint, always
@@ -152,6 +154,7 @@ class Welcome:
     output_dir: str
     data_port: int = 0  # the coordinator's data server (inputs, for workers on other hosts), same host as --connect
     output_token: str = ""  # in the output folder's visibility file: a worker that reads it writes there directly
+    compression: Compression = Compression.NONE  # how output tasks write their part files
 
 
 @dataclass(frozen=True)
@@ -366,6 +369,15 @@ def _checker(hint: Any) -> Checker:
         return check_list
     if dataclasses.is_dataclass(hint):
         return lambda value, where: _build(hint, value, where)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):  # travels as its value
+
+        def check_enum(value: Any, where: str) -> Any:
+            try:
+                return hint(value)
+            except (ValueError, TypeError):
+                raise ProtocolError(f"{where}: {str(value)[:40]!r} is not a {hint.__name__}") from None
+
+        return check_enum
     if hint is int:
 
         def check_int(value: Any, where: str) -> Any:

@@ -55,7 +55,7 @@ from typing import Any
 import zmq
 
 from mapreduce import defaults, output
-from mapreduce.errors import ProtocolError, StorageError
+from mapreduce.errors import InputError, ProtocolError, StorageError
 from mapreduce.job import App, bad_record
 from mapreduce.net.dataserver import DataServer, Fetcher, FetchError
 from mapreduce.net.node import address_towards, default_scratch, endpoint_host, host_id, hostname
@@ -345,6 +345,7 @@ class Worker:
             output_dir,
             sees_output,
             input_address,
+            welcome.compression,
         )
 
     def _reduce_output(self, result: Any) -> Path | None:
@@ -402,6 +403,9 @@ class Worker:
         except StorageError as exc:  # this worker's disk or folder failed, not the user's code
             log.warning("attempt %d failed: %s", assign.attempt, exc)
             return p.TaskFailed(0, assign.attempt, str(exc), exc.kind, user_error=False)
+        except InputError as exc:  # the user's data is bad: a user error, but no user code to show
+            log.warning("attempt %d failed: %s", assign.attempt, exc)
+            return p.TaskFailed(0, assign.attempt, f"{type(exc).__name__}: {exc}")
         except Exception as exc:
             log.warning("attempt %d failed: %s: %s", assign.attempt, type(exc).__name__, exc)
             error = f"{type(exc).__name__}: {exc}"

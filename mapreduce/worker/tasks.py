@@ -73,6 +73,7 @@ class JobContext:
     output_dir: Path
     sees_output: bool  # this worker sees the coordinator's output folder (same host or shared)
     input_address: str  # the coordinator's data server, for inputs this worker cannot see
+    compression: output.Compression = output.Compression.NONE  # how output tasks write their part files
     _map_log: list = field(default_factory=list)  # the open append file, once created
     _visible: dict = field(default_factory=dict)  # input path -> seen here (as the coordinator saw it)
 
@@ -300,7 +301,7 @@ def write_output(job: JobContext, task: int, attempt: int, records: Iterator, ph
     role = "output" if job.sees_output else "scratch"
     what = f"output of {phase} task {task}, attempt {attempt}"
     try:
-        count = output.write_lines(target, records, what, role)
+        count = output.write_lines(target, records, what, role, job.compression)
         with storage_errors(target.parent, what, role):
             size = target.stat().st_size
     except BaseException:

@@ -146,6 +146,33 @@ def test_three_worker_hosts_without_the_coordinators_files_match_seq(hosts, gute
     assert "through the coordinator" in stderr and "worker to worker" in stderr
 
 
+def test_compressed_inputs_in_a_folder_and_gzip_output_cross_the_network(hosts, gutenberg, oracle, tmp_path):
+    """The workers see neither the inputs nor the output folder: they fetch archives through
+    the coordinator and decompress them, and their gzip parts are pulled back, byte for byte seq's."""
+    import bz2
+    import gzip
+    import lzma
+
+    folder = tmp_path / "books"
+    folder.mkdir()
+    for book, (suffix, compress) in zip(gutenberg, [(".gz", gzip.compress), (".bz2", bz2.compress),
+                                                    (".xz", lzma.compress), ("", bytes)]):  # fmt: skip
+        (folder / (Path(book).name + suffix)).write_bytes(compress(Path(book).read_bytes()))
+    (folder / "_SUCCESS").write_text("")
+    args = ["--reduce", "4", "--split-size", "200k", "--compress", "gzip"]
+    expected = oracle("wordcount", [str(folder)], *args)
+    cluster = hosts()
+    cluster.start_coordinator("wordcount", [str(folder)], *args, "--min-workers", "3")
+    workers = [cluster.start_worker(host) for host in cluster.net.hosts[1:]]
+    log, _ = cluster.finish()
+    assert_same_output(expected, cluster.out)
+    assert sorted(os.listdir(cluster.out)) == ["_SUCCESS", *(f"part-0000{p}.gz" for p in range(4))]
+    assert [w.wait(timeout=30) for w in workers] == [0, 0, 0]
+    finished = of(log, "task_finished")
+    inputs = sum(p.stat().st_size for p in folder.iterdir())
+    assert sum(e["fetched"] for e in finished if e["phase"] == "map") >= inputs  # every archive crossed
+
+
 def sleepy_job_on_the_worker_hosts(hosts, tmp_path, oracle, n_inputs: int, *params: str):
     """A SLEEPY job with a worker on every host but the coordinator's; no speculation, since
     these tests time their cuts. Returns the cluster, the inputs and the expected output."""

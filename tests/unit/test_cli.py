@@ -50,8 +50,57 @@ def test_missing_input(command, tmp_path):
     assert not out.exists()  # nothing was created
 
 
-def test_input_is_a_folder(tmp_path):
-    assert_refused(invoke("seq", "wordcount", str(tmp_path), "--output", str(tmp_path / "o")), "is not a regular file")
+@pytest.mark.parametrize("command", ["seq", "run", "coordinator"])
+def test_input_folder_with_no_input_files(command, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "_SUCCESS").write_text("")
+    (folder / "sub").mkdir()
+    out = tmp_path / "o"
+    result = invoke(command, "wordcount", str(folder), "--output", str(out))
+    assert_refused(result, f"input folder '{folder}' holds no input files")
+    assert not out.exists()
+
+
+def test_input_folder_is_its_files(text, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("seq", "wordcount", str(tmp_path), "--output", str(out), "--reduce", "1")
+    assert result.exit_code == 0, result.output
+    assert list(read_output(out)) == ["and\t1\n", "cat\t1\n", "end\t1\n", "hat\t1\n", "the\t3\n"]
+
+
+def test_gz_input_that_is_not_gzip_is_refused_before_any_work(tmp_path):
+    fake = tmp_path / "words.gz"
+    fake.write_text("the cat\n")
+    out = tmp_path / "o"
+    assert_refused(invoke("seq", "wordcount", str(fake), "--output", str(out)), "words.gz", "not gzip-compressed")
+    assert not out.exists()
+
+
+def test_damaged_gz_input_fails_seq_naming_the_file(tmp_path):
+    import gzip
+
+    damaged = tmp_path / "words.gz"
+    damaged.write_bytes(gzip.compress(b"the cat and the hat\n" * 5000)[:-100])
+    result = invoke("seq", "wordcount", str(damaged), "--output", str(tmp_path / "o"))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert f"input '{damaged}' is a damaged gzip file: reading failed after" in result.output
+
+
+def test_compress_choices_are_the_compressions():
+    from mapreduce.cli import COMPRESSIONS
+    from mapreduce.output import Compression
+
+    assert [c.value for c in Compression] == COMPRESSIONS
+
+
+def test_seq_compress_gzip(text, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("seq", "wordcount", text, "--output", str(out), "--reduce", "2", "--compress", "gzip")
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000.gz", "part-00001.gz"]
+    assert sorted(read_output(out)) == ["and\t1\n", "cat\t1\n", "end\t1\n", "hat\t1\n", "the\t3\n"]
 
 
 def test_no_inputs(tmp_path):

@@ -175,6 +175,35 @@ def test_input_server_serves_only_the_listed_files_and_remote_splits_read_like_l
         context.term()
 
 
+def test_a_compressed_input_larger_than_a_chunk_reads_remotely_like_locally(tmp_path):
+    import gzip
+    import random
+
+    from mapreduce.errors import InputError
+    from mapreduce.inputs import make_splits, read_split
+    from mapreduce.net.dataserver import RemoteFile
+
+    rng = random.Random(5)
+    text = "".join(f"{rng.getrandbits(64):x} {rng.getrandbits(32):x}\n" for _ in range(400_000))
+    packed, broken = tmp_path / "in.txt.gz", tmp_path / "broken.gz"
+    packed.write_bytes(gzip.compress(text.encode(), mtime=0))
+    assert packed.stat().st_size > CHUNK  # fetched in several ranges
+    broken.write_bytes(packed.read_bytes()[: CHUNK + 1000])
+    context = zmq.Context()
+    server = DataServer(context, None, files=[str(packed), str(broken)]).start()
+    fetcher = Fetcher(context, timeout=5)
+    try:
+        (split,) = make_splits([str(packed)], 1024)
+        assert read_split(split, RemoteFile(fetcher, server.address, split.path)) == text == read_split(split)
+        (split,) = make_splits([str(broken)])
+        with pytest.raises(InputError, match=f"input '{broken}' is a damaged gzip file"):
+            read_split(split, RemoteFile(fetcher, server.address, split.path))
+    finally:
+        fetcher.close()
+        server.stop()
+        context.term()
+
+
 def test_transfers_pull_a_file_and_report_a_pull_or_probe_that_fails(tmp_path):
     from helpers import free_endpoint
     from mapreduce.coordinator.scheduler import Commit

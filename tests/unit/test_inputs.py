@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import lzma
 import os
 import random
 
 import pytest
 
-from mapreduce.errors import UsageError
-from mapreduce.inputs import Split, check_inputs, fingerprint, make_splits, read_range, read_split
+from mapreduce.errors import InputError, UsageError
+from mapreduce.inputs import Split, check_inputs, expand_inputs, fingerprint, make_splits, read_range, read_split
 
 ALPHABET = "abcxyz XYZ\t,.-0123" + "éüñß" + "€☃" + "日本語" + "😀🎉" + "\r"
 
@@ -162,12 +166,27 @@ def test_missing_file_is_a_usage_error_naming_it(tmp_path):
     assert missing in str(info.value)
 
 
-def test_directory_is_a_usage_error_naming_it(tmp_path):
+@pytest.mark.parametrize("inside", [[], ["_SUCCESS", ".part-00000.a1.tmp", ".hidden"], ["sub/"]], ids=repr)
+def test_folder_with_no_input_files_is_a_usage_error_naming_it(tmp_path, inside):
     folder = tmp_path / "adir"
     folder.mkdir()
-    with pytest.raises(UsageError, match="not a regular file") as info:
-        make_splits([str(folder)])
+    for name in inside:
+        if name.endswith("/"):
+            (folder / name).mkdir()
+            (folder / name / "deeper.txt").write_text("not read\n")
+        else:
+            (folder / name).write_text("not input\n")
+    with pytest.raises(UsageError, match="holds no input files") as info:
+        make_splits([write(tmp_path, "ok.txt", "x\n"), str(folder)])
     assert str(folder) in str(info.value)
+
+
+def test_something_neither_file_nor_folder_is_a_usage_error_naming_it(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match="not a regular file") as info:
+        make_splits([str(fifo)])
+    assert str(fifo) in str(info.value)
 
 
 def test_no_inputs_is_a_usage_error():
@@ -227,3 +246,140 @@ def test_line_records_carry_the_byte_offset_of_each_line(tmp_path):
             *line_records(Split("t.txt", str(path), cut, len(data))),
         ]
         assert halves == whole
+
+
+# ---- folders -----------------------------------------------------------------------
+
+
+def make_folder(tmp_path) -> tuple[str, dict[str, str]]:
+    """A folder as an earlier job leaves it, plus things that are not input: returns the
+    folder and the input files in it (name -> text)."""
+    folder = tmp_path / "books"
+    folder.mkdir()
+    texts = {"b.txt": "bee\nbuzz\n", "a.txt": "ant\n", "c": "cat\ncow\ncrow\n", "part-00000": "x\t1\n"}
+    for name, text in texts.items():
+        (folder / name).write_text(text)
+    for skipped in ("_SUCCESS", "_logs", ".part-00001.a3.tmp", ".DS_Store"):
+        (folder / skipped).write_text("never read\n")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "inner.txt").write_text("not recursive\n")
+    return str(folder), texts
+
+
+def test_a_folder_is_its_files_in_name_order_skipping_hidden_underscored_and_sub_folders(tmp_path):
+    folder, texts = make_folder(tmp_path)
+    names = sorted(texts)
+    assert expand_inputs([folder]) == [os.path.join(folder, n) for n in names]
+    splits = make_splits([folder])
+    assert [s.key for s in splits] == [os.path.join(folder, n) for n in names]
+    assert [read_split(s) for s in splits] == [texts[n] for n in names]
+
+
+def test_a_folder_gives_the_same_splits_as_its_files_one_by_one(tmp_path):
+    folder, texts = make_folder(tmp_path)
+    files = [os.path.join(folder, n) for n in sorted(texts)]
+    other = write(tmp_path, "other.txt", "o\n" * 10)
+    for size in (1, 3, 7, 1000):
+        assert make_splits([other, folder, other], size) == make_splits([other, *files, other], size)
+
+
+def test_a_folder_given_with_a_trailing_slash_or_relatively_keys_its_files_as_joined(tmp_path, monkeypatch):
+    folder, texts = make_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert [s.key for s in make_splits(["books/"])] == [f"books/{n}" for n in sorted(texts)]
+    assert [s.key for s in make_splits(["books"])] == [f"books/{n}" for n in sorted(texts)]
+    assert make_splits(["books"])[0].path == os.path.join(folder, "a.txt")
+
+
+def test_files_given_by_name_are_read_even_with_a_skipped_name(tmp_path):
+    path = write(tmp_path, "_underscored", "read\n")
+    assert [read_split(s) for s in make_splits([path])] == ["read\n"]
+
+
+def test_a_broken_link_in_a_folder_is_a_usage_error_naming_it(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "gone.txt").symlink_to(tmp_path / "missing")
+    with pytest.raises(UsageError, match="does not exist") as info:
+        make_splits([str(folder)])
+    assert os.path.join(str(folder), "gone.txt") in str(info.value)
+
+
+# ---- compressed inputs ---------------------------------------------------------------
+
+COMPRESSORS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
+TEXT = "".join(f"line {i} {'é' * (i % 5)} {'日本' * (i % 3)}\n" for i in range(20000)) + "no newline at the end"
+
+
+@pytest.mark.parametrize("suffix", COMPRESSORS)
+def test_a_compressed_file_is_one_split_read_decompressed(tmp_path, suffix):
+    data = COMPRESSORS[suffix](TEXT.encode())
+    path = write(tmp_path, f"t.txt{suffix}", data)
+    for size in (1, 100, len(data) - 1, 1 << 30):
+        splits = make_splits([path], size)
+        assert splits == [Split(path, os.path.abspath(path), 0, len(data), fingerprint(path))]
+    assert read_split(splits[0]) == TEXT
+
+
+@pytest.mark.parametrize("suffix", COMPRESSORS)
+def test_concatenated_streams_read_as_one_file(tmp_path, suffix):
+    compress = COMPRESSORS[suffix]
+    path = write(tmp_path, f"two{suffix}", compress(b"first\n") + compress(b"second\n"))
+    assert read_split(make_splits([path])[0]) == "first\nsecond\n"
+
+
+@pytest.mark.parametrize("suffix", COMPRESSORS)
+def test_an_empty_compressed_file_has_no_records(tmp_path, suffix):
+    path = write(tmp_path, f"empty{suffix}", b"")
+    assert [read_split(s) for s in make_splits([path])] == [""]
+
+
+class Remote:
+    """Only what RemoteFile offers (read, seek from the start, tell): no fileno, no path."""
+
+    def __init__(self, data: bytes):
+        self._f = io.BytesIO(data)
+        self.read, self.seek, self.tell = self._f.read, self._f.seek, self._f.tell
+
+
+@pytest.mark.parametrize("suffix", COMPRESSORS)
+def test_a_compressed_file_seen_remotely_reads_the_same(tmp_path, suffix):
+    data = COMPRESSORS[suffix](TEXT.encode())
+    path = write(tmp_path, f"t{suffix}", data)
+    (split,) = make_splits([path])
+    elsewhere = Split(split.key, "/not/on/this/host" + suffix, split.start, split.end)
+    assert read_split(elsewhere, Remote(data)) == TEXT
+
+
+def damaged(data: bytes, how: str) -> bytes:
+    if how == "truncated":
+        return data[: len(data) * 2 // 3]
+    middle = len(data) // 2
+    return data[:middle] + bytes(b ^ 0x5A for b in data[middle : middle + 64]) + data[middle + 64 :]
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupt"])
+@pytest.mark.parametrize("suffix", COMPRESSORS)
+def test_a_damaged_archive_fails_naming_the_file_and_where(tmp_path, suffix, how):
+    bad = damaged(COMPRESSORS[suffix](TEXT.encode()), how)
+    path = write(tmp_path, f"bad{suffix}", bad)
+    (split,) = make_splits([path])  # its start is fine: found only when read
+    for source in (None, Remote(bad)):
+        with pytest.raises(InputError, match=r"reading failed after \d+ uncompressed bytes") as info:
+            read_split(split, source)
+        assert f"input {path!r} is a damaged" in str(info.value)
+        assert "compressed bytes" in str(info.value)
+
+
+@pytest.mark.parametrize("suffix, codec", [(".gz", "gzip"), (".bz2", "bzip2"), (".xz", "xz")])
+def test_a_compressed_name_on_a_plain_file_is_refused_before_any_work(tmp_path, suffix, codec):
+    path = write(tmp_path, f"plain{suffix}", "just text\n")
+    with pytest.raises(UsageError, match=f"not {codec}-compressed") as info:
+        make_splits([path])
+    assert path in str(info.value)
+
+
+def test_the_wrong_compression_is_refused_too(tmp_path):
+    path = write(tmp_path, "really-bzip2.gz", bz2.compress(b"x\n"))
+    with pytest.raises(UsageError, match="not gzip-compressed"):
+        make_splits([path])

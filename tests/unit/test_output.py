@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import pathlib
 
@@ -9,7 +10,7 @@ import pytest
 
 from mapreduce import output
 from mapreduce.errors import JobFailed, UsageError
-from mapreduce.output import SUCCESS, commit, finish, part_name, prepare_output, temp_name
+from mapreduce.output import SUCCESS, Compression, commit, finish, part_name, prepare_output, temp_name
 
 
 def snapshot(folder) -> dict:
@@ -52,7 +53,8 @@ def test_refuses_non_empty_folder_without_overwrite(tmp_path, contents):
 
 
 @pytest.mark.parametrize(
-    "foreign", ["notes.txt", "part-1", "part-000001", "PART-00000", "_SUCCESS.bak", ".hidden", "subdir"]
+    "foreign",
+    ["notes.txt", "part-1", "part-000001", "PART-00000", "_SUCCESS.bak", ".hidden", "subdir", "part-00000.bz2"],
 )
 def test_refuses_foreign_files_even_with_overwrite_and_leaves_everything(tmp_path, foreign):
     target = tmp_path / "out"
@@ -193,3 +195,66 @@ def test_visibility_token_tells_who_sees_the_output_folder(tmp_path):
     # A crashed job's token file is ours: --overwrite accepts it and finish() removes it.
     prepare_output(folder, overwrite=True)
     assert (folder / visibility_name("abc123")).exists()
+
+
+# ---- compressed output -------------------------------------------------------------
+
+RECORDS = [(f"key{i:05d}", i * i) for i in range(20000)] + [("é", "ü\t日本"), ("line alone", output.NO_VALUE)]
+
+
+def test_part_names_follow_the_compression():
+    assert part_name(12) == part_name(12, Compression.NONE) == "part-00012"
+    assert part_name(12, Compression.GZIP) == "part-00012.gz"
+    assert temp_name(12, "a1") == ".part-00012.a1.tmp"  # the same whatever the compression
+
+
+def test_gzip_output_decompresses_to_the_plain_bytes_and_is_deterministic(tmp_path):
+    plain, packed, again = tmp_path / "plain", tmp_path / "packed", tmp_path / "again"
+    assert output.write_lines(plain, RECORDS) == len(RECORDS)
+    assert output.write_lines(packed, iter(RECORDS), compression=Compression.GZIP) == len(RECORDS)
+    output.write_lines(again, RECORDS, compression=Compression.GZIP)
+    data = packed.read_bytes()
+    assert gzip.decompress(data) == plain.read_bytes()
+    assert again.read_bytes() == data  # a later write, under another name: the same bytes
+    assert data[3] == 0 and data[4:8] == b"\0\0\0\0"  # no file name, no time in the header
+    assert len(data) < plain.stat().st_size // 2
+
+
+def test_gzip_of_no_records_is_an_empty_stream(tmp_path):
+    output.write_lines(tmp_path / "empty", [], compression=Compression.GZIP)
+    assert gzip.decompress((tmp_path / "empty").read_bytes()) == b""
+
+
+def test_compressed_job_commits_gz_parts_and_reads_back(tmp_path):
+    folder = prepare_output(tmp_path / "out", overwrite=False)
+    for p in range(2):
+        temp = temp_name(p, "seq")
+        output.write_lines(folder / temp, [(f"k{p}", p)], compression=Compression.GZIP)
+        commit(folder, temp, p, Compression.GZIP)
+    finish(folder, 2, Compression.GZIP)
+    assert sorted(os.listdir(folder)) == ["_SUCCESS", "part-00000.gz", "part-00001.gz"]
+    assert list(output.read_output(folder)) == ["k0\t0\n", "k1\t1\n"]
+
+
+@pytest.mark.parametrize("before, after", [(Compression.NONE, Compression.GZIP), (Compression.GZIP, Compression.NONE)])
+def test_overwrite_replaces_an_earlier_job_compressed_either_way(tmp_path, before, after):
+    folder = prepare_output(tmp_path / "out", overwrite=False)
+    for p in range(3):  # an earlier job, wider
+        output.write_lines(folder / part_name(p, before), [("old", p)], compression=before)
+    (folder / SUCCESS).write_bytes(b"")
+    prepare_output(folder, overwrite=True)
+    assert SUCCESS not in os.listdir(folder)
+    for p in range(2):
+        temp = temp_name(p, "a1")
+        output.write_lines(folder / temp, [("new", p)], compression=after)
+        commit(folder, temp, p, after)
+    finish(folder, 2, after)
+    assert sorted(os.listdir(folder)) == sorted([part_name(0, after), part_name(1, after), SUCCESS])
+    assert list(output.read_output(folder)) == ["new\t0\n", "new\t1\n"]
+
+
+def test_a_gz_part_missing_at_finish_is_named(tmp_path):
+    folder = prepare_output(tmp_path / "out", overwrite=False)
+    (folder / "part-00000").write_bytes(b"x\n")  # the uncompressed name does not count
+    with pytest.raises(JobFailed, match=r"part-00000\.gz was never committed"):
+        finish(folder, 1, Compression.GZIP)

@@ -9,6 +9,7 @@ import msgpack
 import pytest
 
 from mapreduce.errors import ProtocolError
+from mapreduce.output import Compression
 from mapreduce.wire import messages as p
 
 ALL = p.WORKER_MESSAGES + p.COORDINATOR_MESSAGES
@@ -31,7 +32,7 @@ WORKER_SAMPLES = [
 ]
 
 COORDINATOR_SAMPLES = [
-    p.Welcome(5, "abc123", b"\x80\x05\x00\xff pickled", 3, 2, 0.25, "/out/dir", 7000, "token"),
+    p.Welcome(5, "abc123", b"\x80\x05\x00\xff pickled", 3, 2, 0.25, "/out/dir", 7000, "token", Compression.GZIP),
     p.Heartbeat(0),
     p.AssignMap(9, 2, "input file é.txt", "/abs/input file é.txt", 0, 32 * 1024 * 1024),
     p.AssignReduce(10, 1, [OUT_A, OUT_B]),
@@ -103,6 +104,22 @@ def test_defaults_fill_missing_optional_fields():
         frame(p.PROTOCOL_VERSION, "TaskFailed", {"worker": 1, "attempt": 2, "error": "E"}), p.WORKER_MESSAGES
     )
     assert decoded.user_error is True and decoded.details == ""
+
+
+def test_compression_travels_as_its_name_and_decodes_to_the_enum():
+    fields = fields_of(COORDINATOR_SAMPLES[0])
+    assert fields["compression"] == "gzip"
+    decoded = p.decode(frame(p.PROTOCOL_VERSION, "Welcome", fields), p.COORDINATOR_MESSAGES)
+    assert type(decoded.compression) is Compression and decoded.compression is Compression.GZIP
+    del fields["compression"]  # not given: none
+    assert (
+        p.decode(frame(p.PROTOCOL_VERSION, "Welcome", fields), p.COORDINATOR_MESSAGES).compression is Compression.NONE
+    )
+
+
+@pytest.mark.parametrize("value", ["zip", "GZIP", "", 1, None, ["gzip"], b"gzip"])
+def test_unknown_compression_is_rejected(value):
+    rejects(_with(COORDINATOR_SAMPLES[0], compression=value), match="Welcome.compression")
 
 
 def test_int_is_accepted_for_a_float_field_and_becomes_float():
