@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import CRASH, assert_same_output, mapreduce_command, run_cli
+from helpers import APPS, CRASH, assert_same_output, mapreduce_command, run_cli
 from mapreduce.cluster import LocalCluster
 from mapreduce.tools.crashtest import (
     COLUMNS,
@@ -347,3 +347,30 @@ def crash_app():
     from mapreduce.job import load_app
 
     return sys.modules[load_app(CRASH).map.__module__]  # loaded as an app is: by its path
+
+
+@pytest.mark.parametrize(
+    ("app", "args"),
+    [
+        ("sort", ["--reduce", "4"]),  # total order, key-only records: the shuffle carries every line
+        ("grep", ["--param", "pattern=e", "--reduce", "0"]),  # map-only: each map commits its own part
+        (str(APPS / "counting.py"), ["--reduce", "3"]),  # user counters: equal to the run without faults
+    ],
+)
+def test_crashtest_of_the_programming_model_is_exact_every_round(app, args, tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    result = subprocess.run(
+        mapreduce_command(
+            "crashtest", app, "--rounds", "1", "--workers", "3", "--corpus-size", "1M", "--split-size", "64k",
+            "--seed", "3", *args, *CHAOS,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = table(result.stdout)
+    assert [rows[r]["result"] for r in ("base", "1")] == ["OK", "OK"]  # output and counters exact
+    assert int(rows["all"]["kills"]) + int(rows["all"]["pauses"]) > 0
