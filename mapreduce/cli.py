@@ -114,6 +114,15 @@ _skip_bad_records_option = click.option(
 )
 
 
+_files_option = click.option(
+    "--file",
+    "files",
+    multiple=True,
+    metavar="PATH",
+    help="A side file for every task: shipped to each worker once, opened by its name (repeatable).",
+)
+
+
 def _cluster_options(f):
     options = [
         click.option(
@@ -153,6 +162,7 @@ def _cluster_options(f):
             help="Fail the job when one task has lost this many workers in a row.",
         ),
         _skip_bad_records_option,
+        _files_option,
         click.option(
             "--min-workers",
             default=defaults.MIN_WORKERS,
@@ -301,13 +311,20 @@ def run(
 @cli.command()
 @_job_options
 @_skip_bad_records_option
+@_files_option
 @click.option("--quiet", "-q", is_flag=True, help="No counters at the end.")
-def seq(app, inputs, output, n_reduce, params, split_size, overwrite, compress, skip_bad_records, quiet):
+def seq(app, inputs, output, n_reduce, params, split_size, overwrite, compress, skip_bad_records, files, quiet):
     """Run APP over INPUTS in this one process: the reference output."""
     from mapreduce import runner
 
     options = runner.JobOptions(
-        n_reduce, split_size, overwrite, _params(params), skip_bad_records=skip_bad_records, compress=compress
+        n_reduce,
+        split_size,
+        overwrite,
+        _params(params),
+        skip_bad_records=skip_bad_records,
+        compress=compress,
+        files=tuple(files),
     )
     counts = _guard(lambda: runner.run_seq(app, inputs, output, options))
     if not quiet:

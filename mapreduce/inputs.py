@@ -137,6 +137,26 @@ def make_splits(paths: Sequence[str], split_size: int = defaults.SPLIT_SIZE) -> 
     return splits
 
 
+def check_side_files(paths: Sequence[str]) -> list[tuple[str, str, int]]:
+    """``(name, absolute path, size)`` of each --file, or UsageError naming the bad one:
+    missing, not a regular file, unreadable, or a base name another --file has too."""
+    checked: dict[str, tuple[str, str, int]] = {}
+    for given in paths:
+        path = Path(given)
+        if not path.is_file():
+            raise UsageError(f"--file {given!r} {'is not a regular file' if path.exists() else 'does not exist'}")
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"--file {given!r} cannot be read: {exc.strerror}") from exc
+        if path.name in checked or skipped_name(path.name):
+            why = "is given twice" if path.name in checked else "starts with _ or ."
+            raise UsageError(f"--file {given!r}: the name {path.name!r} {why} (tasks open side files by name)")
+        checked[path.name] = (path.name, str(path.resolve()), path.stat().st_size)
+    return list(checked.values())
+
+
 def fingerprint(path: str) -> str:
     """Size and modification time (ns): equal at the same path means the same file, on
     this host or on a shared filesystem; "" if the file cannot be seen."""

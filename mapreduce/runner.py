@@ -17,12 +17,13 @@ from mapreduce import defaults, output
 from mapreduce.cluster import LocalCluster
 from mapreduce.counters import Counters
 from mapreduce.errors import JobFailed, UsageError
-from mapreduce.inputs import Split, make_splits
+from mapreduce.inputs import Split, check_side_files, fingerprint, make_splits
 from mapreduce.job import App, load_app
 from mapreduce.net.node import endpoint_host
 from mapreduce.net.security import Keys, check_exposure, generate, load
 from mapreduce.sampling import with_total_order
 from mapreduce.seq import run_sequential
+from mapreduce.wire import messages as p
 
 if TYPE_CHECKING:
     from mapreduce.coordinator.loop import Coordinator, JobResult, Observer, Progress
@@ -46,6 +47,7 @@ class JobOptions:
     speculation: bool = defaults.SPECULATION
     max_worker_losses: int = defaults.MAX_WORKER_LOSSES
     min_workers: int = defaults.MIN_WORKERS
+    files: tuple[str, ...] = ()  # --file: side files shipped to every worker's task folder
     skip_bad_records: int = 0  # records a task may skip when the user's code keeps raising on them
     compress: output.Compression = output.Compression.NONE  # how part files are written
 
@@ -72,6 +74,7 @@ class PreparedJob:
     output_dir: Path
     split_size: int
     n_reduce: int  # 0: a map-only job
+    side_files: list[p.SideFile] = field(default_factory=list)  # --file
 
 
 def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options: JobOptions) -> PreparedJob:
@@ -100,25 +103,47 @@ def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
         raise UsageError(f"app {app_ref!r} has no reduce: it is map-only, so --reduce must be 0, got {n_reduce}")
     split_size = WHOLE_FILE if app.whole_files else options.split_size
     splits = make_splits(list(inputs), split_size)
+    checked = check_side_files(options.files)  # before the output folder: nothing changed on bad input
+    side_files = [p.SideFile(name, path, size, fingerprint(path)) for name, path, size in checked]
     if app.total_order and n_reduce:
-        app = with_total_order(app, splits, n_reduce)
+        with side_files_here(side_files):  # the sample runs the map, which may open them
+            app = with_total_order(app, splits, n_reduce)
     folder = output.prepare_output(output_dir, options.overwrite)
-    return PreparedJob(app, splits, folder, split_size, n_reduce)
+    return PreparedJob(app, splits, folder.resolve(), split_size, n_reduce, side_files)
 
 
 def run_seq(
     app_ref: str, inputs: Sequence[str], output_dir: str | Path, options: JobOptions = JobOptions()
 ) -> Counters:
     job = prepare(app_ref, inputs, output_dir, options)
-    return run_sequential(
-        job.app,
-        list(inputs),
-        job.output_dir,
-        job.n_reduce,
-        job.split_size,
-        options.skip_bad_records,
-        options.compress,
-    )
+    with side_files_here(job.side_files):
+        return run_sequential(
+            job.app,
+            [str(Path(i).resolve()) for i in inputs],
+            job.output_dir,
+            job.n_reduce,
+            job.split_size,
+            options.skip_bad_records,
+            options.compress,
+        )
+
+
+@contextmanager
+def side_files_here(files: Sequence[p.SideFile]) -> Iterator[None]:
+    """Run the block in a folder holding a link to each side file (as a worker's task folder
+    does), so that tasks open them by name; back to the current folder after."""
+    if not files:
+        yield
+        return
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="mapreduce-seq-") as folder:
+        for f in files:
+            os.symlink(f.path, os.path.join(folder, f.name))
+        os.chdir(folder)
+        try:
+            yield
+        finally:
+            os.chdir(here)
 
 
 def serve(
@@ -151,6 +176,7 @@ def serve(
             keys=keys,
             observe=observe,
             compression=options.compress,
+            side_files=job.side_files,
         )
     except Exception as exc:  # zmq.ZMQError for a bad or busy address
         raise UsageError(f"cannot bind {bind}: {exc}") from exc
@@ -190,6 +216,7 @@ def run_local(
             keys=local.keys,
             observe=observe,
             compression=options.compress,
+            side_files=job.side_files,
         )
         result = local.serve(coordinator)
         if not result.ok and logs is None:

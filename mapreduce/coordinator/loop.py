@@ -67,7 +67,9 @@ class Coordinator:
         keys: Keys | None = None,
         observe: Observer | None = None,
         compression: output.Compression = output.Compression.NONE,
+        side_files: Sequence[p.SideFile] = (),
     ):
+        self.side_files = list(side_files)
         self.observe = observe
         self.compression = compression  # of the part files: the workers write them, this commits them
         self._unobserved: list[Event] = []  # events recorded since the observer last saw the job
@@ -95,7 +97,11 @@ class Coordinator:
         self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         # Inputs for workers that cannot see them, on the interface workers connect to.
         self.data_server = DataServer(
-            self.context, None, endpoint_host(self.address), files=[s.path for s in splits], keys=keys
+            self.context,
+            None,
+            endpoint_host(self.address),
+            files=[s.path for s in splits] + [f.path for f in self.side_files],
+            keys=keys,
         )
         self.transfers = Transfers(self.context, keys)
         self._probing: set[bytes] = set()
@@ -119,6 +125,7 @@ class Coordinator:
             self.data_server.port,
             self._output_token,
             self.compression,
+            self.side_files,
         )
 
     def run(self) -> JobResult:

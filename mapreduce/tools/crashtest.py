@@ -559,6 +559,7 @@ class CrashTest:
                 goodbye_grace=GOODBYE_GRACE,
                 events=events,
                 keys=local.keys,
+                side_files=job.side_files,
             )
             chaos = None
             if rng is not None:

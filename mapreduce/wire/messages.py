@@ -144,6 +144,18 @@ class Draining:
 
 
 @dataclass(frozen=True)
+class SideFile:
+    """A file shipped to every worker of a job (--file): tasks open it by ``name`` in their
+    working folder. A worker that sees ``path`` as the coordinator does (same fingerprint)
+    links it; any other fetches it from the coordinator's data server."""
+
+    name: str
+    path: str
+    size: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
 class Welcome:
     worker: int
     job_id: str
@@ -155,6 +167,7 @@ class Welcome:
     data_port: int = 0  # the coordinator's data server (inputs, for workers on other hosts), same host as --connect
     output_token: str = ""  # in the output folder's visibility file: a worker that reads it writes there directly
     compression: Compression = Compression.NONE  # how output tasks write their part files
+    files: list[SideFile] = field(default_factory=list)  # --file: shipped to each worker's task folder
 
 
 @dataclass(frozen=True)

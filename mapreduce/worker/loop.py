@@ -54,8 +54,9 @@ from typing import Any
 
 import zmq
 
-from mapreduce import defaults, output
+from mapreduce import defaults, output, shuffle
 from mapreduce.errors import InputError, ProtocolError, StorageError
+from mapreduce.inputs import fingerprint
 from mapreduce.job import App, bad_record
 from mapreduce.net.dataserver import DataServer, Fetcher, FetchError
 from mapreduce.net.node import address_towards, default_scratch, endpoint_host, host_id, hostname
@@ -105,6 +106,7 @@ class Worker:
         self.context = zmq.Context()
         self.host_id = host_id()
         self.scratch = options.scratch.resolve()
+        self._started_in = os.getcwd()  # a job's tasks run in its folder (side files); a restart runs here
         self.scratch.mkdir(parents=True, exist_ok=True)
         keys = options.keys
         self.auth = authenticator(self.context, keys)  # admits only allowed keys to the data server
@@ -160,6 +162,7 @@ class Worker:
             if self._exit is not None and self._exit.job_over and self.job is not None:
                 # The job is over: no map output is needed any more, this host's included.
                 self.job.close()
+                os.chdir(self._started_in)
                 shutil.rmtree(self.job.workdir.parent, ignore_errors=True)
             self._close_socket(linger=500)
             self.data_server.stop()
@@ -347,6 +350,24 @@ class Worker:
             input_address,
             welcome.compression,
         )
+        self._place_side_files(welcome.files, workdir, input_address)
+        os.chdir(workdir)  # tasks open side files by name, as in Hadoop (one job at a time per worker)
+
+    def _place_side_files(self, files: list[p.SideFile], workdir: Path, input_address: str) -> None:
+        """Each side file in the job's task folder: linked where this worker sees the very file
+        the coordinator does, else fetched from the coordinator's data server."""
+        for f in files:
+            target = workdir / f.name
+            if f.fingerprint and fingerprint(f.path) == f.fingerprint:
+                target.symlink_to(f.path)
+                continue
+            out = shuffle.GuardedWriter.open(target, f"side file {f.name}")
+            try:
+                self.input_fetcher.copy(input_address, f.path, 0, f.size, out)
+                out.close()
+            except BaseException:
+                out.abandon()
+                raise
 
     def _reduce_output(self, result: Any) -> Path | None:
         """The temporary file a finished reduce wrote: in the output folder, or in scratch."""
@@ -362,6 +383,7 @@ class Worker:
         log.error("%s: restarting this worker", why)
         if self.socket is not None:
             self.socket.close(0)
+        os.chdir(self._started_in)  # its command line's relative paths are relative to there
         os.execv(sys.executable, [sys.executable, "-P", "-m", "mapreduce", *sys.argv[1:]])
 
     def _remove_temps(self) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers import (
+    APPS,
     GUTENBERG,
     SLEEPY,
     assert_same_output,
@@ -171,6 +172,22 @@ def test_compressed_inputs_in_a_folder_and_gzip_output_cross_the_network(hosts, 
     finished = of(log, "task_finished")
     inputs = sum(p.stat().st_size for p in folder.iterdir())
     assert sum(e["fetched"] for e in finished if e["phase"] == "map") >= inputs  # every archive crossed
+
+
+def test_side_files_reach_workers_that_cannot_see_them(hosts, gutenberg, oracle, tmp_path):
+    """--file from a folder the worker hosts cannot see: each worker fetches it once from the
+    coordinator's data server into its task folder, and every task opens it by name."""
+    app = str(APPS / "sidefile.py")
+    keep = tmp_path / "keep.txt"
+    keep.write_text("whale holmes gregor the\n")
+    args = ["--reduce", "2", "--split-size", "1M", "--file", str(keep)]
+    expected = oracle(app, gutenberg, *args)
+    cluster = hosts(hide=[GUTENBERG.resolve()])
+    cluster.start_coordinator(app, gutenberg, *args, "--min-workers", "3")
+    workers = [cluster.start_worker(host) for host in cluster.net.hosts[1:]]
+    cluster.finish()
+    assert_same_output(expected, cluster.out)
+    assert [w.wait(timeout=30) for w in workers] == [0, 0, 0]
 
 
 def sleepy_job_on_the_worker_hosts(hosts, tmp_path, oracle, n_inputs: int, *params: str):

@@ -296,3 +296,27 @@ def test_overwrite_replaces_an_earlier_jobs_parts_compressed_or_not(first, then,
     args = ["--reduce", "2", "--compress", then]
     run_on("embedded", "wordcount", gutenberg[2:4], out, *args, "--overwrite")
     assert_same_output(oracle("wordcount", gutenberg[2:4], *args), out)
+
+
+@pytest.mark.parametrize("cluster", ["embedded", "external"])
+def test_side_files_are_opened_by_name_in_every_task(cluster, gutenberg, oracle, tmp_path):
+    app = str(APPS / "sidefile.py")
+    keep = tmp_path / "lists" / "keep.txt"
+    keep.parent.mkdir()
+    keep.write_text("whale holmes gregor the\n")
+    args = ["--reduce", "2", "--file", str(keep)]
+    expected = oracle(app, gutenberg, *args)
+    out = tmp_path / "out"
+    run_on(cluster, app, gutenberg, out, *args)
+    assert_same_output(expected, out)
+    words = {line.split("\t")[0] for part in out.glob("part-*") for line in part.read_text().splitlines()}
+    assert words == {"whale", "holmes", "gregor", "the"}
+
+
+def test_a_missing_side_file_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    refused = run_cli(
+        "seq", "wordcount", __file__, "--file", str(tmp_path / "nope.txt"), "--output", str(out), check=False
+    )
+    assert refused.returncode == 2 and "--file" in refused.stderr and "does not exist" in refused.stderr
+    assert not out.exists()
