@@ -329,7 +329,11 @@ def run_external(app: str, inputs: list[str], out: Path, *args: str, workers: in
     several machines, here on loopback); fail with their stderr if it does not succeed."""
     endpoint = free_endpoint()
     scratch = out.parent / f"{out.name}-scratch"
-    command = mapreduce_command("coordinator", app, *inputs, "--output", str(out), "--bind", endpoint, *args)
+    # Every worker joins before any work starts, so every one is told when the job is over
+    # (a tiny job could end before a slow starter registers, which would then wait for nothing).
+    command = mapreduce_command(
+        "coordinator", app, *inputs, "--output", str(out), "--bind", endpoint, "--min-workers", str(workers), *args
+    )
     coordinator = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     started = [
         subprocess.Popen(
