@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mapreduce import defaults, output
 from mapreduce.cluster import LocalCluster
@@ -75,6 +75,21 @@ class PreparedJob:
     split_size: int
     n_reduce: int  # 0: a map-only job
     side_files: list[p.SideFile] = field(default_factory=list)  # --file
+
+    def coordinator(self, options: JobOptions, bind: str, **loop: Any) -> Coordinator:
+        """The coordinator of this job, bound to ``bind`` (``loop``: the loop's other settings)."""
+        from mapreduce.coordinator.loop import Coordinator
+
+        return Coordinator(
+            self.app,
+            self.splits,
+            self.output_dir,
+            options.settings(self.n_reduce),
+            bind,
+            compression=options.compress,
+            side_files=self.side_files,
+            **loop,
+        )
 
 
 def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options: JobOptions) -> PreparedJob:
@@ -160,24 +175,10 @@ def serve(
     observe: Observer | None = None,
 ) -> JobResult:
     """Serve one job to workers that connect to ``bind``; raise JobFailed if it fails."""
-    from mapreduce.coordinator.loop import Coordinator
-
     check_exposure("the coordinator's address", endpoint_host(bind), keys, insecure)  # ipc:// counts as loopback
     job = prepare(app_ref, inputs, output_dir, options)
     try:
-        coordinator = Coordinator(
-            job.app,
-            job.splits,
-            job.output_dir,
-            options.settings(job.n_reduce),
-            bind,
-            progress,
-            events=events,
-            keys=keys,
-            observe=observe,
-            compression=options.compress,
-            side_files=job.side_files,
-        )
+        coordinator = job.coordinator(options, bind, progress=progress, events=events, keys=keys, observe=observe)
     except Exception as exc:  # zmq.ZMQError for a bad or busy address
         raise UsageError(f"cannot bind {bind}: {exc}") from exc
     if on_ready is not None:
@@ -203,20 +204,8 @@ def run_local(
     logs = Path(tempfile.mkdtemp(prefix="mapreduce-logs-")) if keep_logs else None
     # The workers start first and boot while this process loads the coordinator.
     with local_cluster(workers, options.heartbeat_interval, keep_logs=logs) as local:
-        from mapreduce.coordinator.loop import Coordinator
-
-        coordinator = Coordinator(
-            job.app,
-            job.splits,
-            job.output_dir,
-            options.settings(job.n_reduce),
-            local.address,
-            progress,
-            events=events,
-            keys=local.keys,
-            observe=observe,
-            compression=options.compress,
-            side_files=job.side_files,
+        coordinator = job.coordinator(
+            options, local.address, progress=progress, events=events, keys=local.keys, observe=observe
         )
         result = local.serve(coordinator)
         if not result.ok and logs is None:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from mapreduce import defaults, runner
 from mapreduce.cluster import LocalCluster
-from mapreduce.coordinator.loop import Coordinator, JobResult
+from mapreduce.coordinator.loop import JobResult
 from mapreduce.counters import Counters
 from mapreduce.errors import JobFailed, UsageError
 from mapreduce.job import load_app
@@ -550,16 +550,8 @@ class CrashTest:
         with runner.local_cluster(
             opts.workers, opts.heartbeat_interval, self._worker_args(), keep_logs, stop_grace=GOODBYE_GRACE
         ) as local:
-            coordinator = Coordinator(
-                job.app,
-                job.splits,
-                job.output_dir,
-                opts.job_options().settings(job.n_reduce),
-                local.address,
-                goodbye_grace=GOODBYE_GRACE,
-                events=events,
-                keys=local.keys,
-                side_files=job.side_files,
+            coordinator = job.coordinator(
+                opts.job_options(), local.address, goodbye_grace=GOODBYE_GRACE, events=events, keys=local.keys
             )
             chaos = None
             if rng is not None:
