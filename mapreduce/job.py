@@ -14,6 +14,8 @@ What a reduce (or combine) emits for a key (:func:`emitted`):
 A map may yield a ``Record`` too; a combine must keep its key.
 
 Opt-in powers, checked when the app is loaded:
+- ``n_reduce = K``: the app needs exactly K reduce tasks (a global ranking needs one): the
+  default of --reduce, and any other value is refused.
 - ``total_order = True``: partition by key ranges cut from a sample of the map's keys, so
   that part files concatenated in order are globally sorted (mapreduce.sampling).
 - ``sort_values = True``: each key's values reach reduce sorted (Hadoop's secondary sort,
@@ -205,6 +207,7 @@ class App:
     input_format: InputFormat = InputFormat.TEXT
     total_order: bool = False  # partition by ranges of keys cut from a sample (mapreduce.sampling)
     sort_values: bool = False  # each key's values reach reduce sorted (a secondary sort)
+    n_reduce: int | None = None  # the number of reduce tasks the app needs, if it needs one
     map_setup: Callable[[], None] | None = None
     map_teardown: Callable[[], Any] | None = None
     reduce_setup: Callable[[], None] | None = None
@@ -309,6 +312,7 @@ def load_app(ref: str, params: Mapping[str, str] | None = None) -> App:
         input_format=_input_format(ref, module),
         total_order=bool(getattr(module, "total_order", False)),
         sort_values=bool(getattr(module, "sort_values", False)),
+        n_reduce=_n_reduce(ref, module, functions["reduce"]),
         **{hook: functions[hook] for hook in HOOKS},
     )
     try:
@@ -319,6 +323,15 @@ def load_app(ref: str, params: Mapping[str, str] | None = None) -> App:
 
 
 HOOKS = ("map_setup", "map_teardown", "reduce_setup", "reduce_teardown")
+
+
+def _n_reduce(ref: str, module: ModuleType, reduce: Callable | None) -> int | None:
+    value = getattr(module, "n_reduce", None)
+    if value is None:
+        return None
+    if type(value) is not int or value < 1 or reduce is None:
+        raise AppError(f"app {ref!r}: n_reduce = {value!r}: it must be a whole number of at least 1, with a reduce")
+    return value
 
 
 def _input_format(ref: str, module: ModuleType) -> InputFormat:

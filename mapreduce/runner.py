@@ -113,7 +113,9 @@ def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
     app = load_app(app_ref, options.params)
     n_reduce = options.n_reduce
     if n_reduce is None:
-        n_reduce = defaults.N_REDUCE if app.reduce is not None else 0
+        n_reduce = app.n_reduce or (defaults.N_REDUCE if app.reduce is not None else 0)
+    elif app.n_reduce is not None and n_reduce != app.n_reduce:
+        raise UsageError(f"app {app_ref!r} needs exactly {app.n_reduce} reduce task(s), got --reduce {n_reduce}")
     elif n_reduce and app.reduce is None:
         raise UsageError(f"app {app_ref!r} has no reduce: it is map-only, so --reduce must be 0, got {n_reduce}")
     split_size = WHOLE_FILE if app.whole_files else options.split_size

@@ -320,3 +320,21 @@ def test_a_missing_side_file_is_refused_before_any_work(tmp_path):
     )
     assert refused.returncode == 2 and "--file" in refused.stderr and "does not exist" in refused.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("cluster", ["embedded", "external"])
+def test_topwords_is_the_n_most_frequent_words_ties_by_word(cluster, gutenberg, oracle, tmp_path):
+    args = ["--param", "n=300", "--split-size", "300k"]
+    expected = oracle("topwords", gutenberg, *args)
+    out = tmp_path / "out"
+    run_on(cluster, "topwords", gutenberg, out, *args)
+    assert_same_output(expected, out)
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "part-00000"]  # the app needs one reduce
+    counts = tmp_path / "counts"
+    run_cli("seq", "wordcount", *gutenberg, "--output", str(counts), "--quiet")
+    every = [line.split("\t") for part in sorted(counts.glob("part-*")) for line in part.read_text().splitlines()]
+    ranked = sorted(((int(n), w) for w, n in every), key=lambda e: (-e[0], e[1]))[:300]
+    assert (out / "part-00000").read_text() == "".join(f"{w}\t{n}\n" for n, w in ranked)
+    assert len({n for n, _ in ranked}) < 300  # ties were there to break
+    refused = run_cli("seq", "topwords", *gutenberg, "--reduce", "2", "--output", str(tmp_path / "x"), check=False)
+    assert refused.returncode == 2 and "needs exactly 1 reduce task" in refused.stderr

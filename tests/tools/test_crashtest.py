@@ -354,6 +354,7 @@ def crash_app():
     [
         ("sort", ["--reduce", "4"]),  # total order, key-only records: the shuffle carries every line
         ("grep", ["--param", "pattern=e", "--reduce", "0"]),  # map-only: each map commits its own part
+        ("topwords", ["--param", "n=50"]),  # one reduce with a bounded heap and a tear-down
         (str(APPS / "counting.py"), ["--reduce", "3"]),  # user counters: equal to the run without faults
     ],
 )

@@ -39,7 +39,7 @@ def test_seq_counts_words(text, tmp_path):
 
 def test_apps_lists_builtins():
     result = invoke("apps")
-    assert result.output.split() == ["grep", "indexer", "join", "sort", "wordcount"]
+    assert result.output.split() == ["grep", "indexer", "join", "sort", "topwords", "wordcount"]
 
 
 @pytest.mark.parametrize("command", ["seq", "run", "coordinator"])

@@ -487,3 +487,13 @@ def test_run_map_calls_setup_then_map_then_teardown_in_order(tmp_path):
 def test_run_reduce_emits_teardown_records_after_every_key():
     app = App("t", map=lambda k, v: [], reduce=lambda k, vs: sum(vs), reduce_teardown=lambda: [Record("end", 0)])
     assert list(app.run_reduce([("a", iter([1, 2])), ("b", iter([3]))])) == [("a", 3), ("b", 3), ("end", 0)]
+
+
+def test_an_app_may_fix_its_number_of_reduces(tmp_path):
+    base = "def map(k, v):\n    return []\ndef reduce(k, v):\n    return 0\n"
+    assert load_app(write_app(tmp_path, base + "n_reduce = 1\n")).n_reduce == 1
+    for bad in ("0", "'1'", "2.0"):
+        with pytest.raises(AppError, match="n_reduce"):
+            load_app(write_app(tmp_path, base + f"n_reduce = {bad}\n"))
+    with pytest.raises(AppError, match="with a reduce"):
+        load_app(write_app(tmp_path, "def map(k, v):\n    return []\nn_reduce = 1\n"))
