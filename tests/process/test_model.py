@@ -138,7 +138,8 @@ def test_secondary_sort_gives_each_keys_values_in_order(cluster, gutenberg, orac
     assert_same_output(expected, out)
 
 
-def test_join_is_an_inner_equi_join_in_input_order(oracle, tmp_path):
+@pytest.mark.parametrize("cluster", ["embedded", "external"])
+def test_join_is_an_inner_equi_join_in_input_order(cluster, oracle, tmp_path):
     people = tmp_path / "people.tsv"
     people.write_text("1\tada\n2\tbob\n3\tcy\n2\tbo\n")  # id 2 twice on the left
     orders = tmp_path / "orders"
@@ -149,7 +150,7 @@ def test_join_is_an_inner_equi_join_in_input_order(oracle, tmp_path):
     args = ["--param", f"left={people}", "--reduce", "2"]
     expected = oracle("join", inputs, *args)
     out = tmp_path / "out"
-    run_on("embedded", "join", inputs, out, *args)
+    run_on(cluster, "join", inputs, out, *args)
     assert_same_output(expected, out)
     by_key = {}
     for part in out.glob("part-*"):
