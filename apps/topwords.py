@@ -1,18 +1,26 @@
 """The N most frequent words (``--param n=10`` by default): one part file, ``part-00000``, of
 N lines ``word<TAB>count``, most frequent first, ties by word in ascending order. Words are
-wordcount's. One step: the maps count and combine, the one reduce task sums each word's
-counts as the keys stream by and keeps only the best N in a heap (bounded memory however
-many words there are), and writes them at its tear-down."""
+wordcount's. Two steps: the first counts words (as wordcount does); the second's one reduce
+gets every (count, word) and keeps only the best N in a heap as they stream past (memory
+bounded by N however many words there are). The counts never leave the workers."""
 
 import heapq
 
-from mapreduce import Record
-from mapreduce.apps.wordcount import combine, count_words  # noqa: F401 (combine: the same combiner)
-
-n_reduce = 1  # one ranking of every word: the app needs exactly one reduce task
+from mapreduce import Record, Step
+from mapreduce.apps.wordcount import combine as add_counts
+from mapreduce.apps.wordcount import count_words
 
 _n = 10
-_best: list[tuple[int, str]] = []  # a min-heap of (count, inverted word): its root is the worst kept
+
+
+def init(params):
+    global _n
+    unknown = set(params) - {"n"}
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {sorted(unknown)}; topwords takes n=N")
+    _n = int(params.get("n", "10"))
+    if _n < 1:
+        raise ValueError(f"n must be at least 1, got {_n}")
 
 
 class _Inverted(str):
@@ -31,33 +39,31 @@ class _Inverted(str):
         return str.__le__(self, other)
 
 
-def init(params):
-    global _n
-    unknown = set(params) - {"n"}
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {sorted(unknown)}; topwords takes n=N")
-    _n = int(params.get("n", "10"))
-    if _n < 1:
-        raise ValueError(f"n must be at least 1, got {_n}")
-
-
-def map(path, text):
+def count(path, text):
     return count_words(text).items()
 
 
-def reduce_setup():
-    _best.clear()
+def total(word, counts):
+    return sum(counts)
 
 
-def reduce(word, counts):
-    entry = (sum(counts), _Inverted(word))
-    if len(_best) < _n:
-        heapq.heappush(_best, entry)
-    elif entry > _best[0]:
-        heapq.heapreplace(_best, entry)
-    return None  # nothing per word: the ranking comes at the end
+def to_ranking(word, count):
+    yield "", [count, word]  # one key: every word reaches the one reduce of the ranking step
 
 
-def reduce_teardown():
-    for count, word in sorted(_best, reverse=True):  # most frequent first, then words ascending
+def best(_, entries):
+    kept: list[tuple[int, str]] = []  # a min-heap of (count, inverted word): its root is the worst kept
+    for count, word in entries:
+        entry = (count, _Inverted(word))
+        if len(kept) < _n:
+            heapq.heappush(kept, entry)
+        elif entry > kept[0]:
+            heapq.heapreplace(kept, entry)
+    for count, word in sorted(kept, reverse=True):  # most frequent first, then words ascending
         yield Record(str(word), count)
+
+
+steps = [
+    Step(map=count, combine=add_counts, reduce=total),
+    Step(map=to_ranking, reduce=best, n_reduce=1),
+]

@@ -698,13 +698,15 @@ class Progress:
     def __call__(self, view: JobView) -> None:
         now = time.monotonic()
         maps, reduces, c = view.maps, view.reduces, view.tally
-        phase = "maps" if maps.done < maps.total else "reduces"
+        phase = "maps" if maps.done < maps.total else f"reduces {view.step}"
         if now - self._last < self.every and phase == self._phase:
             return
         self._last, self._phase = now, phase
         elapsed = max(view.elapsed, 1e-9)
         rate = f"{c.input_done / elapsed / 1e6:.1f} MB/s"
         workers = f"workers {view.workers_live}" + (f" (dead {c.workers_dead})" if c.workers_dead else "")
+        if view.steps > 1:  # a pipeline: which step runs, and its reduces are every step's
+            workers = f"step {view.step}/{view.steps}, {workers}"
         if self.tty:
             line = (
                 f"maps {_bar(maps.done, maps.total)} {maps.done}/{maps.total}  "

@@ -29,6 +29,7 @@ Opt-in powers, checked when the app is loaded:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import importlib
 import importlib.util
@@ -212,6 +213,17 @@ class App:
     map_teardown: Callable[[], Any] | None = None
     reduce_setup: Callable[[], None] | None = None
     reduce_teardown: Callable[[], Any] | None = None
+    steps: tuple[App, ...] = ()  # a pipeline: every step (the first is this app's own functions)
+
+    def step(self, index: int) -> App:
+        """Step ``index`` (0-based) of a pipeline; an app that is not one is its own only step."""
+        return self.steps[index] if self.steps else self
+
+    def run_record_map(self, records: Iterable[tuple[str, Any]]) -> Iterator:
+        """A later step's map over the records the step before emitted (a record with no
+        value reaches it as None), between its hooks."""
+        body = (pair for key, value in records for pair in self.map(key, None if value is NO_VALUE else value) or ())
+        return _around(self.map_setup, body, self.map_teardown)
 
     def run_map(self, key: str, source: Any, split_start: int = 0, skip: frozenset[str] = frozenset()) -> Iterable:
         """Everything one map task emits: ``source`` is the split's text, or its
@@ -274,16 +286,68 @@ class App:
         return app
 
 
+@dataclass(frozen=True)
+class Step:
+    """One step of a pipeline: an app module's ``steps = [Step(map=..., reduce=...), ...]``.
+    The first step's map reads the input; each later step's map gets the records the step
+    before emitted, ``map(key, value)``, on the workers (never through the output folder);
+    only the last step's output is committed. ``n_reduce``: this step's number of reduce
+    tasks (default: --reduce for the first step, 8 for the others)."""
+
+    map: MapFn
+    reduce: ReduceFn
+    combine: ReduceFn | None = None
+    partition: PartitionFn | None = None
+    n_reduce: int | None = None
+    sort_values: bool = False
+    map_setup: Callable[[], None] | None = None
+    map_teardown: Callable[[], Any] | None = None
+    reduce_setup: Callable[[], None] | None = None
+    reduce_teardown: Callable[[], Any] | None = None
+
+
 def load_app(ref: str, params: Mapping[str, str] | None = None) -> App:
     """Load an app named by short name (``wordcount``), module (``pkg.job``) or
     path to a ``.py`` file, and check it follows the app contract."""
     module = _import_app_module(ref)
     names = ("map", "reduce", "combine", "partition", "init", *HOOKS)
     functions = {name: getattr(module, name, None) for name in names}
+    steps = getattr(module, "steps", None)
+    if steps is not None:
+        return _load_pipeline(ref, module, steps, functions, params)
     if not callable(functions["map"]):
         raise AppError(f"app {ref!r} ({module.__name__}) defines no map(key, value) function")
     if getattr(module, "total_order", False) and functions["partition"] is not None:
         raise AppError(f"app {ref!r} asks for total_order and defines partition: the one excludes the other")
+    _check_functions(ref, functions)
+    return _finish_loading(ref, module, functions, params, steps=())
+
+
+def _load_pipeline(ref: str, module: ModuleType, steps: Any, functions: dict, params: Mapping[str, str] | None) -> App:
+    if not isinstance(steps, list | tuple) or not steps or not all(isinstance(s, Step) for s in steps):
+        raise AppError(f"app {ref!r}: steps must be a list of mapreduce.Step, got {steps!r}")
+    clash = [name for name in ("map", "reduce", "combine", "partition", *HOOKS) if functions[name] is not None]
+    if clash:
+        raise AppError(f"app {ref!r} defines steps and also {', '.join(clash)}: put them in its steps")
+    if getattr(module, "n_reduce", None) is not None or getattr(module, "sort_values", False):
+        raise AppError(f"app {ref!r}: a pipeline sets n_reduce and sort_values in its steps")
+    apps = []
+    for number, step in enumerate(steps, 1):
+        where = f"{ref} (step {number})"
+        step_functions = {name: getattr(step, name, None) for name in functions} | {"init": None}
+        if not callable(step.map) or not callable(step.reduce):
+            raise AppError(f"app {where}: every step needs a map and a reduce function")
+        if getattr(module, "total_order", False) and number == 1 and step.partition is not None:
+            raise AppError(f"app {where} asks for total_order and defines partition: the one excludes the other")
+        _check_functions(where, step_functions)
+        n_reduce = _check_n_reduce(where, step.n_reduce, step.reduce)
+        apps.append(_app(where, step_functions, n_reduce=n_reduce, sort_values=bool(step.sort_values)))
+    first = {name: getattr(steps[0], name, None) for name in functions} | {"init": functions["init"]}
+    top = _finish_loading(ref, module, first, params, steps=tuple(apps))
+    return dataclasses.replace(top, n_reduce=apps[0].n_reduce, sort_values=apps[0].sort_values)
+
+
+def _check_functions(ref: str, functions: dict) -> None:
     if functions["reduce"] is None:
         for needs_reduce in ("combine", "reduce_setup", "reduce_teardown"):
             if functions[needs_reduce] is not None:
@@ -295,25 +359,39 @@ def load_app(ref: str, params: Mapping[str, str] | None = None) -> App:
                         ("partition", "(key, n)"), ("init", "(params)"), *((h, "()") for h in HOOKS)):  # fmt: skip
         if functions[name] is not None:
             _check_shape(ref, name, functions[name], takes)
+
+
+def _app(name: str, functions: dict, **more: Any) -> App:
+    return App(
+        name=name,
+        map=functions["map"],
+        reduce=functions["reduce"],
+        combine=functions["combine"],
+        partition=_checked_partition(functions["partition"]) if functions["partition"] else stable_partition,
+        **{hook: functions[hook] for hook in HOOKS},
+        **more,
+    )
+
+
+def _finish_loading(
+    ref: str, module: ModuleType, functions: dict, params: Mapping[str, str] | None, steps: tuple[App, ...]
+) -> App:
     if functions["init"] is None and params:
         raise AppError(f"app {ref!r} takes no parameters (it defines no init(params)), got {sorted(params)}")
     # Ship the module's code by value: a worker may not have the app installed.
     if module.__name__ not in ("__main__",) and not module.__name__.startswith("mapreduce."):
         cloudpickle.register_pickle_by_value(module)
-    app = App(
-        name=ref,
-        map=functions["map"],
-        reduce=functions["reduce"],
-        combine=functions["combine"],
-        partition=_checked_partition(functions["partition"]) if functions["partition"] else stable_partition,
+    app = _app(
+        ref,
+        functions,
         init=functions["init"],
         params=dict(params or {}),
         whole_files=bool(getattr(module, "whole_files", False)),
         input_format=_input_format(ref, module),
         total_order=bool(getattr(module, "total_order", False)),
         sort_values=bool(getattr(module, "sort_values", False)),
-        n_reduce=_n_reduce(ref, module, functions["reduce"]),
-        **{hook: functions[hook] for hook in HOOKS},
+        n_reduce=None if steps else _n_reduce(ref, module, functions["reduce"]),
+        steps=steps,
     )
     try:
         app.start()
@@ -326,7 +404,10 @@ HOOKS = ("map_setup", "map_teardown", "reduce_setup", "reduce_teardown")
 
 
 def _n_reduce(ref: str, module: ModuleType, reduce: Callable | None) -> int | None:
-    value = getattr(module, "n_reduce", None)
+    return _check_n_reduce(ref, getattr(module, "n_reduce", None), reduce)
+
+
+def _check_n_reduce(ref: str, value: Any, reduce: Callable | None) -> int | None:
     if value is None:
         return None
     if type(value) is not int or value < 1 or reduce is None:

@@ -51,7 +51,7 @@ class JobOptions:
     skip_bad_records: int = 0  # records a task may skip when the user's code keeps raising on them
     compress: output.Compression = output.Compression.NONE  # how part files are written
 
-    def settings(self, n_reduce: int) -> Settings:
+    def settings(self, n_reduce: int, later_steps: tuple[int, ...] = ()) -> Settings:
         from mapreduce.coordinator.scheduler import Settings
 
         return Settings(
@@ -64,6 +64,7 @@ class JobOptions:
             speculation=self.speculation,
             min_workers=self.min_workers,
             skip_bad_records=self.skip_bad_records,
+            later_steps=later_steps,
         )
 
 
@@ -75,6 +76,7 @@ class PreparedJob:
     split_size: int
     n_reduce: int  # 0: a map-only job
     side_files: list[p.SideFile] = field(default_factory=list)  # --file
+    later_steps: tuple[int, ...] = ()  # a pipeline: the reduce count of each step after the first
 
     def coordinator(self, options: JobOptions, bind: str, **loop: Any) -> Coordinator:
         """The coordinator of this job, bound to ``bind`` (``loop``: the loop's other settings)."""
@@ -84,7 +86,7 @@ class PreparedJob:
             self.app,
             self.splits,
             self.output_dir,
-            options.settings(self.n_reduce),
+            options.settings(self.n_reduce, self.later_steps),
             bind,
             compression=options.compress,
             side_files=self.side_files,
@@ -118,6 +120,9 @@ def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
         raise UsageError(f"app {app_ref!r} needs exactly {app.n_reduce} reduce task(s), got --reduce {n_reduce}")
     elif n_reduce and app.reduce is None:
         raise UsageError(f"app {app_ref!r} has no reduce: it is map-only, so --reduce must be 0, got {n_reduce}")
+    if app.steps and not n_reduce:
+        raise UsageError(f"app {app_ref!r} is a pipeline: its first step needs at least one reduce, got --reduce 0")
+    later_steps = tuple(step.n_reduce or defaults.N_REDUCE for step in app.steps[1:])
     split_size = WHOLE_FILE if app.whole_files else options.split_size
     splits = make_splits(list(inputs), split_size)
     checked = check_side_files(options.files)  # before the output folder: nothing changed on bad input
@@ -126,7 +131,7 @@ def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
         with side_files_here(side_files):  # the sample runs the map, which may open them
             app = with_total_order(app, splits, n_reduce)
     folder = output.prepare_output(output_dir, options.overwrite)
-    return PreparedJob(app, splits, folder.resolve(), split_size, n_reduce, side_files)
+    return PreparedJob(app, splits, folder.resolve(), split_size, n_reduce, side_files, later_steps)
 
 
 def run_seq(
@@ -138,7 +143,7 @@ def run_seq(
             job.app,
             [str(Path(i).resolve()) for i in inputs],
             job.output_dir,
-            job.n_reduce,
+            [job.n_reduce, *job.later_steps] if job.n_reduce else [],
             job.split_size,
             options.skip_bad_records,
             options.compress,

@@ -28,7 +28,7 @@ def run_sequential(
     app: App,
     inputs: list[str],
     output_dir: Path,
-    n_reduce: int,
+    n_reduce: int | list[int],
     split_size: int = defaults.SPLIT_SIZE,
     skip_bad_records: int = 0,
     compression: output.Compression = output.Compression.NONE,
@@ -36,12 +36,14 @@ def run_sequential(
     """Run the job; return its counters (one task at a time counts into them: a combine,
     never run here, counts nothing). ``output_dir`` must be prepared. With
     ``skip_bad_records``, a record the user's code raises on is skipped at once (up to that
-    many per task): the distributed run skips it after two attempts, with the same result."""
+    many per task): the distributed run skips it after two attempts, with the same result.
+    ``n_reduce``: the reduce count, or a pipeline's reduce count of each step."""
     counts = Counters()
-    if n_reduce == 0:
+    sizes = n_reduce if isinstance(n_reduce, list) else [n_reduce] if n_reduce else []
+    if not sizes:
         _map_only(app, inputs, output_dir, split_size, counts, skip_bad_records, compression)
     else:
-        _map_reduce(app, inputs, output_dir, n_reduce, split_size, counts, skip_bad_records, compression)
+        _map_reduce(app, inputs, output_dir, sizes, split_size, counts, skip_bad_records, compression)
     return counts
 
 
@@ -69,12 +71,13 @@ def _map_reduce(
     app: App,
     inputs: list[str],
     output_dir: Path,
-    n_reduce: int,
+    sizes: list[int],
     split_size: int,
     counts: Counters,
     skip_bad_records: int,
     compression: output.Compression,
 ) -> None:
+    n_reduce = sizes[0]
     partitions: list[list[tuple[str, Any]]] = [[] for _ in range(n_reduce)]
     for index, split in enumerate(make_splits(inputs, split_size)):
         where = f"input {split.key!r} (bytes {split.start}-{split.end})"
@@ -96,19 +99,48 @@ def _map_reduce(
 
         for key, value in _task(run_map, counts, skip_bad_records, f"map task {index} ({where})"):
             partitions[app.partition(key, n_reduce)].append((key, value))
-    for index, pairs in enumerate(partitions):
-        sort_pairs(pairs, app.sort_values)  # by key, stable: a key's values stay in map order (or sorted)
-        temp = output.temp_name(index, "seq")
+    for step in range(len(sizes)):  # each step's reduces; in a pipeline, fused with the next step's map
+        this, last = app.step(step), step == len(sizes) - 1
+        following = [] if last else [[] for _ in range(sizes[step + 1])]
+        for index, pairs in enumerate(partitions):
+            sort_pairs(pairs, this.sort_values)  # by key, stable: a key's values stay in map order (or sorted)
+            temp = output.temp_name(index, "seq")
 
-        def run_reduce(skip: frozenset[str], pairs=pairs, temp=temp) -> None:
-            groups = ((key, (v for _, v in group)) for key, group in groupby(pairs, key=itemgetter(0)))
-            written = output.write_lines(output_dir / temp, app.run_reduce(groups, skip), compression=compression)
-            counters.current().builtin(counters.REDUCE_INPUT_RECORDS, len(pairs))
-            counters.current().builtin(counters.REDUCE_OUTPUT_RECORDS, written)
+            def run_reduce(skip: frozenset[str], pairs=pairs, temp=temp, this=this, last=last, step=step) -> list:
+                groups = ((key, (v for _, v in group)) for key, group in groupby(pairs, key=itemgetter(0)))
+                counters.current().builtin(counters.REDUCE_INPUT_RECORDS, len(pairs))
+                if last:
+                    written = output.write_lines(
+                        output_dir / temp, this.run_reduce(groups, skip), compression=compression
+                    )
+                    counters.current().builtin(counters.REDUCE_OUTPUT_RECORDS, written)
+                    return []
+                emitted = [
+                    _pair(pair, "the map of the next step")
+                    for pair in app.step(step + 1).run_record_map(this.run_reduce(groups, skip))
+                ]
+                counters.current().builtin(counters.MAP_OUTPUT_RECORDS, len(emitted))
+                return emitted
 
-        _task(run_reduce, counts, skip_bad_records, f"reduce task {index}")
-        output.commit(output_dir, temp, index, compression)
-    output.finish(output_dir, n_reduce, compression)
+            where = f"reduce task {index}" + (f" of step {step + 1}" if len(sizes) > 1 else "")
+            for key, value in _task(run_reduce, counts, skip_bad_records, where):
+                following[app.step(step + 1).partition(key, sizes[step + 1])].append((key, value))
+            if last:
+                output.commit(output_dir, temp, index, compression)
+        partitions = following
+    output.finish(output_dir, sizes[-1], compression)
+
+
+def _pair(pair: Any, where: str) -> tuple[str, Any]:
+    """A map's pair (or Record) as it reaches the reduce side, checked."""
+    if isinstance(pair, Record):
+        pair = (pair.key, None if pair.value is NO_VALUE else pair.value)
+    if not (isinstance(pair, tuple | list) and len(pair) == 2):
+        raise AppError(f"{where} emitted {pair!r}: expected a (key, value) pair or a Record")
+    key, value = pair
+    if type(key) is not str:
+        raise AppError(f"{where} emitted key {key!r} ({type(key).__name__}): keys must be str")
+    return key, roundtrip(value)
 
 
 def _map_only(

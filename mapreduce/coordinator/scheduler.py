@@ -83,6 +83,7 @@ class Settings:
     slow_margin: float = defaults.SLOW_MARGIN
     min_workers: int = defaults.MIN_WORKERS  # hand out no task until this many workers have joined (then never again)
     skip_bad_records: int = 0  # records a task may skip when the user's code keeps raising on them
+    later_steps: tuple[int, ...] = ()  # a pipeline: the reduce counts of its steps after the first
 
     @property
     def suspect_after(self) -> float:
@@ -104,6 +105,7 @@ class Task:
     kind: ev.TaskKind
     index: int
     split: Split | None = None
+    stage: int = 0  # 0: the maps; k: the reduces of step k (and, in a pipeline, step k+1's map)
     state: TaskState = TaskState.PENDING
     failures: int = 0
     lost: int = 0
@@ -122,7 +124,8 @@ class Task:
         if self.split is not None:
             s = self.split
             return f"map task {self.index} (input {s.key!r}, bytes {s.start}-{s.end})"
-        return f"reduce task {self.index} (partition part-{self.index:05d})"
+        step = f" of step {self.stage}" if self.stage > 1 else ""
+        return f"reduce task {self.index}{step} (partition part-{self.index:05d})"
 
 
 @dataclass
@@ -199,11 +202,18 @@ class Scheduler:
             sum(s.end - s.start for s in splits),
             output,
         )
-        self.maps = [Task(ev.TaskKind.MAP, i, split) for i, split in enumerate(splits)]
-        self.reduces = [Task(ev.TaskKind.REDUCE, r) for r in range(settings.n_reduce)]
+        # Stages: the maps, then each step's reduces. A reduce of a step before the last also
+        # runs the next step's map on what it emits, so its output is map output for the next
+        # stage, kept and served by its worker like a map's; only the last stage commits.
+        sizes = [settings.n_reduce, *settings.later_steps] if settings.n_reduce else []
+        self.stages: list[list[Task]] = [[Task(ev.TaskKind.MAP, i, split) for i, split in enumerate(splits)]]
+        self.stages += [[Task(ev.TaskKind.REDUCE, r, stage=k) for r in range(n)] for k, n in enumerate(sizes, 1)]
+        self.maps = self.stages[0]
+        self.reduces = self.stages[1] if len(self.stages) > 1 else []  # the first step's reduces
+        self.last = len(self.stages) - 1
         # A map-only job (no reduce): each map's output is committed as its own part file.
-        self.map_only = settings.n_reduce == 0
-        self.outputs = self.maps if self.map_only else self.reduces  # the tasks whose output is committed
+        self.map_only = self.last == 0
+        self.outputs = self.stages[-1]  # the tasks whose output is committed
         self.workers: dict[int, RegisteredWorker] = {}
         self.by_identity: dict[bytes, RegisteredWorker] = {}
         self.attempts: dict[int, TaskAttempt] = {}
@@ -216,17 +226,15 @@ class Scheduler:
         self._next_attempt = 1
         # Pending tasks by phase: a heap of indices (lowest first) checked lazily on pop,
         # so choosing the next task costs O(log n) however many tasks a job has.
-        self._pending_heap = {
-            ev.TaskKind.MAP: list(range(len(self.maps))),
-            ev.TaskKind.REDUCE: list(range(len(self.reduces))),
-        }
-        self._pending_count = {ev.TaskKind.MAP: len(self.maps), ev.TaskKind.REDUCE: len(self.reduces)}
-        self._running: dict[ev.TaskKind, set[int]] = {ev.TaskKind.MAP: set(), ev.TaskKind.REDUCE: set()}
-        self._done_count = {ev.TaskKind.MAP: 0, ev.TaskKind.REDUCE: 0}
+        # All by stage.
+        self._pending_heap = [list(range(len(tasks))) for tasks in self.stages]
+        self._pending_count = [len(tasks) for tasks in self.stages]
+        self._running: list[set[int]] = [set() for _ in self.stages]
+        self._done_count = [0 for _ in self.stages]
         self._done_input = 0  # input bytes of the maps done now
-        self._durations: dict[ev.TaskKind, list[float]] = {ev.TaskKind.MAP: [], ev.TaskKind.REDUCE: []}  # sorted
+        self._durations: list[list[float]] = [[] for _ in self.stages]  # sorted
         self._map_sizes: list[int] = []  # input bytes of the finished maps, sorted
-        self._maps_done_at: float | None = None if self.maps else now
+        self._done_at: list[float | None] = [None if tasks else now for tasks in self.stages]  # all done
         self._now = now
         self._started_work = False  # becomes True once min_workers have joined
 
@@ -240,6 +248,11 @@ class Scheduler:
         return events
 
     @staticmethod
+    def _where(task: Task) -> dict[str, Any]:
+        """The fields that place a task whose output feeds the next stage: a map, or a step's reduce."""
+        return {"phase": task.kind, "step": max(task.stage, 1)}
+
+    @staticmethod
     def _ids(attempt: TaskAttempt) -> dict[str, Any]:
         """The fields that name an attempt in its events."""
         return {
@@ -247,6 +260,7 @@ class Scheduler:
             "task": attempt.task.index,
             "phase": attempt.task.kind,
             "worker": attempt.worker.id,
+            "step": max(attempt.task.stage, 1),
         }
 
     # ---- state queries -----------------------------------------------------
@@ -258,19 +272,21 @@ class Scheduler:
 
     @property
     def maps_done(self) -> int:
-        return self._done_count[ev.TaskKind.MAP]
+        return self._done_count[0]
 
     @property
     def reduces_done(self) -> int:
-        return self._done_count[ev.TaskKind.REDUCE]
+        return sum(self._done_count[1:])
 
     @property
     def succeeded(self) -> bool:
-        return self._done_count[self.outputs_kind] == len(self.outputs)
+        return self._done_count[self.last] == len(self.outputs)
 
     @property
-    def outputs_kind(self) -> ev.TaskKind:
-        return ev.TaskKind.MAP if self.map_only else ev.TaskKind.REDUCE
+    def step(self) -> int:
+        """The step running now (1-based): that of the lowest stage with unfinished tasks."""
+        unfinished = [k for k, tasks in enumerate(self.stages) if self._done_count[k] < len(tasks)]
+        return max(unfinished[0] if unfinished else self.last, 1)
 
     @property
     def finished(self) -> bool:
@@ -299,19 +315,25 @@ class Scheduler:
             job=self.facts,
             phase=phase,
             failure=self._failure,
-            maps=self._counts(ev.TaskKind.MAP),
-            reduces=self._counts(ev.TaskKind.REDUCE),
+            maps=self._counts(self.stages[:1]),
+            reduces=self._counts(self.stages[1:]),
             input_done=self._done_input,
             tally=self.tally.copy(),
             workers_live=len(live),
             workers_total=len(self.workers),
             workers=workers,
             attempts=tuple(self._attempt_view(a, now) for a in recent),
+            step=self.step,
+            steps=max(self.last, 1),
         )
 
-    def _counts(self, kind: ev.TaskKind) -> TaskCounts:
+    def _counts(self, stages: list[list[Task]]) -> TaskCounts:
+        ks = [tasks[0].stage for tasks in stages if tasks]
         return TaskCounts(
-            len(self._tasks(kind)), self._done_count[kind], len(self._running[kind]), self._pending_count[kind]
+            sum(map(len, stages)),
+            sum(self._done_count[k] for k in ks),
+            sum(len(self._running[k]) for k in ks),
+            sum(self._pending_count[k] for k in ks),
         )
 
     def _worker_view(self, w: RegisteredWorker, now: float) -> WorkerView:
@@ -343,40 +365,37 @@ class Scheduler:
 
     # ---- task states -------------------------------------------------------
 
-    def _tasks(self, kind: ev.TaskKind) -> list[Task]:
-        return self.maps if kind is ev.TaskKind.MAP else self.reduces
-
     def _set_state(self, task: Task, state: TaskState) -> None:
         """The one place a task changes state, so the queues and counts stay right."""
         if task.state is state:
             return
+        k = task.stage
         if task.state is TaskState.PENDING:
-            self._pending_count[task.kind] -= 1
+            self._pending_count[k] -= 1
         if task.state is TaskState.RUNNING:
-            self._running[task.kind].discard(task.index)
+            self._running[k].discard(task.index)
         if state is TaskState.RUNNING:
-            self._running[task.kind].add(task.index)
+            self._running[k].add(task.index)
         if state is TaskState.PENDING:
-            self._pending_count[task.kind] += 1
-            heapq.heappush(self._pending_heap[task.kind], task.index)
+            self._pending_count[k] += 1
+            heapq.heappush(self._pending_heap[k], task.index)
         size = task.split.end - task.split.start if task.split is not None else 0
         if state is TaskState.DONE:
-            self._done_count[task.kind] += 1
+            self._done_count[k] += 1
             self._done_input += size
-            if task.kind is ev.TaskKind.MAP and self.maps_done == len(self.maps):
-                self._maps_done_at = self._now
+            if self._done_count[k] == len(self.stages[k]):
+                self._done_at[k] = self._now
         elif task.state is TaskState.DONE:
-            self._done_count[task.kind] -= 1
+            self._done_count[k] -= 1
             self._done_input -= size
-            if task.kind is ev.TaskKind.MAP:
-                self._maps_done_at = None
+            self._done_at[k] = None
         task.state = state
 
-    def _next_pending(self, kind: ev.TaskKind, worker: RegisteredWorker) -> Task | None:
-        """The lowest pending task of a phase that ``worker`` may run. Without exclusions
+    def _next_pending(self, stage: int, worker: RegisteredWorker) -> Task | None:
+        """The lowest pending task of a stage that ``worker`` may run. Without exclusions
         that is one heap pop (O(log n)); a task ``worker`` is excluded from is passed over
         and pushed back, costing a pop and push each."""
-        heap, tasks = self._pending_heap[kind], self._tasks(kind)
+        heap, tasks = self._pending_heap[stage], self.stages[stage]
         held, found = [], None
         while heap:
             index = heapq.heappop(heap)
@@ -412,11 +431,11 @@ class Scheduler:
         log.info("%s joined", worker.describe())
         self.record(ev.WorkerJoined(t=now, worker=worker.id, name=hello.name, pid=hello.pid, host=hello.host))
         actions.append(Send(identity, welcome(worker.id)))
-        for map_task in self.maps:  # outputs left in this worker's folder by a dead one: it serves them
+        for map_task in self._producers():  # outputs left in this worker's folder by a dead one: it serves them
             r = map_task.result
             if r is not None and r.orphaned and _same_folder(r.worker.info, hello):
                 r.worker, r.orphaned = worker, False
-                self.record(ev.MapOutputMoved(t=now, task=map_task.index, worker=worker.id))
+                self.record(ev.MapOutputMoved(t=now, task=map_task.index, worker=worker.id, **self._where(map_task)))
                 actions += self._announce(map_task)
         return actions + self._dispatch(now)
 
@@ -609,10 +628,14 @@ class Scheduler:
                 attempt.id, task.index, s.key, s.path, s.start, s.end, s.fingerprint, list(task.skip)
             )
         else:
-            done = [m for m in self.maps if m.state is TaskState.DONE]
+            done = [m for m in self.stages[task.stage - 1] if m.state is TaskState.DONE]
             outputs = [self._location(m, task.index) for m in done if m.result.lengths[task.index]]
             empty = [m.index for m in done if not m.result.lengths[task.index]]
-            message = p.AssignReduce(attempt.id, task.index, outputs, empty, list(task.skip))
+            partitions = len(self.stages[task.stage + 1]) if task.stage < self.last else 0
+            sources = len(self.stages[task.stage - 1])
+            message = p.AssignReduce(
+                attempt.id, task.index, outputs, empty, list(task.skip), task.stage - 1, partitions, sources
+            )
         log.debug("attempt %d: %s on %s", attempt.id, task.describe(), worker.describe())
         self.record((ev.BackupLaunched if backup else ev.TaskAssigned)(t=now, **self._ids(attempt)))
         return Send(worker.identity, message)
@@ -671,7 +694,7 @@ class Scheduler:
         )
         duration = now - self._effective_start(attempt)
         attempt.worker.slow = duration > self._slow_limit(task)
-        bisect.insort(self._durations[task.kind], duration)
+        bisect.insort(self._durations[task.stage], duration)
         if task.kind is ev.TaskKind.MAP:
             bisect.insort(self._map_sizes, size_in)
         task.lost = 0
@@ -693,21 +716,25 @@ class Scheduler:
         return actions + self._announce(task)
 
     def _commits(self, task: Task) -> bool:
-        """Whether a finished attempt of ``task`` wrote output to commit (a reduce, or a map of
-        a map-only job), rather than map output for reduces."""
-        return task.kind is ev.TaskKind.REDUCE or self.map_only
+        """Whether a finished attempt of ``task`` wrote output to commit (a task of the last
+        stage: the last step's reduces, or the maps of a map-only job), rather than map output
+        for the next stage."""
+        return task.stage == self.last
+
+    def _producers(self) -> list[Task]:
+        """The tasks whose output is map output for a next stage."""
+        return [task for tasks in self.stages[:-1] for task in tasks]
 
     def _check_result(self, attempt: TaskAttempt, done: p.TaskDone) -> str:
         if not self._commits(attempt.task):
             lengths = done.partition_lengths
+            wanted = len(self.stages[attempt.task.stage + 1])
             if (
-                len(lengths) != self.settings.n_reduce
+                len(lengths) != wanted
                 or any(n < 0 for n in lengths)
                 or not 0 <= done.offset <= MAX_OFFSET - sum(lengths)
             ):
-                return (
-                    f"map output index has {len(done.partition_lengths)} partitions, expected {self.settings.n_reduce}"
-                )
+                return f"map output index has {len(done.partition_lengths)} partitions, expected {wanted}"
             return ""
         expected = output.attempt_temp_name(attempt.task.index, self.job_id, attempt.id)
         # The name in the output folder, or (from another host) a path in scratch ending in it.
@@ -717,8 +744,8 @@ class Scheduler:
         return ""
 
     def _announce(self, map_task: Task, only: TaskAttempt | None = None) -> list:
-        """Tell running reduce attempts (or just ``only``) where this map's output is."""
-        attempts = [only] if only is not None else [a for t in self.reduces for a in t.running]
+        """Tell the next stage's running attempts (or just ``only``) where this map output is."""
+        attempts = [only] if only is not None else [a for t in self.stages[map_task.stage + 1] for a in t.running]
         sends = []
         for a in attempts:
             if map_task.result.lengths[a.task.index]:
@@ -738,9 +765,10 @@ class Scheduler:
                 error=failed.error,
             )
         )
-        if not 0 <= failed.map_task < len(self.maps) or attempt.state is not ev.AttemptState.RUNNING:
+        producers = self.stages[attempt.task.stage - 1]
+        if not 0 <= failed.map_task < len(producers) or attempt.state is not ev.AttemptState.RUNNING:
             return []
-        map_task = self.maps[failed.map_task]
+        map_task = producers[failed.map_task]
         r = map_task.result
         if map_task.state is not TaskState.DONE or r is None:
             return []  # it is running again already; the new output will be announced
@@ -762,14 +790,14 @@ class Scheduler:
                 )
             self._lose_map_output(now, map_task)
             if r.orphaned:  # no live server: its other outputs are as unreachable, run them now too
-                for other in self.maps:
+                for other in self._producers():
                     o = other.result
                     if (
                         other.state is TaskState.DONE
                         and o is not None
                         and o.orphaned
                         and o.worker is r.worker
-                        and self._still_needed(o)
+                        and self._still_needed(other)
                     ):
                         self._lose_map_output(now, other)
             return []
@@ -889,15 +917,21 @@ class Scheduler:
                 )
         actions = []
         if not self.succeeded:
-            for map_task in self.maps:
+            for map_task in self._producers():
                 r = map_task.result
-                if map_task.state is TaskState.DONE and r is not None and r.worker is worker and self._still_needed(r):
+                if (
+                    map_task.state is TaskState.DONE
+                    and r is not None
+                    and r.worker is worker
+                    and self._still_needed(map_task)
+                ):
                     actions += self._rehome(now, map_task)
         return actions
 
-    def _still_needed(self, result: MapResult) -> bool:
-        """Whether an unfinished reduce has data in this map output."""
-        return any(t.state is not TaskState.DONE and result.lengths[t.index] for t in self.reduces)
+    def _still_needed(self, producer: Task) -> bool:
+        """Whether an unfinished task of the next stage has data in this map output."""
+        lengths = producer.result.lengths
+        return any(t.state is not TaskState.DONE and lengths[t.index] for t in self.stages[producer.stage + 1])
 
     def _rehome(self, now: float, map_task: Task) -> list:
         """Move a finished map's output to a live worker that can serve it, or run it again."""
@@ -909,17 +943,17 @@ class Scheduler:
                 and candidate.info.data_address != old.data_address
             ):
                 map_task.result.worker = candidate
-                self.record(ev.MapOutputMoved(t=now, task=map_task.index, worker=candidate.id))
+                self.record(ev.MapOutputMoved(t=now, task=map_task.index, worker=candidate.id, **self._where(map_task)))
                 return self._announce(map_task)
         # No server for now. The files most likely outlive the process (a crash, not a lost
         # disk): reducers on that host read them directly, a worker joining with that folder
         # serves them, and a reducer that cannot read them says so (FetchFailed): then it re-runs.
         map_task.result.orphaned = True
-        self.record(ev.MapOutputOrphaned(t=now, task=map_task.index))
+        self.record(ev.MapOutputOrphaned(t=now, task=map_task.index, **self._where(map_task)))
         return []
 
     def _lose_map_output(self, now: float, map_task: Task) -> None:
-        self.record(ev.MapRerun(t=now, task=map_task.index))
+        self.record(ev.MapRerun(t=now, task=map_task.index, **self._where(map_task)))
         map_task.result = None
         self._set_state(map_task, TaskState.PENDING)
 
@@ -934,51 +968,62 @@ class Scheduler:
             self._started_work = True
         actions: list = []
         for worker in [w for w in self.workers.values() if w.state is WorkerState.IDLE]:
-            task = self._next_pending(ev.TaskKind.MAP, worker)
-            if task is None and self._pending_count[ev.TaskKind.MAP] == 0:
-                # A straggling map holds up every reduce: its backup comes before them.
-                backup = self._backup(now, worker, (ev.TaskKind.MAP,))
-                if backup is not None:
-                    actions.append(backup)
-                    continue
-                task = self._next_pending(ev.TaskKind.REDUCE, worker)
-            if task is not None:
-                actions.append(self._start(now, worker, task))
-            else:
-                backup = self._backup(now, worker, (ev.TaskKind.REDUCE,))
-                if backup is not None:
-                    actions.append(backup)
-        # Maps that must run before any reduce can: pending ones, and stragglers that no idle
-        # worker could back up. A reduce waiting for them only waits: its worker can run them.
-        wanted = self._pending_count[ev.TaskKind.MAP]
-        why = "a map must run first"
-        if not wanted and self.settings.speculation:
-            wanted, why = len(self._stragglers(now, ev.TaskKind.MAP)), "a straggling map needs a backup"
-        if wanted:
+            step = self._next_step(now, worker)
+            if step is not None:
+                actions.append(step)
+        # Tasks that must run before a later stage's can: the lowest stage's pending ones, and
+        # stragglers no idle worker could back up. A later task waiting for them only waits:
+        # its worker can run them.
+        lowest = next((k for k in range(self.last + 1) if self._pending_count[k]), None)
+        wanted = self._pending_count[lowest] if lowest is not None else 0
+        why = f"{_stage_name(lowest)} must run first"
+        if lowest is None and self.settings.speculation:
+            for k in range(self.last):
+                if self._running[k]:
+                    lowest, why = k, f"a straggling {_stage_name(k)[2:]} needs a backup"
+                    wanted = len(self._stragglers(now, k))
+                    break
+        if wanted and lowest is not None:
             # Workers still finishing a cancelled attempt will be free soon: count them.
             freeing = sum(
                 1
                 for w in self.live_workers()
                 if w.attempt is not None and w.attempt.state is not ev.AttemptState.RUNNING
             )
-            actions += self._preempt_reduces(now, wanted - freeing, why)
+            actions += self._preempt_later(now, lowest, wanted - freeing, why)
         return actions
 
+    def _next_step(self, now: float, worker: RegisteredWorker) -> Send | None:
+        """What idle ``worker`` does next: the lowest stage's pending task; a stage's tasks go
+        out only once no earlier stage has one pending, and a straggler's backup of an earlier
+        stage comes before them (it holds up every later task)."""
+        for k in range(self.last + 1):
+            if self._pending_count[k]:
+                task = self._next_pending(k, worker)
+                if task is not None:
+                    return self._start(now, worker, task)
+                return self._backup(now, worker, self.last)  # every pending one excludes this worker
+            if k < self.last:
+                backup = self._backup(now, worker, k)
+                if backup is not None:
+                    return backup
+        return self._backup(now, worker, self.last)
+
     def _effective_start(self, attempt: TaskAttempt) -> float:
-        """When an attempt could start working: a reduce waits for the last map."""
-        if attempt.task.kind is ev.TaskKind.REDUCE and self._maps_done_at is not None:
-            return max(attempt.started, self._maps_done_at)
+        """When an attempt could start working: a reduce waits for the last task of the stage before."""
+        stage = attempt.task.stage
+        if stage > 0 and self._done_at[stage - 1] is not None:
+            return max(attempt.started, self._done_at[stage - 1])
         return attempt.started
 
-    def _backup(self, now: float, worker: RegisteredWorker, kinds: tuple[ev.TaskKind, ...]) -> Send | None:
-        """A backup attempt on idle ``worker`` for the most overdue straggler of ``kinds``, if any.
+    def _backup(self, now: float, worker: RegisteredWorker, stage: int) -> Send | None:
+        """A backup attempt on idle ``worker`` for the most overdue straggler of ``stage``, if any.
         A worker that straggled itself runs none: it would most likely be slow again."""
         if not self.settings.speculation or worker.slow:
             return None
         overdue = [
             (over, attempt)
-            for kind in kinds
-            for over, attempt in self._stragglers(now, kind)
+            for over, attempt in self._stragglers(now, stage)
             if attempt.worker is not worker and worker.id not in attempt.task.excluded
         ]
         if not overdue:
@@ -988,16 +1033,16 @@ class Scheduler:
         log.info("backup attempt for %s, slow on %s", straggler.task.describe(), straggler.worker.describe())
         return self._start(now, worker, straggler.task, backup=True)
 
-    def _stragglers(self, now: float, kind: ev.TaskKind) -> list[tuple[float, TaskAttempt]]:
-        """Running attempts of a phase past its straggler limit (any, on a slow worker),
+    def _stragglers(self, now: float, stage: int) -> list[tuple[float, TaskAttempt]]:
+        """Running attempts of a stage past its straggler limit (any, on a slow worker),
         with how far past it.
 
         Only tasks with a single running attempt qualify (one backup per task), and a
-        reduce only once every map is done (before that, it is waiting, not slow)."""
-        if kind is ev.TaskKind.REDUCE and self._maps_done_at is None:
+        reduce only once every task of the stage before is done (till then it waits)."""
+        if stage > 0 and self._done_at[stage - 1] is None:
             return []
-        tasks, found = self._tasks(kind), []
-        for index in self._running[kind]:
+        tasks, found = self.stages[stage], []
+        for index in self._running[stage]:
             running = tasks[index].running
             if len(running) == 1:
                 # On a worker that straggled before, an attempt is likely late too: at once.
@@ -1011,7 +1056,7 @@ class Scheduler:
         """How long an attempt of ``task`` may run before it counts as a straggler (forever
         until a task of its phase has finished). A map with more input than the typical
         finished map is expected to take proportionally longer: unequal splits are not slow."""
-        durations = self._durations[task.kind]
+        durations = self._durations[task.stage]
         if not durations:
             return math.inf
         expected = durations[len(durations) // 2]
@@ -1020,20 +1065,23 @@ class Scheduler:
             expected *= max(1.0, (task.split.end - task.split.start) / max(typical, 1))
         return max(self.settings.slow_factor * expected, expected + self.settings.slow_margin)
 
-    def _preempt_reduces(self, now: float, wanted: int, why: str) -> list:
-        """Cancel up to ``wanted`` running reduces, the youngest first, to free their workers
-        for maps (none of a worker that straggled: it would run the map slowly)."""
+    def _preempt_later(self, now: float, stage: int, wanted: int, why: str) -> list:
+        """Cancel up to ``wanted`` running attempts of stages after ``stage``, the youngest
+        first, to free their workers for it (none of a worker that straggled: it would be slow)."""
         if wanted <= 0:
             return []
-        running = sorted(
-            (a for t in self.reduces for a in t.running if not a.worker.slow), key=lambda a: a.id, reverse=True
-        )
+        later = (a for tasks in self.stages[stage + 1 :] for t in tasks for a in t.running if not a.worker.slow)
+        running = sorted(later, key=lambda a: a.id, reverse=True)
         actions = []
         for attempt in running[:wanted]:
             log.info("cancelling attempt %d of %s: %s", attempt.id, attempt.task.describe(), why)
             self._cancel(now, attempt, why)
             actions.append(Send(attempt.worker.identity, p.Cancel(attempt.id)))
         return actions
+
+
+def _stage_name(stage: int | None) -> str:
+    return "a map" if not stage else "a reduce" if stage == 1 else f"a reduce of step {stage}"
 
 
 def _same_folder(a: p.Register, b: p.Register) -> bool:

@@ -107,6 +107,8 @@ class JobView:
     workers_total: int
     workers: tuple[WorkerView, ...]  # every live worker and the last departed ones, by id
     attempts: tuple[AttemptView, ...]  # the most recent attempts, newest first
+    step: int = 1  # the step running now (1-based; a job that is not a pipeline has one)
+    steps: int = 1
 
     @property
     def elapsed(self) -> float:

@@ -90,6 +90,8 @@ def snapshot(view: JobView, events: Iterable[Event] = ()) -> dict:
     return {
         "job": dataclasses.asdict(view.job),
         "phase": view.phase.value,
+        "step": view.step,  # a pipeline's step running now (1-based), of "steps"
+        "steps": view.steps,
         "failure": view.failure,
         "elapsed": round(elapsed, 3),
         "maps": dataclasses.asdict(view.maps),
@@ -255,9 +257,10 @@ def _bar(name: str, p: Mapping[str, int]) -> str:
 def _heading(s: Mapping[str, Any]) -> str:
     e = html.escape
     j, phase = s["job"], e(s["phase"])
+    step = f"step {s['step']} of {s['steps']} \u00b7 " if s.get("steps", 1) > 1 else ""
     return (
         f"<h1>mapreduce: {e(str(j.get('app', '')))}</h1>"
-        f'<p class="meta"><span id="phase" class="phase {phase}">{phase}</span> '
+        f'<p class="meta"><span id="phase" class="phase {phase}">{phase}</span> {step}'
         f"job {e(str(j.get('job_id', '')))} \u00b7 elapsed {_seconds(s['elapsed'])} \u00b7 "
         f"{j.get('n_map')} maps, {j.get('n_reduce')} reduces \u00b7 "
         f"{j.get('inputs')} input files, {human_bytes(j.get('input_bytes') or 0)} \u00b7 "

@@ -156,6 +156,7 @@ class AttemptEvent(Event):
     task: int
     phase: TaskKind
     worker: int
+    step: int = 1  # the step of a pipeline (1-based): a map is step 1's, a reduce its step's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,6 +242,8 @@ class RecordSkipped(Event):
 class MapOutputMoved(Event):
     kind = EventKind.MAP_OUTPUT_MOVED
     task: int
+    phase: TaskKind = TaskKind.MAP  # a map, or (in a pipeline) a reduce whose output feeds the next step
+    step: int = 1
     worker: int  # the worker that serves it now
 
 
@@ -250,12 +253,16 @@ class MapOutputOrphaned(Event):
 
     kind = EventKind.MAP_OUTPUT_ORPHANED
     task: int
+    phase: TaskKind = TaskKind.MAP  # a map, or (in a pipeline) a reduce whose output feeds the next step
+    step: int = 1
 
 
 @dataclass(frozen=True, kw_only=True)
 class MapRerun(Event):
     kind = EventKind.MAP_RERUN
     task: int
+    phase: TaskKind = TaskKind.MAP  # a map, or (in a pipeline) a reduce whose output feeds the next step
+    step: int = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -497,7 +504,7 @@ class Tally:
 
     def add(self, event: Event) -> None:
         if isinstance(event, TaskFinished):
-            self.task_counters[event.phase, event.task] = event.counters
+            self.task_counters[event.step, event.phase, event.task] = event.counters
         match event:
             case TaskAssigned():
                 self.attempts += 1

@@ -26,7 +26,7 @@ import msgpack
 from mapreduce.errors import ProtocolError
 from mapreduce.output import Compression
 
-PROTOCOL_VERSION = 3  # 2: Welcome lost output_host_id; 3: counters, bad records to skip, compression
+PROTOCOL_VERSION = 3  # 2: Welcome lost output_host_id; 3: counters, bad records, compression, pipelines
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # A data server's address as a worker advertises it (the socket's bound endpoint, always
@@ -202,6 +202,9 @@ class AssignReduce:
     outputs: list[MapOutput]
     empty: list[int] = field(default_factory=list)  # finished maps with nothing for this partition
     skip: list[str] = field(default_factory=list)  # bad records (keys) not to reduce (--skip-bad-records)
+    step: int = 0  # a pipeline: the step (0-based) whose reduce this is
+    partitions: int = 0  # a pipeline: >0, run the next step's map and write map output for this many reduces
+    sources: int = 0  # a pipeline: how many tasks of the stage before feed it (0: the job's maps)
 
 
 @dataclass(frozen=True)

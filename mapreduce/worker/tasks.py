@@ -179,9 +179,18 @@ class ReduceInputs:
     """
 
     def __init__(
-        self, job: JobContext, ctx: AttemptContext, fetcher: Fetcher, folder: Path, report: Callable[[object], None]
+        self,
+        job: JobContext,
+        ctx: AttemptContext,
+        fetcher: Fetcher,
+        folder: Path,
+        report: Callable[[object], None],
+        sources: int = 0,
+        sort_values: bool = False,
     ):
         self.job, self.ctx, self.fetcher, self.folder, self.report = job, ctx, fetcher, folder, report
+        self.n_sources = sources or job.n_map  # the tasks of the stage before: maps, or a step's reduces
+        self.sort_values = sort_values
         self.runs: dict[int, tuple[BinaryIO | None, int, int]] = {}  # map task -> (file, offset, length)
         self.files: dict[str, BinaryIO] = {}  # open files by path: a worker's maps share one
         self.failed: set[tuple[int, int, str]] = set()
@@ -191,7 +200,7 @@ class ReduceInputs:
         self.ctx.gathering.set()
         try:
             self._take(initial, empty)
-            while len(self.runs) < self.job.n_map:
+            while len(self.runs) < self.n_sources:
                 self.ctx.check()
                 try:
                     self._take(*self.ctx.inbox.get(timeout=0.2))
@@ -202,14 +211,14 @@ class ReduceInputs:
 
     def _take(self, locations: list[p.MapOutput], empty: list[int] = ()) -> None:
         for map_task in empty:
-            if 0 <= map_task < self.job.n_map:
+            if 0 <= map_task < self.n_sources:
                 self.runs.setdefault(map_task, (None, 0, 0))
         self._take_locations(locations)
 
     def _take_locations(self, locations: list[p.MapOutput]) -> None:
         for loc in locations:
             self.ctx.check()  # a fetch can take a while: a cancelled attempt stops between them
-            if loc.map_task in self.runs or not 0 <= loc.map_task < self.job.n_map:
+            if loc.map_task in self.runs or not 0 <= loc.map_task < self.n_sources:
                 continue  # a re-run map's output is the same data: the first copy serves
             if (loc.map_task, loc.attempt, loc.data_address) in self.failed:
                 continue
@@ -257,11 +266,11 @@ class ReduceInputs:
 
     def groups(self) -> Iterator[tuple[str, Iterator]]:
         """Each key with its values (in map order), keys ascending."""
-        runs = [self.runs[m] for m in range(self.job.n_map) if self.runs[m][0] is not None]
+        runs = [self.runs[m] for m in range(self.n_sources) if self.runs[m][0] is not None]
         counts = counters.current()
         read = None if counts is None else (lambda n: counts.builtin(counters.REDUCE_INPUT_RECORDS, n))
         streams = [shuffle.iter_run(f, offset, length, counted=read) for f, offset, length in runs]
-        sort_values = self.job.app.sort_values
+        sort_values = self.sort_values
         if sum(length for _, _, length in runs) <= IN_MEMORY_REDUCE_BYTES:
             return shuffle.group_in_memory(streams, sort_values)
         return shuffle.group_sorted(shuffle.merge_runs(streams, sort_values))
@@ -278,18 +287,48 @@ def run_reduce(
     with storage_errors(job.workdir, f"fetched map output of reduce attempt {task.attempt}"):
         folder.mkdir()
     received = fetcher.received
-    inputs = ReduceInputs(job, ctx, fetcher, folder, report)
+    this = job.app.step(task.step)
+    inputs = ReduceInputs(job, ctx, fetcher, folder, report, task.sources, this.sort_values)
     try:
         inputs.gather(task.outputs, task.empty)
         counts = Counters()
         with counting(counts):
-            results = job.app.run_reduce(_checked(inputs.groups(), ctx), frozenset(task.skip))
-            done = write_output(job, task.task, task.attempt, results, "reduce")
-        counts.builtin(counters.REDUCE_OUTPUT_RECORDS, done.records)
+            results = this.run_reduce(_checked(inputs.groups(), ctx), frozenset(task.skip))
+            if task.partitions:  # a pipeline's step before the last: the next step's map, its output kept here
+                done = _fused_map(job, task, ctx, app_of_next_step=job.app.step(task.step + 1), records=results)
+            else:
+                done = write_output(job, task.task, task.attempt, results, "reduce")
+                counts.builtin(counters.REDUCE_OUTPUT_RECORDS, done.records)
         return dataclasses.replace(done, fetched=fetcher.received - received, counters=_wire(counts))
     finally:
         inputs.close()
         _remove_folder(folder)
+
+
+def _fused_map(
+    job: JobContext, task: p.AssignReduce, ctx: AttemptContext, app_of_next_step: App, records: Iterator
+) -> p.TaskDone:
+    """Run the next step's map over a reduce's records, into map output for the next step's
+    reduces, appended to this worker's map output file (served like any map's)."""
+    what = f"map output of step {task.step + 2} from reduce attempt {task.attempt}"
+    buffer = shuffle.MapOutputBuffer(
+        task.partitions,
+        app_of_next_step.partition,
+        app_of_next_step.combine,
+        job.workdir,
+        shuffle.DEFAULT_BUFFER_RECORDS,
+        f"a{task.attempt}-spill",
+        what,
+        app_of_next_step.sort_values,
+    )
+    try:
+        buffer.add_all(app_of_next_step.run_record_map(records), f"reduce task {task.task} of step {task.step + 1}")
+        ctx.check()
+        path, offset, lengths = job.append_map_output(buffer.finish_into, what)
+    finally:
+        buffer.discard()
+    counters.current().builtin(counters.MAP_OUTPUT_RECORDS, buffer.total)
+    return p.TaskDone(0, task.attempt, lengths, path, buffer.total, offset)
 
 
 def write_output(job: JobContext, task: int, attempt: int, records: Iterator, phase: str) -> p.TaskDone:

@@ -240,3 +240,10 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere():
     assert "MB/s" in lines[0] and "workers 1" in lines[0]
     drawn = terminal.getvalue().split("\r")[1:]
     assert len(drawn) == 3 and "[" + "#" * 10 + "." * 10 + "] 1/2" in drawn[1] and terminal.getvalue().endswith("\n")
+
+
+def test_an_app_that_needs_a_number_of_reduces_refuses_another(text, tmp_path):
+    app = tmp_path / "ranked.py"
+    app.write_text("def map(k, v):\n    yield k, 1\ndef reduce(k, v):\n    return 0\nn_reduce = 1\n")
+    refused = invoke("seq", str(app), text, "--reduce", "2", "--output", str(tmp_path / "o"))
+    assert_refused(refused, "needs exactly 1 reduce task(s), got --reduce 2")

@@ -116,6 +116,7 @@ def test_the_log_line_is_the_envelope_then_the_fields_as_plain_json():
         "input_bytes": 0,
         "output_bytes": 2048,
         "counters": [],
+        "step": 1,
     }
     assert json.loads(json.dumps(record)) == record
 

@@ -497,3 +497,21 @@ def test_an_app_may_fix_its_number_of_reduces(tmp_path):
             load_app(write_app(tmp_path, base + f"n_reduce = {bad}\n"))
     with pytest.raises(AppError, match="with a reduce"):
         load_app(write_app(tmp_path, "def map(k, v):\n    return []\nn_reduce = 1\n"))
+
+
+def test_a_pipeline_is_checked_when_loaded(tmp_path):
+    head = "from mapreduce import Step\ndef m(k, v):\n    return []\ndef r(k, v):\n    return 0\n"
+    app = load_app(write_app(tmp_path, head + "steps = [Step(map=m, reduce=r), Step(map=m, reduce=r, n_reduce=2)]\n"))
+    assert len(app.steps) == 2 and app.step(1).n_reduce == 2 and app.map is app.steps[0].map
+    bad = {
+        "steps = []\n": "steps must be a list of mapreduce.Step",
+        "steps = [m]\n": "steps must be a list of mapreduce.Step",
+        "steps = [Step(map=m, reduce=r)]\ndef map(k, v):\n    return []\n": "defines steps and also map",
+        "steps = [Step(map=m, reduce=None)]\n": "every step needs a map and a reduce",
+        "steps = [Step(map=m, reduce=r), Step(map=r, reduce=r, n_reduce=0)]\n": r"\(step 2\)': n_reduce = 0",
+        "def bad(k):\n    return 0\nsteps = [Step(map=m, reduce=bad)]\n": r"\(step 1\).*cannot be called as reduce",
+        "n_reduce = 1\nsteps = [Step(map=m, reduce=r)]\n": "a pipeline sets n_reduce",
+    }
+    for body, message in bad.items():
+        with pytest.raises(AppError, match=message):
+            load_app(write_app(tmp_path, head + body))

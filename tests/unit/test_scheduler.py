@@ -810,3 +810,49 @@ def test_without_the_option_a_bad_record_is_an_ordinary_failure():
     m2 = one(fail_on(s, 1.0, b"A", a, m1, "120"), b"A", p.AssignMap)
     fail_on(s, 2.0, b"A", a, m2, "120")
     assert m2.skip == [] and s.failure is not None
+
+
+# ---- pipelines ---------------------------------------------------------------------------
+
+
+def test_a_pipeline_runs_its_stages_in_order_and_commits_only_the_last_steps_output():
+    s = make(n_maps=2, n_reduce=2, later_steps=(1,))
+    assert [len(stage) for stage in s.stages] == [2, 2, 1] and s.outputs is s.stages[2]
+    a, actions = join(s, b"A")
+    m0 = one(actions, b"A", p.AssignMap)
+    m1 = one(map_done(s, 1.0, b"A", a, m0, [3, 4]), b"A", p.AssignMap)
+    r0 = one(map_done(s, 2.0, b"A", a, m1, [5, 0]), b"A", p.AssignReduce)
+    assert (r0.step, r0.partitions, r0.sources) == (0, 1, 2) and s.view(2.0).step == 1
+    assert [o.map_task for o in r0.outputs] == [0, 1]
+    actions = map_done(s, 3.0, b"A", a, r0, [6])  # step 1's reduce wrote map output for step 2
+    assert commits(actions) == ["Send"]  # nothing committed: the next task goes out
+    r1 = one(actions, b"A", p.AssignReduce)
+    assert (r1.task, r1.step, [o.map_task for o in r1.outputs], r1.empty) == (1, 0, [0], [1])  # map 1: nothing
+    final = one(map_done(s, 4.0, b"A", a, r1, [0]), b"A", p.AssignReduce)
+    assert (final.step, final.partitions, final.sources) == (1, 0, 2) and s.view(4.0).step == 2
+    assert [o.map_task for o in final.outputs] == [0] and final.empty == [1]  # step 1's reduces
+    actions = reduce_done(s, 5.0, b"A", a, final)
+    assert commits(actions) == [(0, output.attempt_temp_name(0, s.job_id, final.attempt))] and s.succeeded
+    finished = [e for e in s.events if isinstance(e, TaskFinished)]
+    assert [(e.phase.value, e.step) for e in finished] == [("map", 1)] * 2 + [("reduce", 1)] * 2 + [("reduce", 2)]
+
+
+def test_a_lost_output_of_step_one_is_made_again_when_step_two_cannot_read_it():
+    s = make(n_maps=1, n_reduce=1, later_steps=(1,))
+    a, actions = join(s, b"A")
+    m0 = one(actions, b"A", p.AssignMap)
+    r0 = one(map_done(s, 1.0, b"A", a, m0, [4]), b"A", p.AssignReduce)
+    one(map_done(s, 2.0, b"A", a, r0, [6]), b"A", p.AssignReduce)  # the final reduce, on A
+    b, _ = join(s, b"B", now=2.5, host_id="host-2")
+    actions = s.receive(3.0, b"A", p.Goodbye(a))  # A leaves mid-attempt: B takes the final reduce
+    final = one(actions, b"B", p.AssignReduce)
+    assert final.step == 1 and [o.map_task for o in final.outputs] == [0]  # from step 1's reduce, on A
+    assert s.stages[1][0].state is TaskState.DONE  # its output still counts: the files likely outlive A
+    loc = s._location(s.stages[1][0], 0)
+    failed = p.FetchFailed(b, final.attempt, 0, loc.attempt, loc.data_address, "FetchError: gone")
+    actions = s.receive(4.0, b"B", failed)
+    rerun = [e for e in s.events if isinstance(e, MapRerun)]
+    assert [(e.task, e.phase.value, e.step) for e in rerun] == [(0, "reduce", 1)]  # step 1's reduce, not a map
+    assert one(actions, b"B", p.Cancel).attempt == final.attempt  # the waiting reduce makes way for it
+    redo = one(s.receive(4.1, b"B", p.Cancelled(b, final.attempt)), b"B", p.AssignReduce)
+    assert (redo.task, redo.step, redo.partitions) == (0, 0, 1)  # step 1's reduce again, on B
