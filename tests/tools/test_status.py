@@ -172,6 +172,7 @@ def test_board_keeps_the_recent_events_and_the_view_why_attempts_ended():
         "task": 0,
         "phase": "map",
         "worker": a,
+        "step": 1,
         "error": "ZeroDivisionError: division by zero",
         "user_error": True,
     }
