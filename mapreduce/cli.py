@@ -234,9 +234,11 @@ class _Group(click.Group):
     """Commands for running jobs, plus tools imported only when used (workers start faster)."""
 
     lazy = {
+        "gensort": "mapreduce.tools.gensort:gensort_command",
         "launch-workers": "mapreduce.tools.launch:launch",
         "report": "mapreduce.tools.report:report",
         "status": "mapreduce.tools.status:status",
+        "valsort": "mapreduce.tools.gensort:valsort_command",
         "vnet": "mapreduce.tools.vnet:vnet",
     }
 

@@ -340,3 +340,16 @@ def test_topwords_a_two_step_pipeline_is_the_n_most_frequent_words_ties_by_word(
     wider = tmp_path / "wider"  # --reduce sets the first step's reduces; the ranking step keeps its one
     run_cli("seq", "topwords", *gutenberg, *args, "--reduce", "5", "--output", str(wider), "--quiet")
     assert_same_output(out, wider)
+
+
+def test_sort_of_gensort_records_passes_valsort(oracle, tmp_path):
+    from mapreduce.tools.gensort import gensort, record_files, valsort
+
+    inputs = [str(p) for p in gensort(20_000, tmp_path / "in", files=4, workers=2)]
+    args = ["--reduce", "4", "--split-size", "300k"]
+    expected = oracle("sort", inputs, *args)
+    out = tmp_path / "out"
+    run_on("embedded", "sort", inputs, out, *args)
+    assert_same_output(expected, out)
+    result, given = valsort(record_files(out)), valsort(record_files(tmp_path / "in"))
+    assert result.unordered is None and (result.records, result.checksum) == (given.records, given.checksum)
