@@ -297,7 +297,9 @@ class Worker:
                 raise AssertionError(f"unknown instruction {instruction!r}")
 
     def _connect(self) -> None:
-        self._close_socket(linger=0)
+        # What was just sent on the old socket (the heartbeat of a worker that was paused, which
+        # the coordinator then fences) may still leave for a moment; closing does not wait for it.
+        self._close_socket(linger=RECONNECT_LINGER_MS)
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
@@ -432,6 +434,9 @@ class Worker:
             log.warning("attempt %d failed: %s: %s", assign.attempt, type(exc).__name__, exc)
             error = f"{type(exc).__name__}: {exc}"
             return p.TaskFailed(0, assign.attempt, error, user_traceback(exc), bad_record=bad_record(exc))
+
+
+RECONNECT_LINGER_MS = 200
 
 
 def _raise_open_file_limit() -> None:
