@@ -23,22 +23,6 @@ def init(params):
         raise ValueError(f"n must be at least 1, got {_n}")
 
 
-class _Inverted(str):
-    """A word that sorts the other way round: among equal counts, the heap drops the larger word."""
-
-    def __lt__(self, other: str) -> bool:
-        return str.__gt__(self, other)
-
-    def __gt__(self, other: str) -> bool:
-        return str.__lt__(self, other)
-
-    def __le__(self, other: str) -> bool:
-        return str.__ge__(self, other)
-
-    def __ge__(self, other: str) -> bool:
-        return str.__le__(self, other)
-
-
 def count(path, text):
     return count_words(text).items()
 
@@ -52,15 +36,10 @@ def to_ranking(word, count):
 
 
 def best(_, entries):
-    kept: list[tuple[int, str]] = []  # a min-heap of (count, inverted word): its root is the worst kept
-    for count, word in entries:
-        entry = (count, _Inverted(word))
-        if len(kept) < _n:
-            heapq.heappush(kept, entry)
-        elif entry > kept[0]:
-            heapq.heapreplace(kept, entry)
-    for count, word in sorted(kept, reverse=True):  # most frequent first, then words ascending
-        yield Record(str(word), count)
+    # The N smallest by (-count, word): most frequent first, ties by word; nsmallest keeps
+    # only N entries in its heap as the rest stream past.
+    for count, word in heapq.nsmallest(_n, entries, key=lambda entry: (-entry[0], entry[1])):
+        yield Record(word, count)
 
 
 steps = [

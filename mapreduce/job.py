@@ -170,6 +170,17 @@ def emitted(key: str, result: Any) -> Iterator[tuple[str, Any]]:
         yield key, result
 
 
+def shuffle_pair(item: Any, where: str) -> tuple[str, Any]:
+    """A map's pair or Record as it enters the shuffle (a record with no value carries None)."""
+    if isinstance(item, Record):
+        return _record_key(item), None if item.value is NO_VALUE else item.value
+    if not ((item.__class__ is tuple or item.__class__ is list) and len(item) == 2):
+        raise AppError(f"map emitted {item!r} for {where}: expected a (key, value) pair or a Record")
+    if type(item[0]) is not str:
+        raise AppError(f"map emitted key {item[0]!r} ({type(item[0]).__name__}) for {where}: keys must be str")
+    return item[0], item[1]
+
+
 def output_records(items: Iterable[Any], where: str) -> Iterator[tuple[str, Any]]:
     """A map's (key, value) pairs and Records as output records (a map-only job's output)."""
     for item in items:

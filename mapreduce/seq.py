@@ -16,9 +16,8 @@ from typing import Any
 
 from mapreduce import counters, defaults, output
 from mapreduce.counters import Counters, counting
-from mapreduce.errors import AppError
 from mapreduce.inputs import make_splits, map_source
-from mapreduce.job import NO_VALUE, App, Record, bad_record, output_records
+from mapreduce.job import App, bad_record, output_records, shuffle_pair
 from mapreduce.shuffle import roundtrip, sort_pairs
 
 log = logging.getLogger(__name__)
@@ -83,16 +82,7 @@ def _map_reduce(
         where = f"input {split.key!r} (bytes {split.start}-{split.end})"
 
         def run_map(skip: frozenset[str], split=split, where=where) -> list[tuple[str, Any]]:
-            pairs = []
-            for pair in app.run_map(split.key, map_source(app, split), split.start, skip):
-                if isinstance(pair, Record):
-                    pair = (pair.key, None if pair.value is NO_VALUE else pair.value)
-                if not (isinstance(pair, tuple | list) and len(pair) == 2):
-                    raise AppError(f"map emitted {pair!r} for {where}: expected a (key, value) pair or a Record")
-                key, value = pair
-                if type(key) is not str:
-                    raise AppError(f"map emitted key {key!r} ({type(key).__name__}) for {where}: keys must be str")
-                pairs.append((key, roundtrip(value)))
+            pairs = [_pair(pair, where) for pair in app.run_map(split.key, map_source(app, split), split.start, skip)]
             counters.current().builtin(counters.MAP_INPUT_BYTES, split.end - split.start)
             counters.current().builtin(counters.MAP_OUTPUT_RECORDS, len(pairs))
             return pairs
@@ -116,7 +106,7 @@ def _map_reduce(
                     counters.current().builtin(counters.REDUCE_OUTPUT_RECORDS, written)
                     return []
                 emitted = [
-                    _pair(pair, "the map of the next step")
+                    _pair(pair, "the records of the step before")
                     for pair in app.step(step + 1).run_record_map(this.run_reduce(groups, skip))
                 ]
                 counters.current().builtin(counters.MAP_OUTPUT_RECORDS, len(emitted))
@@ -132,14 +122,9 @@ def _map_reduce(
 
 
 def _pair(pair: Any, where: str) -> tuple[str, Any]:
-    """A map's pair (or Record) as it reaches the reduce side, checked."""
-    if isinstance(pair, Record):
-        pair = (pair.key, None if pair.value is NO_VALUE else pair.value)
-    if not (isinstance(pair, tuple | list) and len(pair) == 2):
-        raise AppError(f"{where} emitted {pair!r}: expected a (key, value) pair or a Record")
-    key, value = pair
-    if type(key) is not str:
-        raise AppError(f"{where} emitted key {key!r} ({type(key).__name__}): keys must be str")
+    """A map's pair (or Record) as it reaches the reduce side: checked, through the
+    intermediate format."""
+    key, value = shuffle_pair(pair, where)
     return key, roundtrip(value)
 
 

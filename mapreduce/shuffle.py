@@ -28,7 +28,7 @@ import msgpack
 
 from mapreduce import counters
 from mapreduce.errors import AppError, storage_errors
-from mapreduce.job import NO_VALUE, Record, emitted, stable_partition
+from mapreduce.job import NO_VALUE, emitted, shuffle_pair, stable_partition
 
 DEFAULT_BUFFER_RECORDS = 400_000
 BLOCK = 4096
@@ -129,13 +129,6 @@ def combine_sorted(records: Iterable[Pair], combine: Callable[[str, Iterator[Any
     if counts is not None:
         counts.builtin(counters.COMBINE_INPUT_RECORDS, n_in)
         counts.builtin(counters.COMBINE_OUTPUT_RECORDS, n_out)
-
-
-def _record_pair(item: Any, where: str) -> Pair:
-    """A map's Record as a (key, value) pair (a record with no value carries None), or an error."""
-    if not isinstance(item, Record):
-        raise AppError(f"map emitted {item!r} for {where}: expected a (key, value) pair or a Record")
-    return item.key, None if item.value is NO_VALUE else item.value
 
 
 def merge_runs(runs: Sequence[Iterable[Pair]], sort_values: bool = False) -> Iterator[Pair]:
@@ -313,7 +306,7 @@ class MapOutputBuffer:
         count = self.count
         for pair in pairs:
             if (pair.__class__ is not tuple and pair.__class__ is not list) or len(pair) != 2:
-                pair = _record_pair(pair, where)
+                pair = shuffle_pair(pair, where)
             key, value = pair
             if type(key) is not str:
                 raise AppError(f"map emitted key {key!r} ({type(key).__name__}) for {where}: keys must be str")
