@@ -29,6 +29,7 @@ Opt-in powers, checked when the app is loaded:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 import importlib
@@ -198,6 +199,32 @@ def _record_key(record: Record) -> str:
     return record.key
 
 
+def identity(key: str, values: Iterator[Any]) -> Iterator[Any]:
+    """The identity reduce (Hadoop's default reducer): every record as the map emitted it,
+    ``key<TAB>value``, or the key alone for a record with no value (a map's ``Record(key)``
+    reaches the reduce side as None). Workers write its output in whole batches, with no
+    call per key: a sort is its map's keys, merged."""
+    for value in values:
+        yield Record(key) if value is None else value
+
+
+@dataclass(frozen=True)
+class RangePartition:
+    """partition(key, n) by ranges of keys: the index of the first cut point not below
+    ``key`` (a key equal to a cut point goes to its partition). A map's output is then cut
+    into partitions where its sorted keys cross the cut points, with no call per record."""
+
+    cuts: tuple[str, ...]  # ascending; n - 1 of them
+
+    def __call__(self, key: str, n: int) -> int:
+        self.check(n)
+        return bisect.bisect_left(self.cuts, key)
+
+    def check(self, n: int) -> None:
+        if n != len(self.cuts) + 1:
+            raise AppError(f"a total order cut for {len(self.cuts) + 1} partitions was asked for {n}")
+
+
 def stable_partition(key: str, n: int) -> int:
     """The default partitioner: crc32 is stable across processes and machines,
     unlike ``hash()`` of a str, which is salted per process."""
@@ -258,6 +285,10 @@ class App:
         else:
             calls = _lazy(self.map, key, source, whole)
         return _around(self.map_setup, calls, self.map_teardown)
+
+    def passes_records_through(self) -> bool:
+        """The reduce is the identity with no hooks: its output is its input, as it comes."""
+        return self.reduce is identity and self.reduce_setup is None and self.reduce_teardown is None
 
     def run_reduce(
         self, groups: Iterable[tuple[str, Iterator]], skip: frozenset[str] = frozenset()

@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,9 +141,24 @@ def format_line(key: str, value: Any) -> str:
     return f"{key}\t{value if isinstance(value, str) else str(value)}\n"
 
 
+@dataclass(frozen=True)
+class Batches:
+    """Output records given as (keys, values) batches in order, formatted a batch at a time
+    (the identity reduce's output): a value of None is a record with no value."""
+
+    batches: Iterable[tuple[list[str], list[Any]]]
+
+
+def format_batch(keys: list[str], values: list[Any]) -> str:
+    """The lines of a batch of records (see Batches)."""
+    if values.count(None) == len(values):
+        return "\n".join(keys) + "\n" if keys else ""
+    return "".join(format_line(key, NO_VALUE if value is None else value) for key, value in zip(keys, values))
+
+
 def write_lines(
     path: Path,
-    results: Iterable[tuple[str, Any]],
+    results: Iterable[tuple[str, Any]] | Batches,
     what: str = "",
     role: str = "output",
     compression: Compression = Compression.NONE,
@@ -165,16 +181,11 @@ def write_lines(
     )
     count = 0
     try:
-        batch = []
-        for key, value in results:
-            batch.append(format_line(key, value))
-            count += 1
-            if len(batch) >= 4096:
-                with storage_errors(path.parent, what, role):
-                    sink.write(_encoded(batch))
-                batch.clear()
+        for text, lines in _chunks(results):
+            with storage_errors(path.parent, what, role):
+                sink.write(text.encode("utf-8", "surrogateescape"))
+            count += lines
         with storage_errors(path.parent, what, role):
-            sink.write(_encoded(batch))
             if sink is not f:
                 sink.close()  # writes the gzip stream's end (f stays open)
             f.flush()
@@ -190,8 +201,19 @@ def write_lines(
     return count
 
 
-def _encoded(lines: list[str]) -> bytes:
-    return "".join(lines).encode("utf-8", "surrogateescape")
+def _chunks(results: Iterable[tuple[str, Any]] | Batches) -> Iterator[tuple[str, int]]:
+    """Output text in chunks of thousands of lines, with their number of lines."""
+    if isinstance(results, Batches):
+        for keys, values in results.batches:
+            yield format_batch(keys, values), len(keys)
+        return
+    batch = []
+    for key, value in results:
+        batch.append(format_line(key, value))
+        if len(batch) >= 4096:
+            yield "".join(batch), len(batch)
+            batch.clear()
+    yield "".join(batch), len(batch)
 
 
 def commit(folder: Path, temp: str, partition: int, compression: Compression = Compression.NONE) -> None:

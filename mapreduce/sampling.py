@@ -13,39 +13,25 @@ distributed run cut the same partitions.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 from collections.abc import Sequence
 
-from mapreduce.errors import AppError
 from mapreduce.inputs import Split, map_source
-from mapreduce.job import App, output_records
+from mapreduce.job import App, RangePartition, output_records
 
 SAMPLE_BYTES = 64 * 1024  # read from the start of each split
 MAX_SAMPLE_KEYS = 1_000_000
 
 
-@dataclasses.dataclass(frozen=True)
-class TotalOrderPartition:
-    """partition(key, n): the index of the range of keys ``key`` falls in."""
-
-    cuts: tuple[str, ...]  # ascending; n - 1 of them
-
-    def __call__(self, key: str, n: int) -> int:
-        if n != len(self.cuts) + 1:
-            raise AppError(f"a total order cut for {len(self.cuts) + 1} partitions was asked for {n}")
-        return bisect.bisect_left(self.cuts, key)
-
-
 def with_total_order(app: App, splits: Sequence[Split], n_reduce: int) -> App:
     """The app with a partitioner cut from a sample of its map's keys over ``splits``."""
     if n_reduce <= 1:
-        return dataclasses.replace(app, partition=TotalOrderPartition(()))
+        return dataclasses.replace(app, partition=RangePartition(()))
     keys = sorted(sample_keys(app, splits))
     if not keys:
-        return dataclasses.replace(app, partition=TotalOrderPartition(("",) * (n_reduce - 1)))
+        return dataclasses.replace(app, partition=RangePartition(("",) * (n_reduce - 1)))
     cuts = tuple(keys[len(keys) * i // n_reduce] for i in range(1, n_reduce))
-    return dataclasses.replace(app, partition=TotalOrderPartition(cuts))
+    return dataclasses.replace(app, partition=RangePartition(cuts))
 
 
 def sample_keys(app: App, splits: Sequence[Split]) -> list[str]:

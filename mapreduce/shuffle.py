@@ -6,9 +6,9 @@ coordinator in the completion message. A run is a sequence of blocks of at most
 ``BLOCK`` records, each block two msgpack arrays: the keys, then the values.
 Packing and unpacking a whole array is one C call, and a reader holds one block
 of each run at a time. Reducers read their partition's byte range of every map's file and
-merge the sorted runs as streams. Sorting is stable, and runs are merged in
-map-task order, so a reducer sees a key's values in the order the maps (in
-input order) emitted them: the same order the sequential oracle uses.
+merge the sorted runs a batch at a time (see merge_batches). Sorting is stable, and
+runs are merged in map-task order, so a reducer sees a key's values in the order the
+maps (in input order) emitted them: the same order the sequential oracle uses.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import contextlib
 import heapq
 import io
 import os
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import groupby, islice
-from operator import itemgetter
+from operator import itemgetter, ne
 from pathlib import Path
 from typing import Any, BinaryIO
 from zlib import crc32
@@ -28,14 +29,16 @@ import msgpack
 
 from mapreduce import counters
 from mapreduce.errors import AppError, storage_errors
-from mapreduce.job import NO_VALUE, emitted, shuffle_pair, stable_partition
+from mapreduce.job import NO_VALUE, RangePartition, emitted, shuffle_pair, stable_partition
 
 DEFAULT_BUFFER_RECORDS = 400_000
 BLOCK = 4096
 _READ_CHUNK = 1 << 20
 _first = itemgetter(0)
+_second = itemgetter(1)
 
 Pair = tuple[str, Any]
+Batch = tuple[list[str], list[Any]]  # records as columns: their keys, and their values
 _DICT_ITEMS = type({}.items())
 
 
@@ -44,24 +47,34 @@ def roundtrip(value: Any) -> Any:
     return msgpack.unpackb(msgpack.packb(value), raw=False)
 
 
-def iter_run(
+def run_blocks(
     f: BinaryIO,
     offset: int,
     length: int,
     guard: tuple[Path, str] | None = None,
     counted: Callable[[int], None] | None = None,
-) -> Iterator[tuple]:
-    """Stream the records of the run at ``[offset, offset+length)`` of an open file.
-    Reads by position (pread), so many runs of one file can be read side by side.
-    With ``guard`` (folder, what), the file is the framework's own: a read error or a
-    damaged block raises a StorageError naming that folder. ``counted`` hears each block's
-    number of records."""
+) -> Iterator[Batch]:
+    """Stream the blocks of the run at ``[offset, offset+length)`` of an open file, each a
+    (keys, values) batch. Reads by position (pread), so many runs of one file can be read
+    side by side. With ``guard`` (folder, what), the file is the framework's own: a read
+    error or a damaged block raises a StorageError naming that folder. ``counted`` hears
+    each block's number of records."""
     blocks = _run_blocks(f, offset, length)
     if guard is not None:
         blocks = _guarded_reads(blocks, *guard)
-    for keys, values in blocks:
+    for block in blocks:
         if counted is not None:
-            counted(len(keys))
+            counted(len(block[0]))
+        yield block
+
+
+def iter_run(f: BinaryIO, offset: int, length: int, guard: tuple[Path, str] | None = None) -> Iterator[tuple]:
+    """The records of a run, one (key, value) at a time (see run_blocks)."""
+    return pairs_of(run_blocks(f, offset, length, guard))
+
+
+def pairs_of(batches: Iterable[Batch]) -> Iterator[tuple]:
+    for keys, values in batches:
         yield from zip(keys, values)
 
 
@@ -132,11 +145,100 @@ def combine_sorted(records: Iterable[Pair], combine: Callable[[str, Iterator[Any
 
 
 def merge_runs(runs: Sequence[Iterable[Pair]], sort_values: bool = False) -> Iterator[Pair]:
-    """A stable k-way merge: equal keys keep the order of ``runs`` (with ``sort_values``,
-    runs are in (key, value) order and so is the merge)."""
+    """A stable k-way merge of runs of pairs: equal keys keep the order of ``runs`` (with
+    ``sort_values``, runs are in (key, value) order and so is the merge)."""
     if len(runs) == 1:
         return iter(runs[0])
-    return _comparing(heapq.merge(*runs, key=None if sort_values else _first))
+    if sort_values:
+        return _comparing(heapq.merge(*runs))
+    return pairs_of(merge_batches([column_blocks(run) for run in runs]))
+
+
+def merge_batches(runs: Sequence[Iterable[Batch]], sort_values: bool = False) -> Iterator[Batch]:
+    """A stable k-way merge of sorted runs, each a stream of (keys, values) blocks, as a
+    stream of batches in order.
+
+    Each round takes, from every run's current block, the records that are sure to come
+    before anything still unread, and orders them with one sort: the list sort merges the
+    presorted pieces in C, where a heap costs a Python step per record. The frontier is
+    the smallest last key of the runs' blocks (every run's later records are not below its
+    block's last key). Records below it all go out; of the records equal to it, those of
+    the first run whose block ends on it and of the runs before it (whose blocks go past
+    it), in run order, which keeps the merge stable. That first run's block is used up
+    then, so each round reads at least one block, and memory stays one block per run,
+    whatever the keys' skew.
+
+    With ``sort_values`` the runs are in (key, value) order: they are merged by a heap."""
+    if sort_values:
+        return column_blocks(merge_runs([pairs_of(run) for run in runs], True))
+    if len(runs) == 1:
+        return iter(runs[0])
+    return _merge_blocks([iter(run) for run in runs])
+
+
+def _merge_blocks(runs: list[Iterator[Batch]]) -> Iterator[Batch]:
+    keys: list[list[str]] = [[] for _ in runs]
+    values: list[list[Any]] = [[] for _ in runs]
+    starts = [0] * len(runs)  # the first record of each block not yet merged
+    live = list(range(len(runs)))
+    while True:
+        for r in live:
+            while starts[r] == len(keys[r]):  # used up: read the run's next block
+                block = next(runs[r], None)
+                if block is None:
+                    break
+                keys[r], values[r], starts[r] = block[0], block[1], 0
+        live = [r for r in live if starts[r] < len(keys[r])]  # a run that ended leaves the merge
+        if len(live) <= 1:
+            for r in live:
+                yield keys[r][starts[r] :], values[r][starts[r] :]
+                yield from runs[r]
+            return
+        frontier = min(keys[r][-1] for r in live)
+        first = next(r for r in live if keys[r][-1] == frontier)
+        batch_keys: list[str] = []
+        batch_values: list[Any] = []
+        pieces = 0
+        for r in live:
+            block_keys, start = keys[r], starts[r]
+            if r == first:
+                end = len(block_keys)
+            elif r < first:
+                end = bisect_right(block_keys, frontier, start)
+            else:
+                end = bisect_left(block_keys, frontier, start)
+            if end > start:
+                batch_keys += block_keys[start:end]
+                batch_values += values[r][start:end]
+                starts[r] = end
+                pieces += 1
+        yield _sorted_batch(batch_keys, batch_values) if pieces > 1 else (batch_keys, batch_values)
+
+
+def _sorted_batch(keys: list[str], values: list[Any]) -> Batch:
+    """A batch of sorted pieces in run order, sorted by key, stably."""
+    if values.count(None) == len(values):  # keys alone (a sort's lines): equal keys are alike
+        keys.sort()
+        return keys, values
+    pairs = sorted(zip(keys, values), key=_first)
+    return list(map(_first, pairs)), list(map(_second, pairs))
+
+
+def count_groups(batches: Iterable[Batch]) -> Iterator[Batch]:
+    """The batches, their distinct keys counted as reduce input groups (for a reduce run
+    a batch at a time)."""
+    groups = 0
+    last: Any = object()
+    try:
+        for keys, values in batches:
+            if keys:
+                groups += (keys[0] != last) + sum(map(ne, keys[1:], keys))
+                last = keys[-1]
+            yield keys, values
+    finally:
+        counts = counters.current()
+        if counts is not None:
+            counts.builtin(counters.REDUCE_INPUT_GROUPS, groups)
 
 
 def sort_pairs(pairs: list[Pair], sort_values: bool = False) -> None:
@@ -205,16 +307,20 @@ def _blocks(records: Iterable[Pair]) -> Iterator[list]:
         yield block
 
 
+def column_blocks(records: Iterable[Pair]) -> Iterator[Batch]:
+    """Records as (keys, values) blocks of at most BLOCK records."""
+    for block in _blocks(records):
+        yield list(map(_first, block)), list(map(_second, block))
+
+
 def write_run(f: BinaryIO, records: Iterable[Pair]) -> int:
     """Write records as blocks of keys and values; return the number of bytes written."""
-    pack = msgpack.Packer(use_bin_type=True).pack
-    written = 0
-    for block in _blocks(records):
-        keys, values = zip(*block)
-        data = pack(keys) + pack(values)
-        f.write(data)
-        written += len(data)
-    return written
+    return write_batches(f, column_blocks(records))
+
+
+def write_batches(f: BinaryIO, batches: Iterable[Batch]) -> int:
+    """Write a run given as (keys, values) batches in order: the same bytes as write_run."""
+    return sum(write_columns(f, keys, values) for keys, values in batches)
 
 
 def write_columns(f: BinaryIO, keys: list[str], values: list[Any]) -> int:
@@ -222,7 +328,10 @@ def write_columns(f: BinaryIO, keys: list[str], values: list[Any]) -> int:
     pack = msgpack.Packer(use_bin_type=True).pack
     written = 0
     for start in range(0, len(keys), BLOCK):
-        data = pack(keys[start : start + BLOCK]) + pack(values[start : start + BLOCK])
+        if len(keys) <= BLOCK:  # no copy of a block that is whole already
+            data = pack(keys) + pack(values)
+        else:
+            data = pack(keys[start : start + BLOCK]) + pack(values[start : start + BLOCK])
         f.write(data)
         written += len(data)
     return written
@@ -261,6 +370,14 @@ class GuardedWriter:
             self.f.close()
 
 
+def _cut_points(partition: Callable[[str, int], int], n: int) -> tuple[str, ...] | None:
+    """The cut points of partitions that are key ranges, else None."""
+    if isinstance(partition, RangePartition):
+        partition.check(n)
+        return partition.cuts
+    return () if n == 1 else None
+
+
 class MapOutputBuffer:
     """Collects a map task's output in memory up to a limit, sorting, combining and
     spilling partitioned runs to disk when full; `finish` writes the one file."""
@@ -284,7 +401,10 @@ class MapOutputBuffer:
         self.spill_prefix = spill_prefix
         self.what = what
         self.limit = limit_records
-        self.buffers: list[list[Pair]] = [[] for _ in range(n_partitions)]
+        # Partitions that are key ranges (a total order, or just one) need no call per
+        # record: records wait in one list, and a sorted buffer is cut at the cut points.
+        self.cuts = _cut_points(partition, n_partitions)
+        self.buffers: list[list[Pair]] = [[] for _ in range(1 if self.cuts is not None else n_partitions)]
         # A map that returned dict.items() into an empty buffer: the dict and each partition's
         # keys. Its keys are distinct, so they sort as plain strings and need no combining.
         self.mapping: tuple[dict, list[list[str]]] | None = None
@@ -301,8 +421,11 @@ class MapOutputBuffer:
         ):
             return
         self._unpack_mapping()
+        if self.cuts is not None and type(pairs) is list and self._add_list(pairs):
+            return
         n, partition, buffers, limit = self.n, self.partition, self.buffers, self.limit
         default_partition = partition is stable_partition  # inlined below: it runs per record
+        ranges = self.cuts is not None
         count = self.count
         for pair in pairs:
             if (pair.__class__ is not tuple and pair.__class__ is not list) or len(pair) != 2:
@@ -310,7 +433,9 @@ class MapOutputBuffer:
             key, value = pair
             if type(key) is not str:
                 raise AppError(f"map emitted key {key!r} ({type(key).__name__}) for {where}: keys must be str")
-            if default_partition:
+            if ranges:
+                p = 0  # one list, cut into partitions when sorted
+            elif default_partition:
                 p = crc32(key.encode("utf-8", "surrogatepass")) % n
             else:
                 p = partition(key, n)
@@ -321,6 +446,28 @@ class MapOutputBuffer:
                 self._spill()
                 buffers, count = self.buffers, 0  # the spill started fresh buffers
         self.count = count
+
+    def _add_list(self, pairs: list) -> bool:
+        """A map's list of pairs into the one list of a range-partitioned buffer, checked by
+        passes in C rather than a Python step per pair, spilling as the buffer fills. False,
+        adding nothing, if an item is not a tuple of a str and a value: the general path
+        names it."""
+        if not (
+            set(map(type, pairs)) <= {tuple}
+            and set(map(len, pairs)) <= {2}
+            and set(map(type, map(_first, pairs))) <= {str}
+        ):
+            return False
+        taken = 0
+        while taken < len(pairs):
+            room = self.limit - self.count
+            chunk = pairs if taken == 0 and room >= len(pairs) else pairs[taken : taken + room]
+            self.buffers[0].extend(chunk)
+            self.count += len(chunk)
+            taken += len(chunk)
+            if self.count >= self.limit:
+                self._spill()
+        return True
 
     def _add_mapping(self, mapping: dict) -> bool:
         """Buffer a dict's items as its keys per partition (in-mapper combining makes this the
@@ -345,24 +492,35 @@ class MapOutputBuffer:
         if self.mapping is not None:
             mapping, keys = self.mapping
             self.mapping = None
-            for buf, part in zip(self.buffers, keys):
-                buf.extend((key, mapping[key]) for key in part)
+            for p, part in enumerate(keys):
+                self.buffers[0 if self.cuts is not None else p].extend((key, mapping[key]) for key in part)
 
     def _sorted_partitions(self) -> list[list[Pair]]:
         self._unpack_mapping()
         runs = []
-        for buf in self.buffers:
-            sort_pairs(buf, self.sort_values)
+        for buf in self._partitions():
             # With in-mapper combining, keys are often distinct already: nothing to combine.
             if self.combine and len(set(map(_first, buf))) < len(buf):
                 buf = list(combine_sorted(buf, self.combine))
                 if self.sort_values:  # what combine emitted for a key, in order again
                     sort_pairs(buf, True)
             runs.append(buf)
-        self.buffers = [[] for _ in range(self.n)]
+        self.buffers = [[] for _ in self.buffers]
         self.total += self.count
         self.count = 0
         return runs
+
+    def _partitions(self) -> list[list[Pair]]:
+        """The buffer's records by partition, each sorted: a range-partitioned buffer is
+        sorted whole and cut where its keys cross the cut points."""
+        if self.cuts is None:
+            for buf in self.buffers:
+                sort_pairs(buf, self.sort_values)
+            return self.buffers
+        records = self.buffers[0]
+        sort_pairs(records, self.sort_values)
+        ends = [bisect_right(records, cut, key=_first) for cut in self.cuts] + [len(records)]
+        return [records[start:end] for start, end in zip([0, *ends], ends)]
 
     def _spill(self) -> None:
         runs = self._sorted_partitions()  # user code (combine): outside the storage guard
@@ -439,19 +597,18 @@ class MapOutputBuffer:
             for p in range(self.n):
                 runs = []
                 for i, (f, (_, spill_lengths)) in enumerate(zip(files, self.spills)):
-                    runs.append(
-                        iter_run(f, offsets[i], spill_lengths[p], (self.scratch, what))
-                        if spill_lengths[p]
-                        else iter(())
-                    )
+                    if spill_lengths[p]:
+                        runs.append(run_blocks(f, offsets[i], spill_lengths[p], (self.scratch, what)))
                     offsets[i] += spill_lengths[p]
                 # Each run reads its own file, so the k-way merge streams them side by side.
-                merged: Iterable[Pair] = merge_runs(runs, self.sort_values)
+                merged = merge_batches(runs, self.sort_values)
                 if self.combine:
-                    merged = combine_sorted(merged, self.combine)
+                    combined = combine_sorted(pairs_of(merged), self.combine)
                     if self.sort_values:
-                        merged = _values_sorted_per_key(merged)
-                lengths.append(write_run(out, merged))
+                        combined = _values_sorted_per_key(combined)
+                    lengths.append(write_run(out, combined))
+                else:
+                    lengths.append(write_batches(out, merged))
             return lengths
         finally:
             for f in files:

@@ -266,14 +266,22 @@ class ReduceInputs:
 
     def groups(self) -> Iterator[tuple[str, Iterator]]:
         """Each key with its values (in map order), keys ascending."""
+        runs, size = self._runs()
+        if size <= IN_MEMORY_REDUCE_BYTES:
+            return shuffle.group_in_memory([shuffle.pairs_of(run) for run in runs], self.sort_values)
+        return shuffle.group_sorted(shuffle.pairs_of(shuffle.merge_batches(runs, self.sort_values)))
+
+    def batches(self) -> Iterator[shuffle.Batch]:
+        """The partition's records in order, as (keys, values) batches."""
+        return shuffle.merge_batches(self._runs()[0], self.sort_values)
+
+    def _runs(self) -> tuple[list[Iterator[shuffle.Batch]], int]:
+        """Every map's run of this partition (in map order) as a stream of blocks, and their size."""
         runs = [self.runs[m] for m in range(self.n_sources) if self.runs[m][0] is not None]
         counts = counters.current()
         read = None if counts is None else (lambda n: counts.builtin(counters.REDUCE_INPUT_RECORDS, n))
-        streams = [shuffle.iter_run(f, offset, length, counted=read) for f, offset, length in runs]
-        sort_values = self.sort_values
-        if sum(length for _, _, length in runs) <= IN_MEMORY_REDUCE_BYTES:
-            return shuffle.group_in_memory(streams, sort_values)
-        return shuffle.group_sorted(shuffle.merge_runs(streams, sort_values))
+        streams = [shuffle.run_blocks(f, offset, length, counted=read) for f, offset, length in runs]
+        return streams, sum(length for _, _, length in runs)
 
     def close(self) -> None:
         for f in self.files.values():
@@ -293,16 +301,24 @@ def run_reduce(
         inputs.gather(task.outputs, task.empty)
         counts = Counters()
         with counting(counts):
-            results = this.run_reduce(_checked(inputs.groups(), ctx), frozenset(task.skip))
             if task.partitions:  # a pipeline's step before the last: the next step's map, its output kept here
+                results = this.run_reduce(_checked(inputs.groups(), ctx), frozenset(task.skip))
                 done = _fused_map(job, task, ctx, app_of_next_step=job.app.step(task.step + 1), records=results)
             else:
-                done = write_output(job, task.task, task.attempt, results, "reduce")
+                done = write_output(job, task.task, task.attempt, _reduced(this, inputs, task, ctx), "reduce")
                 counts.builtin(counters.REDUCE_OUTPUT_RECORDS, done.records)
         return dataclasses.replace(done, fetched=fetcher.received - received, counters=_wire(counts))
     finally:
         inputs.close()
         _remove_folder(folder)
+
+
+def _reduced(this: App, inputs: ReduceInputs, task: p.AssignReduce, ctx: AttemptContext) -> Iterator | output.Batches:
+    """What a reduce task writes: the identity reduce's are the merge's batches as they come,
+    with no call per key."""
+    if this.passes_records_through() and not task.skip:
+        return output.Batches(_checked(shuffle.count_groups(inputs.batches()), ctx, every=16))
+    return this.run_reduce(_checked(inputs.groups(), ctx), frozenset(task.skip))
 
 
 def _fused_map(
@@ -331,7 +347,9 @@ def _fused_map(
     return p.TaskDone(0, task.attempt, lengths, path, buffer.total, offset)
 
 
-def write_output(job: JobContext, task: int, attempt: int, records: Iterator, phase: str) -> p.TaskDone:
+def write_output(
+    job: JobContext, task: int, attempt: int, records: Iterator | output.Batches, phase: str
+) -> p.TaskDone:
     """Write a task's output records to its attempt's temporary file, which the coordinator
     alone may commit: in the output folder where this worker sees it, else in scratch (from
     where the coordinator pulls it)."""

@@ -353,3 +353,28 @@ def test_sort_of_gensort_records_passes_valsort(oracle, tmp_path):
     assert_same_output(expected, out)
     result, given = valsort(record_files(out)), valsort(record_files(tmp_path / "in"))
     assert result.unordered is None and (result.records, result.checksum) == (given.records, given.checksum)
+
+
+@pytest.mark.parametrize("cluster", ["embedded", "external"])
+def test_the_identity_reduce_writes_every_record_as_seq_does(cluster, gutenberg, oracle, tmp_path):
+    app = str(APPS / "passthrough.py")
+    args = ["--reduce", "2", "--split-size", "300k"]
+    expected = oracle(app, gutenberg[:3], *args)
+    out = tmp_path / "out"
+    run_on(cluster, app, gutenberg[:3], out, *args)
+    assert_same_output(expected, out)
+    lines = list(read_output(out))
+    assert any("\t" not in line for line in lines) and any("'a\\ttab']" in line for line in lines)
+
+
+def test_sort_merging_runs_of_many_blocks_passes_valsort(oracle, tmp_path):
+    """Runs of thousands of records per partition: the reduce merges many blocks per run."""
+    from mapreduce.tools.gensort import gensort, record_files, valsort
+
+    inputs = [str(p) for p in gensort(60_000, tmp_path / "in", files=2, workers=2)]
+    args = ["--reduce", "2", "--split-size", "2m"]
+    out = tmp_path / "out"
+    run_on("embedded", "sort", inputs, out, *args)
+    result, given = valsort(record_files(out)), valsort(record_files(tmp_path / "in"))
+    assert result.unordered is None and (result.records, result.checksum) == (given.records, given.checksum)
+    assert_same_output(oracle("sort", inputs, *args), out)

@@ -8,8 +8,8 @@ import pytest
 
 from mapreduce.errors import AppError
 from mapreduce.inputs import make_splits
-from mapreduce.job import App, Record
-from mapreduce.sampling import TotalOrderPartition, sample_keys, with_total_order
+from mapreduce.job import App, RangePartition, Record
+from mapreduce.sampling import sample_keys, with_total_order
 
 
 def line_app() -> App:
@@ -17,7 +17,7 @@ def line_app() -> App:
 
 
 def test_ranges_follow_the_cut_points_and_keys_equal_to_a_cut_go_to_its_partition():
-    part = TotalOrderPartition(("b", "d"))
+    part = RangePartition(("b", "d"))
     assert [part(k, 3) for k in ["", "a", "b", "ba", "c", "d", "e"]] == [0, 0, 0, 1, 1, 1, 2]
     with pytest.raises(AppError, match="asked for 4"):
         part("a", 4)

@@ -12,7 +12,7 @@ import pytest
 from helpers import iter_run_file
 from mapreduce import shuffle
 from mapreduce.errors import AppError
-from mapreduce.job import stable_partition
+from mapreduce.job import RangePartition, stable_partition
 from mapreduce.shuffle import MapOutputBuffer, iter_run, merge_runs, roundtrip, write_run
 
 first = itemgetter(0)
@@ -34,14 +34,17 @@ def run_buffer(
     limit=shuffle.DEFAULT_BUFFER_RECORDS,
     partition=stable_partition,
     per_call=None,
+    as_list=False,
 ):
-    """Feed ``pairs`` through a buffer; ``per_call=None`` is one add_all call, as run_map makes."""
+    """Feed ``pairs`` through a buffer; ``per_call=None`` is one add_all call, as run_map makes;
+    ``as_list`` hands add_all lists (as a map returning a list does), not iterators."""
     scratch = tmp_path / f"scratch-{name}"
     scratch.mkdir()
     buf = MapOutputBuffer(n, partition, combine, scratch, limit)
     size = per_call or max(1, len(pairs))
     for i in range(0, len(pairs), size):
-        buf.add_all(iter(pairs[i : i + size]), "input 'x'")
+        chunk = pairs[i : i + size]
+        buf.add_all(chunk if as_list else iter(chunk), "input 'x'")
     out = tmp_path / f"{name}.out"
     spills = len(buf.spills)
     lengths = buf.finish(out)
@@ -179,6 +182,107 @@ def test_two_item_iterables_that_are_not_pairs_raise_app_error(tmp_path, item):
 def test_list_pair_is_accepted(tmp_path):
     (part,), _ = run_buffer(tmp_path, "list", [["k", 1]], 1, partition=lambda k, n: 0)
     assert part == [("k", 1)]
+
+
+# ---- range partitions: one buffer, sorted and cut ---------------------------------------
+
+
+@pytest.mark.parametrize("limit", [1, 7, 50, shuffle.DEFAULT_BUFFER_RECORDS])
+@pytest.mark.parametrize("as_list", [True, False], ids=["list", "stream"])
+def test_range_partitions_are_the_cut_sorted_buffer(tmp_path, limit, as_list):
+    pairs = random_pairs(5, 600)
+    cuts = tuple(sorted({k for k, _ in pairs})[i] for i in (3, 9, 10, 30))
+    partition = RangePartition(cuts)
+    got, spills = run_buffer(tmp_path, "r", pairs, 5, partition=partition, limit=limit, as_list=as_list)
+    assert spills > 1 or limit > len(pairs)
+    expected = [sorted((pr for pr in pairs if partition(pr[0], 5) == i), key=first) for i in range(5)]
+    assert got == expected and all(got)
+
+
+@pytest.mark.parametrize("combine, make_pairs", COMBINE_CASES)
+def test_one_partition_takes_the_list_path_and_combines_the_same(tmp_path, combine, make_pairs):
+    pairs = make_pairs()
+    expected, _ = run_buffer(tmp_path, "hashed", pairs, 1, combine=combine, partition=lambda k, n: 0)
+    for limit in (7, shuffle.DEFAULT_BUFFER_RECORDS):
+        got, _ = run_buffer(tmp_path, f"l{limit}", pairs, 1, combine=combine, limit=limit, as_list=True)
+        assert got == expected
+
+
+def test_a_range_partition_for_another_count_is_refused(tmp_path):
+    with pytest.raises(AppError, match="asked for 3"):
+        MapOutputBuffer(3, RangePartition(("m",)), None, tmp_path)
+
+
+@pytest.mark.parametrize("item", [("k", 1, 2), ["k", 1], None, "ab", (1, 2)], ids=repr)
+def test_a_list_with_an_odd_item_takes_the_checking_path(tmp_path, item):
+    buf = MapOutputBuffer(2, RangePartition(("m",)), None, tmp_path, 10)
+    if item == ["k", 1]:  # a list pair is a pair: accepted, like anywhere
+        buf.add_all([("a", 0), item], "x")
+        assert buf.count == 2
+        return
+    with pytest.raises(AppError, match="f.txt"):
+        buf.add_all([("a", 0), item], "input 'f.txt'")
+
+
+# ---- merge_batches ---------------------------------------------------------------
+
+
+def blocks_of(run, rng):
+    """A run cut into blocks of random small sizes, as (keys, values) columns."""
+    start = 0
+    while start < len(run):
+        size = rng.randint(1, 5)
+        block = run[start : start + size]
+        yield [k for k, _ in block], [v for _, v in block]
+        start += size
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_merge_batches_is_a_stable_sort_whatever_the_blocks_and_skew(seed):
+    rng = random.Random(seed)
+    keys = [rng.choice("abcdefgh") * rng.randint(1, 2) for _ in range(rng.randint(1, 6))]  # few keys: hot ones
+    runs = []
+    for r in range(rng.randint(1, 7)):
+        run = sorted(((rng.choice(keys), f"r{r}-{i}") for i in range(rng.randint(0, 40))), key=first)
+        runs.append(run)
+    merged = list(shuffle.pairs_of(shuffle.merge_batches([blocks_of(run, rng) for run in runs])))
+    assert merged == sorted((pair for run in runs for pair in run), key=first)
+
+
+def test_merge_batches_of_key_only_runs_is_sorted():
+    rng = random.Random(7)
+    runs = [sorted(rng.choice("abcdefghij") for _ in range(rng.randint(0, 30))) for _ in range(6)]
+    batches = list(shuffle.merge_batches([blocks_of([(k, None) for k in run], rng) for run in runs]))
+    assert [k for keys, _ in batches for k in keys] == sorted(k for run in runs for k in run)
+    assert all(values == [None] * len(keys) for keys, values in batches)
+
+
+def test_merge_batches_holds_one_block_per_run():
+    """A run is read only when its block is used up, even when one key fills every block."""
+    reads = []
+
+    def run(name, records, size):
+        for start in range(0, len(records), size):
+            reads.append(name)
+            yield [k for k, _ in records[start : start + size]], [v for _, v in records[start : start + size]]
+
+    hot = [("k", i) for i in range(50)]
+    merged = shuffle.merge_batches([run("a", hot, 5), run("b", [("j", 0)] + hot, 5)])
+    # Run a's k's go first (stable): b's wait in its one block while a is read block by block.
+    assert next(merged) == (["j", "k", "k", "k", "k", "k"], [0, 0, 1, 2, 3, 4]) and reads == ["a", "b"]
+    assert next(merged) == (["k"] * 5, [5, 6, 7, 8, 9]) and reads == ["a", "b", "a"]
+    assert list(shuffle.pairs_of(merged)) == hot[10:] + hot
+    assert reads.count("a") == 10 and reads.count("b") == 11
+
+
+def test_count_groups_counts_distinct_keys_across_batches():
+    from mapreduce import counters
+
+    counts = counters.Counters()
+    batches = [(["a", "a", "b"], [1, 2, 3]), ([], []), (["b", "c"], [4, 5]), (["c"], [6])]
+    with counters.counting(counts):
+        assert list(shuffle.count_groups(iter(batches))) == batches
+    assert counts[counters.GROUP, counters.REDUCE_INPUT_GROUPS] == 3
 
 
 # ---- merge_runs ------------------------------------------------------------------
