@@ -370,6 +370,18 @@ class GuardedWriter:
             self.f.close()
 
 
+def _sorted_columns(pairs: list[Pair], sort_values: bool) -> Batch:
+    """Pairs sorted by key, stably (or by key and value), as columns. Keys with no values
+    (a sort's lines) are sorted alone: no pairs to move, and str against str compares fastest."""
+    values = list(map(_second, pairs))
+    if values.count(None) == len(values):
+        keys = list(map(_first, pairs))
+        keys.sort()
+        return keys, values
+    sort_pairs(pairs, sort_values)
+    return list(map(_first, pairs)), list(map(_second, pairs))
+
+
 def _cut_points(partition: Callable[[str, int], int], n: int) -> tuple[str, ...] | None:
     """The cut points of partitions that are key ranges, else None."""
     if isinstance(partition, RangePartition):
@@ -495,32 +507,31 @@ class MapOutputBuffer:
             for p, part in enumerate(keys):
                 self.buffers[0 if self.cuts is not None else p].extend((key, mapping[key]) for key in part)
 
-    def _sorted_partitions(self) -> list[list[Pair]]:
+    def _sorted_partitions(self) -> list[Batch]:
+        """The buffer's partitions, sorted and combined, as columns; the buffer is emptied."""
         self._unpack_mapping()
         runs = []
-        for buf in self._partitions():
+        for keys, values in self._partitions():
             # With in-mapper combining, keys are often distinct already: nothing to combine.
-            if self.combine and len(set(map(_first, buf))) < len(buf):
-                buf = list(combine_sorted(buf, self.combine))
+            if self.combine and len(set(keys)) < len(keys):
+                combined = list(combine_sorted(zip(keys, values), self.combine))
                 if self.sort_values:  # what combine emitted for a key, in order again
-                    sort_pairs(buf, True)
-            runs.append(buf)
+                    sort_pairs(combined, True)
+                keys, values = list(map(_first, combined)), list(map(_second, combined))
+            runs.append((keys, values))
         self.buffers = [[] for _ in self.buffers]
         self.total += self.count
         self.count = 0
         return runs
 
-    def _partitions(self) -> list[list[Pair]]:
+    def _partitions(self) -> list[Batch]:
         """The buffer's records by partition, each sorted: a range-partitioned buffer is
         sorted whole and cut where its keys cross the cut points."""
         if self.cuts is None:
-            for buf in self.buffers:
-                sort_pairs(buf, self.sort_values)
-            return self.buffers
-        records = self.buffers[0]
-        sort_pairs(records, self.sort_values)
-        ends = [bisect_right(records, cut, key=_first) for cut in self.cuts] + [len(records)]
-        return [records[start:end] for start, end in zip([0, *ends], ends)]
+            return [_sorted_columns(buf, self.sort_values) for buf in self.buffers]
+        keys, values = _sorted_columns(self.buffers[0], self.sort_values)
+        ends = [bisect_right(keys, cut) for cut in self.cuts] + [len(keys)]
+        return [(keys[start:end], values[start:end]) for start, end in zip([0, *ends], ends)]
 
     def _spill(self) -> None:
         runs = self._sorted_partitions()  # user code (combine): outside the storage guard
@@ -528,10 +539,10 @@ class MapOutputBuffer:
         what = f"spill of {self.what}"
         spilled = counters.current()
         if spilled is not None:
-            spilled.builtin(counters.SPILLED_RECORDS, sum(map(len, runs)))
+            spilled.builtin(counters.SPILLED_RECORDS, sum(len(keys) for keys, _ in runs))
         try:
             with storage_errors(self.scratch, what), open(path, "wb") as f:
-                lengths = [write_run(f, run) for run in runs]
+                lengths = [write_columns(f, keys, values) for keys, values in runs]
         except BaseException:
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
@@ -558,7 +569,7 @@ class MapOutputBuffer:
             if self.mapping is not None:
                 lengths = self._write_mapping(f)
             elif not self.spills:
-                lengths = [write_run(f, run) for run in self._sorted_partitions()]
+                lengths = [write_columns(f, keys, values) for keys, values in self._sorted_partitions()]
             else:
                 self._spill()
                 lengths = self._merge_spills(f)
