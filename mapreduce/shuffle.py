@@ -32,8 +32,11 @@ from mapreduce.errors import AppError, storage_errors
 from mapreduce.job import NO_VALUE, RangePartition, emitted, shuffle_pair, stable_partition
 
 DEFAULT_BUFFER_RECORDS = 400_000
-BLOCK = 4096
-_READ_CHUNK = 1 << 20
+# A run's block: a reduce holds one block of every run it merges, so blocks are small in
+# bytes; but each costs a few Python steps, so not too small in records.
+BLOCK = 4096  # records at most
+BLOCK_BYTES = 128 * 1024  # about
+_READ_CHUNK = 256 * 1024  # per run: a reduce reads many runs side by side
 _first = itemgetter(0)
 _second = itemgetter(1)
 
@@ -324,16 +327,21 @@ def write_batches(f: BinaryIO, batches: Iterable[Batch]) -> int:
 
 
 def write_columns(f: BinaryIO, keys: list[str], values: list[Any]) -> int:
-    """Write a run given as its keys (sorted) and their values: the same bytes as write_run."""
+    """Write a run given as its keys (sorted) and their values: the same bytes as write_run.
+    Blocks hold about BLOCK_BYTES (at most BLOCK records): each block's size in bytes sets
+    the next one's number of records."""
     pack = msgpack.Packer(use_bin_type=True).pack
-    written = 0
-    for start in range(0, len(keys), BLOCK):
-        if len(keys) <= BLOCK:  # no copy of a block that is whole already
+    written = start = 0
+    size = 1024
+    while start < len(keys):
+        if start == 0 and len(keys) <= size:  # no copy of a run that is one block
             data = pack(keys) + pack(values)
         else:
-            data = pack(keys[start : start + BLOCK]) + pack(values[start : start + BLOCK])
+            data = pack(keys[start : start + size]) + pack(values[start : start + size])
         f.write(data)
         written += len(data)
+        start += size
+        size = max(16, min(BLOCK, size * BLOCK_BYTES // len(data)))
     return written
 
 
