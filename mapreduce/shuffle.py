@@ -323,26 +323,40 @@ def write_run(f: BinaryIO, records: Iterable[Pair]) -> int:
 
 def write_batches(f: BinaryIO, batches: Iterable[Batch]) -> int:
     """Write a run given as (keys, values) batches in order: the same bytes as write_run."""
-    return sum(write_columns(f, keys, values) for keys, values in batches)
+    run = RunWriter(f)
+    for keys, values in batches:
+        run.write(keys, values)
+    return run.written
 
 
 def write_columns(f: BinaryIO, keys: list[str], values: list[Any]) -> int:
-    """Write a run given as its keys (sorted) and their values: the same bytes as write_run.
-    Blocks hold about BLOCK_BYTES (at most BLOCK records): each block's size in bytes sets
-    the next one's number of records."""
-    pack = msgpack.Packer(use_bin_type=True).pack
-    written = start = 0
-    size = 1024
-    while start < len(keys):
-        if start == 0 and len(keys) <= size:  # no copy of a run that is one block
-            data = pack(keys) + pack(values)
-        else:
-            data = pack(keys[start : start + size]) + pack(values[start : start + size])
-        f.write(data)
-        written += len(data)
-        start += size
-        size = max(16, min(BLOCK, size * BLOCK_BYTES // len(data)))
-    return written
+    """Write a run given as its keys (sorted) and their values: the same bytes as write_run."""
+    return write_batches(f, [(keys, values)])
+
+
+class RunWriter:
+    """Writes a run's records as blocks of about BLOCK_BYTES (at most BLOCK records): the
+    bytes per record of each block set the next one's number of records."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.pack = msgpack.Packer(use_bin_type=True).pack
+        self.size = 256  # records in the next block
+        self.written = 0
+
+    def write(self, keys: list[str], values: list[Any]) -> None:
+        start = 0
+        while start < len(keys):
+            end = start + self.size
+            if start == 0 and len(keys) <= end:  # no copy of a batch that is one block
+                data = self.pack(keys) + self.pack(values)
+            else:
+                data = self.pack(keys[start:end]) + self.pack(values[start:end])
+            records = min(end, len(keys)) - start
+            self.size = max(16, min(BLOCK, records * BLOCK_BYTES // len(data)))
+            self.f.write(data)
+            self.written += len(data)
+            start = end
 
 
 class GuardedWriter:

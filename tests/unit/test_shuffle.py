@@ -362,15 +362,22 @@ def test_iter_run_does_not_read_past_its_range():
     assert f.tell() == len(data)
 
 
-def test_blocks_hold_at_most_block_records_and_stream(tmp_path):
-    import mapreduce.shuffle as shuffle
-
-    records = [(f"k{i:06d}", i) for i in range(shuffle.BLOCK * 2 + 5)]
+@pytest.mark.parametrize("value_size", [1, 1000])
+def test_blocks_hold_at_most_block_records_and_about_block_bytes(value_size):
+    records = [(f"k{i:06d}", "v" * value_size) for i in range(shuffle.BLOCK * 3 + 5)]
     f = io.BytesIO()
     length = shuffle.write_run(f, iter(records))  # a stream, not a list
     unpacker = msgpack.Unpacker(io.BytesIO(f.getvalue()), raw=False)
-    arrays = list(unpacker)
-    assert [len(a) for a in arrays] == [shuffle.BLOCK, shuffle.BLOCK, shuffle.BLOCK, shuffle.BLOCK, 5, 5]
+    sizes, ends = [], []
+    for array in unpacker:
+        sizes.append(len(array))
+        ends.append(unpacker.tell())
+    keys, values = sizes[0::2], sizes[1::2]
+    assert keys == values and sum(keys) == len(records) and max(keys) <= shuffle.BLOCK
+    block_bytes = [b - a for a, b in zip([0, *ends[1::2]], ends[1::2])]
+    assert max(block_bytes[1:]) < 2 * shuffle.BLOCK_BYTES  # after the first, sized by what it saw
+    if value_size == 1:
+        assert keys.count(shuffle.BLOCK) >= 2  # small records: full blocks
     assert list(iter_run(f, 0, length)) == records
 
 
