@@ -36,7 +36,7 @@ DEFAULT_BUFFER_RECORDS = 400_000
 # bytes; but each costs a few Python steps, so not too small in records.
 BLOCK = 4096  # records at most
 BLOCK_BYTES = 128 * 1024  # about
-_READ_CHUNK = 256 * 1024  # per run: a reduce reads many runs side by side
+READ_CHUNK = 256 * 1024  # read from a run at once, at most: a reduce reads many side by side
 _first = itemgetter(0)
 _second = itemgetter(1)
 
@@ -56,13 +56,14 @@ def run_blocks(
     length: int,
     guard: tuple[Path, str] | None = None,
     counted: Callable[[int], None] | None = None,
+    chunk: int | None = None,
 ) -> Iterator[Batch]:
     """Stream the blocks of the run at ``[offset, offset+length)`` of an open file, each a
     (keys, values) batch. Reads by position (pread), so many runs of one file can be read
     side by side. With ``guard`` (folder, what), the file is the framework's own: a read
     error or a damaged block raises a StorageError naming that folder. ``counted`` hears
-    each block's number of records."""
-    blocks = _run_blocks(f, offset, length)
+    each block's number of records; ``chunk``: the bytes read at once (READ_CHUNK)."""
+    blocks = _run_blocks(f, offset, length, chunk or READ_CHUNK)
     if guard is not None:
         blocks = _guarded_reads(blocks, *guard)
     for block in blocks:
@@ -81,7 +82,7 @@ def pairs_of(batches: Iterable[Batch]) -> Iterator[tuple]:
         yield from zip(keys, values)
 
 
-def _run_blocks(f: BinaryIO, offset: int, length: int) -> Iterator[tuple[list, list]]:
+def _run_blocks(f: BinaryIO, offset: int, length: int, chunk_size: int) -> Iterator[Batch]:
     """The (keys, values) blocks of a run."""
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
     read = _positional_reader(f)
@@ -89,7 +90,7 @@ def _run_blocks(f: BinaryIO, offset: int, length: int) -> Iterator[tuple[list, l
     left = length
     keys = None
     while left > 0:
-        chunk = read(min(_READ_CHUNK, left), position)
+        chunk = read(min(chunk_size, left), position)
         position += len(chunk)
         if not chunk:
             raise OSError(f"{getattr(f, 'name', 'run')}: ends {left} bytes early")

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # A partition whose runs add up to less than this is grouped in a dict, not merged as
 # streams: much faster, and bounded (a few times this in memory).
 IN_MEMORY_REDUCE_BYTES = 16 * 1024 * 1024
+# Runs merged at once: a merge holds a block of each (about 128 KB, a few times that as
+# objects), what was read of it, and what it takes of each in a round.
+MERGE_FACTOR = 64
 
 
 class AttemptCancelled(Exception):
@@ -266,22 +269,50 @@ class ReduceInputs:
 
     def groups(self) -> Iterator[tuple[str, Iterator]]:
         """Each key with its values (in map order), keys ascending."""
-        runs, size = self._runs()
-        if size <= IN_MEMORY_REDUCE_BYTES:
-            return shuffle.group_in_memory([shuffle.pairs_of(run) for run in runs], self.sort_values)
-        return shuffle.group_sorted(shuffle.pairs_of(shuffle.merge_batches(runs, self.sort_values)))
+        if self._size() <= IN_MEMORY_REDUCE_BYTES:
+            return shuffle.group_in_memory([shuffle.pairs_of(run) for run in self._runs()], self.sort_values)
+        return shuffle.group_sorted(shuffle.pairs_of(self.batches()))
 
     def batches(self) -> Iterator[shuffle.Batch]:
-        """The partition's records in order, as (keys, values) batches."""
-        return shuffle.merge_batches(self._runs()[0], self.sort_values)
+        """The partition's records in order, as (keys, values) batches.
 
-    def _runs(self) -> tuple[list[Iterator[shuffle.Batch]], int]:
-        """Every map's run of this partition (in map order) as a stream of blocks, and their size."""
-        runs = [self.runs[m] for m in range(self.n_sources) if self.runs[m][0] is not None]
+        More than MERGE_FACTOR runs are merged in passes, as Hadoop does: consecutive runs
+        (so map order is kept) into a file of this attempt's folder, each merge taking just
+        enough runs that MERGE_FACTOR remain at the end; memory holds a block of at most
+        MERGE_FACTOR runs however many maps there are, and the fewest records are merged twice."""
+        runs = self._runs()
+        at = merges = 0
+        while len(runs) > MERGE_FACTOR:
+            merges += 1
+            take = min(MERGE_FACTOR, len(runs) - MERGE_FACTOR + 1)  # merging k runs leaves k - 1 fewer
+            if at + take > len(runs):
+                at = 0  # a pass over every run is done: merge merged runs again
+            runs[at : at + take] = [self._merged_into_file(runs[at : at + take], f"merged-{merges}.run")]
+            at += 1
+        return shuffle.merge_batches(runs, self.sort_values)
+
+    def _merged_into_file(self, runs: list[Iterator[shuffle.Batch]], name: str) -> Iterator[shuffle.Batch]:
+        what = f"merged map output of reduce attempt {self.ctx.attempt}"
+        path = self.folder / name
+        out = shuffle.GuardedWriter.open(path, what)
+        try:
+            length = shuffle.write_batches(out, shuffle.merge_batches(runs, self.sort_values))
+            out.close()
+        except BaseException:
+            out.abandon()
+            raise
+        self.ctx.check()
+        return shuffle.run_blocks(self._file(str(path)), 0, length, (self.folder, what))
+
+    def _runs(self) -> list[Iterator[shuffle.Batch]]:
+        """Every map's run of this partition (in map order), as a stream of blocks."""
         counts = counters.current()
         read = None if counts is None else (lambda n: counts.builtin(counters.REDUCE_INPUT_RECORDS, n))
-        streams = [shuffle.run_blocks(f, offset, length, counted=read) for f, offset, length in runs]
-        return streams, sum(length for _, _, length in runs)
+        runs = [self.runs[m] for m in range(self.n_sources) if self.runs[m][0] is not None]
+        return [shuffle.run_blocks(f, offset, length, counted=read) for f, offset, length in runs]
+
+    def _size(self) -> int:
+        return sum(length for _, _, length in self.runs.values())
 
     def close(self) -> None:
         for f in self.files.values():

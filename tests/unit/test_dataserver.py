@@ -239,3 +239,41 @@ def test_transfers_pull_a_file_and_report_a_pull_or_probe_that_fails(tmp_path):
         transfers.close()
         server.stop()
         context.term()
+
+
+@pytest.mark.parametrize("identity", [False, True], ids=["reduce", "identity"])
+def test_more_runs_than_the_merge_factor_are_merged_in_passes(served, tmp_path, monkeypatch, identity):
+    """Ten maps' runs merged three at a time, then again: the same stable order, each record
+    counted once, and the pass files gone with the attempt."""
+    import mapreduce.worker.tasks as tasks
+    from mapreduce.job import App
+    from mapreduce.job import identity as identity_reduce
+
+    monkeypatch.setattr(tasks, "IN_MEMORY_REDUCE_BYTES", 0)
+    monkeypatch.setattr(tasks, "MERGE_FACTOR", 3)
+    root, server, fetcher = served
+    app = App("t", map=None, reduce=identity_reduce if identity else (lambda key, values: ",".join(values)))
+    locations, records = [], []
+    for m in range(10):
+        pairs = [(f"k{(m * 7 + i) % 5}", f"m{m}-{i}") for i in range(6)]
+        records += pairs
+        buffer = shuffle.MapOutputBuffer(1, app.partition, None, root)
+        buffer.add_all(pairs, "test")
+        (length,) = buffer.finish(root / f"map-{m}.out")
+        locations.append(p.MapOutput(m, m + 1, "host", str(root / f"map-{m}.out"), server.address, 0, length))
+    out, workdir = tmp_path / "out", tmp_path / "reducer"
+    out.mkdir()
+    workdir.mkdir()
+    job = JobContext(app, "job", 10, 1, "host", workdir, out, True, "")
+    done = run_reduce(job, p.AssignReduce(4, 0, locations), AttemptContext(4), fetcher, lambda message: None)
+    ordered = sorted(records, key=lambda pair: pair[0])  # stable: map order within a key
+    if identity:
+        expected = "".join(f"{k}\t{v}\n" for k, v in ordered)
+    else:
+        expected = "".join(
+            f"{k}\t{','.join(v for kk, v in ordered if kk == k)}\n" for k in sorted({k for k, _ in records})
+        )
+    assert (out / done.path).read_text() == expected
+    counted = {(c.group, c.counter): c.value for c in done.counters}
+    assert counted["mapreduce", "REDUCE_INPUT_RECORDS"] == 60 and counted["mapreduce", "REDUCE_INPUT_GROUPS"] == 5
+    assert list(workdir.iterdir()) == []

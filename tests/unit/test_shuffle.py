@@ -349,7 +349,7 @@ def test_iter_run_file_reads_exactly_its_byte_range(tmp_path):
 
 
 def test_iter_run_reads_in_small_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(shuffle, "_READ_CHUNK", 5)
+    monkeypatch.setattr(shuffle, "READ_CHUNK", 5)
     path, runs, lengths = _three_runs(tmp_path)
     got = [r[0] for r in iter_run_file(str(path), lengths[0], lengths[1] + lengths[2])]
     assert got == ["c", "d", "e", "f"]
