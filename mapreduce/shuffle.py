@@ -405,6 +405,26 @@ def _sorted_columns(pairs: list[Pair], sort_values: bool) -> Batch:
     return list(map(_first, pairs)), list(map(_second, pairs))
 
 
+_KNOWN_PARTITIONS: dict[int, dict[str, int]] = {}  # n -> key -> stable_partition(key, n)
+_KNOWN_MAX = 200_000  # keys: a few tens of megabytes at most
+
+
+def _stable_partitions(keys: Iterable[str], n: int) -> list[int]:
+    """stable_partition of each key, remembered across the maps of this process: the keys
+    of in-mapper combining (words, say) recur from split to split, and a dict lookup costs a
+    fifth of encoding and checksumming the key. Forgotten when it holds _KNOWN_MAX keys."""
+    known = _KNOWN_PARTITIONS.setdefault(n, {})
+    if len(known) > _KNOWN_MAX:
+        known.clear()
+    get = known.get
+    partitions = list(map(get, keys))
+    if None in partitions:
+        for i, (key, p) in enumerate(zip(keys, partitions)):
+            if p is None:
+                partitions[i] = known[key] = crc32(key.encode("utf-8", "surrogatepass")) % n
+    return partitions
+
+
 def _cut_points(partition: Callable[[str, int], int], n: int) -> tuple[str, ...] | None:
     """The cut points of partitions that are key ranges, else None."""
     if isinstance(partition, RangePartition):
@@ -510,8 +530,8 @@ class MapOutputBuffer:
         if not all(type(key) is str for key in mapping):
             return False  # the general path names the bad key
         n = self.n
-        if self.partition is stable_partition:  # inlined: it runs per key
-            partitions = [crc32(key.encode("utf-8", "surrogatepass")) % n for key in mapping]
+        if self.partition is stable_partition:
+            partitions = _stable_partitions(mapping, n)
         else:
             partitions = [self.partition(key, n) for key in mapping]
         keys: list[list[str]] = [[] for _ in range(n)]

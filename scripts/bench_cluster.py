@@ -105,12 +105,16 @@ def lines_file(work: Path, n: int) -> tuple[str, str]:
 
 def bench_tasks(work: Path, args) -> None:
     path, split = lines_file(work, args.tasks)
-    print(f"{'tasks':>7} {'workers':>8} {'seconds':>8} {'tasks/s':>8} {'coord CPU/task':>15} {'output':>7}")
+    print(
+        f"{'tasks':>7} {'workers':>8} {'seconds':>8} {'tasks/s':>8} {'coord CPU/task':>15} "
+        f"{'workers CPU/task':>17} {'output':>7}"
+    )
     usage = run_job(work, SLEEP_APP, [path], args.workers, "--split-size", split, "--reduce", "2")
     result = check(work, SLEEP_APP, [path], "--split-size", split, "--reduce", "2")
     print(
         f"{args.tasks:>7} {args.workers:>8} {usage.seconds:>8.2f} {args.tasks / usage.seconds:>8.0f} "
-        f"{usage.coordinator_cpu / args.tasks * 1e6:>12.0f} us {result:>7}"
+        f"{usage.coordinator_cpu / args.tasks * 1e6:>12.0f} us {usage.workers_cpu / args.tasks * 1e6:>14.0f} us "
+        f"{result:>7}"
     )
 
 

@@ -504,3 +504,15 @@ def test_sort_values_of_types_that_do_not_compare_is_a_clear_error(tmp_path):
     buf.add_all([("a", 1), ("a", "x")], "test")
     with pytest.raises(AppError, match="sort_values needs values that compare"):
         buf._sorted_partitions()
+
+
+def test_remembered_stable_partitions_equal_computed_ones(monkeypatch):
+    monkeypatch.setattr(shuffle, "_KNOWN_PARTITIONS", {})
+    monkeypatch.setattr(shuffle, "_KNOWN_MAX", 50)
+    for seed in range(4):
+        keys = [k for k, _ in random_pairs(seed, 40, n_keys=80)]
+        for n in (1, 3, 7):
+            assert shuffle._stable_partitions(dict.fromkeys(keys), n) == [
+                stable_partition(k, n) for k in dict.fromkeys(keys)
+            ]
+    assert all(len(known) <= 50 + 80 for known in shuffle._KNOWN_PARTITIONS.values())
