@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from mapreduce import defaults
-from mapreduce.errors import JobFailed, MapReduceError
+from mapreduce.errors import JobFailed, MapReduceError, UsageError
 
 if TYPE_CHECKING:
     from mapreduce.coordinator.view import JobView
@@ -329,6 +329,55 @@ def seq(app, inputs, output, n_reduce, params, split_size, overwrite, compress, 
         files=tuple(files),
     )
     counts = _guard(lambda: runner.run_seq(app, inputs, output, options))
+    if not quiet:
+        _echo_counters(counts)
+
+
+@cli.command()
+@click.option(
+    "--input", "inputs", multiple=True, required=True, metavar="PATH", help="An input file or folder (repeatable)."
+)
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for part-* files.")
+@click.option("--mapper", required=True, metavar="CMD", help="The mapper's command line: input lines in, records out.")
+@click.option(
+    "--reducer", metavar="CMD", default=None, help="The reducer's command line (NONE, or none given: map-only)."
+)
+@click.option(
+    "--reduce", "-r", "n_reduce", type=int, default=None, help=f"Number of reduce tasks [default: {defaults.N_REDUCE}]."
+)
+@click.option("-D", "defines", multiple=True, metavar="NAME=VALUE", help="A setting, in the commands' environment.")
+@_files_option
+@click.option(
+    "--workers", "-w", default=os.cpu_count() or 1, show_default=True, help="Number of local worker processes."
+)
+@click.option("--split-size", type=Size(), default=f"{defaults.SPLIT_SIZE >> 20}M", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace the part-* files of an earlier job in the output folder.")
+@click.option("--sequential", is_flag=True, help="Run in this one process, as `mapreduce seq` does (the oracle).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display and no counters at the end.")
+def streaming(
+    inputs, output, mapper, reducer, n_reduce, defines, files, workers, split_size, overwrite, sequential, quiet
+):
+    """Run a Hadoop Streaming job: executables as mapper and reducer, on a local cluster.
+
+    The mapper reads its split's lines on stdin and writes records, key before the first tab;
+    the reducer reads key<TAB>value lines sorted by key, a key's lines together, and its lines
+    are the output."""
+    from mapreduce import runner
+    from mapreduce import streaming as stream
+
+    def app():
+        made = stream.streaming_app(mapper, reducer, defines, [os.path.basename(f) for f in files])
+        if made.reduce is None and n_reduce:
+            raise UsageError(f"a streaming job without a reducer is map-only: --reduce must be 0, got {n_reduce}")
+        return made
+
+    job = _guard(app)
+    options = runner.JobOptions(n_reduce, split_size, overwrite, {}, files=tuple(files))
+    if sequential:
+        counts = _guard(lambda: runner.run_seq(job, inputs, output, options))
+    else:
+        run = lambda progress: runner.run_local(job, inputs, output, workers, options, progress)  # noqa: E731
+        counts = _with_progress(quiet, run).tally.counters
     if not quiet:
         _echo_counters(counts)
 

@@ -208,6 +208,17 @@ def identity(key: str, values: Iterator[Any]) -> Iterator[Any]:
         yield Record(key) if value is None else value
 
 
+class TaskReduce:
+    """A reduce that takes every group of a task at once (a streaming reducer: one process a
+    task) and emits records (pairs or Records) from ``run(groups)``."""
+
+    def run(self, groups: Iterable[tuple[str, Iterator[Any]]]) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def __call__(self, key: str, values: Iterator[Any]) -> Any:
+        raise AppError(f"{type(self).__name__} reduces a task's groups at once, not one key")
+
+
 @dataclass(frozen=True)
 class RangePartition:
     """partition(key, n) by ranges of keys: the index of the first cut point not below
@@ -295,6 +306,8 @@ class App:
     ) -> Iterator[tuple[str, Any]]:
         """Everything one reduce task emits for its groups (key, values), in key order; keys
         in ``skip`` (bad records) are not reduced, and an exception names its key."""
+        if isinstance(self.reduce, TaskReduce):
+            return output_records(self.reduce.run(_counted_groups(groups)), "reduce")
         body = self._reduced(_counted_groups(groups), skip)
         if self.reduce_setup is None and self.reduce_teardown is None:
             return body

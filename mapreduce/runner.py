@@ -94,7 +94,7 @@ class PreparedJob:
         )
 
 
-def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options: JobOptions) -> PreparedJob:
+def prepare(app_ref: str | App, inputs: Sequence[str], output_dir: str | Path, options: JobOptions) -> PreparedJob:
     """Check everything a job needs, in the order a user would fix it; change nothing
     on disk except creating an empty output folder (and dropping a stale _SUCCESS)."""
     if options.n_reduce is not None and options.n_reduce < 0:
@@ -112,16 +112,16 @@ def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
             f"--worker-timeout ({options.worker_timeout} s) must exceed --heartbeat-interval "
             f"({options.heartbeat_interval} s)"
         )
-    app = load_app(app_ref, options.params)
+    app = app_ref if isinstance(app_ref, App) else load_app(app_ref, options.params)
     n_reduce = options.n_reduce
     if n_reduce is None:
         n_reduce = app.n_reduce or (defaults.N_REDUCE if app.reduce is not None else 0)
     elif app.n_reduce is not None and n_reduce != app.n_reduce:
-        raise UsageError(f"app {app_ref!r} needs exactly {app.n_reduce} reduce task(s), got --reduce {n_reduce}")
+        raise UsageError(f"app {app.name!r} needs exactly {app.n_reduce} reduce task(s), got --reduce {n_reduce}")
     elif n_reduce and app.reduce is None:
-        raise UsageError(f"app {app_ref!r} has no reduce: it is map-only, so --reduce must be 0, got {n_reduce}")
+        raise UsageError(f"app {app.name!r} has no reduce: it is map-only, so --reduce must be 0, got {n_reduce}")
     if app.steps and not n_reduce:
-        raise UsageError(f"app {app_ref!r} is a pipeline: its first step needs at least one reduce, got --reduce 0")
+        raise UsageError(f"app {app.name!r} is a pipeline: its first step needs at least one reduce, got --reduce 0")
     later_steps = tuple(step.n_reduce or defaults.N_REDUCE for step in app.steps[1:])
     split_size = WHOLE_FILE if app.whole_files else options.split_size
     splits = make_splits(list(inputs), split_size)
@@ -135,7 +135,7 @@ def prepare(app_ref: str, inputs: Sequence[str], output_dir: str | Path, options
 
 
 def run_seq(
-    app_ref: str, inputs: Sequence[str], output_dir: str | Path, options: JobOptions = JobOptions()
+    app_ref: str | App, inputs: Sequence[str], output_dir: str | Path, options: JobOptions = JobOptions()
 ) -> Counters:
     job = prepare(app_ref, inputs, output_dir, options)
     with side_files_here(job.side_files):
@@ -169,7 +169,7 @@ def side_files_here(files: Sequence[p.SideFile]) -> Iterator[None]:
 
 
 def serve(
-    app_ref: str,
+    app_ref: str | App,
     inputs: Sequence[str],
     output_dir: str | Path,
     bind: str,
@@ -194,7 +194,7 @@ def serve(
 
 
 def run_local(
-    app_ref: str,
+    app_ref: str | App,
     inputs: Sequence[str],
     output_dir: str | Path,
     workers: int,

@@ -1,0 +1,221 @@
+"""Hadoop Streaming: mappers and reducers that are executables in any language.
+
+The mapper is started once per map task and reads the split's lines on stdin; each line it
+writes is a record, its key what comes before the first tab (a line with no tab is all key).
+The reducer is started once per reduce task and reads ``key<TAB>value`` lines sorted by key
+(byte order), a key's lines together; the lines it writes are the output, as written. With no
+reducer, the mappers' lines are the output.
+
+A command is split like a shell would split it, but run without one (use ``sh -c '...'`` for
+pipes). It runs in a process group of its own, killed whenever the task ends; its stdin is fed
+by a thread while its stdout is read, so neither side can block the other whatever it writes.
+Its stderr lines ``reporter:counter:GROUP,COUNTER,AMOUNT`` add to the task's counters; other
+lines go to the log, and the last ones are in the error when the command fails. Settings
+reach it as environment variables, dots turned into underscores (``mapreduce_map_input_file``,
+and each ``-D NAME=VALUE``). A non-zero exit fails the attempt, unless
+``-D stream.non.zero.exit.is.failure=false``; a command killed by a signal always does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mapreduce import counters
+from mapreduce.errors import AppError, UsageError
+from mapreduce.job import App, Record, TaskReduce
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL = 10  # lines of a failed command's stderr in its error
+_REPORTER_COUNTER = "reporter:counter:"
+
+
+def parse_command(text: str, what: str) -> tuple[str, ...]:
+    """A command line split into its words; UsageError if it is empty or malformed."""
+    try:
+        argv = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise UsageError(f"{what} {text!r} is not a command line: {exc}") from None
+    if not argv:
+        raise UsageError(f"{what} is empty")
+    return argv
+
+
+def settings(pairs: Iterable[str]) -> dict[str, str]:
+    """``-D NAME=VALUE`` settings as environment variables (dots become underscores)."""
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not all(c.isalnum() or c in "._" for c in name):
+            raise UsageError(f"-D {pair!r}: expected NAME=VALUE, NAME of letters, digits, dots and underscores")
+        env[name.replace(".", "_")] = value
+    return env
+
+
+@dataclass(frozen=True)
+class Command:
+    """An executable a task runs, with the job's settings in its environment."""
+
+    argv: tuple[str, ...]
+    role: str  # "mapper" or "reducer", for messages
+    env: Mapping[str, str] = field(default_factory=dict)
+    exit_status_counts: bool = True  # a non-zero exit fails the attempt (-D stream.non.zero.exit.is.failure)
+
+    def lines(self, text_in: Iterable[str], env: Mapping[str, str] = {}) -> Iterator[str]:
+        """Run the command with ``text_in`` (pieces of text) on its stdin; yield the lines it
+        writes (without their newline) as they come. Its process group is killed when the
+        generator ends, however it ends."""
+        name = shlex.join(self.argv)
+        try:
+            process = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={**os.environ, **self.env, **env},
+                process_group=0,
+            )
+        except OSError as exc:
+            raise AppError(f"the {self.role} {name!r} cannot start: {exc.strerror or exc}") from None
+        run = _Run(process, self.role)
+        feeder = threading.Thread(target=contextvars.copy_context().run, args=(run.feed, text_in), daemon=True)
+        reader = threading.Thread(target=run.read_stderr, daemon=True)
+        # When it exits, what it left running goes too (it may hold the pipes open).
+        watcher = threading.Thread(target=run.kill_group_at_exit, daemon=True)
+        for thread in (feeder, reader, watcher):
+            thread.start()
+        try:
+            for raw in process.stdout:
+                yield raw.decode("utf-8", "surrogateescape").removesuffix("\n")
+            watcher.join()
+            status = process.wait()
+            feeder.join()
+            reader.join()
+            if run.failure is not None:
+                raise run.failure
+            for (group, counter), amount in run.counts.items():
+                counters.increment(group, counter, amount)
+            if status != 0 and (self.exit_status_counts or status < 0):
+                why = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
+                tail = "".join(f"\n  {line}" for line in run.tail)
+                raise AppError(f"the {self.role} {name!r} {why}" + (f"; its last stderr lines:{tail}" if tail else ""))
+        finally:
+            if process.returncode is None:  # not reaped: its group id is still its own
+                _kill_group(process)
+            process.wait()
+            for thread in (feeder, reader, watcher):
+                thread.join(timeout=5)
+            for pipe in (process.stdin, process.stdout, process.stderr):
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+
+class _Run:
+    """The two threads' side of a running command: its stdin and its stderr."""
+
+    def __init__(self, process: subprocess.Popen, role: str):
+        self.process, self.role = process, role
+        self.failure: BaseException | None = None  # raised by the input (a cancelled attempt, say)
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.tail: deque[str] = deque(maxlen=STDERR_TAIL)
+
+    def feed(self, text_in: Iterable[str]) -> None:
+        try:
+            for text in text_in:
+                self.process.stdin.write(text.encode("utf-8", "surrogateescape"))
+        except BrokenPipeError:
+            pass  # it stopped reading: its exit status says whether that was wrong
+        except BaseException as exc:
+            self.failure = exc
+            _kill_group(self.process)
+        finally:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+
+    def kill_group_at_exit(self) -> None:
+        # Exited but not reaped: its process group id cannot be reused while it is killed.
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOWAIT)
+        _kill_group(self.process)
+
+    def read_stderr(self) -> None:
+        for raw in self.process.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if line.startswith(_REPORTER_COUNTER):
+                group, _, rest = line[len(_REPORTER_COUNTER) :].partition(",")
+                counter, _, amount = rest.rpartition(",")
+                with contextlib.suppress(ValueError):
+                    self.counts[group, counter] += int(amount)
+                    continue
+            if line.startswith("reporter:status:"):
+                log.info("%s status: %s", self.role, line[len("reporter:status:") :])
+                continue
+            self.tail.append(line)
+            log.info("%s stderr: %s", self.role, line)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def record(line: str) -> Any:
+    """A line a mapper wrote as a record: split at its first tab; no tab, all key."""
+    key, tab, value = line.partition("\t")
+    return (key, value) if tab else Record(line)
+
+
+@dataclass(frozen=True)
+class StreamingMap:
+    command: Command
+
+    def __call__(self, path: str, text: str) -> Iterator[Any]:
+        return map(record, self.command.lines([text], {"mapreduce_map_input_file": path}))
+
+
+@dataclass(frozen=True)
+class StreamingReduce(TaskReduce):
+    command: Command
+
+    def run(self, groups: Iterable[tuple[str, Iterator[Any]]]) -> Iterator[Record]:
+        return map(Record, self.command.lines(_input_lines(groups)))
+
+
+def _input_lines(groups: Iterable[tuple[str, Iterator[Any]]]) -> Iterator[str]:
+    """A reducer's stdin, a key's lines at a time: ``key<TAB>value``, or the key alone."""
+    for key, values in groups:
+        yield "".join(key + "\n" if value is None else f"{key}\t{value}\n" for value in values)
+
+
+def streaming_app(mapper: str, reducer: str | None, defines: Iterable[str] = (), shipped: Iterable[str] = ()) -> App:
+    """The app of a streaming job; ``reducer`` None (or ``NONE``): a map-only job. A command
+    must be found here, on the PATH or as a file shipped with --file (``shipped``: their
+    names), before any work: a missing one would fail every attempt."""
+    env = settings(defines)
+    # As in Hadoop: -D stream.non.zero.exit.is.failure=false accepts any exit status (grep's 1).
+    strict = env.get("stream_non_zero_exit_is_failure", "true").lower() != "false"
+    map_argv = _found(parse_command(mapper, "the mapper"), "mapper", set(shipped))
+    map_ = StreamingMap(Command(map_argv, "mapper", env, strict))
+    if reducer is None or reducer == "NONE":
+        return App("streaming", map=map_, reduce=None)
+    reduce_argv = _found(parse_command(reducer, "the reducer"), "reducer", set(shipped))
+    return App("streaming", map=map_, reduce=StreamingReduce(Command(reduce_argv, "reducer", env, strict)))
+
+
+def _found(argv: tuple[str, ...], role: str, shipped: set[str]) -> tuple[str, ...]:
+    program = argv[0]
+    if program in shipped or ("/" in program and os.access(program, os.X_OK)) or shutil.which(program):
+        return argv
+    raise UsageError(f"the {role} {program!r} is not a command here (not on the PATH, not an executable file)")

@@ -1,0 +1,120 @@
+"""Hadoop Streaming jobs: real executables as mapper and reducer, on the embedded cluster and
+in one process (--sequential, the oracle), compared byte for byte and with the built-in apps."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import assert_same_output, run_cli
+from mapreduce.output import read_output
+
+AWK_MAPPER = 'awk \'{ gsub(/[^A-Za-z]+/, " "); for (i = 1; i <= NF; i++) print $i "\\t1" }\''
+# A reducer must notice key changes itself: its input is sorted, a key's lines together.
+AWK_REDUCER = (
+    "awk -F '\\t' '$1 != word { if (NR > 1) print word \"\\t\" n; word = $1; n = 0 } { n += $2 } "
+    'END { if (NR > 0) print word "\\t" n }\''
+)
+
+
+@pytest.fixture
+def ascii_books(gutenberg, tmp_path) -> list[str]:
+    """The books' ASCII lines: awk's letters are ASCII ones, the built-in app's all of Unicode."""
+    paths = []
+    for book in gutenberg:
+        lines = [line for line in Path(book).read_bytes().splitlines(keepends=True) if line.isascii()]
+        path = tmp_path / Path(book).name
+        path.write_bytes(b"".join(lines))
+        paths.append(str(path))
+    return paths
+
+
+def streaming(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run_cli("streaming", *args, "--quiet", check=check)
+
+
+def inputs_of(paths: list[str]) -> list[str]:
+    return [arg for path in paths for arg in ("--input", path)]
+
+
+def test_awk_word_count_equals_the_built_in_and_its_sequential_run(ascii_books, tmp_path):
+    args = [*inputs_of(ascii_books), "--mapper", AWK_MAPPER, "--reducer", AWK_REDUCER, "--reduce", "3"]
+    streaming(*args, "--output", str(tmp_path / "out"), "--workers", "2", "--split-size", "300k")
+    streaming(*args, "--output", str(tmp_path / "seq"), "--split-size", "300k", "--sequential")
+    assert_same_output(tmp_path / "seq", tmp_path / "out")
+    run_cli("seq", "wordcount", *ascii_books, "--output", str(tmp_path / "builtin"), "--quiet")
+    counts = dict(line.split("\t") for line in read_output(tmp_path / "out"))
+    assert counts == dict(line.split("\t") for line in read_output(tmp_path / "builtin"))
+    assert len(counts) > 10_000
+
+
+def test_a_map_only_grep_gives_the_lines_grep_gives(gutenberg, tmp_path):
+    out = tmp_path / "out"
+    args = ["--mapper", "grep -i whale", "--reduce", "0", "-D", "stream.non.zero.exit.is.failure=false"]
+    streaming(*inputs_of(gutenberg), *args, "--output", str(out), "-w", "2")  # grep exits 1 on a split with no match
+    expected = b"".join(subprocess.run(["grep", "-i", "whale", book], capture_output=True).stdout for book in gutenberg)
+    assert b"".join(part.read_bytes() for part in sorted(out.glob("part-*"))) == expected
+    assert expected.count(b"\n") > 3
+
+
+def test_shipped_python_scripts_with_settings_and_counters_from_stderr(gutenberg, tmp_path):
+    mapper = tmp_path / "mapper.py"
+    mapper.write_text(
+        "import os, sys\n"
+        "n = 0\n"
+        "for line in sys.stdin:\n"
+        "    n += 1\n"
+        "    print(os.environ['my_prefix'] + str(len(line) % 7), 1, sep='\\t')\n"
+        "print(f'reporter:counter:Lines,seen,{n}', file=sys.stderr)\n"
+        "print('reporter:status:done', file=sys.stderr)\n"
+    )
+    reducer = tmp_path / "reducer.py"
+    reducer.write_text(
+        "import sys\n"
+        "from itertools import groupby\n"
+        "pairs = (line.rstrip('\\n').split('\\t') for line in sys.stdin)\n"
+        "for key, group in groupby(pairs, key=lambda p: p[0]):\n"
+        "    print(key, sum(int(v) for _, v in group), sep='\\t')\n"
+    )
+    args = [
+        *inputs_of(gutenberg[:3]),
+        *("--mapper", f"{sys.executable} mapper.py", "--reducer", f"{sys.executable} reducer.py"),
+        *("--file", str(mapper), "--file", str(reducer), "-D", "my.prefix=len", "--reduce", "2"),
+    ]
+    result = run_cli("streaming", *args, "--output", str(tmp_path / "out"), "-w", "2", "--split-size", "200k")
+    run_cli("streaming", *args, "--output", str(tmp_path / "seq"), "--split-size", "200k", "--sequential")
+    assert_same_output(tmp_path / "seq", tmp_path / "out")
+    lines = sum(len(Path(book).read_bytes().splitlines()) for book in gutenberg[:3])
+    assert f"Lines.seen = {lines}" in result.stderr
+    counts = dict(line.split("\t") for line in read_output(tmp_path / "out"))
+    assert sorted(counts) == [f"len{i}" for i in range(7)] and sum(map(int, counts.values())) == lines
+
+
+def test_a_failing_command_fails_the_job_with_its_exit_status_and_stderr(gutenberg, tmp_path):
+    mapper = "sh -c 'cat > /dev/null; echo something broke >&2; exit 3'"
+    result = streaming(
+        *inputs_of(gutenberg[:1]), "--mapper", mapper, "--reducer", "cat", "--output", str(tmp_path / "out"),
+        "-w", "1", check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "exited with status 3" in result.stderr and "something broke" in result.stderr
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--mapper", "no-such-command-here"], "'no-such-command-here' is not a command here"),
+        (["--mapper", "cat", "--reducer", "'unclosed"], "is not a command line"),
+        (["--mapper", "cat", "-D", "novalue"], "expected NAME=VALUE"),
+        (["--mapper", "cat", "--reduce", "2"], "map-only"),
+    ],
+)
+def test_bad_streaming_options_exit_2_before_any_work(gutenberg, tmp_path, args, says):
+    out = tmp_path / "out"
+    result = streaming(*inputs_of(gutenberg[:1]), *args, "--output", str(out), check=False)
+    assert result.returncode == 2 and says in result.stderr, result.stderr
+    assert not out.exists()
