@@ -333,55 +333,6 @@ def seq(app, inputs, output, n_reduce, params, split_size, overwrite, compress, 
         _echo_counters(counts)
 
 
-@cli.command()
-@click.option(
-    "--input", "inputs", multiple=True, required=True, metavar="PATH", help="An input file or folder (repeatable)."
-)
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for part-* files.")
-@click.option("--mapper", required=True, metavar="CMD", help="The mapper's command line: input lines in, records out.")
-@click.option(
-    "--reducer", metavar="CMD", default=None, help="The reducer's command line (NONE, or none given: map-only)."
-)
-@click.option(
-    "--reduce", "-r", "n_reduce", type=int, default=None, help=f"Number of reduce tasks [default: {defaults.N_REDUCE}]."
-)
-@click.option("-D", "defines", multiple=True, metavar="NAME=VALUE", help="A setting, in the commands' environment.")
-@_files_option
-@click.option(
-    "--workers", "-w", default=os.cpu_count() or 1, show_default=True, help="Number of local worker processes."
-)
-@click.option("--split-size", type=Size(), default=f"{defaults.SPLIT_SIZE >> 20}M", show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace the part-* files of an earlier job in the output folder.")
-@click.option("--sequential", is_flag=True, help="Run in this one process, as `mapreduce seq` does (the oracle).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress display and no counters at the end.")
-def streaming(
-    inputs, output, mapper, reducer, n_reduce, defines, files, workers, split_size, overwrite, sequential, quiet
-):
-    """Run a Hadoop Streaming job: executables as mapper and reducer, on a local cluster.
-
-    The mapper reads its split's lines on stdin and writes records, key before the first tab;
-    the reducer reads key<TAB>value lines sorted by key, a key's lines together, and its lines
-    are the output."""
-    from mapreduce import runner
-    from mapreduce import streaming as stream
-
-    def app():
-        made = stream.streaming_app(mapper, reducer, defines, [os.path.basename(f) for f in files])
-        if made.reduce is None and n_reduce:
-            raise UsageError(f"a streaming job without a reducer is map-only: --reduce must be 0, got {n_reduce}")
-        return made
-
-    job = _guard(app)
-    options = runner.JobOptions(n_reduce, split_size, overwrite, {}, files=tuple(files))
-    if sequential:
-        counts = _guard(lambda: runner.run_seq(job, inputs, output, options))
-    else:
-        run = lambda progress: runner.run_local(job, inputs, output, workers, options, progress)  # noqa: E731
-        counts = _with_progress(quiet, run).tally.counters
-    if not quiet:
-        _echo_counters(counts)
-
-
 def _echo_counters(counts) -> None:
     """The job's counters, a line each, on stderr (as Hadoop prints them at a job's end)."""
     from mapreduce.counters import format_counters
@@ -476,6 +427,86 @@ def coordinator(
                 err=True,
             )
         _echo_counters(c.counters)
+
+
+@cli.command()
+@click.option(
+    "--input", "inputs", multiple=True, required=True, metavar="PATH", help="An input file or folder (repeatable)."
+)
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for part-* files.")
+@click.option("--mapper", required=True, metavar="CMD", help="The mapper's command line: input lines in, records out.")
+@click.option(
+    "--reducer", metavar="CMD", default=None, help="The reducer's command line (NONE, or none given: map-only)."
+)
+@click.option(
+    "--reduce", "-r", "n_reduce", type=int, default=None, help=f"Number of reduce tasks [default: {defaults.N_REDUCE}]."
+)
+@click.option("-D", "defines", multiple=True, metavar="NAME=VALUE", help="A setting, in the commands' environment.")
+@_files_option
+@click.option("--split-size", type=Size(), default=f"{defaults.SPLIT_SIZE >> 20}M", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace the part-* files of an earlier job in the output folder.")
+@click.option(
+    "--workers", "-w", default=os.cpu_count() or 1, show_default=True, help="Number of local worker processes."
+)
+@click.option(
+    "--bind", default=None, metavar="ENDPOINT", help="Serve the job to `mapreduce worker`s here, not local workers."
+)
+@click.option("--sequential", is_flag=True, help="Run in this one process, as `mapreduce seq` does (the oracle).")
+@_security_options
+@_cluster_options
+def streaming(
+    inputs,
+    output,
+    mapper,
+    reducer,
+    n_reduce,
+    defines,
+    files,
+    split_size,
+    overwrite,
+    workers,
+    bind,
+    sequential,
+    key_dir,
+    insecure,
+    events,
+    quiet,
+    **cluster,
+):
+    """Run a Hadoop Streaming job: executables as mapper and reducer.
+
+    The mapper reads its split's lines on stdin and writes records, key before the first tab;
+    the reducer reads key<TAB>value lines sorted by key, a key's lines together, and its lines
+    are the output. On local workers, on workers anywhere (--bind), or in one process."""
+    from mapreduce import runner
+    from mapreduce import streaming as stream
+
+    def app():
+        made = stream.streaming_app(mapper, reducer, defines, [os.path.basename(f) for f in files])
+        if made.reduce is None and n_reduce:
+            raise UsageError(f"a streaming job without a reducer is map-only: --reduce must be 0, got {n_reduce}")
+        return made
+
+    job = _guard(app)
+    options = runner.JobOptions(n_reduce, split_size, overwrite, {}, files=tuple(files), **cluster)
+    if sequential:
+        counts = _guard(lambda: runner.run_seq(job, inputs, output, options))
+    elif bind:
+        keys = _keys(key_dir, "coordinator")
+        announce = None if quiet else (lambda address: click.echo(f"streaming job served on {address}", err=True))
+
+        def serve(progress):
+            return runner.serve(job, inputs, output, bind, options, progress, announce, events, keys, insecure)
+
+        counts = _with_progress(quiet, serve).tally.counters
+    else:
+
+        def run_here(progress):
+            return runner.run_local(job, inputs, output, workers, options, progress, False, events)
+
+        counts = _with_progress(quiet, run_here).tally.counters
+    if not quiet:
+        _echo_counters(counts)
 
 
 @cli.command()

@@ -327,13 +327,17 @@ def iter_run_file(path: str, offset: int, length: int):
 def run_external(app: str, inputs: list[str], out: Path, *args: str, workers: int = 2, timeout: float = 120) -> None:
     """A job on a coordinator and ``workers`` worker processes started separately (as on
     several machines, here on loopback); fail with their stderr if it does not succeed."""
+    serve_on_workers(["coordinator", app, *inputs, *args], out, workers, timeout)
+
+
+def serve_on_workers(serve: list[str], out: Path, workers: int = 2, timeout: float = 120) -> None:
+    """Run ``mapreduce SERVE... --output OUT --bind ENDPOINT`` (a coordinator, or a streaming job)
+    with ``workers`` worker processes started separately; fail with their stderr if it fails."""
     endpoint = free_endpoint()
     scratch = out.parent / f"{out.name}-scratch"
     # Every worker joins before any work starts, so every one is told when the job is over
     # (a tiny job could end before a slow starter registers, which would then wait for nothing).
-    command = mapreduce_command(
-        "coordinator", app, *inputs, "--output", str(out), "--bind", endpoint, "--min-workers", str(workers), *args
-    )
+    command = mapreduce_command(*serve, "--output", str(out), "--bind", endpoint, "--min-workers", str(workers))
     coordinator = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     started = [
         subprocess.Popen(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_same_output, run_cli
+from helpers import assert_same_output, run_cli, serve_on_workers
 from mapreduce.output import read_output
 
 AWK_MAPPER = 'awk \'{ gsub(/[^A-Za-z]+/, " "); for (i = 1; i <= NF; i++) print $i "\\t1" }\''
@@ -49,6 +49,13 @@ def test_awk_word_count_equals_the_built_in_and_its_sequential_run(ascii_books, 
     counts = dict(line.split("\t") for line in read_output(tmp_path / "out"))
     assert counts == dict(line.split("\t") for line in read_output(tmp_path / "builtin"))
     assert len(counts) > 10_000
+
+
+def test_a_streaming_job_on_separately_started_workers_equals_its_sequential_run(ascii_books, tmp_path):
+    args = [*inputs_of(ascii_books[:4]), "--mapper", AWK_MAPPER, "--reducer", AWK_REDUCER, "--reduce", "2"]
+    serve_on_workers(["streaming", *args, "--split-size", "200k", "--quiet"], tmp_path / "out")
+    streaming(*args, "--output", str(tmp_path / "seq"), "--split-size", "200k", "--sequential")
+    assert_same_output(tmp_path / "seq", tmp_path / "out")
 
 
 def test_a_map_only_grep_gives_the_lines_grep_gives(gutenberg, tmp_path):
