@@ -441,6 +441,7 @@ def coordinator(
 @click.option(
     "--reduce", "-r", "n_reduce", type=int, default=None, help=f"Number of reduce tasks [default: {defaults.N_REDUCE}]."
 )
+@click.option("--combiner", metavar="CMD", default=None, help="A command run on each map's sorted output.")
 @click.option("-D", "defines", multiple=True, metavar="NAME=VALUE", help="A setting, in the commands' environment.")
 @_files_option
 @click.option("--split-size", type=Size(), default=f"{defaults.SPLIT_SIZE >> 20}M", show_default=True)
@@ -460,6 +461,7 @@ def streaming(
     mapper,
     reducer,
     n_reduce,
+    combiner,
     defines,
     files,
     split_size,
@@ -482,7 +484,7 @@ def streaming(
     from mapreduce import streaming as stream
 
     def app():
-        made = stream.streaming_app(mapper, reducer, defines, [os.path.basename(f) for f in files])
+        made = stream.streaming_app(mapper, reducer, defines, [os.path.basename(f) for f in files], combiner)
         if made.reduce is None and n_reduce:
             raise UsageError(f"a streaming job without a reducer is map-only: --reduce must be 0, got {n_reduce}")
         return made

@@ -29,7 +29,7 @@ import msgpack
 
 from mapreduce import counters
 from mapreduce.errors import AppError, storage_errors
-from mapreduce.job import NO_VALUE, RangePartition, emitted, shuffle_pair, stable_partition
+from mapreduce.job import NO_VALUE, RangePartition, TaskReduce, emitted, shuffle_pair, stable_partition
 
 DEFAULT_BUFFER_RECORDS = 400_000
 # A run's block: a reduce holds one block of every run it merges, so blocks are small in
@@ -132,7 +132,39 @@ def _positional_reader(f: BinaryIO) -> Callable[[int, int], bytes]:
 
 def combine_sorted(records: Iterable[Pair], combine: Callable[[str, Iterator[Any]], Any]) -> Iterator[Pair]:
     """Each key's values through ``combine``, which may emit none, one or many values (see
-    job.emitted), all under the key it was given: its output is already partitioned."""
+    job.emitted), all under the key it was given: its output is already partitioned. A
+    TaskReduce (a streaming combiner) takes the run whole and must emit its keys in order."""
+    if isinstance(combine, TaskReduce):
+        return _combined_whole(records, combine)
+    return _combined_by_key(records, combine)
+
+
+def _combined_whole(records: Iterable[Pair], combine: TaskReduce) -> Iterator[Pair]:
+    counts = counters.current()
+    n_in = n_out = 0
+    given: set[str] = set()  # a key reaches the combiner before it can write it back
+
+    def counted() -> Iterator[Pair]:
+        nonlocal n_in
+        for record in records:
+            n_in += 1
+            given.add(record[0])
+            yield record
+
+    last = None
+    for item in combine.run(group_sorted(counted())):
+        key, value = shuffle_pair(item, "the combiner's output")
+        if key not in given or (last is not None and key < last):
+            raise AppError(f"the combiner wrote key {key!r} out of turn: it must keep its input's keys, in order")
+        last = key
+        n_out += 1
+        yield key, value
+    if counts is not None:
+        counts.builtin(counters.COMBINE_INPUT_RECORDS, n_in)
+        counts.builtin(counters.COMBINE_OUTPUT_RECORDS, n_out)
+
+
+def _combined_by_key(records: Iterable[Pair], combine: Callable[[str, Iterator[Any]], Any]) -> Iterator[Pair]:
     counts = counters.current()
     n_in = n_out = 0
     for key, group in groupby(records, key=_first):

@@ -199,7 +199,24 @@ def _input_lines(groups: Iterable[tuple[str, Iterator[Any]]]) -> Iterator[str]:
         yield "".join(key + "\n" if value is None else f"{key}\t{value}\n" for value in values)
 
 
-def streaming_app(mapper: str, reducer: str | None, defines: Iterable[str] = (), shipped: Iterable[str] = ()) -> App:
+@dataclass(frozen=True)
+class StreamingCombine(TaskReduce):
+    """A combiner command over a map's sorted run: ``key<TAB>value`` lines in, records out, in
+    the same key order."""
+
+    command: Command
+
+    def run(self, groups: Iterable[tuple[str, Iterator[Any]]]) -> Iterator[Any]:
+        return map(record, self.command.lines(_input_lines(groups)))
+
+
+def streaming_app(
+    mapper: str,
+    reducer: str | None,
+    defines: Iterable[str] = (),
+    shipped: Iterable[str] = (),
+    combiner: str | None = None,
+) -> App:
     """The app of a streaming job; ``reducer`` None (or ``NONE``): a map-only job. A command
     must be found here, on the PATH or as a file shipped with --file (``shipped``: their
     names), before any work: a missing one would fail every attempt."""
@@ -209,9 +226,16 @@ def streaming_app(mapper: str, reducer: str | None, defines: Iterable[str] = (),
     map_argv = _found(parse_command(mapper, "the mapper"), "mapper", set(shipped))
     map_ = StreamingMap(Command(map_argv, "mapper", env, strict))
     if reducer is None or reducer == "NONE":
+        if combiner is not None:
+            raise UsageError("a combiner needs a reducer: a map-only job has no shuffle to combine")
         return App("streaming", map=map_, reduce=None)
     reduce_argv = _found(parse_command(reducer, "the reducer"), "reducer", set(shipped))
-    return App("streaming", map=map_, reduce=StreamingReduce(Command(reduce_argv, "reducer", env, strict)))
+    combine = None
+    if combiner is not None:
+        combine_argv = _found(parse_command(combiner, "the combiner"), "combiner", set(shipped))
+        combine = StreamingCombine(Command(combine_argv, "combiner", env, strict))
+    reduce = StreamingReduce(Command(reduce_argv, "reducer", env, strict))
+    return App("streaming", map=map_, reduce=reduce, combine=combine)
 
 
 def _found(argv: tuple[str, ...], role: str, shipped: set[str]) -> tuple[str, ...]:

@@ -59,24 +59,43 @@ def mp_pool(files, workers, work):
 
 def mapreduce(files, workers, work):
     out = Path(work) / "mapreduce-out"
-    subprocess.run(
-        [
-            sys.executable,
-            "-P",
-            "-m",
-            "mapreduce",
-            "run",
-            "wordcount",
-            *files,
-            "--workers",
-            str(workers),
-            "--output",
-            str(out),
-            "--overwrite",
-            "--quiet",
-        ],
-        check=True,
-    )
+    job = ["run", "wordcount", *files, "--workers", str(workers), "--output", str(out), "--overwrite", "--quiet"]
+    subprocess.run([sys.executable, "-P", "-m", "mapreduce", *job], check=True)
+    return read_counts(out)
+
+
+# A streaming word count in Python scripts, with the same tokenizer (in-mapper combining).
+STREAMING_MAPPER = """import sys
+from mapreduce.apps.wordcount import count_words
+for word, n in count_words(sys.stdin.read()).items():
+    print(word, n, sep="\\t")
+"""
+STREAMING_REDUCER = """import sys
+from itertools import groupby
+pairs = (line.rstrip("\\n").split("\\t") for line in sys.stdin)
+for word, group in groupby(pairs, key=lambda pair: pair[0]):
+    print(word, sum(int(n) for _, n in group), sep="\\t")
+"""
+
+
+def mapreduce_streaming(files, workers, work):
+    out = Path(work) / "streaming-out"
+    scripts = []
+    for name, text in (("wc_mapper.py", STREAMING_MAPPER), ("wc_reducer.py", STREAMING_REDUCER)):
+        (Path(work) / name).write_text(text)
+        scripts += ["--file", str(Path(work) / name)]
+    job = [
+        "streaming",
+        *(arg for path in files for arg in ("--input", path)),
+        *("--mapper", f"{sys.executable} wc_mapper.py", "--reducer", f"{sys.executable} wc_reducer.py"),
+        *scripts,
+        *("--workers", str(workers), "--output", str(out), "--overwrite", "--quiet"),
+    ]
+    subprocess.run([sys.executable, "-P", "-m", "mapreduce", *job], check=True)
+    return read_counts(out)
+
+
+def read_counts(out: Path) -> dict:
     counts = {}
     for part in sorted(out.glob("part-*")):
         with open(part, encoding="utf-8") as f:
@@ -153,6 +172,7 @@ SYSTEMS = {
     "python-regex": python_regex,
     "mp-pool": mp_pool,
     "mapreduce": mapreduce,
+    "mapreduce-streaming": mapreduce_streaming,
     "dask-bag": dask_bag,
     "dask-distributed": dask_distributed,
     "ray": ray_tasks,

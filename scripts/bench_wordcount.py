@@ -10,6 +10,7 @@ Systems (peers are skipped with a note when not installed; `pip install .[bench]
   python-regex     one process: the letters regex [^\\W\\d_]+ + Counter
   mp-pool          multiprocessing.Pool(W), bytes.translate, one task per file
   mapreduce        `mapreduce run wordcount --workers W`
+  mapreduce-streaming  `mapreduce streaming` with a Python mapper and reducer script (same tokenizer)
   dask-bag         dask.bag, processes scheduler, one partition per file
   dask-distributed dask.distributed LocalCluster(W workers x 1 thread)
   ray              ray, one task per file
@@ -37,6 +38,7 @@ SYSTEMS = [
     "python-regex",
     "mp-pool",
     "mapreduce",
+    "mapreduce-streaming",
     "dask-bag",
     "dask-distributed",
     "ray",

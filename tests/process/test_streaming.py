@@ -58,6 +58,22 @@ def test_a_streaming_job_on_separately_started_workers_equals_its_sequential_run
     assert_same_output(tmp_path / "seq", tmp_path / "out")
 
 
+def test_a_combiner_command_shrinks_the_shuffle_and_keeps_the_answer(ascii_books, tmp_path):
+    args = [*inputs_of(ascii_books[:4]), "--mapper", AWK_MAPPER, "--reducer", AWK_REDUCER, "--reduce", "2"]
+    streaming(*args, "--output", str(tmp_path / "seq"), "--sequential")
+    result = run_cli("streaming", *args, "--combiner", AWK_REDUCER, "--output", str(tmp_path / "out"), "-w", "2")
+    assert_same_output(tmp_path / "seq", tmp_path / "out")
+    counted = dict(line.strip().split(" = ") for line in result.stderr.splitlines() if " = " in line)
+    records_in, records_out = (int(counted[f"mapreduce.COMBINE_{s}_RECORDS"]) for s in ("INPUT", "OUTPUT"))
+    assert records_out < records_in / 3
+
+
+def test_a_combiner_that_changes_keys_fails_the_job(ascii_books, tmp_path):
+    args = [*inputs_of(ascii_books[:1]), "--mapper", AWK_MAPPER, "--reducer", AWK_REDUCER, "-w", "1"]
+    result = streaming(*args, "--combiner", "sed s/^/x/", "--output", str(tmp_path / "out"), check=False)
+    assert result.returncode == 1 and "must keep its input's keys" in result.stderr, result.stderr[-2000:]
+
+
 def test_a_map_only_grep_gives_the_lines_grep_gives(gutenberg, tmp_path):
     out = tmp_path / "out"
     args = ["--mapper", "grep -i whale", "--reduce", "0", "-D", "stream.non.zero.exit.is.failure=false"]
@@ -118,6 +134,7 @@ def test_a_failing_command_fails_the_job_with_its_exit_status_and_stderr(gutenbe
         (["--mapper", "cat", "--reducer", "'unclosed"], "is not a command line"),
         (["--mapper", "cat", "-D", "novalue"], "expected NAME=VALUE"),
         (["--mapper", "cat", "--reduce", "2"], "map-only"),
+        (["--mapper", "cat", "--combiner", "cat"], "a combiner needs a reducer"),
     ],
 )
 def test_bad_streaming_options_exit_2_before_any_work(gutenberg, tmp_path, args, says):
