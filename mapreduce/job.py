@@ -30,6 +30,8 @@ Opt-in powers, checked when the app is loaded:
 from __future__ import annotations
 
 import bisect
+import contextlib
+import contextvars
 import dataclasses
 import enum
 import importlib
@@ -197,6 +199,24 @@ def _record_key(record: Record) -> str:
     if type(record.key) is not str:
         raise AppError(f"{record!r}: a record's key must be a str, not {type(record.key).__name__}")
     return record.key
+
+
+_TASK: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("mapreduce_task", default=None)
+
+
+@contextlib.contextmanager
+def task_running(phase: str, index: int) -> Iterator[None]:
+    """Mark the code run inside as task ``index`` of ``phase`` ("map" or "reduce")."""
+    token = _TASK.set((phase, index))
+    try:
+        yield
+    finally:
+        _TASK.reset(token)
+
+
+def running_task() -> tuple[str, int] | None:
+    """The (phase, index) of the task running this code, if any (a streaming command's settings)."""
+    return _TASK.get()
 
 
 def identity(key: str, values: Iterator[Any]) -> Iterator[Any]:

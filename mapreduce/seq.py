@@ -17,7 +17,7 @@ from typing import Any
 from mapreduce import counters, defaults, output
 from mapreduce.counters import Counters, counting
 from mapreduce.inputs import make_splits, map_source
-from mapreduce.job import App, bad_record, output_records, shuffle_pair
+from mapreduce.job import App, bad_record, output_records, shuffle_pair, task_running
 from mapreduce.shuffle import roundtrip, sort_pairs
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,10 @@ def _map_reduce(
     for index, split in enumerate(make_splits(inputs, split_size)):
         where = f"input {split.key!r} (bytes {split.start}-{split.end})"
 
-        def run_map(skip: frozenset[str], split=split, where=where) -> list[tuple[str, Any]]:
-            pairs = [_pair(pair, where) for pair in app.run_map(split.key, map_source(app, split), split.start, skip)]
+        def run_map(skip: frozenset[str], split=split, where=where, index=index) -> list[tuple[str, Any]]:
+            with task_running("map", index):
+                records = app.run_map(split.key, map_source(app, split), split.start, skip)
+                pairs = [_pair(pair, where) for pair in records]
             counters.current().builtin(counters.MAP_INPUT_BYTES, split.end - split.start)
             counters.current().builtin(counters.MAP_OUTPUT_RECORDS, len(pairs))
             return pairs
@@ -96,19 +98,20 @@ def _map_reduce(
             sort_pairs(pairs, this.sort_values)  # by key, stable: a key's values stay in map order (or sorted)
             temp = output.temp_name(index, "seq")
 
-            def run_reduce(skip: frozenset[str], pairs=pairs, temp=temp, this=this, last=last, step=step) -> list:
+            def run_reduce(skip: frozenset[str], pairs=pairs, temp=temp, this=this, last=last, step=step, index=index):
                 groups = ((key, (v for _, v in group)) for key, group in groupby(pairs, key=itemgetter(0)))
                 counters.current().builtin(counters.REDUCE_INPUT_RECORDS, len(pairs))
-                if last:
-                    written = output.write_lines(
-                        output_dir / temp, this.run_reduce(groups, skip), compression=compression
-                    )
-                    counters.current().builtin(counters.REDUCE_OUTPUT_RECORDS, written)
-                    return []
-                emitted = [
-                    _pair(pair, "the records of the step before")
-                    for pair in app.step(step + 1).run_record_map(this.run_reduce(groups, skip))
-                ]
+                with task_running("reduce", index):
+                    if last:
+                        written = output.write_lines(
+                            output_dir / temp, this.run_reduce(groups, skip), compression=compression
+                        )
+                        counters.current().builtin(counters.REDUCE_OUTPUT_RECORDS, written)
+                        return []
+                    emitted = [
+                        _pair(pair, "the records of the step before")
+                        for pair in app.step(step + 1).run_record_map(this.run_reduce(groups, skip))
+                    ]
                 counters.current().builtin(counters.MAP_OUTPUT_RECORDS, len(emitted))
                 return emitted
 
@@ -143,9 +146,10 @@ def _map_only(
         where = f"input {split.key!r} (bytes {split.start}-{split.end})"
         temp = output.temp_name(index, "seq")
 
-        def run_map(skip: frozenset[str], split=split, where=where, temp=temp) -> None:
-            records = output_records(app.run_map(split.key, map_source(app, split), split.start, skip), where)
-            written = output.write_lines(output_dir / temp, records, compression=compression)
+        def run_map(skip: frozenset[str], split=split, where=where, temp=temp, index=index) -> None:
+            with task_running("map", index):
+                records = output_records(app.run_map(split.key, map_source(app, split), split.start, skip), where)
+                written = output.write_lines(output_dir / temp, records, compression=compression)
             counters.current().builtin(counters.MAP_INPUT_BYTES, split.end - split.start)
             counters.current().builtin(counters.MAP_OUTPUT_RECORDS, written)
             counters.current().builtin(counters.REDUCE_OUTPUT_RECORDS, written)

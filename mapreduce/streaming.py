@@ -12,8 +12,9 @@ by a thread while its stdout is read, so neither side can block the other whatev
 Its stderr lines ``reporter:counter:GROUP,COUNTER,AMOUNT`` add to the task's counters; other
 lines go to the log, and the last ones are in the error when the command fails. Settings
 reach it as environment variables, dots turned into underscores (``mapreduce_map_input_file``,
-and each ``-D NAME=VALUE``). A non-zero exit fails the attempt, unless
-``-D stream.non.zero.exit.is.failure=false``; a command killed by a signal always does.
+``mapreduce_task_partition``, ``mapreduce_task_ismap``, and each ``-D NAME=VALUE``). A non-zero
+exit fails the attempt, unless ``-D stream.non.zero.exit.is.failure=false``; a command killed by
+a signal always does.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 
 from mapreduce import counters
 from mapreduce.errors import AppError, UsageError
-from mapreduce.job import App, Record, TaskReduce
+from mapreduce.job import App, Record, TaskReduce, running_task
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,13 @@ class Command:
         writes (without their newline) as they come. Its process group is killed when the
         generator ends, however it ends."""
         name = shlex.join(self.argv)
+        task = running_task()
+        if task is not None:  # Hadoop's names for the task it is
+            env = {
+                **env,
+                "mapreduce_task_ismap": str(task[0] == "map").lower(),
+                "mapreduce_task_partition": str(task[1]),
+            }
         try:
             process = subprocess.Popen(
                 self.argv,

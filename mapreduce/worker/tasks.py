@@ -32,7 +32,7 @@ from mapreduce import counters, output, shuffle
 from mapreduce.counters import Counters, counting
 from mapreduce.errors import storage_errors
 from mapreduce.inputs import Split, fingerprint, map_source
-from mapreduce.job import App, output_records
+from mapreduce.job import App, output_records, task_running
 from mapreduce.net.dataserver import Fetcher, FetchError, RemoteFile, Unreachable
 from mapreduce.wire import messages as p
 
@@ -133,7 +133,8 @@ def run_map(
     received = fetcher.received
     counts = Counters()
     counts.builtin(counters.MAP_INPUT_BYTES, split.end - split.start)
-    with counting(counts):  # the user's code and the framework count into this attempt's counters
+    # The user's code and the framework count into this attempt's counters.
+    with counting(counts), task_running("map", task.task):
         done = _map_body(job, task, ctx, fetcher, split, buffer_records)
     counts.builtin(counters.MAP_OUTPUT_RECORDS, done.records)
     if job.n_reduce == 0:
@@ -331,7 +332,7 @@ def run_reduce(
     try:
         inputs.gather(task.outputs, task.empty)
         counts = Counters()
-        with counting(counts):
+        with counting(counts), task_running("reduce", task.task):
             if task.partitions:  # a pipeline's step before the last: the next step's map, its output kept here
                 results = this.run_reduce(_checked(inputs.groups(), ctx), frozenset(task.skip))
                 done = _fused_map(job, task, ctx, app_of_next_step=job.app.step(task.step + 1), records=results)

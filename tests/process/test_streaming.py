@@ -116,6 +116,19 @@ def test_shipped_python_scripts_with_settings_and_counters_from_stderr(gutenberg
     assert sorted(counts) == [f"len{i}" for i in range(7)] and sum(map(int, counts.values())) == lines
 
 
+def test_commands_know_their_task_on_the_cluster_and_in_one_process(gutenberg, tmp_path):
+    says = "sh -c 'cat > /dev/null; echo \"$mapreduce_task_ismap $mapreduce_task_partition\"'"
+    args = [*inputs_of(gutenberg[:3]), "--mapper", says, "--reducer", says, "--reduce", "3"]
+    streaming(*args, "--output", str(tmp_path / "out"), "-w", "2")
+    streaming(*args, "--output", str(tmp_path / "seq"), "--sequential")
+    assert_same_output(tmp_path / "seq", tmp_path / "out")
+    parts = sorted((tmp_path / "out").glob("part-*"))
+    assert [part.read_text() for part in parts] == [f"false {i}\n" for i in range(3)]
+    maps = tmp_path / "maps"
+    streaming(*inputs_of(gutenberg[:3]), "--mapper", says, "--reduce", "0", "--output", str(maps))
+    assert [part.read_text() for part in sorted(maps.glob("part-*"))] == [f"true {i}\n" for i in range(3)]
+
+
 def test_a_failing_command_fails_the_job_with_its_exit_status_and_stderr(gutenberg, tmp_path):
     mapper = "sh -c 'cat > /dev/null; echo something broke >&2; exit 3'"
     result = streaming(
