@@ -29,6 +29,7 @@ Opt-in powers, checked when the app is loaded:
 
 from __future__ import annotations
 
+import abc
 import bisect
 import contextlib
 import contextvars
@@ -228,12 +229,13 @@ def identity(key: str, values: Iterator[Any]) -> Iterator[Any]:
         yield Record(key) if value is None else value
 
 
-class TaskReduce:
+class TaskReduce(abc.ABC):
     """A reduce that takes every group of a task at once (a streaming reducer: one process a
     task) and emits records (pairs or Records) from ``run(groups)``."""
 
+    @abc.abstractmethod
     def run(self, groups: Iterable[tuple[str, Iterator[Any]]]) -> Iterable[Any]:
-        raise NotImplementedError
+        """Every record the task emits for its groups (key, values), in key order."""
 
     def __call__(self, key: str, values: Iterator[Any]) -> Any:
         raise AppError(f"{type(self).__name__} reduces a task's groups at once, not one key")

@@ -19,8 +19,8 @@ import io
 import os
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import groupby, islice
-from operator import itemgetter, ne
+from itertools import groupby, islice, repeat
+from operator import is_not, itemgetter, ne
 from pathlib import Path
 from typing import Any, BinaryIO
 from zlib import crc32
@@ -428,11 +428,10 @@ class GuardedWriter:
 def _sorted_columns(pairs: list[Pair], sort_values: bool) -> Batch:
     """Pairs sorted by key, stably (or by key and value), as columns. Keys with no values
     (a sort's lines) are sorted alone: no pairs to move, and str against str compares fastest."""
-    values = list(map(_second, pairs))
-    if values.count(None) == len(values):
+    if not any(map(is_not, map(_second, pairs), repeat(None))):  # in C, and stops at the first value
         keys = list(map(_first, pairs))
         keys.sort()
-        return keys, values
+        return keys, [None] * len(keys)
     sort_pairs(pairs, sort_values)
     return list(map(_first, pairs)), list(map(_second, pairs))
 

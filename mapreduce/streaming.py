@@ -35,7 +35,8 @@ from typing import Any
 
 from mapreduce import counters
 from mapreduce.errors import AppError, UsageError
-from mapreduce.job import App, Record, TaskReduce, running_task
+from mapreduce.job import NO_VALUE, App, Record, TaskReduce, running_task
+from mapreduce.output import format_line
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +71,19 @@ class Command:
     """An executable a task runs, with the job's settings in its environment."""
 
     argv: tuple[str, ...]
-    role: str  # "mapper" or "reducer", for messages
+    role: str  # "mapper", "combiner" or "reducer", for messages
     env: Mapping[str, str] = field(default_factory=dict)
     exit_status_counts: bool = True  # a non-zero exit fails the attempt (-D stream.non.zero.exit.is.failure)
 
-    def lines(self, text_in: Iterable[str], env: Mapping[str, str] = {}) -> Iterator[str]:
+    def lines(self, text_in: Iterable[str], env: Mapping[str, str] | None = None) -> Iterator[str]:
         """Run the command with ``text_in`` (pieces of text) on its stdin; yield the lines it
         writes (without their newline) as they come. Its process group is killed when the
         generator ends, however it ends."""
         name = shlex.join(self.argv)
+        env = dict(env or {})
         task = running_task()
         if task is not None:  # Hadoop's names for the task it is
-            env = {
-                **env,
+            env |= {
                 "mapreduce_task_ismap": str(task[0] == "map").lower(),
                 "mapreduce_task_partition": str(task[1]),
             }
@@ -204,7 +205,7 @@ class StreamingReduce(TaskReduce):
 def _input_lines(groups: Iterable[tuple[str, Iterator[Any]]]) -> Iterator[str]:
     """A reducer's stdin, a key's lines at a time: ``key<TAB>value``, or the key alone."""
     for key, values in groups:
-        yield "".join(key + "\n" if value is None else f"{key}\t{value}\n" for value in values)
+        yield "".join(format_line(key, NO_VALUE if value is None else value) for value in values)
 
 
 @dataclass(frozen=True)
