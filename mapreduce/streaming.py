@@ -7,7 +7,8 @@ The reducer is started once per reduce task and reads ``key<TAB>value`` lines so
 reducer, the mappers' lines are the output.
 
 A command is split like a shell would split it, but run without one (use ``sh -c '...'`` for
-pipes). It runs in a process group of its own, killed whenever the task ends; its stdin is fed
+pipes). It runs in a process group of its own, killed whenever the task ends, and by the
+process's guardian (guardian.py) should the process die first, SIGKILLed; its stdin is fed
 by a thread while its stdout is read, so neither side can block the other whatever it writes.
 Its stderr lines ``reporter:counter:GROUP,COUNTER,AMOUNT`` add to the task's counters; other
 lines go to the log, and the last ones are in the error when the command fails. Settings
@@ -35,6 +36,7 @@ from typing import Any
 
 from mapreduce import counters
 from mapreduce.errors import AppError, UsageError
+from mapreduce.guardian import GUARDIAN
 from mapreduce.job import NO_VALUE, App, Record, TaskReduce, running_task
 from mapreduce.output import format_line
 
@@ -88,6 +90,7 @@ class Command:
                 "mapreduce_task_partition": str(task[1]),
             }
         try:
+            GUARDIAN.start()
             process = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.PIPE,
@@ -103,12 +106,15 @@ class Command:
         reader = threading.Thread(target=run.read_stderr, daemon=True)
         # When it exits, what it left running goes too (it may hold the pipes open).
         watcher = threading.Thread(target=run.kill_group_at_exit, daemon=True)
-        for thread in (feeder, reader, watcher):
-            thread.start()
+        threads = (feeder, reader, watcher)
         try:
+            GUARDIAN.watch(process.pid)  # from here on its group dies with this process, however it dies
+            for thread in threads:
+                thread.start()
             for raw in process.stdout:
                 yield raw.decode("utf-8", "surrogateescape").removesuffix("\n")
-            watcher.join()
+            watcher.join()  # its group is killed, its leader not reaped: the group id is still its own
+            GUARDIAN.forget(process.pid)
             status = process.wait()
             feeder.join()
             reader.join()
@@ -123,9 +129,11 @@ class Command:
         finally:
             if process.returncode is None:  # not reaped: its group id is still its own
                 _kill_group(process)
+                GUARDIAN.forget(process.pid)
             process.wait()
-            for thread in (feeder, reader, watcher):
-                thread.join(timeout=5)
+            for thread in threads:
+                if thread.ident is not None:  # started
+                    thread.join(timeout=5)
             for pipe in (process.stdin, process.stdout, process.stderr):
                 with contextlib.suppress(OSError):
                     pipe.close()

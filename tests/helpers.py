@@ -49,6 +49,20 @@ def run_cli(*args: str, timeout: float = 120, check: bool = True) -> subprocess.
     return result
 
 
+def gone(pid: int, within: float = 10.0) -> bool:
+    """Whether the process exits within the time (polled; a zombie is gone but for its parent's wait)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(") ", 1)[-1].startswith("Z"):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def event_log(path: Path) -> list[dict]:
     """A job's event log so far (empty before the coordinator writes it)."""
     return list(read_records(path)) if path.exists() else []

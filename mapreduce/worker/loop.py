@@ -56,6 +56,7 @@ import zmq
 
 from mapreduce import defaults, output, shuffle
 from mapreduce.errors import InputError, ProtocolError, StorageError
+from mapreduce.guardian import GUARDIAN
 from mapreduce.inputs import fingerprint
 from mapreduce.job import App, bad_record
 from mapreduce.net.dataserver import DataServer, Fetcher, FetchError
@@ -386,6 +387,9 @@ class Worker:
         if self.socket is not None:
             self.socket.close(0)
         os.chdir(self._started_in)  # its command line's relative paths are relative to there
+        # The stuck attempt's commands die with it (exec would close the guardian's pipe too,
+        # but then this process could not reap it).
+        GUARDIAN.close()
         os.execv(sys.executable, [sys.executable, "-P", "-m", "mapreduce", *sys.argv[1:]])
 
     def _remove_temps(self) -> None:

@@ -3,13 +3,17 @@ in one process (--sequential, the oracle), compared byte for byte and with the b
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from helpers import assert_same_output, run_cli, serve_on_workers
+from helpers import assert_same_output, free_endpoint, gone, mapreduce_command, run_cli, serve_on_workers
 from mapreduce.output import read_output
 
 AWK_MAPPER = 'awk \'{ gsub(/[^A-Za-z]+/, " "); for (i = 1; i <= NF; i++) print $i "\\t1" }\''
@@ -155,3 +159,41 @@ def test_bad_streaming_options_exit_2_before_any_work(gutenberg, tmp_path, args,
     result = streaming(*inputs_of(gutenberg[:1]), *args, "--output", str(out), check=False)
     assert result.returncode == 2 and says in result.stderr, result.stderr
     assert not out.exists()
+
+
+def test_a_worker_killed_outright_leaves_no_command_running(tmp_path):
+    # A mapper that reads no stdin, writes nothing and ignores the polite signals: only its
+    # worker's guardian can end it, and what it started, once the worker is SIGKILLed.
+    pids = tmp_path / "pids"
+    mapper = f"sh -c 'trap \"\" INT TERM HUP; sleep 600 & echo $$ $! > {pids}.tmp; mv {pids}.tmp {pids}; wait'"
+    text = tmp_path / "in.txt"
+    text.write_text("one line\n")
+    endpoint = free_endpoint()
+    serve = ["streaming", "--input", str(text), "--mapper", mapper, "--reduce", "0", "--quiet"]
+    serve += ["--output", str(tmp_path / "out"), "--bind", endpoint, "--min-workers", "1"]
+    worker_args = ["worker", "--connect", endpoint, "--scratch", str(tmp_path / "scratch")]
+    started = [
+        subprocess.Popen(mapreduce_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for args in (serve, worker_args)
+    ]
+    worker = started[1]
+    shell = None
+    try:
+        deadline = time.monotonic() + 60
+        while not pids.exists():
+            for process in started:
+                assert process.poll() is None, f"exited {process.returncode}: {process.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "the mapper never started"
+            time.sleep(0.05)
+        shell, child = map(int, pids.read_text().split())
+        assert os.getpgid(child) == shell != os.getpgid(worker.pid)  # a group of its own
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        assert gone(shell) and gone(child), "the mapper outlived its worker"
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()
+        if shell is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(shell, signal.SIGKILL)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import time
-
 import pytest
 
+from helpers import gone
 from mapreduce import counters
 from mapreduce.errors import AppError, UsageError
+from mapreduce.guardian import GUARDIAN
 from mapreduce.job import Record
 from mapreduce.streaming import Command, parse_command, record, settings
 
@@ -37,7 +36,7 @@ def test_what_it_leaves_running_is_killed_with_it(tmp_path):
     text = f"sh -c 'sleep 300 & echo $! > {pid_file}; cat'"
     assert list(command(text).lines(["x\n"])) == ["x"]
     child = int(pid_file.read_text())
-    assert _gone(child)
+    assert gone(child)
 
 
 def test_a_consumer_that_stops_early_kills_the_command(tmp_path):
@@ -45,7 +44,20 @@ def test_a_consumer_that_stops_early_kills_the_command(tmp_path):
     lines = command(f"sh -c 'echo $$ > {pid_file}; yes'").lines([])
     assert next(lines) == "y"
     lines.close()
-    assert _gone(int(pid_file.read_text()))
+    assert gone(int(pid_file.read_text()))
+
+
+def test_its_group_is_with_the_guardian_while_it_runs_and_only_then():
+    lines = command("sh -c 'echo $$; cat'").lines(["x\n"])
+    pid = int(next(lines))
+    assert pid in GUARDIAN.watched
+    assert list(lines) == ["x"]
+    assert pid not in GUARDIAN.watched
+    stopped = command("sh -c 'echo $$; sleep 600'").lines([])
+    pid = int(next(stopped))
+    assert pid in GUARDIAN.watched
+    stopped.close()  # killed by the task's end, not by the guardian
+    assert pid not in GUARDIAN.watched and gone(pid)
 
 
 def test_an_input_that_raises_stops_the_command_and_the_error_comes_out():
@@ -91,17 +103,3 @@ def test_a_line_is_a_record_split_at_its_first_tab():
     assert record("k\tv\tw") == ("k", "v\tw")
     assert record("no tab") == Record("no tab")
     assert record("k\t") == ("k", "")
-
-
-def _gone(pid: int, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        with open(f"/proc/{pid}/stat") as f:  # a zombie is gone but for its parent's wait
-            if f.read().split(") ")[-1].startswith("Z"):
-                return True
-        time.sleep(0.05)
-    return False
