@@ -247,3 +247,11 @@ def test_an_app_that_needs_a_number_of_reduces_refuses_another(text, tmp_path):
     app.write_text("def map(k, v):\n    yield k, 1\ndef reduce(k, v):\n    return 0\nn_reduce = 1\n")
     refused = invoke("seq", str(app), text, "--reduce", "2", "--output", str(tmp_path / "o"))
     assert_refused(refused, "needs exactly 1 reduce task(s), got --reduce 2")
+
+
+def test_seq_with_a_side_file_reads_inputs_relative_to_where_it_runs(text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stopwords.txt").write_text("the\n")
+    result = invoke("seq", "wordcount", "words.txt", "--output", "out", "--reduce", "1", "--file", "stopwords.txt")
+    assert result.exit_code == 0, result.output
+    assert list(read_output(tmp_path / "out"))[-1] == "the\t3\n"
