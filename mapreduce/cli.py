@@ -443,7 +443,6 @@ def coordinator(
 )
 @click.option("--combiner", metavar="CMD", default=None, help="A command run on each map's sorted output.")
 @click.option("-D", "defines", multiple=True, metavar="NAME=VALUE", help="A setting, in the commands' environment.")
-@_files_option
 @click.option("--split-size", type=Size(), default=f"{defaults.SPLIT_SIZE >> 20}M", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the part-* files of an earlier job in the output folder.")
 @click.option(

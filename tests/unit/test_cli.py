@@ -255,3 +255,9 @@ def test_seq_with_a_side_file_reads_inputs_relative_to_where_it_runs(text, tmp_p
     result = invoke("seq", "wordcount", "words.txt", "--output", "out", "--reduce", "1", "--file", "stopwords.txt")
     assert result.exit_code == 0, result.output
     assert list(read_output(tmp_path / "out"))[-1] == "the\t3\n"
+
+
+def test_no_command_declares_an_option_twice():
+    for name, command in cli.commands.items():
+        flags = [flag for param in command.params for flag in (*param.opts, *param.secondary_opts)]
+        assert sorted(flags) == sorted(set(flags)), f"mapreduce {name} declares an option twice"
