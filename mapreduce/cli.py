@@ -17,6 +17,7 @@ from mapreduce.errors import JobFailed, MapReduceError, UsageError
 
 if TYPE_CHECKING:
     from mapreduce.coordinator.view import JobView
+    from mapreduce.job import App
 
 _SIZE = re.compile(r"^(\d+)([kmg]?)b?$", re.IGNORECASE)
 
@@ -121,6 +122,51 @@ _files_option = click.option(
     metavar="PATH",
     help="A side file for every task: shipped to each worker once, opened by its name (repeatable).",
 )
+
+
+def _streaming_options(mapper_required: bool):
+    """A Hadoop Streaming job's commands and settings: --mapper, --reducer, --combiner, -D."""
+    mapper_help = "The mapper's command line: input lines in, records out."
+    options = [
+        click.option(
+            "--mapper",
+            required=mapper_required,
+            metavar="CMD",
+            help=mapper_help if mapper_required else mapper_help + " Makes the job a streaming job (no APP).",
+        ),
+        click.option(
+            "--reducer", metavar="CMD", default=None, help="The reducer's command line (NONE, or none given: map-only)."
+        ),
+        click.option("--combiner", metavar="CMD", default=None, help="A command run on each map's sorted output."),
+        click.option(
+            "-D", "defines", multiple=True, metavar="NAME=VALUE", help="A setting, in the commands' environment."
+        ),
+    ]
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def _streaming_app(
+    mapper: str,
+    reducer: str | None,
+    combiner: str | None,
+    defines: tuple[str, ...],
+    files: tuple[str, ...],
+    n_reduce: int | None,
+) -> App:
+    """The streaming job's app; UsageError for a bad command line or setting, a command not
+    found, or reduces asked of a map-only job."""
+    from mapreduce import streaming as stream
+
+    made = stream.streaming_app(mapper, reducer, defines, [os.path.basename(f) for f in files], combiner)
+    if made.reduce is None and n_reduce:
+        raise UsageError(f"a streaming job without a reducer is map-only: --reduce must be 0, got {n_reduce}")
+    return made
 
 
 def _cluster_options(f):
@@ -434,16 +480,10 @@ def coordinator(
     "--input", "inputs", multiple=True, required=True, metavar="PATH", help="An input file or folder (repeatable)."
 )
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for part-* files.")
-@click.option("--mapper", required=True, metavar="CMD", help="The mapper's command line: input lines in, records out.")
-@click.option(
-    "--reducer", metavar="CMD", default=None, help="The reducer's command line (NONE, or none given: map-only)."
-)
+@_streaming_options(mapper_required=True)
 @click.option(
     "--reduce", "-r", "n_reduce", type=int, default=None, help=f"Number of reduce tasks [default: {defaults.N_REDUCE}]."
 )
-@click.option("--combiner", metavar="CMD", default=None, help="A command run on each map's sorted output.")
-@click.option("-D", "defines", multiple=True, metavar="NAME=VALUE", help="A setting, in the commands' environment.")
-@_files_option
 @click.option("--split-size", type=Size(), default=f"{defaults.SPLIT_SIZE >> 20}M", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the part-* files of an earlier job in the output folder.")
 @click.option(
@@ -460,9 +500,9 @@ def streaming(
     output,
     mapper,
     reducer,
-    n_reduce,
     combiner,
     defines,
+    n_reduce,
     files,
     split_size,
     overwrite,
@@ -481,15 +521,8 @@ def streaming(
     the reducer reads key<TAB>value lines sorted by key, a key's lines together, and its lines
     are the output. On local workers, on workers anywhere (--bind), or in one process."""
     from mapreduce import runner
-    from mapreduce import streaming as stream
 
-    def app():
-        made = stream.streaming_app(mapper, reducer, defines, [os.path.basename(f) for f in files], combiner)
-        if made.reduce is None and n_reduce:
-            raise UsageError(f"a streaming job without a reducer is map-only: --reduce must be 0, got {n_reduce}")
-        return made
-
-    job = _guard(app)
+    job = _guard(lambda: _streaming_app(mapper, reducer, combiner, defines, files, n_reduce))
     options = runner.JobOptions(n_reduce, split_size, overwrite, {}, files=tuple(files), **cluster)
     if sequential:
         counts = _guard(lambda: runner.run_seq(job, inputs, output, options))
@@ -623,8 +656,17 @@ def list_apps() -> None:
 
 
 @cli.command()
-@click.argument("app", default="wordcount")
+@click.argument("app", required=False)
 @click.argument("inputs", nargs=-1)
+@_streaming_options(mapper_required=False)
+@click.option(
+    "--input",
+    "stream_inputs",
+    multiple=True,
+    metavar="PATH",
+    help="An input file or folder of the streaming job (repeatable; default: a generated corpus).",
+)
+@_files_option
 @click.option(
     "--workers", "-w", default=4, show_default=True, help="Local worker processes; killed and paused ones are replaced."
 )
@@ -673,6 +715,12 @@ def list_apps() -> None:
 def crashtest(
     app,
     inputs,
+    mapper,
+    reducer,
+    combiner,
+    defines,
+    stream_inputs,
+    files,
     workers,
     rounds,
     kill_every,
@@ -688,12 +736,16 @@ def crashtest(
 ):
     """Run APP (default wordcount) round after round while workers are killed and paused,
     and check every round's output against `mapreduce seq`. With no INPUTS, a corpus is
-    generated. Exits 0 only if every round matched."""
+    generated. With --mapper, the job is a Hadoop Streaming job instead, over its --inputs
+    (options as `mapreduce streaming` takes them). Exits 0 only if every round matched."""
     from mapreduce.tools import crashtest as ct
 
+    job, job_inputs = _guard(
+        lambda: _crashtest_job(app, inputs, params, mapper, reducer, combiner, defines, stream_inputs, files, n_reduce)
+    )
     options = ct.CrashTestOptions(
-        app=app,
-        inputs=tuple(inputs),
+        app=job,
+        inputs=job_inputs,
         workers=workers,
         rounds=rounds,
         kill_every=kill_every,
@@ -702,6 +754,7 @@ def crashtest(
         n_reduce=n_reduce,
         split_size=split_size,
         params=_params(params),
+        files=tuple(files),
         worker_timeout=worker_timeout,
         heartbeat_interval=heartbeat_interval,
         corpus_size=corpus_size,
@@ -732,6 +785,48 @@ def crashtest(
     if problem is not None:
         click.echo(f"crashtest failed: {problem}", err=True)
         sys.exit(1)
+
+
+def _crashtest_job(
+    app: str | None,
+    inputs: tuple[str, ...],
+    params: tuple[str, ...],
+    mapper: str | None,
+    reducer: str | None,
+    combiner: str | None,
+    defines: tuple[str, ...],
+    stream_inputs: tuple[str, ...],
+    files: tuple[str, ...],
+    n_reduce: int | None,
+) -> tuple[str | App, tuple[str, ...]]:
+    """What `mapreduce crashtest` runs, over which inputs: APP (default wordcount) over INPUTS,
+    or with --mapper the streaming job over its --inputs. UsageError for options of the other kind."""
+    if mapper is None:
+        streaming_only = [
+            name
+            for name, given in (
+                ("--reducer", reducer is not None),
+                ("--combiner", combiner is not None),
+                ("-D", bool(defines)),
+                ("--input", bool(stream_inputs)),
+            )
+            if given
+        ]
+        if streaming_only:
+            raise UsageError(
+                f"{', '.join(streaming_only)} {'is' if len(streaming_only) == 1 else 'are'} for a streaming job: "
+                "give its --mapper too"
+            )
+        return app or "wordcount", inputs
+    if app is not None:
+        given = " ".join((app, *inputs))
+        raise UsageError(
+            f"--mapper makes the job a streaming job, which takes no APP or INPUTS (got {given!r}): "
+            "give its inputs with --input"
+        )
+    if params:
+        raise UsageError("--param is for an APP's init(params): a streaming job's settings are -D NAME=VALUE")
+    return _streaming_app(mapper, reducer, combiner, defines, files, n_reduce), stream_inputs
 
 
 def _mb(n: int) -> str:

@@ -138,10 +138,11 @@ def run_seq(
     app_ref: str | App, inputs: Sequence[str], output_dir: str | Path, options: JobOptions = JobOptions()
 ) -> Counters:
     job = prepare(app_ref, inputs, output_dir, options)
+    resolved = [str(Path(i).resolve()) for i in inputs]  # here, before moving to the side files' folder
     with side_files_here(job.side_files):
         return run_sequential(
             job.app,
-            [str(Path(i).resolve()) for i in inputs],
+            resolved,
             job.output_dir,
             [job.n_reduce, *job.later_steps] if job.n_reduce else [],
             job.split_size,

@@ -19,6 +19,7 @@ from mapreduce.coordinator.scheduler import Commit, Scheduler, Send, Settings
 from mapreduce.inputs import Split
 from mapreduce.output import attempt_temp_name
 from mapreduce.shuffle import iter_run
+from mapreduce.tools.crashtest import COLUMNS
 from mapreduce.wire import messages as p
 from mapreduce.wire.events import Event, parse, read_records, to_record
 
@@ -61,6 +62,18 @@ def gone(pid: int, within: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def crashtest_table(stdout: str) -> dict[str, dict[str, str]]:
+    """`mapreduce crashtest`'s table by round label ("base", "1", ..., "all")."""
+    lines = stdout.splitlines()
+    assert lines[0].split() == list(COLUMNS), stdout
+    rows = [
+        dict(zip(COLUMNS, line.split(maxsplit=len(COLUMNS) - 1)))
+        for line in lines[1:]
+        if line.split()[0] in ("base", "all") or line.split()[0].isdigit()
+    ]
+    return {row["round"]: row for row in rows}
 
 
 def event_log(path: Path) -> list[dict]:

@@ -11,6 +11,10 @@ each SIGKILL, the detection latency: from the signal to the coordinator's first
 ``task_lost`` or ``worker_dead`` event for that process's incarnation (both on the
 monotonic clock; the coordinator runs in this process).
 
+The job is a Python app (a reference, loaded as ``mapreduce run`` loads it) or an ``App``
+built beforehand, such as a Hadoop Streaming job's (``mapreduce.streaming.streaming_app``):
+the oracle, the baseline and every round run that same app, with the same ``--file``s.
+
 The pure parts (counting events, detection latencies, comparing outputs, formatting)
 are functions of their inputs, so they are tested without processes.
 """
@@ -35,7 +39,8 @@ from mapreduce.cluster import LocalCluster
 from mapreduce.coordinator.loop import JobResult
 from mapreduce.counters import Counters
 from mapreduce.errors import JobFailed, UsageError
-from mapreduce.job import load_app
+from mapreduce.inputs import check_side_files
+from mapreduce.job import App, load_app
 from mapreduce.tools.corpus import write_corpus
 from mapreduce.tools.faults import Fault, FaultKind, faults_beside, write_faults
 from mapreduce.wire.events import (
@@ -66,7 +71,7 @@ GOODBYE_GRACE = 1.0
 
 @dataclass(frozen=True)
 class CrashTestOptions:
-    app: str = "wordcount"
+    app: str | App = "wordcount"  # a Python app's reference, or an app built already (a streaming job)
     inputs: tuple[str, ...] = ()  # none: generate a corpus of corpus_size bytes
     workers: int = 4
     rounds: int = 3
@@ -79,6 +84,7 @@ class CrashTestOptions:
     corpus_size: int = 20 * 1024 * 1024
     split_size: int = 1024 * 1024
     params: Mapping[str, str] = field(default_factory=dict)
+    files: tuple[str, ...] = ()  # --file: side files shipped to every worker's task folder
     events_dir: Path | None = None  # keep each round's event log and worker logs here
 
     def check(self) -> None:
@@ -103,9 +109,14 @@ class CrashTestOptions:
             n_reduce=self.n_reduce,
             split_size=self.split_size,
             params=dict(self.params),
+            files=self.files,
             heartbeat_interval=self.heartbeat_interval,
             worker_timeout=self.worker_timeout,
         )
+
+    @property
+    def job_name(self) -> str:
+        return self.app if isinstance(self.app, str) else self.app.name
 
     def longest_pause(self) -> float:
         return self.worker_timeout + PAUSE_EXTRA[1]
@@ -472,7 +483,10 @@ class Workspace:
 class CrashTest:
     def __init__(self, options: CrashTestOptions):
         options.check()
-        load_app(options.app, options.params)  # a bad app or parameter is reported before any work
+        # A bad app, parameter or side file is reported before any work.
+        if isinstance(options.app, str):
+            load_app(options.app, options.params)
+        check_side_files(options.files)
         self.options = options
 
     def run(
@@ -482,7 +496,7 @@ class CrashTest:
         workspace = Workspace.create(self.options.events_dir)
         try:
             inputs = self._inputs(workspace, on_stage)
-            on_stage(f"oracle: mapreduce seq {self.options.app} over {len(inputs)} input(s)")
+            on_stage(f"oracle: mapreduce seq {self.options.job_name} over {len(inputs)} input(s)")
             started = time.monotonic()
             runner.run_seq(self.options.app, inputs, workspace.oracle, self.options.job_options())
             on_stage(f"oracle done in {time.monotonic() - started:.2f} s; baseline run without injected faults")

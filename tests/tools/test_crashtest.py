@@ -11,10 +11,9 @@ import time
 
 import pytest
 
-from helpers import APPS, CRASH, assert_same_output, mapreduce_command, run_cli
+from helpers import APPS, CRASH, assert_same_output, crashtest_table, mapreduce_command, run_cli
 from mapreduce.cluster import LocalCluster
 from mapreduce.tools.crashtest import (
-    COLUMNS,
     CrashTestReport,
     Detection,
     EventTail,
@@ -32,18 +31,6 @@ from mapreduce.wire import events as ev
 from mapreduce.wire.events import read_records
 
 CHAOS = ["--kill-every", "0.7", "--pause-probability", "0.3", "--worker-timeout", "2", "--heartbeat-interval", "0.3"]
-
-
-def table(stdout: str) -> dict[str, dict[str, str]]:
-    """The crashtest table by round label ("base", "1", ..., "all")."""
-    lines = stdout.splitlines()
-    assert lines[0].split() == list(COLUMNS), stdout
-    rows = [
-        dict(zip(COLUMNS, line.split(maxsplit=len(COLUMNS) - 1)))
-        for line in lines[1:]
-        if line.split()[0] in ("base", "all") or line.split()[0].isdigit()
-    ]
-    return {row["round"]: row for row in rows}
 
 
 def test_crashtest_kills_and_pauses_workers_and_every_round_matches(tmp_path):
@@ -73,7 +60,7 @@ def test_crashtest_kills_and_pauses_workers_and_every_round_matches(tmp_path):
         env={**os.environ, "TMPDIR": str(scratch)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = table(result.stdout)
+    rows = crashtest_table(result.stdout)
     assert [rows[r]["result"] for r in ("base", "1", "2")] == ["OK", "OK", "OK"]
     assert rows["all"]["result"] == "2/2 OK"
     assert int(rows["all"]["kills"]) > 0  # with seed 2, each round's first fault (at its first finished task) is a kill
@@ -372,6 +359,6 @@ def test_crashtest_of_the_programming_model_is_exact_every_round(app, args, tmp_
         env={**os.environ, "TMPDIR": str(scratch)},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = table(result.stdout)
+    rows = crashtest_table(result.stdout)
     assert [rows[r]["result"] for r in ("base", "1")] == ["OK", "OK"]  # output and counters exact
     assert int(rows["all"]["kills"]) + int(rows["all"]["pauses"]) > 0

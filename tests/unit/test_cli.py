@@ -247,3 +247,49 @@ def test_an_app_that_needs_a_number_of_reduces_refuses_another(text, tmp_path):
     app.write_text("def map(k, v):\n    yield k, 1\ndef reduce(k, v):\n    return 0\nn_reduce = 1\n")
     refused = invoke("seq", str(app), text, "--reduce", "2", "--output", str(tmp_path / "o"))
     assert_refused(refused, "needs exactly 1 reduce task(s), got --reduce 2")
+
+
+def test_seq_with_a_side_file_reads_inputs_relative_to_where_it_runs(text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stopwords.txt").write_text("the\n")
+    result = invoke("seq", "wordcount", "words.txt", "--output", "out", "--reduce", "1", "--file", "stopwords.txt")
+    assert result.exit_code == 0, result.output
+    assert list(read_output(tmp_path / "out"))[-1] == "the\t3\n"
+
+
+def test_no_command_declares_an_option_twice():
+    for name, command in cli.commands.items():
+        flags = [flag for param in command.params for flag in (*param.opts, *param.secondary_opts)]
+        assert sorted(flags) == sorted(set(flags)), f"mapreduce {name} declares an option twice"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["wordcount", "--mapper", "cat"], "--mapper makes the job a streaming job, which takes no APP or INPUTS"),
+        (["--mapper", "cat", "words.txt"], "takes no APP or INPUTS (got 'words.txt'): give its inputs with --input"),
+        (["--reducer", "cat"], "--reducer is for a streaming job: give its --mapper too"),
+        (["wordcount", "--combiner", "cat", "-D", "a=b"], "--combiner, -D are for a streaming job"),
+        (["--input", "words.txt"], "--input is for a streaming job"),
+        (["--mapper", "cat", "--param", "n=3"], "--param is for an APP's init(params)"),
+        (["--mapper", "no-such-command-here"], "the mapper 'no-such-command-here' is not a command here"),
+        (["--mapper", "cat", "--reducer", "no-such-command-here"], "the reducer 'no-such-command-here' is not"),
+        (["--mapper", "cat", "--reducer", "cat", "--combiner", "'"], 'the combiner "\'" is not a command line'),
+        (["--mapper", "cat", "--combiner", "cat"], "a combiner needs a reducer"),
+        (["--mapper", "cat", "--reduce", "2"], "without a reducer is map-only: --reduce must be 0, got 2"),
+        (["--mapper", "cat", "-D", "no-equals"], "expected NAME=VALUE"),
+        (["--mapper", "cat", "--file", "missing.py"], "--file 'missing.py' does not exist"),
+        (["wordcount", "--file", "missing.py"], "--file 'missing.py' does not exist"),  # side files serve apps too
+    ],
+)
+def test_crashtest_refuses_streaming_options_that_do_not_fit_before_any_work(
+    args, message, text, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))  # where the corpus, oracle and cluster would go
+    result = invoke("crashtest", *args)
+    assert_refused(result, message)
+    assert len(result.output.splitlines()) == 1 and result.output.startswith("error: "), result.output
+    assert list(scratch.iterdir()) == []
