@@ -162,8 +162,10 @@ def _streaming_app(
     """The streaming job's app; UsageError for a bad command line or setting, a command not
     found, or reduces asked of a map-only job."""
     from mapreduce import streaming as stream
+    from mapreduce.inputs import check_side_files
 
-    made = stream.streaming_app(mapper, reducer, defines, [os.path.basename(f) for f in files], combiner)
+    shipped = [name for name, _, _ in check_side_files(files)]  # PATH#NAME: a command may be NAME
+    made = stream.streaming_app(mapper, reducer, defines, shipped, combiner)
     if made.reduce is None and n_reduce:
         raise UsageError(f"a streaming job without a reducer is map-only: --reduce must be 0, got {n_reduce}")
     return made
@@ -524,11 +526,19 @@ def streaming(
 
     job = _guard(lambda: _streaming_app(mapper, reducer, combiner, defines, files, n_reduce))
     options = runner.JobOptions(n_reduce, split_size, overwrite, {}, files=tuple(files), **cluster)
+    _run_app(job, inputs, output, options, workers, bind, sequential, key_dir, insecure, events, quiet)
+
+
+def _run_app(job, inputs, output, options, workers, bind, sequential, key_dir, insecure, events, quiet) -> None:
+    """Run an app built here (a streaming or mrjob job): in this process, served to workers
+    at ``bind``, or on local workers; its counters on stderr unless quiet."""
+    from mapreduce import runner
+
     if sequential:
         counts = _guard(lambda: runner.run_seq(job, inputs, output, options))
     elif bind:
         keys = _keys(key_dir, "coordinator")
-        announce = None if quiet else (lambda address: click.echo(f"streaming job served on {address}", err=True))
+        announce = None if quiet else (lambda address: click.echo(f"{job.name} served on {address}", err=True))
 
         def serve(progress):
             return runner.serve(job, inputs, output, bind, options, progress, announce, events, keys, insecure)
@@ -542,6 +552,75 @@ def streaming(
         counts = _with_progress(quiet, run_here).tally.counters
     if not quiet:
         _echo_counters(counts)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for part-* files (default: the job's --output-dir; none: the output to stdout, as mrjob does).",
+)
+@click.option(
+    "--reduce",
+    "-r",
+    "n_reduce",
+    type=int,
+    default=None,
+    help=f"Reduce tasks of each step whose jobconf sets none [default: {defaults.N_REDUCE}].",
+)
+@click.option("--split-size", type=Size(), default=f"{defaults.SPLIT_SIZE >> 20}M", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace the part-* files of an earlier job in the output folder.")
+@click.option(
+    "--workers", "-w", default=os.cpu_count() or 1, show_default=True, help="Number of local worker processes."
+)
+@click.option(
+    "--bind", default=None, metavar="ENDPOINT", help="Serve the job to `mapreduce worker`s here, not local workers."
+)
+@click.option("--sequential", is_flag=True, help="Run in this one process, as `mapreduce seq` does (the oracle).")
+@_security_options
+@_cluster_options
+@click.argument("script", metavar="JOB.py")
+@click.argument("job_args", nargs=-1, type=click.UNPROCESSED, metavar="[JOB_ARGS]...")
+def mrjob(
+    script,
+    job_args,
+    output,
+    n_reduce,
+    split_size,
+    overwrite,
+    workers,
+    bind,
+    sequential,
+    key_dir,
+    insecure,
+    events,
+    quiet,
+    files,
+    **cluster,
+):
+    """Run an mrjob job, unmodified: JOB.py's MRJob class with JOB_ARGS, what one would give
+    `python JOB.py` (its options and input paths). Each task runs the script as mrjob's runners
+    run it (JOB.py --step-num=N --mapper ...). Our options come before JOB.py."""
+    import shutil
+    import tempfile
+
+    from mapreduce import mrjobs, runner
+
+    run = _guard(lambda: mrjobs.load(script, job_args, n_reduce))
+    output = output or run.output
+    options = runner.JobOptions(run.n_reduce, split_size, overwrite, {}, files=(*run.files, *files), **cluster)
+    if output:
+        _run_app(run.app, run.inputs, output, options, workers, bind, sequential, key_dir, insecure, events, quiet)
+        return
+    with tempfile.TemporaryDirectory(prefix="mapreduce-mrjob-") as folder:  # mrjob's way: the output to stdout
+        _run_app(run.app, run.inputs, os.path.join(folder, "out"), options, workers, bind, sequential, key_dir,
+                 insecure, events, quiet)  # fmt: skip
+        for part in sorted(Path(folder, "out").glob("part-*")):
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, sys.stdout.buffer)
+        sys.stdout.flush()
 
 
 @cli.command()

@@ -139,10 +139,16 @@ def make_splits(paths: Sequence[str], split_size: int = defaults.SPLIT_SIZE) -> 
 
 def check_side_files(paths: Sequence[str]) -> list[tuple[str, str, int]]:
     """``(name, absolute path, size)`` of each --file, or UsageError naming the bad one:
-    missing, not a regular file, unreadable, or a base name another --file has too."""
+    missing, not a regular file, unreadable, or a name another --file has too. A file's name
+    in the task folder is its base name, or NAME given as ``PATH#NAME`` (Hadoop's way)."""
     checked: dict[str, tuple[str, str, int]] = {}
     for given in paths:
-        path = Path(given)
+        path, name = Path(given), Path(given).name
+        if "#" in given and not path.exists():
+            before, _, name = given.rpartition("#")
+            path = Path(before)
+            if not name or "/" in name or name in (".", ".."):
+                raise UsageError(f"--file {given!r}: {name!r} after # is not a file name")
         if not path.is_file():
             raise UsageError(f"--file {given!r} {'is not a regular file' if path.exists() else 'does not exist'}")
         try:
@@ -150,10 +156,10 @@ def check_side_files(paths: Sequence[str]) -> list[tuple[str, str, int]]:
                 pass
         except OSError as exc:
             raise UsageError(f"--file {given!r} cannot be read: {exc.strerror}") from exc
-        if path.name in checked or skipped_name(path.name):
-            why = "is given twice" if path.name in checked else "starts with _ or ."
-            raise UsageError(f"--file {given!r}: the name {path.name!r} {why} (tasks open side files by name)")
-        checked[path.name] = (path.name, str(path.resolve()), path.stat().st_size)
+        if name in checked or skipped_name(name):
+            why = "is given twice" if name in checked else "starts with _ or ."
+            raise UsageError(f"--file {given!r}: the name {name!r} {why} (tasks open side files by name)")
+        checked[name] = (name, str(path.resolve()), path.stat().st_size)
     return list(checked.values())
 
 
@@ -194,15 +200,20 @@ def line_records(split: Split, source: BinaryIO | None = None) -> Iterator[tuple
         offset += len(raw) + 1
 
 
-def map_source(app: Any, split: Split, source: BinaryIO | None = None) -> str | Iterator[tuple[Position, str]]:
-    """What an app's map task reads: the split's text, or its line records (a line input
-    app); its lines are counted into the running task's counters (MAP_INPUT_RECORDS)."""
+def map_source(
+    app: Any, split: Split, source: BinaryIO | None = None
+) -> str | bytes | Iterator[tuple[Position, str]]:
+    """What an app's map task reads: the split's text, its bytes (a bytes input app), or its
+    line records (a line input app); its lines are counted into the running task's counters (MAP_INPUT_RECORDS)."""
     counts = counters.current()
     if app.input_format.value == "lines":
         return line_records(split, source) if counts is None else _counted(line_records(split, source), counts)
-    text = read_split(split, source)
+    text: str | bytes = _read_lines_of(split, source)[1]
+    if app.input_format.value == "text":
+        text = text.decode("utf-8", "replace")
     if counts is not None:
-        counts.builtin(counters.MAP_INPUT_RECORDS, text.count("\n") + (1 if text and text[-1] != "\n" else 0))
+        newline = "\n" if isinstance(text, str) else b"\n"
+        counts.builtin(counters.MAP_INPUT_RECORDS, text.count(newline) + (1 if text and text[-1:] != newline else 0))
     return text
 
 

@@ -21,7 +21,8 @@ Opt-in powers, checked when the app is loaded:
 - ``sort_values = True``: each key's values reach reduce sorted (Hadoop's secondary sort,
   mrjob's SORT_VALUES), by the same streaming merge as the keys: bounded in memory.
 - ``input_format = "lines"``: map is called once per line, ``map(Position(path, offset),
-  line)``, instead of once per split with its whole text (``"text"``, the default).
+  line)``, instead of once per split with its whole text (``"text"``, the default), or
+  ``"bytes"``: once per split with its bytes, undecoded (a compressed file's decompressed).
 - ``map_setup()`` / ``map_teardown()`` and ``reduce_setup()`` / ``reduce_teardown()`` run once
   per task, around its calls; a teardown may return or yield records (pairs or Records) to
   emit, e.g. the totals of in-mapper combining across a whole split.
@@ -62,6 +63,7 @@ PartitionFn = Callable[[str, int], int]
 class InputFormat(enum.Enum):
     TEXT = "text"  # map(path, text of the split): one call per split
     LINES = "lines"  # map(Position(path, offset), line): one call per line
+    BYTES = "bytes"  # map(path, bytes of the split, decompressed): one call per split, undecoded
 
 
 def _counted_groups(groups: Iterable[tuple[str, Iterator]]) -> Iterator[tuple[str, Iterator]]:
@@ -229,6 +231,18 @@ def identity(key: str, values: Iterator[Any]) -> Iterator[Any]:
         yield Record(key) if value is None else value
 
 
+class TaskMap(abc.ABC):
+    """A later pipeline step's map that takes every record of a task at once (a streaming
+    mapper: one process a task) and emits pairs or Records from ``run(records)``."""
+
+    @abc.abstractmethod
+    def run(self, records: Iterable[tuple[str, Any]]) -> Iterable[Any]:
+        """Everything the task emits for the records (key, value) the step before emitted."""
+
+    def __call__(self, key: str, value: Any) -> Any:
+        raise AppError(f"{type(self).__name__} maps a task's records at once, not one record")
+
+
 class TaskReduce(abc.ABC):
     """A reduce that takes every group of a task at once (a streaming reducer: one process a
     task) and emits records (pairs or Records) from ``run(groups)``."""
@@ -293,7 +307,10 @@ class App:
     def run_record_map(self, records: Iterable[tuple[str, Any]]) -> Iterator:
         """A later step's map over the records the step before emitted (a record with no
         value reaches it as None), between its hooks."""
-        body = (pair for key, value in records for pair in self.map(key, None if value is NO_VALUE else value) or ())
+        if isinstance(self.map, TaskMap):
+            body: Iterable = self.map.run(records)
+        else:
+            body = (pair for key, value in records for pair in self.map(key, None if value is NO_VALUE else value) or ())
         return _around(self.map_setup, body, self.map_teardown)
 
     def run_map(self, key: str, source: Any, split_start: int = 0, skip: frozenset[str] = frozenset()) -> Iterable:

@@ -28,6 +28,8 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import threading
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -37,13 +39,18 @@ from typing import Any
 from mapreduce import counters
 from mapreduce.errors import AppError, UsageError
 from mapreduce.guardian import GUARDIAN
-from mapreduce.job import NO_VALUE, App, Record, TaskReduce, running_task
+from mapreduce.inputs import codec_of
+from mapreduce.job import NO_VALUE, App, Record, TaskMap, TaskReduce, running_task
 from mapreduce.output import format_line
 
 log = logging.getLogger(__name__)
 
 STDERR_TAIL = 10  # lines of a failed command's stderr in its error
 _REPORTER_COUNTER = "reporter:counter:"
+# A word of a command that stands for the Python interpreter running the task (a worker's own,
+# which may live elsewhere than the submitting host's); shell-safe, so it may sit in `sh -c` text.
+PYTHON = "@PYTHON@"
+_PIECE = 1 << 16  # characters of lines written to a command at a time
 
 
 def parse_command(text: str, what: str) -> tuple[str, ...]:
@@ -77,11 +84,14 @@ class Command:
     env: Mapping[str, str] = field(default_factory=dict)
     exit_status_counts: bool = True  # a non-zero exit fails the attempt (-D stream.non.zero.exit.is.failure)
 
-    def lines(self, text_in: Iterable[str], env: Mapping[str, str] | None = None) -> Iterator[str]:
-        """Run the command with ``text_in`` (pieces of text) on its stdin; yield the lines it
-        writes (without their newline) as they come. Its process group is killed when the
-        generator ends, however it ends."""
-        name = shlex.join(self.argv)
+    def lines(
+        self, text_in: Iterable[str | bytes], env: Mapping[str, str] | None = None, args: Iterable[str] = ()
+    ) -> Iterator[str]:
+        """Run the command (``args`` added to its words) with ``text_in`` (pieces of text) on
+        its stdin; yield the lines it writes (without their newline) as they come. Its process
+        group is killed when the generator ends, however it ends."""
+        argv = (*_here(self.argv), *args)
+        name = shlex.join(argv)
         env = dict(env or {})
         task = running_task()
         if task is not None:  # Hadoop's names for the task it is
@@ -92,7 +102,7 @@ class Command:
         try:
             GUARDIAN.start()
             process = subprocess.Popen(
-                self.argv,
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -148,10 +158,10 @@ class _Run:
         self.counts: Counter[tuple[str, str]] = Counter()
         self.tail: deque[str] = deque(maxlen=STDERR_TAIL)
 
-    def feed(self, text_in: Iterable[str]) -> None:
+    def feed(self, text_in: Iterable[str | bytes]) -> None:
         try:
             for text in text_in:
-                self.process.stdin.write(text.encode("utf-8", "surrogateescape"))
+                self.process.stdin.write(text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape"))
         except BrokenPipeError:
             pass  # it stopped reading: its exit status says whether that was wrong
         except BaseException as exc:
@@ -160,6 +170,8 @@ class _Run:
         finally:
             with contextlib.suppress(OSError):
                 self.process.stdin.close()
+            if isinstance(text_in, Iterator) and hasattr(text_in, "close"):
+                text_in.close()  # a command before this one in a chain: its group goes now, not when collected
 
     def kill_group_at_exit(self) -> None:
         # Exited but not reaped: its process group id cannot be reused while it is killed.
@@ -183,6 +195,59 @@ class _Run:
             log.info("%s stderr: %s", self.role, line)
 
 
+def _here(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """The command's words with PYTHON made this interpreter (quoted where it is inside a word)."""
+    if not any(PYTHON in word for word in argv):
+        return argv
+    python = sys.executable
+    return tuple(python if word == PYTHON else word.replace(PYTHON, shlex.quote(python)) for word in argv)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Commands run one after another over a task's lines, each reading what the one before
+    wrote (an mrjob job's map-only steps, fused into the task before them); no command: the
+    lines as they are (the identity mapper, Hadoop's ``cat``)."""
+
+    commands: tuple[Command, ...] = ()
+
+    def lines(self, text_in: Iterable[str | bytes], env: Mapping[str, str] | None = None) -> Iterator[str]:
+        if not self.commands:
+            return _split_lines(text_in)
+        return Chain(self.commands[1:]).through(self.commands[0].lines(text_in, env), env)
+
+    def through(self, lines: Iterator[str], env: Mapping[str, str] | None = None) -> Iterator[str]:
+        """``lines`` (without newlines) through every command."""
+        for command in self.commands:
+            lines = command.lines(_joined(line + "\n" for line in lines), env)
+        return lines
+
+
+def _split_lines(pieces: Iterable[str | bytes]) -> Iterator[str]:
+    rest = ""
+    for piece in pieces:
+        text = piece.decode("utf-8", "surrogateescape") if isinstance(piece, bytes) else piece
+        lines = (rest + text).split("\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
+
+
+def _joined(lines: Iterable[str]) -> Iterator[str]:
+    """Lines gathered into pieces of about _PIECE characters: one pipe write each, not one a line."""
+    piece: list[str] = []
+    size = 0
+    for line in lines:
+        piece.append(line)
+        size += len(line)
+        if size >= _PIECE:
+            yield "".join(piece)
+            piece, size = [], 0
+    if piece:
+        yield "".join(piece)
+
+
 def _kill_group(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
@@ -194,20 +259,61 @@ def record(line: str) -> Any:
     return (key, value) if tab else Record(line)
 
 
+def input_file_setting(path: str, as_uri: bool) -> dict[str, str]:
+    """``mapreduce_map_input_file``: the input as named, or as a ``file://`` URI (what mrjob's
+    jobs get from Hadoop and from mrjob's own local runner)."""
+    return {"mapreduce_map_input_file": "file://" + os.path.abspath(path) if as_uri else path}
+
+
 @dataclass(frozen=True)
 class StreamingMap:
-    command: Command
+    """A first step's mapper: the split's lines on its stdin."""
+
+    command: Command | Chain
+    input_uri: bool = False  # mapreduce_map_input_file as a file:// URI
 
     def __call__(self, path: str, text: str) -> Iterator[Any]:
-        return map(record, self.command.lines([text], {"mapreduce_map_input_file": path}))
+        return map(record, self.command.lines([text], input_file_setting(path, self.input_uri)))
+
+
+@dataclass(frozen=True)
+class RawStreamingMap:
+    """mrjob's ``mapper_raw``: the command reads no stdin but gets two more words, the path of
+    a local copy of its whole input file (decompressed: an app with input_format "bytes") and
+    the file's URI, as mrjob's input manifest wrapper gives them; its lines go on through ``then``."""
+
+    command: Command
+    then: Chain = Chain()
+
+    def __call__(self, path: str, data: bytes) -> Iterator[Any]:
+        env = input_file_setting(path, True)
+        name = os.path.basename(path)
+        codec = codec_of(name)
+        suffix = name.removesuffix(codec.suffix) if codec else name
+        suffix = suffix[suffix.index(".") :] if "." in suffix else ""  # mrjob keeps the extension: .warc
+        with tempfile.TemporaryDirectory(prefix="mapreduce-raw-") as folder:
+            copy = os.path.join(folder, "input" + suffix)
+            with open(copy, "wb") as f:
+                f.write(data)
+            yield from map(record, self.then.through(self.command.lines((), env, (copy, env["mapreduce_map_input_file"])), env))
+
+
+@dataclass(frozen=True)
+class StreamingRecordMap(TaskMap):
+    """A later pipeline step's mapper: the step before's records as ``key<TAB>value`` lines."""
+
+    command: Chain
+
+    def run(self, records: Iterable[tuple[str, Any]]) -> Iterator[Any]:
+        return map(record, self.command.lines(_joined(format_line(key, value) for key, value in records)))
 
 
 @dataclass(frozen=True)
 class StreamingReduce(TaskReduce):
-    command: Command
+    command: Command | Chain
 
     def run(self, groups: Iterable[tuple[str, Iterator[Any]]]) -> Iterator[Record]:
-        return map(Record, self.command.lines(_input_lines(groups)))
+        return map(Record, self.command.lines(_joined(_input_lines(groups))))
 
 
 def _input_lines(groups: Iterable[tuple[str, Iterator[Any]]]) -> Iterator[str]:
@@ -224,7 +330,7 @@ class StreamingCombine(TaskReduce):
     command: Command
 
     def run(self, groups: Iterable[tuple[str, Iterator[Any]]]) -> Iterator[Any]:
-        return map(record, self.command.lines(_input_lines(groups)))
+        return map(record, self.command.lines(_joined(_input_lines(groups))))
 
 
 def streaming_app(
