@@ -200,9 +200,7 @@ def line_records(split: Split, source: BinaryIO | None = None) -> Iterator[tuple
         offset += len(raw) + 1
 
 
-def map_source(
-    app: Any, split: Split, source: BinaryIO | None = None
-) -> str | bytes | Iterator[tuple[Position, str]]:
+def map_source(app: Any, split: Split, source: BinaryIO | None = None) -> str | bytes | Iterator[tuple[Position, str]]:
     """What an app's map task reads: the split's text, its bytes (a bytes input app), or its
     line records (a line input app); its lines are counted into the running task's counters (MAP_INPUT_RECORDS)."""
     counts = counters.current()

@@ -310,7 +310,9 @@ class App:
         if isinstance(self.map, TaskMap):
             body: Iterable = self.map.run(records)
         else:
-            body = (pair for key, value in records for pair in self.map(key, None if value is NO_VALUE else value) or ())
+            body = (
+                pair for key, value in records for pair in self.map(key, None if value is NO_VALUE else value) or ()
+            )
         return _around(self.map_setup, body, self.map_teardown)
 
     def run_map(self, key: str, source: Any, split_start: int = 0, skip: frozenset[str] = frozenset()) -> Iterable:

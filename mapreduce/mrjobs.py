@@ -75,7 +75,9 @@ def load(script: str, job_args: Sequence[str], n_reduce: int | None = None) -> M
     streaming steps; UsageError for anything that cannot run here, before any work.
     ``n_reduce``: reduce tasks per step where the job's jobconf sets none."""
     if n_reduce is not None and n_reduce < 1:
-        raise UsageError(f"--reduce must be at least 1 for an mrjob job (a step without a reducer is map-only), got {n_reduce}")
+        raise UsageError(
+            f"--reduce must be at least 1 for an mrjob job (a step without a reducer is map-only), got {n_reduce}"
+        )
     try:
         from mrjob.job import MRJob
     except ImportError:
@@ -99,20 +101,18 @@ def load(script: str, job_args: Sequence[str], n_reduce: int | None = None) -> M
         if kwargs.get(option):
             raise UsageError(f"{script}: mrjob's {option} option cannot be used here: {instead}")
     if kwargs.get("partitioner") and not kwargs.get("sort_values"):
-        log.warning("%s: PARTITIONER %r is a Java class: keys are partitioned by hash here", script, kwargs["partitioner"])
+        log.warning(
+            "%s: PARTITIONER %r is a Java class: keys are partitioned by hash here", script, kwargs["partitioner"]
+        )
     inputs = tuple(kwargs.get("input_paths") or ())
     if not inputs or "-" in inputs:
         raise UsageError(f"{script}: give input files or folders (mapreduce mrjob does not read standard input)")
     steps = kwargs["steps"]
     files = _WorkingDir(script, kwargs)
     translate = _Steps(script, files, kwargs, n_reduce)
-    app = translate.app(steps)
+    app, first_reduces = translate.app(steps)
     return MRJobRun(
-        app,
-        tuple(os.path.abspath(i) for i in inputs),
-        kwargs.get("output_dir"),
-        files.shipped(),
-        translate.reduces(0, steps[0]) if app.reduce is not None else 0,
+        app, tuple(os.path.abspath(i) for i in inputs), kwargs.get("output_dir"), files.shipped(), first_reduces
     )
 
 
@@ -176,7 +176,8 @@ class _Steps:
         self.python = tuple(python) if python else (PYTHON,)
         self.job_args = [files.name(**a) if isinstance(a, dict) else a for a in kwargs.get("extra_args") or ()]
 
-    def app(self, steps: Sequence[Mapping[str, Any]]) -> App:
+    def app(self, steps: Sequence[Mapping[str, Any]]) -> tuple[App, int | None]:
+        """The app, and its first reducer's reduce count (0: a map-only job)."""
         stages: list[dict[str, Any]] = []  # one a reducer: map commands, combiner, reduce commands
         lead: list[Command] = []  # the mappers of map-only steps before any reducer
         raw: Command | None = None
@@ -198,15 +199,19 @@ class _Steps:
                 continue
             combiner = self.command(number, step, "combiner") if "combiner" in step else None
             stages.append(
-                {"step": number, "map": [*lead, *([mapper] if mapper else [])], "combine": combiner,
-                 "reduce": [self.command(number, step, "reducer")]}  # fmt: skip
+                {
+                    "step": number,
+                    "map": [*lead, *([mapper] if mapper else [])],
+                    "combine": combiner,
+                    "reduce": [self.command(number, step, "reducer")],
+                }  # fmt: skip
             )
             lead = []
         first = self._first_map(raw, stages[0]["map"] if stages else lead)
         name = f"mrjob {os.path.basename(self.script)}"
         kind = {"whole_files": True, "input_format": InputFormat.BYTES} if raw else {}
         if not stages:
-            return App(name, map=first, reduce=None, **kind)
+            return App(name, map=first, reduce=None, **kind), 0
         sort_values = bool(self.kwargs.get("sort_values"))
         apps = [
             App(
@@ -220,7 +225,8 @@ class _Steps:
             )
             for index, stage in enumerate(stages)
         ]
-        return replace(apps[0], name=name, steps=tuple(apps) if len(apps) > 1 else ())
+        top = replace(apps[0], name=name, steps=tuple(apps) if len(apps) > 1 else ())
+        return top, self.reduces(stages[0]["step"], steps[stages[0]["step"]])
 
     def _first_map(self, raw: Command | None, mappers: list[Command]) -> Any:
         if raw is not None:
@@ -273,5 +279,7 @@ class _Steps:
         except (TypeError, ValueError):
             value = -1
         if value < 1:
-            raise UsageError(f"{self.script}: step {number + 1}: jobconf reduces = {given!r}: expected a whole number >= 1")
+            raise UsageError(
+                f"{self.script}: step {number + 1}: jobconf reduces = {given!r}: expected a whole number >= 1"
+            )
         return value

@@ -295,7 +295,9 @@ class RawStreamingMap:
             copy = os.path.join(folder, "input" + suffix)
             with open(copy, "wb") as f:
                 f.write(data)
-            yield from map(record, self.then.through(self.command.lines((), env, (copy, env["mapreduce_map_input_file"])), env))
+            yield from map(
+                record, self.then.through(self.command.lines((), env, (copy, env["mapreduce_map_input_file"])), env)
+            )
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,9 @@ def load_job_class(script: Path):
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    return next(v for v in vars(module).values() if isinstance(v, type) and v.__module__ == name and hasattr(v, "steps"))
+    return next(
+        v for v in vars(module).values() if isinstance(v, type) and v.__module__ == name and hasattr(v, "steps")
+    )
 
 
 def parsed(script: Path, job_args: list[str], output: bytes) -> list[str]:
@@ -251,7 +253,9 @@ def test_an_example_on_separately_started_workers_survives_a_killed_worker(tmp_p
     )
     workers = [subprocess.Popen(worker_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(3)]
     try:
-        log = wait_for_log(events, lambda log: running(log, "map"), "a map running", coordinator, coordinator.stderr.read)
+        log = wait_for_log(
+            events, lambda log: running(log, "map"), "a map running", coordinator, coordinator.stderr.read
+        )
         victim = running(log, "map")[0]["worker"]
         pid = next(e["pid"] for e in log if e["event"] == "worker_joined" and e["worker"] == victim)
         os.kill(pid, signal.SIGKILL)
@@ -262,5 +266,7 @@ def test_an_example_on_separately_started_workers_survives_a_killed_worker(tmp_p
                 process.kill()
             process.wait()
     log = [json.loads(line) for line in events.read_text().splitlines()]
-    assert any(e["event"] == "worker_dead" and e["worker"] == victim for e in log), "the killed worker was not declared dead"
+    assert any(e["event"] == "worker_dead" and e["worker"] == victim for e in log), (
+        "the killed worker was not declared dead"
+    )
     assert parsed(script, [], part_files(out)) == expected

@@ -9,7 +9,9 @@ from mapreduce import counters
 from mapreduce.errors import AppError, UsageError
 from mapreduce.guardian import GUARDIAN
 from mapreduce.job import Record
-from mapreduce.streaming import Command, parse_command, record, settings
+import sys
+
+from mapreduce.streaming import PYTHON, Chain, Command, RawStreamingMap, parse_command, record, settings
 
 
 def command(text: str, **more) -> Command:
@@ -103,3 +105,31 @@ def test_a_line_is_a_record_split_at_its_first_tab():
     assert record("k\tv\tw") == ("k", "v\tw")
     assert record("no tab") == Record("no tab")
     assert record("k\t") == ("k", "")
+
+
+def test_a_chain_pipes_each_commands_lines_into_the_next_and_none_is_the_identity():
+    chain = Chain((command("tr a-z A-Z"), command("grep -v SKIP"), command("sed s/^/>/")))
+    assert list(chain.lines(["ab\nskip me\n", "cd"])) == [">AB", ">CD"]
+    assert list(Chain().lines(["a\tb\nc", "d\n", "e"])) == ["a\tb", "cd", "e"]
+
+
+def test_a_chain_whose_last_command_stops_early_kills_the_ones_before(tmp_path):
+    pid_file = tmp_path / "pid"
+    first = command(f"sh -c 'echo $$ > {pid_file}; yes'")  # writes forever
+    assert list(Chain((first, command("head -n 3"))).lines([])) == ["y", "y", "y"]
+    assert gone(int(pid_file.read_text()))
+
+
+def test_python_in_a_command_is_the_interpreter_running_it_even_inside_shell_text():
+    plain = Command((PYTHON, "-c", "import sys; print(sys.executable)"), "mapper")
+    assert list(plain.lines([])) == [sys.executable]
+    shelled = Command(("sh", "-c", f"echo hi | {PYTHON} -c 'import sys; print(sys.stdin.read().strip())'"), "mapper")
+    assert list(shelled.lines([])) == ["hi"]
+
+
+def test_a_raw_mapper_gets_a_local_copy_of_its_whole_file_and_the_files_uri(tmp_path):
+    script = "import sys; path, uri = sys.argv[1:]; print(path.rsplit('.', 1)[-1], uri, open(path, 'rb').read().hex(), sep='\\t')"
+    raw = RawStreamingMap(Command((PYTHON, "-c", script), "mapper"), Chain((command("sed s/^/+/"),)))
+    data = "é\n".encode() + b"\xff\x00 binary"
+    path = str(tmp_path / "doc.warc.gz")  # decompressed already: the copy keeps .warc, as mrjob's wrapper does
+    assert list(raw(path, data)) == [("+warc", f"file://{path}\t{data.hex()}")]
