@@ -12,7 +12,7 @@ from mapreduce.errors import UsageError
 from mapreduce.job import InputFormat
 from mapreduce.streaming import PYTHON, Chain, RawStreamingMap, StreamingMap, StreamingRecordMap
 
-STEPS_JOB = '''
+STEPS_JOB = """
 from mrjob.job import MRJob
 from mrjob.step import MRStep
 
@@ -39,7 +39,7 @@ class MRSteps(MRJob):
 
     def total(self, key, values):
         yield key, sum(values)
-'''
+"""
 
 
 @pytest.fixture
@@ -117,9 +117,7 @@ def test_a_mapper_raw_job_reads_whole_files_as_bytes(tmp_path):
 def test_a_job_without_reducers_is_map_only(tmp_path):
     script = tmp_path / "mr_upper.py"
     script.write_text(
-        "from mrjob.job import MRJob\n"
-        "class MRUpper(MRJob):\n"
-        "    def mapper_cmd(self):\n        return 'tr a-z A-Z'\n"
+        "from mrjob.job import MRJob\nclass MRUpper(MRJob):\n    def mapper_cmd(self):\n        return 'tr a-z A-Z'\n"
     )
     run = mrjobs.load(str(script), ["in.txt"])
     assert run.app.reduce is None and run.n_reduce == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from helpers import gone
@@ -9,8 +11,6 @@ from mapreduce import counters
 from mapreduce.errors import AppError, UsageError
 from mapreduce.guardian import GUARDIAN
 from mapreduce.job import Record
-import sys
-
 from mapreduce.streaming import PYTHON, Chain, Command, RawStreamingMap, parse_command, record, settings
 
 
@@ -128,7 +128,10 @@ def test_python_in_a_command_is_the_interpreter_running_it_even_inside_shell_tex
 
 
 def test_a_raw_mapper_gets_a_local_copy_of_its_whole_file_and_the_files_uri(tmp_path):
-    script = "import sys; path, uri = sys.argv[1:]; print(path.rsplit('.', 1)[-1], uri, open(path, 'rb').read().hex(), sep='\\t')"
+    script = (
+        "import sys; path, uri = sys.argv[1:]; "
+        "print(path.rsplit('.', 1)[-1], uri, open(path, 'rb').read().hex(), sep='\\t')"
+    )
     raw = RawStreamingMap(Command((PYTHON, "-c", script), "mapper"), Chain((command("sed s/^/+/"),)))
     data = "é\n".encode() + b"\xff\x00 binary"
     path = str(tmp_path / "doc.warc.gz")  # decompressed already: the copy keeps .warc, as mrjob's wrapper does
