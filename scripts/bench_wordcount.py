@@ -11,11 +11,12 @@ Systems (peers are skipped with a note when not installed; `pip install .[bench]
   mp-pool          multiprocessing.Pool(W), bytes.translate, one task per file
   mapreduce        `mapreduce run wordcount --workers W`
   mapreduce-streaming  `mapreduce streaming` with a Python mapper and reducer script (same tokenizer)
+  mapreduce-mrjob  `mapreduce mrjob` running an mrjob word count job (same tokenizer)
   dask-bag         dask.bag, processes scheduler, one partition per file
   dask-distributed dask.distributed LocalCluster(W workers x 1 thread)
   ray              ray, one task per file
   pyspark-rdd      PySpark RDD local[W]
-  mrjob            mrjob's local runner
+  mrjob            mrjob's local runner, the same mrjob job
 The peers use mapreduce's exact tokenizer (plain Python), so all answer the same question.
 """
 
@@ -39,6 +40,7 @@ SYSTEMS = [
     "mp-pool",
     "mapreduce",
     "mapreduce-streaming",
+    "mapreduce-mrjob",
     "dask-bag",
     "dask-distributed",
     "ray",
@@ -50,6 +52,7 @@ NEEDS = {
     "ray": "ray",
     "pyspark-rdd": "pyspark",
     "mrjob": "mrjob",
+    "mapreduce-mrjob": "mrjob",
 }
 
 
