@@ -40,6 +40,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import threading
 import types
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -204,21 +205,32 @@ def _record_key(record: Record) -> str:
     return record.key
 
 
-_TASK: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("mapreduce_task", default=None)
+@dataclass(frozen=True)
+class RunningTask:
+    """The task the code runs in: its phase ("map" or "reduce"), its number, and the event set
+    when its attempt is cancelled (None in one process: nothing cancels there)."""
+
+    phase: str
+    index: int
+    cancelled: threading.Event | None = None
+
+
+_TASK: contextvars.ContextVar[RunningTask | None] = contextvars.ContextVar("mapreduce_task", default=None)
 
 
 @contextlib.contextmanager
-def task_running(phase: str, index: int) -> Iterator[None]:
-    """Mark the code run inside as task ``index`` of ``phase`` ("map" or "reduce")."""
-    token = _TASK.set((phase, index))
+def task_running(phase: str, index: int, cancelled: threading.Event | None = None) -> Iterator[None]:
+    """Mark the code run inside as task ``index`` of ``phase`` (a streaming command's settings;
+    ``cancelled`` lets it stop the command the moment the attempt is cancelled)."""
+    token = _TASK.set(RunningTask(phase, index, cancelled))
     try:
         yield
     finally:
         _TASK.reset(token)
 
 
-def running_task() -> tuple[str, int] | None:
-    """The (phase, index) of the task running this code, if any (a streaming command's settings)."""
+def running_task() -> RunningTask | None:
+    """The task running this code, if any."""
     return _TASK.get()
 
 

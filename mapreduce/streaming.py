@@ -51,6 +51,7 @@ _REPORTER_COUNTER = "reporter:counter:"
 # which may live elsewhere than the submitting host's); shell-safe, so it may sit in `sh -c` text.
 PYTHON = "@PYTHON@"
 _PIECE = 1 << 16  # characters of lines written to a command at a time
+_CANCEL_POLL = 0.1  # seconds between looks at whether a running command's attempt was cancelled
 
 
 def parse_command(text: str, what: str) -> tuple[str, ...]:
@@ -96,8 +97,8 @@ class Command:
         task = running_task()
         if task is not None:  # Hadoop's names for the task it is
             env |= {
-                "mapreduce_task_ismap": str(task[0] == "map").lower(),
-                "mapreduce_task_partition": str(task[1]),
+                "mapreduce_task_ismap": str(task.phase == "map").lower(),
+                "mapreduce_task_partition": str(task.index),
             }
         try:
             GUARDIAN.start()
@@ -114,8 +115,9 @@ class Command:
         run = _Run(process, self.role)
         feeder = threading.Thread(target=contextvars.copy_context().run, args=(run.feed, text_in), daemon=True)
         reader = threading.Thread(target=run.read_stderr, daemon=True)
-        # When it exits, what it left running goes too (it may hold the pipes open).
-        watcher = threading.Thread(target=run.kill_group_at_exit, daemon=True)
+        # When it exits, what it left running goes too (it may hold the pipes open); so does it
+        # all when its attempt is cancelled (it may be blocked, writing nothing, forever).
+        watcher = threading.Thread(target=run.kill_group, args=(task and task.cancelled,), daemon=True)
         threads = (feeder, reader, watcher)
         try:
             GUARDIAN.watch(process.pid)  # from here on its group dies with this process, however it dies
@@ -139,6 +141,8 @@ class Command:
         finally:
             if process.returncode is None:  # not reaped: its group id is still its own
                 _kill_group(process)
+                if watcher.ident is not None:
+                    watcher.join(timeout=5)  # it kills the group too: before the reap, never after
                 GUARDIAN.forget(process.pid)
             process.wait()
             for thread in threads:
@@ -173,10 +177,20 @@ class _Run:
             if isinstance(text_in, Iterator) and hasattr(text_in, "close"):
                 text_in.close()  # a command before this one in a chain: its group goes now, not when collected
 
-    def kill_group_at_exit(self) -> None:
-        # Exited but not reaped: its process group id cannot be reused while it is killed.
-        with contextlib.suppress(ChildProcessError):
-            os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOWAIT)
+    def kill_group(self, cancelled: threading.Event | None) -> None:
+        """Kill the group once the command exits or ``cancelled`` is set, whichever comes first.
+        Exited but not reaped (only the generator reaps it, after this returns), its process
+        group id cannot be reused while it is killed."""
+        pid = self.process.pid
+        try:
+            if cancelled is None:
+                os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            else:
+                while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
+                    if cancelled.wait(_CANCEL_POLL):
+                        break
+        except ChildProcessError:
+            return  # reaped already: its group id may be another's by now
         _kill_group(self.process)
 
     def read_stderr(self) -> None:

@@ -435,6 +435,8 @@ class Worker:
             log.warning("attempt %d failed: %s", assign.attempt, exc)
             return p.TaskFailed(0, assign.attempt, f"{type(exc).__name__}: {exc}")
         except Exception as exc:
+            if ctx.cancelled.is_set():  # what stopping it raised (a streaming command killed): not a failure
+                return p.Cancelled(0, assign.attempt)
             log.warning("attempt %d failed: %s: %s", assign.attempt, type(exc).__name__, exc)
             error = f"{type(exc).__name__}: {exc}"
             return p.TaskFailed(0, assign.attempt, error, user_traceback(exc), bad_record=bad_record(exc))

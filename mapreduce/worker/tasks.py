@@ -134,7 +134,7 @@ def run_map(
     counts = Counters()
     counts.builtin(counters.MAP_INPUT_BYTES, split.end - split.start)
     # The user's code and the framework count into this attempt's counters.
-    with counting(counts), task_running("map", task.task):
+    with counting(counts), task_running("map", task.task, ctx.cancelled):
         done = _map_body(job, task, ctx, fetcher, split, buffer_records)
     counts.builtin(counters.MAP_OUTPUT_RECORDS, done.records)
     if job.n_reduce == 0:
@@ -332,7 +332,7 @@ def run_reduce(
     try:
         inputs.gather(task.outputs, task.empty)
         counts = Counters()
-        with counting(counts), task_running("reduce", task.task):
+        with counting(counts), task_running("reduce", task.task, ctx.cancelled):
             if task.partitions:  # a pipeline's step before the last: the next step's map, its output kept here
                 results = this.run_reduce(_checked(inputs.groups(), ctx), frozenset(task.skip))
                 done = _fused_map(job, task, ctx, app_of_next_step=job.app.step(task.step + 1), records=results)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 
 import pytest
 
@@ -10,7 +11,7 @@ from helpers import gone
 from mapreduce import counters
 from mapreduce.errors import AppError, UsageError
 from mapreduce.guardian import GUARDIAN
-from mapreduce.job import Record
+from mapreduce.job import Record, task_running
 from mapreduce.streaming import PYTHON, Chain, Command, RawStreamingMap, parse_command, record, settings
 
 
@@ -136,3 +137,15 @@ def test_a_raw_mapper_gets_a_local_copy_of_its_whole_file_and_the_files_uri(tmp_
     data = "é\n".encode() + b"\xff\x00 binary"
     path = str(tmp_path / "doc.warc.gz")  # decompressed already: the copy keeps .warc, as mrjob's wrapper does
     assert list(raw(path, data)) == [("+warc", f"file://{path}\t{data.hex()}")]
+
+
+def test_a_cancelled_attempt_kills_a_command_that_writes_nothing(tmp_path):
+    pid_file = tmp_path / "pid"
+    cancelled = threading.Event()
+    silent = command(f"sh -c 'echo $$ > {pid_file}; exec sleep 600'")
+    with task_running("map", 0, cancelled):
+        lines = silent.lines([])
+        threading.Timer(0.3, cancelled.set).start()
+        with pytest.raises(AppError, match="killed by signal 9"):
+            list(lines)  # blocked reading until the cancel kills the group
+    assert gone(int(pid_file.read_text()), within=1)
