@@ -497,6 +497,7 @@ def coordinator(
 @click.option("--sequential", is_flag=True, help="Run in this one process, as `mapreduce seq` does (the oracle).")
 @_security_options
 @_cluster_options
+@_status_options
 def streaming(
     inputs,
     output,
@@ -515,6 +516,8 @@ def streaming(
     insecure,
     events,
     quiet,
+    status_bind,
+    status_port,
     **cluster,
 ):
     """Run a Hadoop Streaming job: executables as mapper and reducer.
@@ -526,30 +529,40 @@ def streaming(
 
     job = _guard(lambda: _streaming_app(mapper, reducer, combiner, defines, files, n_reduce))
     options = runner.JobOptions(n_reduce, split_size, overwrite, {}, files=tuple(files), **cluster)
-    _run_app(job, inputs, output, options, workers, bind, sequential, key_dir, insecure, events, quiet)
+    status = (status_bind, status_port)
+    _run_app(job, inputs, output, options, (workers, bind, sequential), (key_dir, insecure), events, quiet, status)
 
 
-def _run_app(job, inputs, output, options, workers, bind, sequential, key_dir, insecure, events, quiet) -> None:
-    """Run an app built here (a streaming or mrjob job): in this process, served to workers
-    at ``bind``, or on local workers; its counters on stderr unless quiet."""
+def _run_app(job, inputs, output, options, placement, security, events, quiet, status=("127.0.0.1", None)) -> None:
+    """Run an app built here (a streaming or mrjob job): ``placement`` (workers, bind,
+    sequential) says where: local workers, workers that connect to ``bind``, or this one
+    process; ``security`` is (key_dir, insecure), ``status`` the status page's (bind, port).
+    Its counters go to stderr unless quiet."""
     from mapreduce import runner
 
+    workers, bind, sequential = placement
     if sequential:
         counts = _guard(lambda: runner.run_seq(job, inputs, output, options))
-    elif bind:
-        keys = _keys(key_dir, "coordinator")
-        announce = None if quiet else (lambda address: click.echo(f"{job.name} served on {address}", err=True))
-
-        def serve(progress):
-            return runner.serve(job, inputs, output, bind, options, progress, announce, events, keys, insecure)
-
-        counts = _with_progress(quiet, serve).tally.counters
     else:
 
-        def run_here(progress):
-            return runner.run_local(job, inputs, output, workers, options, progress, False, events)
+        def run(observe):
+            if bind:
+                keys, insecure = _keys(security[0], "coordinator"), security[1]
+                announce = None if quiet else (lambda address: click.echo(f"{job.name} served on {address}", err=True))
+                return _with_progress(
+                    quiet,
+                    lambda progress: runner.serve(
+                        job, inputs, output, bind, options, progress, announce, events, keys, insecure, observe
+                    ),
+                )
+            return _with_progress(
+                quiet,
+                lambda progress: runner.run_local(
+                    job, inputs, output, workers, options, progress, False, events, observe
+                ),
+            )
 
-        counts = _with_progress(quiet, run_here).tally.counters
+        counts = _with_status(*status, run).tally.counters
     if not quiet:
         _echo_counters(counts)
 
@@ -581,6 +594,7 @@ def _run_app(job, inputs, output, options, workers, bind, sequential, key_dir, i
 @click.option("--sequential", is_flag=True, help="Run in this one process, as `mapreduce seq` does (the oracle).")
 @_security_options
 @_cluster_options
+@_status_options
 @click.argument("script", metavar="JOB.py")
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED, metavar="[JOB_ARGS]...")
 def mrjob(
@@ -597,6 +611,8 @@ def mrjob(
     insecure,
     events,
     quiet,
+    status_bind,
+    status_port,
     files,
     **cluster,
 ):
@@ -611,12 +627,12 @@ def mrjob(
     run = _guard(lambda: mrjobs.load(script, job_args, n_reduce))
     output = output or run.output
     options = runner.JobOptions(run.n_reduce, split_size, overwrite, {}, files=(*run.files, *files), **cluster)
+    how = ((workers, bind, sequential), (key_dir, insecure), events, quiet, (status_bind, status_port))
     if output:
-        _run_app(run.app, run.inputs, output, options, workers, bind, sequential, key_dir, insecure, events, quiet)
+        _run_app(run.app, run.inputs, output, options, *how)
         return
     with tempfile.TemporaryDirectory(prefix="mapreduce-mrjob-") as folder:  # mrjob's way: the output to stdout
-        _run_app(run.app, run.inputs, os.path.join(folder, "out"), options, workers, bind, sequential, key_dir,
-                 insecure, events, quiet)  # fmt: skip
+        _run_app(run.app, run.inputs, os.path.join(folder, "out"), options, *how)
         for part in sorted(Path(folder, "out").glob("part-*")):
             with open(part, "rb") as f:
                 shutil.copyfileobj(f, sys.stdout.buffer)

@@ -40,14 +40,13 @@ import importlib
 import importlib.util
 import inspect
 import sys
-import threading
 import types
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import cloudpickle
 
@@ -205,6 +204,14 @@ def _record_key(record: Record) -> str:
     return record.key
 
 
+class Flag(Protocol):
+    """What a task sees of its attempt's cancellation (a threading.Event, set by its worker)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
 @dataclass(frozen=True)
 class RunningTask:
     """The task the code runs in: its phase ("map" or "reduce"), its number, and the event set
@@ -212,17 +219,23 @@ class RunningTask:
 
     phase: str
     index: int
-    cancelled: threading.Event | None = None
+    cancelled: Flag | None = None
+    report_status: Callable[[str], None] | None = None  # shows a status line for the attempt (the status page)
 
 
 _TASK: contextvars.ContextVar[RunningTask | None] = contextvars.ContextVar("mapreduce_task", default=None)
 
 
 @contextlib.contextmanager
-def task_running(phase: str, index: int, cancelled: threading.Event | None = None) -> Iterator[None]:
+def task_running(
+    phase: str,
+    index: int,
+    cancelled: Flag | None = None,
+    report_status: Callable[[str], None] | None = None,
+) -> Iterator[None]:
     """Mark the code run inside as task ``index`` of ``phase`` (a streaming command's settings;
     ``cancelled`` lets it stop the command the moment the attempt is cancelled)."""
-    token = _TASK.set(RunningTask(phase, index, cancelled))
+    token = _TASK.set(RunningTask(phase, index, cancelled, report_status))
     try:
         yield
     finally:

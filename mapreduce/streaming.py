@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,13 +40,14 @@ from mapreduce import counters
 from mapreduce.errors import AppError, UsageError
 from mapreduce.guardian import GUARDIAN
 from mapreduce.inputs import codec_of
-from mapreduce.job import NO_VALUE, App, Record, TaskMap, TaskReduce, running_task
+from mapreduce.job import NO_VALUE, App, Flag, Record, TaskMap, TaskReduce, running_task
 from mapreduce.output import format_line
 
 log = logging.getLogger(__name__)
 
 STDERR_TAIL = 10  # lines of a failed command's stderr in its error
 _REPORTER_COUNTER = "reporter:counter:"
+_REPORTER_STATUS = "reporter:status:"
 # A word of a command that stands for the Python interpreter running the task (a worker's own,
 # which may live elsewhere than the submitting host's); shell-safe, so it may sit in `sh -c` text.
 PYTHON = "@PYTHON@"
@@ -112,7 +113,7 @@ class Command:
             )
         except OSError as exc:
             raise AppError(f"the {self.role} {name!r} cannot start: {exc.strerror or exc}") from None
-        run = _Run(process, self.role)
+        run = _Run(process, self.role, task and task.report_status)
         feeder = threading.Thread(target=contextvars.copy_context().run, args=(run.feed, text_in), daemon=True)
         reader = threading.Thread(target=run.read_stderr, daemon=True)
         # When it exits, what it left running goes too (it may hold the pipes open); so does it
@@ -156,8 +157,8 @@ class Command:
 class _Run:
     """The two threads' side of a running command: its stdin and its stderr."""
 
-    def __init__(self, process: subprocess.Popen, role: str):
-        self.process, self.role = process, role
+    def __init__(self, process: subprocess.Popen, role: str, report_status: Callable[[str], None] | None):
+        self.process, self.role, self.report_status = process, role, report_status
         self.failure: BaseException | None = None  # raised by the input (a cancelled attempt, say)
         self.counts: Counter[tuple[str, str]] = Counter()
         self.tail: deque[str] = deque(maxlen=STDERR_TAIL)
@@ -177,7 +178,7 @@ class _Run:
             if isinstance(text_in, Iterator) and hasattr(text_in, "close"):
                 text_in.close()  # a command before this one in a chain: its group goes now, not when collected
 
-    def kill_group(self, cancelled: threading.Event | None) -> None:
+    def kill_group(self, cancelled: Flag | None) -> None:
         """Kill the group once the command exits or ``cancelled`` is set, whichever comes first.
         Exited but not reaped (only the generator reaps it, after this returns), its process
         group id cannot be reused while it is killed."""
@@ -202,8 +203,11 @@ class _Run:
                 with contextlib.suppress(ValueError):
                     self.counts[group, counter] += int(amount)
                     continue
-            if line.startswith("reporter:status:"):
-                log.info("%s status: %s", self.role, line[len("reporter:status:") :])
+            if line.startswith(_REPORTER_STATUS):
+                status = line[len(_REPORTER_STATUS) :]
+                log.info("%s status: %s", self.role, status)
+                if self.report_status is not None:
+                    self.report_status(status)
                 continue
             self.tail.append(line)
             log.info("%s stderr: %s", self.role, line)

@@ -138,6 +138,7 @@ class TaskAttempt:
     backup: bool = False
     ended: float | None = None
     detail: str = ""  # why it ended: a failure's error, or why it was cancelled
+    status: str = ""  # the last status line its user code reported while it ran
 
 
 @dataclass
@@ -361,6 +362,7 @@ class Scheduler:
             a.backup,
             max(0.0, until - a.started),
             a.detail,
+            a.status,
         )
 
     # ---- task states -------------------------------------------------------
@@ -480,6 +482,9 @@ class Scheduler:
             return []
         if isinstance(message, p.FetchFailed):
             return self._fetch_failed(now, attempt, message) + self._dispatch(now)
+        if isinstance(message, p.TaskStatus):
+            attempt.status = message.status
+            return []
         worker.attempt = None
         if worker.state is WorkerState.BUSY:
             worker.state = WorkerState.IDLE

@@ -72,6 +72,7 @@ class AttemptView:
     backup: bool
     seconds: float  # how long it ran: until the view's moment, or until it ended
     detail: str = ""  # a failed attempt's error, or why it was cancelled
+    status: str = ""  # the last status line its user code reported
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,8 @@ def _attempt(a: AttemptView) -> dict:
         info["error"] = _first_line(a.detail)
     elif a.state is not AttemptState.RUNNING and a.detail:
         info["why"] = _first_line(a.detail)
+    if a.status:
+        info["status"] = a.status
     return info
 
 
@@ -164,7 +166,8 @@ def worker_state(w: Mapping[str, Any]) -> tuple[str, str]:
 def task_text(a: Mapping[str, Any] | None) -> str:
     if not a:
         return ""
-    return f"{a['phase']} {a['task']} (attempt {a['id']}{', backup' if a.get('backup') else ''})"
+    text = f"{a['phase']} {a['task']} (attempt {a['id']}{', backup' if a.get('backup') else ''})"
+    return f"{text}: {a['status']}" if a.get("status") else text
 
 
 def event_text(e: Mapping[str, Any]) -> str:
@@ -296,7 +299,7 @@ def _attempts(s: Mapping[str, Any]) -> str:
             + _td(f"{a['worker']} {a['worker_name']}")
             + _td(a["state"], "out-" + html.escape(a["state"]))
             + _td(_seconds(a["seconds"]), "num")
-            + _td(a.get("error") or a.get("why") or "")
+            + _td(a.get("error") or a.get("why") or a.get("status") or "")
             + "</tr>"
         )
     return "".join(h) + "</table>"

@@ -128,6 +128,23 @@ class Cancelled:
     attempt: int
 
 
+MAX_STATUS = 200  # characters of a task's status line (longer ones are cut by the worker)
+
+
+def _check_status(value: str, where: str) -> None:
+    if len(value) > MAX_STATUS:
+        raise ProtocolError(f"{where}: a status of {len(value)} characters (at most {MAX_STATUS})")
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """A running attempt's status line (a streaming command's reporter:status, mrjob's set_status)."""
+
+    worker: int
+    attempt: int
+    status: Annotated[str, _check_status]
+
+
 @dataclass(frozen=True)
 class Goodbye:
     worker: int
@@ -251,6 +268,7 @@ WORKER_MESSAGES: tuple[type, ...] = (
     Cancelled,
     Goodbye,
     Draining,
+    TaskStatus,
 )
 COORDINATOR_MESSAGES: tuple[type, ...] = (
     Welcome,

@@ -18,8 +18,10 @@ What the control and executor threads share, and why it is safe:
   executor that takes it out.
 - ``_wake_send`` is used by the executor only, ``_wake_recv`` by the control thread only (a
   zmq socket must stay in one thread): one byte after each put into ``_results`` wakes the
-  control thread's poll. Both are closed by the control thread at exit, after the executor was
-  told to stop; an executor stuck in user code past that gets a ZMQError, which it ignores.
+  control thread's poll (a status line, put from any thread of the attempt, wakes nothing: the
+  next poll, within a heartbeat interval, takes it). Both are closed by the control thread at
+  exit, after the executor was told to stop; an executor stuck in user code past that gets a
+  ZMQError, which it ignores.
 - an AttemptContext: ``cancelled`` and ``gathering`` are threading.Events, ``inbox`` is a
   queue.Queue (map output locations for a reduce), ``attempt`` and ``run`` never change.
 - a JobContext: its fields are fixed before it is shared; its map output file and input cache
@@ -65,7 +67,14 @@ from mapreduce.net.security import HANDSHAKE_FAILURES, Keys, authenticator
 from mapreduce.wire import messages as p
 from mapreduce.worker import core
 from mapreduce.worker.core import ExitCode, WorkerCore
-from mapreduce.worker.tasks import AttemptCancelled, AttemptContext, JobContext, run_map, run_reduce
+from mapreduce.worker.tasks import (
+    AttemptCancelled,
+    AttemptContext,
+    JobContext,
+    StatusReports,
+    run_map,
+    run_reduce,
+)
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +220,7 @@ class Worker:
             events += self._handshake_events()
         if self._wake_recv in ready:
             self._wake_recv.recv()
-            events += self._attempt_events()
+        events += self._attempt_events()  # status lines come without a wake
         if self.socket in ready:
             frame = self.socket.recv()
             try:
@@ -271,6 +280,11 @@ class Worker:
                 self._join(welcome)
             case core.RunAttempt(run, assign):
                 attempt = self._attempts[run] = AttemptContext(assign.attempt, run)
+                attempt.report_status = StatusReports(
+                    lambda status, ctx=attempt: self._results.put(
+                        (ctx.run, p.TaskStatus(0, ctx.attempt, status), False)
+                    )
+                )
                 self._work.put((self.job, assign, attempt))
             case core.CancelAttempt(run):
                 if run in self._attempts:

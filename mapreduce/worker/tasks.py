@@ -23,6 +23,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ class AttemptContext:
     cancelled: threading.Event = field(default_factory=threading.Event)
     gathering: threading.Event = field(default_factory=threading.Event)  # a reduce waiting for map output
     inbox: queue.Queue[tuple[list[p.MapOutput], list[int]]] = field(default_factory=queue.Queue)
+    report_status: Callable[[str], None] | None = None  # a status line to the coordinator (see StatusReports)
 
     def check(self) -> None:
         if self.cancelled.is_set():
@@ -134,7 +136,7 @@ def run_map(
     counts = Counters()
     counts.builtin(counters.MAP_INPUT_BYTES, split.end - split.start)
     # The user's code and the framework count into this attempt's counters.
-    with counting(counts), task_running("map", task.task, ctx.cancelled):
+    with counting(counts), task_running("map", task.task, ctx.cancelled, ctx.report_status):
         done = _map_body(job, task, ctx, fetcher, split, buffer_records)
     counts.builtin(counters.MAP_OUTPUT_RECORDS, done.records)
     if job.n_reduce == 0:
@@ -332,7 +334,7 @@ def run_reduce(
     try:
         inputs.gather(task.outputs, task.empty)
         counts = Counters()
-        with counting(counts), task_running("reduce", task.task, ctx.cancelled):
+        with counting(counts), task_running("reduce", task.task, ctx.cancelled, ctx.report_status):
             if task.partitions:  # a pipeline's step before the last: the next step's map, its output kept here
                 results = this.run_reduce(_checked(inputs.groups(), ctx), frozenset(task.skip))
                 done = _fused_map(job, task, ctx, app_of_next_step=job.app.step(task.step + 1), records=results)
@@ -412,6 +414,22 @@ def _remove_folder(folder: Path) -> None:
             with contextlib.suppress(OSError):
                 run.unlink()
         folder.rmdir()
+
+
+class StatusReports:
+    """An attempt's status lines on their way to the coordinator: at most one every
+    ``every`` seconds (a status is a glance at a task, not a log: one that comes sooner is
+    dropped); each cut to the longest the coordinator takes."""
+
+    def __init__(self, send: Callable[[str], None], every: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self._send, self._every, self._clock = send, every, clock
+        self._sent_at: float | None = None
+
+    def __call__(self, status: str) -> None:
+        now = self._clock()
+        if self._sent_at is None or now - self._sent_at >= self._every:
+            self._sent_at = now
+            self._send(status[: p.MAX_STATUS])
 
 
 def _checked(items: Iterator, ctx: AttemptContext, every: int = 65536) -> Iterator:

@@ -9,8 +9,11 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mrjob.examples
@@ -270,3 +273,67 @@ def test_an_example_on_separately_started_workers_survives_a_killed_worker(tmp_p
         "the killed worker was not declared dead"
     )
     assert parsed(script, [], part_files(out)) == expected
+
+
+STATUS_JOB = '''
+import os
+import time
+
+from mrjob.job import MRJob
+
+
+class MRStatus(MRJob):
+    """Says what it does with set_status, then waits for the test's go-ahead (a file)."""
+
+    def configure_args(self):
+        super().configure_args()
+        self.add_passthru_arg("--go")
+
+    def mapper_init(self):
+        self.set_status("waiting for the go-ahead")
+        deadline = time.monotonic() + 120
+        while not os.path.exists(self.options.go) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def mapper(self, _, line):
+        yield "lines", 1
+
+    def reducer(self, key, ones):
+        yield key, sum(ones)
+
+
+if __name__ == "__main__":
+    MRStatus.run()
+'''
+
+
+def test_a_tasks_status_line_shows_on_the_status_page(tmp_path):
+    script, go, text = tmp_path / "mr_status.py", tmp_path / "go", tmp_path / "in.txt"
+    script.write_text(STATUS_JOB)
+    text.write_text("a\nb\nc\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = mapreduce_command(
+        "mrjob", "--output", str(tmp_path / "out"), "-w", "1", "--reduce", "1", "-q", "--status-port", str(port),
+        str(script), "--go", str(go), str(text),
+    )  # fmt: skip
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, seen = time.monotonic() + 60, []
+        while time.monotonic() < deadline and not seen:
+            assert job.poll() is None, job.stderr.read()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=5) as page:
+                    snapshot = json.loads(page.read())
+            except (OSError, ValueError):
+                snapshot = {}
+            seen = [a for a in snapshot.get("attempts", []) if a.get("status") == "waiting for the go-ahead"]
+            time.sleep(0.05)
+        assert seen and seen[0]["phase"] == "map" and seen[0]["state"] == "running"
+        worker = snapshot["workers"][0]["attempt"]
+        assert worker["status"] == "waiting for the go-ahead"
+    finally:
+        go.touch()
+        assert job.wait(timeout=120) == 0, job.stderr.read()
+    assert part_files(tmp_path / "out") == b'"lines"\t3\n'

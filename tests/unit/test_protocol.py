@@ -29,6 +29,7 @@ WORKER_SAMPLES = [
     p.Cancelled(5, 9),
     p.Goodbye(5),
     p.Draining(5),
+    p.TaskStatus(5, 9, "parsed 1,000 records"),
 ]
 
 COORDINATOR_SAMPLES = [
@@ -391,3 +392,8 @@ def test_fuzzed_frames_only_ever_raise_protocol_error():
         assert p.encode(p.decode(again, allowed)) == again
     # The corpus exercised both outcomes.
     assert rejected > 1000 and decoded_count > 50
+
+
+def test_a_status_line_longer_than_the_limit_is_rejected():
+    assert p.decode(p.encode(p.TaskStatus(1, 2, "x" * p.MAX_STATUS)), ALL).status == "x" * p.MAX_STATUS
+    rejects(p.encode(p.TaskStatus(1, 2, "x" * (p.MAX_STATUS + 1))), match="at most 200")

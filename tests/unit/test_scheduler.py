@@ -856,3 +856,16 @@ def test_a_lost_output_of_step_one_is_made_again_when_step_two_cannot_read_it():
     assert one(actions, b"B", p.Cancel).attempt == final.attempt  # the waiting reduce makes way for it
     redo = one(s.receive(4.1, b"B", p.Cancelled(b, final.attempt)), b"B", p.AssignReduce)
     assert (redo.task, redo.step, redo.partitions) == (0, 0, 1)  # step 1's reduce again, on B
+
+
+def test_a_running_attempts_status_line_is_in_the_view_and_a_strangers_is_ignored():
+    s = make(n_maps=2, n_reduce=1)
+    a, actions = join(s, b"A")
+    b, _ = join(s, b"B")
+    assign = one(actions, b"A", p.AssignMap)
+    assert s.receive(1.0, b"A", p.TaskStatus(a, assign.attempt, "half way")) == []
+    assert s.receive(1.0, b"B", p.TaskStatus(b, assign.attempt, "not mine")) == []  # not B's attempt
+    running = [v for v in s.view(1.5).attempts if v.id == assign.attempt]
+    assert [v.status for v in running] == ["half way"]
+    worker = next(w for w in s.view(1.5).workers if w.id == a)
+    assert worker.attempt is not None and worker.attempt.status == "half way"

@@ -31,6 +31,7 @@ from mapreduce.worker.core import (
     WorkerCore,
     WorkerState,
 )
+from mapreduce.worker.tasks import StatusReports
 
 SETTINGS = Settings(
     heartbeat_interval=1.0,
@@ -429,3 +430,14 @@ def test_losing_the_registration_while_draining_leaves_without_registering_again
     d.run(0.5, assign_map(11))
     d.at(1.0, DrainAsked(gathering=False))
     assert d.message(2.0, p.Unknown("restarted", INCARNATION)) == [Exit(ExitCode.DONE, "drained")]
+
+
+def test_status_lines_go_at_most_once_a_second_cut_to_the_limit():
+    sent, now = [], [0.0]
+    reports = StatusReports(sent.append, every=1.0, clock=lambda: now[0])
+    reports("first")
+    now[0] = 0.5
+    reports("too soon: dropped")
+    now[0] = 1.0
+    reports("y" * 500)
+    assert sent == ["first", "y" * p.MAX_STATUS]
