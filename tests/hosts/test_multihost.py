@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -258,3 +259,33 @@ def test_coordinator_host_cut_off_workers_exit_nonzero_nothing_half_written(host
     cluster.coordinator.send_signal(signal.SIGINT)
     assert cluster.coordinator.wait(timeout=30) != 0
     assert sorted(p.name for p in cluster.out.iterdir()) == []  # no part, no temp, no _SUCCESS
+
+
+def test_an_mrjob_job_runs_on_hosts_that_see_neither_its_script_nor_its_files_nor_its_inputs(hosts, tmp_path):
+    """mr_most_used_word (two steps; FILES; a file option) from a folder the worker hosts
+    cannot see: the script and its files reach each task folder, the inputs cross the network."""
+    import mrjob.examples
+
+    from mapreduce.tools.corpus import write_corpus
+
+    examples = Path(mrjob.examples.__file__).parent
+    job = tmp_path / "job"
+    job.mkdir()
+    for name in ("mr_most_used_word.py", "stop_words.txt"):
+        (job / name).write_bytes((examples / name).read_bytes())
+    (job / "more_stop_words.txt").write_text("the\nand\nof\n")
+    inputs = [str(p) for p in write_corpus(tmp_path / "in", 150_000, 3, seed=5)]
+    job_args = [str(job / "mr_most_used_word.py"), "--stop-words-file", str(job / "more_stop_words.txt"), *inputs]
+    local = subprocess.run([sys.executable, *job_args[:1], "-r", "local", "--no-conf", *job_args[1:]],
+                           capture_output=True, check=True, timeout=300)  # fmt: skip
+    cluster = hosts()
+    command = mapreduce_command(
+        "mrjob", "--output", str(cluster.out), "--bind", cluster.endpoint, "--key-dir", str(cluster.keys),
+        "--events", str(cluster.events), "--min-workers", "3", "--reduce", "2", "-q", *FAST, *job_args,
+    )  # fmt: skip
+    cluster.coordinator = cluster._start(cluster.net.command(cluster.net.hosts[0], command))
+    workers = [cluster.start_worker(host) for host in cluster.net.hosts[1:]]
+    cluster.finish()
+    assert [w.wait(timeout=30) for w in workers] == [0, 0, 0]
+    ours = b"".join(p.read_bytes() for p in sorted(cluster.out.glob("part-*")))
+    assert ours == local.stdout and ours.count(b"\n") == 1  # JSONValueProtocol: the one most used word

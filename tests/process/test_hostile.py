@@ -121,6 +121,7 @@ BASES = [
     p.Cancelled(4242, 1),
     p.Goodbye(4242),
     p.Draining(4242),
+    p.TaskStatus(4242, 1, "a status from nobody"),
 ]
 assert {type(m) for m in BASES} == set(p.WORKER_MESSAGES)
 
