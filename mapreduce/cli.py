@@ -755,6 +755,13 @@ def list_apps() -> None:
 @click.argument("inputs", nargs=-1)
 @_streaming_options(mapper_required=False)
 @click.option(
+    "--mrjob",
+    "mrjob_job",
+    metavar="'JOB.py [JOB_ARGS]'",
+    default=None,
+    help="Crash-test an mrjob job: its script with its options and inputs, as one shell-quoted word.",
+)
+@click.option(
     "--input",
     "stream_inputs",
     multiple=True,
@@ -810,6 +817,7 @@ def list_apps() -> None:
 def crashtest(
     app,
     inputs,
+    mrjob_job,
     mapper,
     reducer,
     combiner,
@@ -832,12 +840,33 @@ def crashtest(
     """Run APP (default wordcount) round after round while workers are killed and paused,
     and check every round's output against `mapreduce seq`. With no INPUTS, a corpus is
     generated. With --mapper, the job is a Hadoop Streaming job instead, over its --inputs
-    (options as `mapreduce streaming` takes them). Exits 0 only if every round matched."""
+    (options as `mapreduce streaming` takes them); with --mrjob, an mrjob job over the inputs
+    its arguments name. Exits 0 only if every round matched."""
     from mapreduce.tools import crashtest as ct
 
-    job, job_inputs = _guard(
-        lambda: _crashtest_job(app, inputs, params, mapper, reducer, combiner, defines, stream_inputs, files, n_reduce)
-    )
+    if mrjob_job is not None:
+        job, job_inputs, shipped, n_reduce = _guard(
+            lambda: _crashtest_mrjob(
+                mrjob_job,
+                n_reduce,
+                {
+                    "APP": app,
+                    "--mapper": mapper,
+                    "--reducer": reducer,
+                    "--combiner": combiner,
+                    "-D": defines,
+                    "--input": stream_inputs,
+                    "--param": params,
+                },  # fmt: skip
+            )
+        )
+        files = (*shipped, *files)
+    else:
+        job, job_inputs = _guard(
+            lambda: _crashtest_job(
+                app, inputs, params, mapper, reducer, combiner, defines, stream_inputs, files, n_reduce
+            )
+        )
     options = ct.CrashTestOptions(
         app=job,
         inputs=job_inputs,
@@ -922,6 +951,22 @@ def _crashtest_job(
     if params:
         raise UsageError("--param is for an APP's init(params): a streaming job's settings are -D NAME=VALUE")
     return _streaming_app(mapper, reducer, combiner, defines, files, n_reduce), stream_inputs
+
+
+def _crashtest_mrjob(
+    command: str, n_reduce: int | None, others_given: dict[str, object]
+) -> tuple[App, tuple[str, ...], tuple[str, ...], int | None]:
+    """The app of `crashtest --mrjob 'JOB.py ARGS'`, its inputs, the files it ships and its
+    first reduce count; UsageError for what only another kind of job takes (``others_given``)."""
+    from mapreduce import mrjobs
+    from mapreduce.streaming import parse_command
+
+    others = [name for name, given in others_given.items() if given]
+    if others:
+        raise UsageError(f"--mrjob names the job and its inputs: it takes no {', '.join(others)}")
+    script, *job_args = parse_command(command, "--mrjob")
+    run = mrjobs.load(script, job_args, n_reduce)
+    return run.app, run.inputs, run.files, run.n_reduce
 
 
 def _mb(n: int) -> str:

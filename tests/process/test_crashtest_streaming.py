@@ -82,3 +82,27 @@ def test_crashtest_of_a_streaming_word_count_kills_workers_and_every_round_match
     assert int(rows["all"]["kills"]) > 0  # the first fault strikes when the first task finishes
     assert int(rows["all"]["dead"]) > 0  # and the coordinator noticed
     assert list(scratch.iterdir()) == []  # oracle, outputs, cluster scratch and task folders: all removed
+
+
+def test_crashtest_of_an_mrjob_job_kills_workers_and_every_round_matches(tmp_path):
+    """mr_word_freq_count (a combiner; mrjob's own example) under kills, its tasks run as
+    mrjob runs them: every round equal to its sequential run."""
+    import mrjob.examples
+
+    script = os.path.join(os.path.dirname(mrjob.examples.__file__), "mr_word_freq_count.py")
+    inputs = [str(p) for p in write_corpus(tmp_path / "in", 60_000, 2, seed=5)]
+    result = subprocess.run(
+        mapreduce_command(
+            "crashtest", "--mrjob", shlex.join([script, *inputs]), "--rounds", "1", "--workers", "2",
+            "--reduce", "2", "--kill-every", "0.7", "--pause-probability", "0", "--worker-timeout", "2",
+            "--heartbeat-interval", "0.3", "--seed", "2",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "oracle: mapreduce seq mrjob mr_word_freq_count.py over 2 input(s)" in result.stderr
+    rows = crashtest_table(result.stdout)
+    assert [rows[r]["result"] for r in ("base", "1", "all")] == ["OK", "OK", "1/1 OK"]
+    assert int(rows["all"]["kills"]) > 0

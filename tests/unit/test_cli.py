@@ -280,6 +280,10 @@ def test_no_command_declares_an_option_twice():
         (["--mapper", "cat", "-D", "no-equals"], "expected NAME=VALUE"),
         (["--mapper", "cat", "--file", "missing.py"], "--file 'missing.py' does not exist"),
         (["wordcount", "--file", "missing.py"], "--file 'missing.py' does not exist"),  # side files serve apps too
+        (["wordcount", "--mrjob", "job.py in.txt"], "--mrjob names the job and its inputs: it takes no APP"),
+        (["--mrjob", "job.py in.txt", "--mapper", "cat", "-D", "a=b"], "it takes no --mapper, -D"),
+        (["--mrjob", "no_such_job.py in.txt"], "the job script 'no_such_job.py' does not exist"),
+        (["--mrjob", "'"], '--mrjob "\'" is not a command line'),
     ],
 )
 def test_crashtest_refuses_streaming_options_that_do_not_fit_before_any_work(
