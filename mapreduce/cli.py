@@ -477,6 +477,36 @@ def coordinator(
         _echo_counters(c.counters)
 
 
+def _placement_options(f):
+    """What `streaming` and `mrjob` share: splits, the output folder's reuse, and where the job
+    runs (local workers, workers anywhere with their security, or one process), with the
+    cluster's and the status page's options."""
+    options = [
+        click.option("--split-size", type=Size(), default=f"{defaults.SPLIT_SIZE >> 20}M", show_default=True),
+        click.option(
+            "--overwrite", is_flag=True, help="Replace the part-* files of an earlier job in the output folder."
+        ),
+        click.option(
+            "--workers", "-w", default=os.cpu_count() or 1, show_default=True, help="Number of local worker processes."
+        ),
+        click.option(
+            "--bind",
+            default=None,
+            metavar="ENDPOINT",
+            help="Serve the job to `mapreduce worker`s here, not local workers.",
+        ),
+        click.option(
+            "--sequential", is_flag=True, help="Run in this one process, as `mapreduce seq` does (the oracle)."
+        ),
+        _security_options,
+        _cluster_options,
+        _status_options,
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @cli.command()
 @click.option(
     "--input", "inputs", multiple=True, required=True, metavar="PATH", help="An input file or folder (repeatable)."
@@ -486,18 +516,7 @@ def coordinator(
 @click.option(
     "--reduce", "-r", "n_reduce", type=int, default=None, help=f"Number of reduce tasks [default: {defaults.N_REDUCE}]."
 )
-@click.option("--split-size", type=Size(), default=f"{defaults.SPLIT_SIZE >> 20}M", show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace the part-* files of an earlier job in the output folder.")
-@click.option(
-    "--workers", "-w", default=os.cpu_count() or 1, show_default=True, help="Number of local worker processes."
-)
-@click.option(
-    "--bind", default=None, metavar="ENDPOINT", help="Serve the job to `mapreduce worker`s here, not local workers."
-)
-@click.option("--sequential", is_flag=True, help="Run in this one process, as `mapreduce seq` does (the oracle).")
-@_security_options
-@_cluster_options
-@_status_options
+@_placement_options
 def streaming(
     inputs,
     output,
@@ -583,18 +602,7 @@ def _run_app(job, inputs, output, options, placement, security, events, quiet, s
     default=None,
     help=f"Reduce tasks of each step whose jobconf sets none [default: {defaults.N_REDUCE}].",
 )
-@click.option("--split-size", type=Size(), default=f"{defaults.SPLIT_SIZE >> 20}M", show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace the part-* files of an earlier job in the output folder.")
-@click.option(
-    "--workers", "-w", default=os.cpu_count() or 1, show_default=True, help="Number of local worker processes."
-)
-@click.option(
-    "--bind", default=None, metavar="ENDPOINT", help="Serve the job to `mapreduce worker`s here, not local workers."
-)
-@click.option("--sequential", is_flag=True, help="Run in this one process, as `mapreduce seq` does (the oracle).")
-@_security_options
-@_cluster_options
-@_status_options
+@_placement_options
 @click.argument("script", metavar="JOB.py")
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED, metavar="[JOB_ARGS]...")
 def mrjob(

@@ -381,7 +381,12 @@ def serve_on_workers(serve: list[str], out: Path, workers: int = 2, timeout: flo
         for worker in started:
             assert worker.wait(timeout=30) == 0, worker.stderr.read()
     finally:
-        for process in [coordinator, *started]:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        kill_all([coordinator, *started])
+
+
+def kill_all(processes: list[subprocess.Popen]) -> None:
+    """Kill and reap whatever of ``processes`` still runs (a test's cleanup, pass or fail)."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()

@@ -19,7 +19,17 @@ from pathlib import Path
 import mrjob.examples
 import pytest
 
-from helpers import FAST, TIMEOUT, assert_same_output, free_endpoint, mapreduce_command, run_cli, running, wait_for_log
+from helpers import (
+    FAST,
+    TIMEOUT,
+    assert_same_output,
+    free_endpoint,
+    kill_all,
+    mapreduce_command,
+    run_cli,
+    running,
+    wait_for_log,
+)
 from mapreduce.tools.corpus import write_corpus
 
 EXAMPLES = Path(mrjob.examples.__file__).parent
@@ -264,10 +274,7 @@ def test_an_example_on_separately_started_workers_survives_a_killed_worker(tmp_p
         os.kill(pid, signal.SIGKILL)
         assert coordinator.wait(timeout=180) == 0, coordinator.stderr.read()
     finally:
-        for process in [coordinator, *workers]:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+        kill_all([coordinator, *workers])
     log = [json.loads(line) for line in events.read_text().splitlines()]
     assert any(e["event"] == "worker_dead" and e["worker"] == victim for e in log), (
         "the killed worker was not declared dead"

@@ -20,6 +20,7 @@ from helpers import (
     event_log,
     free_endpoint,
     gone,
+    kill_all,
     mapreduce_command,
     of,
     run_cli,
@@ -252,9 +253,6 @@ def test_a_cancelled_attempt_of_a_straggler_takes_its_command_with_it(tmp_path):
         assert not of(event_log(events), "worker_left", worker=1), "killed by its worker's exit, not by the cancel"
         assert coordinator.wait(timeout=120) == 0, coordinator.stderr.read()
     finally:
-        for process in [coordinator, *started]:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+        kill_all([coordinator, *started])
     assert_same_output(tmp_path / "seq", out)
     assert all(gone(int(p.name)) for p in pids.iterdir())
