@@ -413,10 +413,18 @@ def _security_options(f):
     return f
 
 
-def _keys(key_dir: Path | None, role: str):
+def _keys(key_dir: Path | None, role: str, name: str | None = None):
     from mapreduce.net.security import load
 
-    return _guard(lambda: load(key_dir, role)) if key_dir is not None else None
+    if key_dir is None:
+        if name is not None:
+            _guard(lambda: _usage("--key-name needs --key-dir"))
+        return None
+    return _guard(lambda: load(key_dir, role, name))
+
+
+def _usage(message: str):
+    raise UsageError(message)
 
 
 @cli.command()
@@ -678,8 +686,26 @@ def mrjob(
     help="On SIGTERM, seconds the current task may take to finish before it is handed back.",
 )
 @_security_options
+@click.option(
+    "--key-name",
+    envvar="MAPREDUCE_KEY_NAME",
+    default=None,
+    help=(
+        "With per-host keys: this worker's key pair, workers/NAME.key_secret in --key-dir "
+        "(or $MAPREDUCE_KEY_NAME). Default: the one worker secret key the folder holds."
+    ),
+)
 def worker(
-    connect, scratch, name, advertise, heartbeat_interval, coordinator_timeout, drain_timeout, key_dir, insecure
+    connect,
+    scratch,
+    name,
+    advertise,
+    heartbeat_interval,
+    coordinator_timeout,
+    drain_timeout,
+    key_dir,
+    insecure,
+    key_name,
 ):
     """Run tasks for the coordinator at CONNECT until its job is done.
     SIGTERM drains: no new task, the current one finishes or is handed back, then exit 0."""
@@ -689,7 +715,7 @@ def worker(
     from mapreduce.worker.loop import Worker, WorkerOptions
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
-    keys = _keys(key_dir, "worker")
+    keys = _keys(key_dir, "worker", key_name)
     _guard(lambda: check_exposure("the coordinator's address", endpoint_host(connect), keys, insecure))
     _guard(
         lambda: check_exposure(
@@ -738,15 +764,21 @@ def corpus(folder, size, files, seed):
 
 @cli.command()
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
-def keygen(folder):
-    """Write CURVE key pairs for a coordinator and its workers into FOLDER.
+@click.option("--worker", "workers", multiple=True, metavar="NAME", help="A key pair for this worker host (repeat).")
+@click.option("--client", "clients", multiple=True, metavar="NAME", help="A key pair for this client (repeat).")
+def keygen(folder, workers, clients):
+    """Write CURVE key pairs for a coordinator and its workers into FOLDER (never over old ones).
 
-    Give the coordinator's host coordinator.key_secret and worker.key, and each worker host
-    worker.key_secret and coordinator.key (or copy the whole folder), then pass --key-dir."""
+    Without --worker: one pair shared by all workers (coordinator.key, worker.key and their
+    _secret files; give every host the whole folder). With --worker NAME: a pair per worker
+    host, workers/NAME.key(_secret), so one host is revoked by deleting its workers/NAME.key;
+    run again with new names to add hosts. A worker host gets coordinator.key, workers/*.key
+    and its own workers/NAME.key_secret only. --client NAME: clients/NAME.key(_secret), for
+    job-submission clients (not admitted yet). See the README's Security section."""
     from mapreduce.net.security import generate
 
-    written = _guard(lambda: generate(folder))
-    click.echo(f"wrote {', '.join(p.name for p in written)} into {folder}")
+    written = _guard(lambda: generate(folder, workers, clients))
+    click.echo(f"wrote {', '.join(str(p.relative_to(folder)) for p in written)} into {folder}")
 
 
 @cli.command("apps")

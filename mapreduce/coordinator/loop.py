@@ -39,6 +39,7 @@ Progress = Callable[[JobView], None]  # called every tick (a progress bar)
 # the last call (the status page): observers see the job without touching the scheduler.
 Observer = Callable[[JobView, Sequence[Event]], None]
 MAX_PROBES = 64  # data-server checks queued at once: a flood of registrations cannot stall real ones
+REVOCATION_CHECK = 1.0  # seconds between reads of the key folder for registered workers' keys
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,9 @@ class Coordinator:
         self.goodbye_grace = goodbye_grace
         self.job_id = uuid.uuid4().hex[:12]
         self.context = zmq.Context()
+        self.keys = keys
         self.auth = authenticator(self.context, keys)  # with keys: only allowed clients get through
+        self._next_revocation_check = 0.0
         self.socket = self.context.socket(zmq.ROUTER)
         if keys is not None:
             keys.serve(self.socket)
@@ -216,6 +219,7 @@ class Coordinator:
             ticked = now >= next_tick
             if ticked:
                 self._carry_out(scheduler, scheduler.tick(now))
+                self._check_revocations(scheduler, now)
                 for pid, code in self.exited() if self.exited is not None else ():
                     self._carry_out(scheduler, scheduler.process_exited(now, self._host_id, pid, code))
                 next_tick = now + tick_every
@@ -245,11 +249,22 @@ class Coordinator:
             self.observe(view, events)
 
     def _recv(self) -> tuple[bytes | None, bytes]:
-        frames = self.socket.recv_multipart(zmq.NOBLOCK)
+        frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
         if len(frames) != 2:
             self.rejected_messages += 1
             return None, b""
-        return frames[0], frames[1]
+        self._last_frame = frames[1]  # its metadata: the key the sender proved (see _peer_key)
+        return frames[0].bytes, frames[1].bytes
+
+    def _peer_key(self) -> str:
+        """The public key (z85) the sender of the last message proved in its CURVE handshake,
+        as the key gate returned it (ZAP's user id); "" without keys."""
+        if self.keys is None:
+            return ""
+        try:
+            return self._last_frame.get("User-Id")
+        except (zmq.ZMQError, UnicodeDecodeError):
+            return ""
 
     def _handle(self, scheduler: Scheduler, identity: bytes, frame: bytes) -> list:
         now = time.monotonic()
@@ -260,21 +275,44 @@ class Coordinator:
             log.warning("rejected a message from %r: %s", identity, exc)
             return []
         if isinstance(message, p.Register):
+            key = self._peer_key()
+            if self.keys is not None and (not key or key.encode() not in self.keys.allowed()):
+                # Its key was revoked after the handshake (a registration again, on the old connection).
+                reason = "this worker's key is not (or no longer) allowed by the coordinator's key folder"
+                log.error("refused worker %s on %s: %s", message.name, message.host, reason)
+                return [Send(identity, p.Refused(reason))]
             if message.host_id == self._host_id:
-                return scheduler.register(now, identity, message, self._welcome)
+                return scheduler.register(now, identity, message, self._welcome, key)
             # From another host: first check its data server answers (in the transfers thread).
             if identity not in self._probing and len(self._probing) < MAX_PROBES:  # else it registers again later
                 self._probing.add(identity)
-                self.transfers.submit(Probe(identity, message))
+                self.transfers.submit(Probe(identity, message, server_key=key))
             return []
         return scheduler.receive(now, identity, message)
+
+    def _check_revocations(self, scheduler: Scheduler, now: float) -> None:
+        """Cut off registered workers whose public key was deleted from the key folder."""
+        if self.keys is None or now < self._next_revocation_check:
+            return
+        self._next_revocation_check = now + REVOCATION_CHECK
+        live = [w for w in scheduler.live_workers() if w.server_key]
+        if not live:
+            return
+        allowed = self.keys.allowed()
+        for worker in live:
+            if worker.server_key.encode() not in allowed:
+                reason = "this worker's key was revoked (deleted from the coordinator's key folder)"
+                self._carry_out(scheduler, scheduler.revoke(now, worker.id, "its key was revoked"))
+                self.socket.send_multipart([worker.identity, p.encode(p.Refused(reason))])
 
     def _transferred(self, scheduler: Scheduler, done: Pull | Probe) -> None:
         now = time.monotonic()
         if isinstance(done, Probe):
             self._probing.discard(done.identity)
             if done.error is None:
-                self._carry_out(scheduler, scheduler.register(now, done.identity, done.register, self._welcome))
+                self._carry_out(
+                    scheduler, scheduler.register(now, done.identity, done.register, self._welcome, done.server_key)
+                )
                 return
             reason = (
                 f"the coordinator cannot reach this worker's data server at {done.register.data_address} "

@@ -151,6 +151,8 @@ class RegisteredWorker:
     last_sent: float
     state: WorkerState = WorkerState.IDLE
     attempt: TaskAttempt | None = None
+    # The public key (z85) its data server proves, learnt in its CURVE handshake ("" without keys).
+    server_key: str = ""
     suspect: bool = False  # silent for a while, not yet declared dead
     slow: bool = False  # its last attempt was a straggler: it runs no backups (they would be slow too)
 
@@ -176,6 +178,7 @@ class Commit:
     attempt: int = 0
     data_address: str = ""  # the reducer's data server
     size: int = 0
+    server_key: str = ""  # the public key the reducer's data server proves (z85), "" without keys
 
 
 @dataclass(frozen=True)
@@ -419,14 +422,15 @@ class Scheduler:
 
     # ---- inputs ------------------------------------------------------------
 
-    def register(self, now: float, identity: bytes, hello: p.Register, welcome: Any) -> list:
-        """A worker joined (or rejoined: its old incarnation is gone for good)."""
+    def register(self, now: float, identity: bytes, hello: p.Register, welcome: Any, server_key: str = "") -> list:
+        """A worker joined (or rejoined: its old incarnation is gone for good). ``server_key``: the
+        public key it proved in its handshake, which its data server proves too."""
         self._now = now
         old = self.by_identity.get(identity)
         actions: list = []
         if old is not None and old.state in LIVE:
             actions += self._declare_dead(now, old, "it registered again")
-        worker = RegisteredWorker(self._next_worker, identity, hello, now, now, now)
+        worker = RegisteredWorker(self._next_worker, identity, hello, now, now, now, server_key=server_key)
         self._next_worker += 1
         self.workers[worker.id] = worker
         self.by_identity[identity] = worker
@@ -566,6 +570,14 @@ class Scheduler:
                 actions += self._declare_dead(now, worker, f"its process exited with code {code}")
         return actions + self._dispatch(now)
 
+    def revoke(self, now: float, worker_id: int, why: str) -> list:
+        """The worker's key was taken off the allow-list: it is gone, as if dead."""
+        self._now = now
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.state not in LIVE:
+            return []
+        return self._declare_dead(now, worker, why) + self._dispatch(now)
+
     def commit_failed(self, now: float, partition: int, why: str) -> list:
         """The coordinator could not publish a reduce's output: run that reduce again."""
         self._now = now
@@ -656,6 +668,7 @@ class Scheduler:
             info.data_address,
             r.offsets[partition],
             r.lengths[partition],
+            r.worker.server_key,
         )
 
     def _end(self, now: float, attempt: TaskAttempt, state: ev.AttemptState, detail: str = "") -> None:
@@ -712,7 +725,9 @@ class Scheduler:
         self._set_state(task, TaskState.DONE)
         if self._commits(task):
             info = attempt.worker.info
-            return actions + [Commit(task.index, done.path, attempt.id, info.data_address, done.size)]
+            return actions + [
+                Commit(task.index, done.path, attempt.id, info.data_address, done.size, attempt.worker.server_key)
+            ]
         offsets, total = [], done.offset
         for length in done.partition_lengths:
             offsets.append(total)

@@ -44,6 +44,7 @@ class Probe:
     identity: bytes
     register: p.Register
     error: str | None = None
+    server_key: str = ""  # the key the worker proved in its handshake: its data server must prove it too
 
 
 class Transfers:
@@ -91,7 +92,9 @@ class Transfers:
         self.wakeup.close(0)
 
     def _run(self) -> None:
-        server_key = self._keys.worker if self._keys else b""  # both talk to workers' data servers
+        # Both talk to workers' data servers, each proving the key its worker proved to us
+        # (the shared workers' key is the default).
+        server_key = self._keys.worker if self._keys else b""
         probes = Fetcher(self._context, PROBE_TIMEOUT, self._keys, server_key)
         pulls = Fetcher(self._context, PULL_TIMEOUT, self._keys, server_key)
         try:
@@ -110,17 +113,17 @@ class Transfers:
     @staticmethod
     def _probe(fetcher: Fetcher, probe: Probe) -> Probe:
         try:
-            fetcher.ping(probe.register.data_address)
+            fetcher.ping(probe.register.data_address, probe.server_key.encode())
             return probe
         except FetchError as exc:
-            return Probe(probe.identity, probe.register, str(exc))
+            return Probe(probe.identity, probe.register, str(exc), probe.server_key)
 
     def _pull(self, fetcher: Fetcher, pull: Pull) -> Pull:
         c = pull.commit
         what = f"output of reduce task {c.partition}, attempt {c.attempt}"
         try:
             with storage_errors(pull.destination.parent, what, "output"), open(pull.destination, "wb") as out:
-                fetcher.copy(c.data_address, c.temp, 0, c.size, out)
+                fetcher.copy(c.data_address, c.temp, 0, c.size, out, c.server_key.encode())
                 out.flush()
                 os.fsync(out.fileno())
             self.pulled_bytes += c.size

@@ -116,24 +116,27 @@ def _parse(request: bytes) -> tuple[str, int, int]:
 
 class Fetcher:
     """Copies byte ranges from data servers; one socket per server, reused.
-    Not thread-safe: each thread that fetches has a Fetcher of its own."""
+    Not thread-safe: each thread that fetches has a Fetcher of its own.
+
+    With keys, each request names the public key (z85) the server must prove, or leaves
+    it to ``server_key``, the default (the coordinator's, or the shared workers' key)."""
 
     def __init__(self, context: zmq.Context, timeout: float = 30.0, keys: Keys | None = None, server_key: bytes = b""):
         self._context = context
         self._keys, self._server_key = keys, server_key  # CURVE: who we are, whom we expect
         self._timeout_ms = int(timeout * 1000)
-        self._sockets: dict[str, zmq.Socket] = {}
+        self._sockets: dict[tuple[str, bytes], zmq.Socket] = {}
         self.received = 0  # bytes of file data received, for the job's network figures
 
-    def ping(self, address: str) -> None:
+    def ping(self, address: str, server_key: bytes | None = None) -> None:
         """Raise FetchError unless the data server at ``address`` answers within the timeout."""
-        self._request(address, PING, 0, 0)
+        self._request(address, PING, 0, 0, server_key)
 
-    def read(self, address: str, path: str, offset: int, length: int) -> bytes:
+    def read(self, address: str, path: str, offset: int, length: int, server_key: bytes | None = None) -> bytes:
         """Bytes ``[offset, offset+length)`` of ``path``, fewer only at the end of the file."""
         parts = []
         while length > 0:
-            data = self._request(address, path, offset, min(CHUNK, length))
+            data = self._request(address, path, offset, min(CHUNK, length), server_key)
             parts.append(data)
             if len(data) < min(CHUNK, length):
                 break
@@ -141,35 +144,38 @@ class Fetcher:
             length -= len(data)
         return b"".join(parts)
 
-    def copy(self, address: str, path: str, offset: int, length: int, out) -> None:
+    def copy(self, address: str, path: str, offset: int, length: int, out, server_key: bytes | None = None) -> None:
         """Write bytes ``[offset, offset+length)`` of ``path`` at ``address`` to file ``out``."""
         done = 0
         while done < length:
             size = min(CHUNK, length - done)
-            data = self._request(address, path, offset + done, size)
+            data = self._request(address, path, offset + done, size, server_key)
             if len(data) != size:
                 raise FetchError(f"{address} served {len(data)} of {size} bytes of {path}")
             out.write(data)
             done += size
 
-    def _request(self, address: str, path: str, offset: int, length: int) -> bytes:
-        socket = self._sockets.get(address)
+    def _request(self, address: str, path: str, offset: int, length: int, server_key: bytes | None = None) -> bytes:
+        key = (address, (server_key or self._server_key) if self._keys is not None else b"")
+        socket = self._sockets.get(key)
         if socket is None:
-            socket = self._sockets[address] = self._context.socket(zmq.DEALER)
+            if self._keys is not None and not key[1]:
+                raise FetchError(f"no public key is known for data server {address}: cannot authenticate it")
+            socket = self._sockets[key] = self._context.socket(zmq.DEALER)
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.MAXMSGSIZE, CHUNK + MAX_REQUEST_BYTES)
-            if self._keys is not None:
-                self._keys.connect_to(socket, self._server_key)
             try:
+                if self._keys is not None:
+                    self._keys.connect_to(socket, key[1])
                 socket.connect(address)
             except zmq.ZMQError as exc:
                 socket.close(0)
-                del self._sockets[address]
+                del self._sockets[key]
                 raise FetchError(f"cannot connect to data server {address!r}: {exc}") from None
         socket.send(msgpack.packb([path, offset, length]))
         if not socket.poll(self._timeout_ms):
             socket.close(0)
-            del self._sockets[address]
+            del self._sockets[key]
             raise Unreachable(f"data server {address} did not answer within {self._timeout_ms / 1000:.0f} s")
         try:
             ok, payload = msgpack.unpackb(socket.recv(), raw=False)

@@ -26,7 +26,8 @@ import msgpack
 from mapreduce.errors import ProtocolError
 from mapreduce.output import Compression
 
-PROTOCOL_VERSION = 3  # 2: Welcome lost output_host_id; 3: counters, bad records, compression, pipelines
+# 2: Welcome lost output_host_id; 3: counters, bad records, compression, pipelines; 4: MapOutput.server_key
+PROTOCOL_VERSION = 4
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # A data server's address as a worker advertises it (the socket's bound endpoint, always
@@ -56,6 +57,26 @@ def _is_endpoint(value: str) -> bool:
 
 
 Endpoint = Annotated[str, _check_endpoint]  # a str field holding a data server's address
+
+_Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+_Z85_VALUE = {c: i for i, c in enumerate(_Z85)}
+
+
+def _check_server_key(value: str, where: str) -> None:
+    """A CURVE public key in z85 (40 characters, each 5 encoding 4 bytes), or "" (no keys)."""
+    if value == "":
+        return
+    if len(value) != 40 or any(c not in _Z85_VALUE for c in value):
+        raise ProtocolError(f"{where}: {value[:50]!r} is not a public key (40 characters of z85)")
+    for i in range(0, 40, 5):
+        number = 0
+        for c in value[i : i + 5]:
+            number = number * 85 + _Z85_VALUE[c]
+        if number >= 2**32:
+            raise ProtocolError(f"{where}: {value[:50]!r} is not a public key (not valid z85)")
+
+
+ServerKey = Annotated[str, _check_server_key]  # the CURVE public key a data server proves (z85), or ""
 
 
 # ---- worker -> coordinator -------------------------------------------------
@@ -198,6 +219,9 @@ class MapOutput:
     data_address: Endpoint
     offset: int
     length: int
+    # The public key the data server at data_address proves (z85), as the coordinator learnt it
+    # in that worker's CURVE handshake; "" without keys.
+    server_key: ServerKey = ""
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,9 @@ class Worker:
             self.context, None, options.advertise or address_towards(options.connect), keys=keys
         )
         timeout = options.fetch_timeout
-        self.fetcher = Fetcher(self.context, timeout, keys, keys.worker if keys else b"")  # other workers' map output
+        # Other workers' map output: each location names the key its server proves (the
+        # shared workers' key is the default, for a coordinator that names none).
+        self.fetcher = Fetcher(self.context, timeout, keys, keys.worker if keys else b"")
         self.input_fetcher = Fetcher(self.context, timeout, keys, keys.coordinator if keys else b"")
         _raise_open_file_limit()  # a reduce holds one open run per map task
         register = p.Register(

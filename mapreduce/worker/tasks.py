@@ -257,7 +257,7 @@ class ReduceInputs:
             local, f"output of map task {loc.map_task} fetched by reduce attempt {self.ctx.attempt}"
         )
         try:
-            self.fetcher.copy(loc.data_address, loc.path, loc.offset, loc.length, out)
+            self.fetcher.copy(loc.data_address, loc.path, loc.offset, loc.length, out, loc.server_key.encode())
             out.close()
         except BaseException:
             out.abandon()

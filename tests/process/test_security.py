@@ -5,13 +5,23 @@ from __future__ import annotations
 import stat
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import zmq
 from zmq.utils import z85
 
-from helpers import SLEEPY, assert_same_output, free_endpoint, mapreduce_command, of, run_cli, words_file
-from mapreduce.errors import UsageError
+from helpers import (
+    SLEEPY,
+    assert_same_output,
+    free_endpoint,
+    mapreduce_command,
+    of,
+    run_cli,
+    wait_for_log,
+    words_file,
+)
+from mapreduce.errors import FetchError, UsageError
 from mapreduce.net import security
 from mapreduce.net.dataserver import DataServer, Fetcher, Unreachable
 from mapreduce.wire import messages as p
@@ -187,3 +197,164 @@ def test_data_server_with_keys_answers_only_allowed_clients(keys, tmp_path):
         server.stop()
         auth.stop()
         context.term()
+
+
+# ---- per-host keys ------------------------------------------------------------------
+
+
+@pytest.fixture
+def host_keys(tmp_path):
+    folder = tmp_path / "host-keys"
+    run_cli("keygen", str(folder), "--worker", "a", "--worker", "b", "--worker", "c")
+    return folder
+
+
+def test_a_fetcher_expects_the_key_each_data_server_proves(host_keys, tmp_path):
+    root = tmp_path / "scratch"
+    root.mkdir()
+    (root / "run").write_bytes(b"map output bytes")
+    a, b = security.load(host_keys, "worker", "a"), security.load(host_keys, "worker", "b")
+    context = zmq.Context()
+    auth = security.authenticator(context, a)
+    server = DataServer(context, root, keys=a).start()  # worker a's data server, under a's key
+    fetcher = Fetcher(context, 1.0, b)  # worker b: no default key, one per server
+    coordinator = Fetcher(context, 1.0, security.load(host_keys, "coordinator"))
+    path = str(root / "run")
+    try:
+        assert fetcher.read(server.address, path, 0, 100, a.public) == b"map output bytes"
+        assert coordinator.read(server.address, path, 0, 100, a.public) == b"map output bytes"
+        with pytest.raises(Unreachable):  # expecting b's key: a's server cannot prove it
+            fetcher.read(server.address, path, 0, 100, b.public)
+        with pytest.raises(FetchError, match="no public key"):
+            fetcher.read(server.address, path, 0, 100)
+        (host_keys / "workers" / "b.key").unlink()  # b revoked: a's server refuses it from now on
+        with pytest.raises(Unreachable):
+            Fetcher(context, 1.0, b).read(server.address, path, 0, 100, a.public)
+    finally:
+        fetcher.close()
+        coordinator.close()
+        server.stop()
+        auth.stop()
+        context.term()
+
+
+def _other_host(argv: list[str], hide: Path | None = None) -> list[str]:
+    """Run argv in a mount namespace of its own: another host_id, so this worker's data server
+    serves its map output (no reducer reads another worker's files directly); with ``hide``,
+    that folder (the job's output) looks empty to it, so the coordinator pulls its reduce output."""
+    if hide is None:
+        return ["unshare", "--mount", *argv]
+    return ["unshare", "--mount", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"', str(hide), *argv]
+
+
+def test_per_host_keys_job_equals_seq_and_a_deleted_key_is_refused(host_keys, tmp_path, oracle):
+    if subprocess.run(_other_host(["true"]), capture_output=True).returncode != 0:
+        pytest.skip("unshare --mount is not allowed here: workers cannot look like other hosts")
+    inputs = [words_file(tmp_path, f"in{i}.txt") for i in range(4)]
+    args = ["--reduce", "2", "--param", "map_seconds=0.3"]
+    expected = oracle(SLEEPY, inputs, *args)
+    (host_keys / "workers" / "c.key").unlink()  # host c revoked before the job
+    # Host b is given what the README says: coordinator.key, the workers' public keys, its own secret.
+    host_b = tmp_path / "host-b-keys"
+    (host_b / "workers").mkdir(parents=True)
+    for name in ("coordinator.key", "workers/a.key", "workers/b.key", "workers/b.key_secret"):
+        (host_b / name).write_bytes((host_keys / name).read_bytes())
+    endpoint, events, out = free_endpoint(), tmp_path / "events.jsonl", tmp_path / "out"
+    out.mkdir()  # empty: the coordinator takes it; the workers see an empty tmpfs there
+
+    def worker(key_dir, *extra):
+        return mapreduce_command(
+            "worker", "--connect", endpoint, "--key-dir", str(key_dir), "--scratch", str(tmp_path / extra[-1]), *extra
+        )
+
+    workers = [
+        subprocess.Popen(_other_host(worker(host_keys, "--key-name", "a", "--name", "a"), out), stderr=subprocess.PIPE),
+        subprocess.Popen(_other_host(worker(host_b, "--name", "b"), out), stderr=subprocess.PIPE),
+    ]
+    coordinator = subprocess.Popen(
+        mapreduce_command(
+            "coordinator",
+            SLEEPY,
+            *inputs,
+            *args,
+            "-o",
+            str(out),
+            "--bind",
+            endpoint,
+            "--key-dir",
+            str(host_keys),
+            "--events",
+            str(events),
+        ),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        revoked = run_cli(
+            "worker", "--connect", endpoint, "--key-dir", str(host_keys), "--key-name", "c", check=False, timeout=60
+        )
+        assert revoked.returncode == 2, revoked.stderr
+        assert "does not accept this worker's key" in revoked.stderr
+        assert coordinator.wait(timeout=60) == 0, coordinator.stderr.read()
+        assert [w.wait(timeout=30) for w in workers] == [0, 0], [w.stderr.read() for w in workers]
+    finally:
+        for process in (coordinator, *workers):
+            if process.poll() is None:
+                process.kill()
+    assert_same_output(expected, out)
+    log = list(read_records(events))
+    assert sorted(e["name"] for e in of(log, "worker_joined")) == ["a", "b"]
+    # Every byte crossed a data server under a host's own key: reduce output pulled by the
+    # coordinator, map output fetched by reducers from the other worker.
+    assert all(e["pulled"] > 0 for e in of(log, "output_committed"))
+    maps_by = {e["worker"] for e in of(log, "task_finished", phase="map")}
+    assert len(maps_by) == 2, "one worker ran every map: nothing was fetched across hosts"
+    assert sum(e["fetched"] for e in of(log, "task_finished", phase="reduce")) > 0
+
+
+def test_deleting_a_registered_workers_key_cuts_it_off(host_keys, tmp_path, oracle):
+    inputs = [words_file(tmp_path, f"in{i}.txt") for i in range(4)]
+    args = ["--reduce", "2", "--param", "map_seconds=0.5"]
+    expected = oracle(SLEEPY, inputs, *args)
+    endpoint, events, out = free_endpoint(), tmp_path / "events.jsonl", tmp_path / "out"
+    coordinator = subprocess.Popen(
+        mapreduce_command(
+            "coordinator",
+            SLEEPY,
+            *inputs,
+            *args,
+            "-o",
+            str(out),
+            "--bind",
+            endpoint,
+            "--key-dir",
+            str(host_keys),
+            "--events",
+            str(events),
+        ),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def worker(name):
+        argv = ["worker", "--connect", endpoint, "--key-dir", str(host_keys), "--key-name", name, "--name", name]
+        return subprocess.Popen(mapreduce_command(*argv), stderr=subprocess.PIPE, text=True)
+
+    c = worker("c")
+    try:
+        wait_for_log(events, lambda log: of(log, "worker_joined", name="c"), "c to join", coordinator, lambda: "")
+        (host_keys / "workers" / "c.key").unlink()
+        assert c.wait(timeout=30) == 2
+        assert "key was revoked" in c.stderr.read()
+        a = worker("a")  # the job goes on without c
+        assert a.wait(timeout=60) == 0, a.stderr.read()
+        assert coordinator.wait(timeout=30) == 0, coordinator.stderr.read()
+    finally:
+        for process in (coordinator, c, locals().get("a")):
+            if process is not None and process.poll() is None:
+                process.kill()
+    assert_same_output(expected, out)
+    log = list(read_records(events))
+    assert [
+        e["why"] for e in of(log, "worker_dead") if e["worker"] == of(log, "worker_joined", name="c")[0]["worker"]
+    ] == ["its key was revoked"]
