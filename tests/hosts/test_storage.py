@@ -198,7 +198,7 @@ def test_a_fetched_run_that_cannot_be_written_fails_the_attempt_instead_of_blami
     class Fetcher:
         received = 0
 
-        def copy(self, address, path, offset, length, out):
+        def copy(self, address, path, offset, length, out, server_key=None):
             out.write(b"x" * length)  # buffered: the full disk shows when the copy is closed
 
     reports = []
