@@ -80,10 +80,10 @@ def load(script: str, job_args: Sequence[str], n_reduce: int | None = None) -> M
         )
     try:
         from mrjob.job import MRJob
-    except ImportError:
+    except ImportError as exc:  # not installed, or broken (0.7.4 imports `pipes`, gone in Python 3.13)
         raise UsageError(
-            "mapreduce mrjob needs the mrjob package (mrjob 0.7.4): install mapreduce with its mrjob extra, "
-            "pip install 'mapreduce-zmq[mrjob]'"
+            f"mapreduce mrjob needs the mrjob package (mrjob 0.7.4) and cannot import it ({exc}): install "
+            "mapreduce with its mrjob extra, pip install 'mapreduce-zmq[mrjob]', on Python 3.12 or older"
         ) from None
     job_class = _job_class(script, MRJob)
     try:
@@ -91,6 +91,8 @@ def load(script: str, job_args: Sequence[str], n_reduce: int | None = None) -> M
     except ValueError as exc:  # what mrjob's option parser raises on bad options
         raise UsageError(f"{script}: {exc}") from None
     kwargs = job._runner_kwargs()
+    if job.options.runner not in (None, "inline", "local"):
+        log.warning("%s: -r %s is ignored: the job runs on mapreduce's workers", script, job.options.runner)
     for what in ("hadoop_input_format", "hadoop_output_format"):
         if kwargs.get(what):
             raise UsageError(
