@@ -685,6 +685,13 @@ def mrjob(
     show_default=True,
     help="On SIGTERM, seconds the current task may take to finish before it is handed back.",
 )
+@click.option(
+    "--stay",
+    is_flag=True,
+    help="Serve job after job: when a job ends (or its coordinator is lost) start afresh, a new process "
+    "with nothing of the last job's code, and wait as long as it takes for the next coordinator at CONNECT. "
+    "SIGTERM still drains and exits.",
+)
 @_security_options
 @click.option(
     "--key-name",
@@ -703,16 +710,17 @@ def worker(
     heartbeat_interval,
     coordinator_timeout,
     drain_timeout,
+    stay,
     key_dir,
     insecure,
     key_name,
 ):
-    """Run tasks for the coordinator at CONNECT until its job is done.
-    SIGTERM drains: no new task, the current one finishes or is handed back, then exit 0."""
+    """Run tasks for the coordinator at CONNECT until its job is done (with --stay: job after
+    job). SIGTERM drains: no new task, the current one finishes or is handed back, then exit 0."""
     from mapreduce.net.node import address_towards, default_scratch, endpoint_host
     from mapreduce.net.security import check_exposure
     from mapreduce.worker.core import ExitCode
-    from mapreduce.worker.loop import Worker, WorkerOptions
+    from mapreduce.worker.loop import Worker, WorkerOptions, exec_afresh
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     keys = _keys(key_dir, "worker", key_name)
@@ -731,6 +739,7 @@ def worker(
         coordinator_timeout=coordinator_timeout,
         drain_timeout=drain_timeout,
         keys=keys,
+        stay=stay,
     )
     try:
         node = Worker(options)
@@ -740,6 +749,8 @@ def worker(
         )
         sys.exit(2)
     code = node.run()
+    if node.serves_again:
+        exec_afresh()
     if code == ExitCode.REFUSED:
         click.echo(f"error: {node.refused}", err=True)
     elif code == ExitCode.COORDINATOR_LOST:

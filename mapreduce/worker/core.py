@@ -55,6 +55,7 @@ class Settings:
     handshake_timeout: float  # connected but not authenticated for this long: the keys do not match
     has_keys: bool  # CURVE keys configured (a plain worker failing a handshake lacks keys)
     coordinator: str  # the coordinator's endpoint, for messages
+    stay: bool = False  # serves job after job: before its first job, no silence is too long
 
 
 # ---- events --------------------------------------------------------------------
@@ -370,11 +371,15 @@ class WorkerCore:
 
     def _reconnect(self, now: float) -> None:
         silent = now - self._last_heard
-        if silent > self.settings.coordinator_timeout:
+        waiting = self.settings.stay and self.job_id is None  # between jobs, silence is the rule
+        if silent > self.settings.coordinator_timeout and not waiting:
             log.error("coordinator at %s unreachable for %.0f s: giving up", self.settings.coordinator, silent)
             self._exit(ExitCode.COORDINATOR_LOST, f"no word from the coordinator for {silent:.0f} s")
             return
-        log.warning("no word from the coordinator for %.1f s: reconnecting", silent)
+        if waiting:
+            log.debug("waiting for a coordinator at %s (%.0f s so far)", self.settings.coordinator, silent)
+        else:
+            log.warning("no word from the coordinator for %.1f s: reconnecting", silent)
         if self.state is WorkerState.DRAINING:
             self._leave_unregistered()
             return

@@ -94,6 +94,7 @@ class WorkerOptions:
     handshake_timeout: float = defaults.HANDSHAKE_TIMEOUT
     fetch_timeout: float = defaults.FETCH_TIMEOUT
     keys: Keys | None = None  # CURVE keys; None: plain connections (loopback, or --insecure)
+    stay: bool = False  # serve job after job (see Worker.serves_again)
 
     def settings(self) -> core.Settings:
         return core.Settings(
@@ -106,6 +107,7 @@ class WorkerOptions:
             handshake_timeout=self.handshake_timeout,
             has_keys=self.keys is not None,
             coordinator=self.connect,
+            stay=self.stay,
         )
 
 
@@ -171,8 +173,9 @@ class Worker:
             self._work.put(None)
             self._executor.join(timeout=self.options.cancel_grace)
             self._remove_temps()
-            if self._exit is not None and self._exit.job_over and self.job is not None:
-                # The job is over: no map output is needed any more, this host's included.
+            if (self._exit is not None and self._exit.job_over or self.serves_again) and self.job is not None:
+                # The job is over (or, for a worker that stays, lost with its coordinator): no
+                # map output is needed any more, this host's included.
                 self.job.close()
                 os.chdir(self._started_in)
                 shutil.rmtree(self.job.workdir.parent, ignore_errors=True)
@@ -397,16 +400,21 @@ class Worker:
         path = Path(result.path)
         return path if path.parent == self.job.workdir and output.is_temp_name(path.name) else None
 
+    @property
+    def serves_again(self) -> bool:
+        """A worker that stays (--stay) and whose job ended, or whose coordinator was lost: the
+        next job is served by a fresh process (exec_afresh), so nothing of this job's code,
+        module state, threads or memory reaches it."""
+        ended = self._exit is not None and (self._exit.job_over or self._exit.code is ExitCode.COORDINATOR_LOST)
+        return self.options.stay and ended
+
     def _restart(self, why: str) -> None:
         """Replace this process with a fresh one: the only way to stop a thread stuck in user code."""
         log.error("%s: restarting this worker", why)
         if self.socket is not None:
             self.socket.close(0)
         os.chdir(self._started_in)  # its command line's relative paths are relative to there
-        # The stuck attempt's commands die with it (exec would close the guardian's pipe too,
-        # but then this process could not reap it).
-        GUARDIAN.close()
-        os.execv(sys.executable, [sys.executable, "-P", "-m", "mapreduce", *sys.argv[1:]])
+        exec_afresh()
 
     def _remove_temps(self) -> None:
         """Delete reduce outputs this worker wrote that were never committed.
@@ -459,6 +467,21 @@ class Worker:
 
 
 RECONNECT_LINGER_MS = 200
+
+
+# The environment this process started with, before any job's code could change it.
+_STARTED_WITH = dict(os.environ)
+
+
+def exec_afresh() -> None:
+    """Replace this process with a new worker run with the same command line and the same
+    environment it started with (the same pid)."""
+    # Its commands die first (exec would close the guardian's pipe too, but then this process
+    # could not reap the guardian).
+    GUARDIAN.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-P", "-m", "mapreduce", *sys.argv[1:]], _STARTED_WITH)
 
 
 def _raise_open_file_limit() -> None:

@@ -1,0 +1,104 @@
+"""Workers that stay (`mapreduce worker --stay`): started once, they serve one coordinator's
+job after another on the same endpoint, each job in a fresh process, so nothing of one job's
+code reaches the next, and each job's files go when it ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from helpers import FAST, assert_same_output, coordinator_args, free_endpoint, kill_all, mapreduce_command, of
+from mapreduce.wire.events import read_records
+
+# Word count that leaves traces in its worker's interpreter: a module global set on a module of
+# the framework, an environment variable, a thread that never ends.
+LEAKY = """
+import os
+import threading
+import time
+
+import mapreduce.job
+
+
+def init(params):
+    mapreduce.job.LEFT_BEHIND = "by the leaky job"
+    os.environ["LEFT_BEHIND"] = "by the leaky job"
+    threading.Thread(target=time.sleep, args=(3600,), name="left-behind", daemon=True).start()
+
+
+def map(key, text):
+    for word in text.split():
+        yield word, 1
+
+
+def reduce(key, values):
+    return sum(values)
+"""
+
+# Word count that fails if it finds any of those traces.
+CHECKER = """
+import os
+import threading
+
+import mapreduce.job
+
+
+def map(key, text):
+    traces = [
+        getattr(mapreduce.job, "LEFT_BEHIND", None),
+        os.environ.get("LEFT_BEHIND"),
+        [t.name for t in threading.enumerate() if t.name == "left-behind"],
+    ]
+    if any(traces):
+        raise RuntimeError(f"the last job left traces here: {traces}")
+    for word in text.split():
+        yield word, 1
+
+
+def reduce(key, values):
+    return sum(values)
+"""
+
+
+def test_staying_workers_serve_job_after_job_each_afresh(tmp_path, oracle):
+    (tmp_path / "leaky.py").write_text(LEAKY)
+    (tmp_path / "checker.py").write_text(CHECKER)
+    inputs = []
+    for i in range(4):
+        inputs.append(str(tmp_path / f"in{i}.txt"))
+        (tmp_path / f"in{i}.txt").write_text(f"w{i} shared words here\n" * 300)
+    endpoint, scratch = free_endpoint(), tmp_path / "scratch"
+    worker = mapreduce_command("worker", "--connect", endpoint, "--scratch", str(scratch), "--stay", *FAST)
+    workers = [subprocess.Popen(worker, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    started = list(workers)
+    try:
+        seen_pids = []
+        for number, app in enumerate(["leaky.py", "checker.py", "leaky.py"]):
+            out, events = tmp_path / f"out{number}", tmp_path / f"events{number}.jsonl"
+            args = coordinator_args(str(tmp_path / app), inputs, out, endpoint, events)
+            coordinator = subprocess.Popen(
+                mapreduce_command(*args, "--reduce", "2", "--min-workers", "2", *FAST),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            started.append(coordinator)
+            assert coordinator.wait(timeout=120) == 0, coordinator.stderr.read()
+            assert_same_output(oracle(str(tmp_path / app), inputs, "--reduce", "2"), out)
+            log = list(read_records(events))
+            seen_pids.append(sorted(e["pid"] for e in of(log, "worker_joined")))
+            assert all(w.poll() is None for w in workers), "a worker that stays exited after a job"
+        # The same two processes (exec keeps the pid) served every job.
+        assert seen_pids == [sorted(w.pid for w in workers)] * 3
+        deadline = time.monotonic() + 30
+        while list(scratch.glob("job-*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(scratch.glob("job-*")) == [], "a finished job's files are still in scratch"
+        for w in workers:
+            w.send_signal(signal.SIGTERM)  # drains: leaves for good, exit 0
+        assert [w.wait(timeout=30) for w in workers] == [0, 0]
+    finally:
+        kill_all(started)
+    assert not os.environ.get("LEFT_BEHIND")
