@@ -14,7 +14,9 @@ from zmq.utils import z85
 from helpers import (
     SLEEPY,
     assert_same_output,
+    coordinator_args,
     free_endpoint,
+    kill_all,
     mapreduce_command,
     of,
     run_cli,
@@ -272,20 +274,7 @@ def test_per_host_keys_job_equals_seq_and_a_deleted_key_is_refused(host_keys, tm
         subprocess.Popen(_other_host(worker(host_b, "--name", "b"), out), stderr=subprocess.PIPE),
     ]
     coordinator = subprocess.Popen(
-        mapreduce_command(
-            "coordinator",
-            SLEEPY,
-            *inputs,
-            *args,
-            "-o",
-            str(out),
-            "--bind",
-            endpoint,
-            "--key-dir",
-            str(host_keys),
-            "--events",
-            str(events),
-        ),
+        mapreduce_command(*coordinator_args(SLEEPY, inputs, out, endpoint, events), *args, "--key-dir", str(host_keys)),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -298,9 +287,7 @@ def test_per_host_keys_job_equals_seq_and_a_deleted_key_is_refused(host_keys, tm
         assert coordinator.wait(timeout=60) == 0, coordinator.stderr.read()
         assert [w.wait(timeout=30) for w in workers] == [0, 0], [w.stderr.read() for w in workers]
     finally:
-        for process in (coordinator, *workers):
-            if process.poll() is None:
-                process.kill()
+        kill_all([coordinator, *workers])
     assert_same_output(expected, out)
     log = list(read_records(events))
     assert sorted(e["name"] for e in of(log, "worker_joined")) == ["a", "b"]
@@ -318,20 +305,7 @@ def test_deleting_a_registered_workers_key_cuts_it_off(host_keys, tmp_path, orac
     expected = oracle(SLEEPY, inputs, *args)
     endpoint, events, out = free_endpoint(), tmp_path / "events.jsonl", tmp_path / "out"
     coordinator = subprocess.Popen(
-        mapreduce_command(
-            "coordinator",
-            SLEEPY,
-            *inputs,
-            *args,
-            "-o",
-            str(out),
-            "--bind",
-            endpoint,
-            "--key-dir",
-            str(host_keys),
-            "--events",
-            str(events),
-        ),
+        mapreduce_command(*coordinator_args(SLEEPY, inputs, out, endpoint, events), *args, "--key-dir", str(host_keys)),
         stderr=subprocess.PIPE,
         text=True,
     )
