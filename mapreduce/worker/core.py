@@ -386,7 +386,10 @@ class WorkerCore:
         self._drop_current(now)
         self._connect()
         self._next_reconnect = now + self._backoff
-        self._backoff = min(self._backoff * 2, self.settings.max_backoff)
+        # Waiting for its next job, a worker that stays tries every heartbeat: the next job's
+        # coordinator finds it within one, not after a backoff grown over hours of quiet.
+        cap = self.settings.heartbeat_interval if waiting else self.settings.max_backoff
+        self._backoff = min(self._backoff * 2, cap)
 
     def _stuck(self, now: float) -> bool:
         return any(now - since >= self.settings.cancel_grace for since in self.stopping.values())
