@@ -214,19 +214,23 @@ def test_a_worker_killed_outright_leaves_no_command_running(tmp_path):
 
 SLOW_WORKER_MAPPER = """import os, sys, time
 if os.environ.get("SLOW_WORKER"):  # this worker's attempts hang until they are cancelled
-    with open(os.path.join(os.environ["PIDS"], str(os.getpid())), "w"):
+    task = os.environ["mapreduce_task_partition"]
+    with open(os.path.join(os.environ["PIDS"], f"{task}-{os.getpid()}"), "w"):
         pass
     time.sleep(600)
 for line in sys.stdin:
     for word in line.split():
         print(word, 1, sep="\\t")
 """
+# On the cluster the reducers wait for the test's go-ahead (a file), so the job, and with it the
+# slow worker, is still there while the test looks at the cancelled attempt.
+HELD_REDUCER = 'sh -c \'while [ -n "$HOLD" ] && [ ! -e "$HOLD" ]; do sleep 0.05; done; exec uniq -c\''
 
 
 def test_a_cancelled_attempt_of_a_straggler_takes_its_command_with_it(tmp_path):
     """A worker whose mapper hangs gets its maps backed up; when a backup wins, the hung
     attempt is cancelled and its command killed, while that worker still runs."""
-    pids = tmp_path / "pids"
+    pids, hold = tmp_path / "pids", tmp_path / "go"
     pids.mkdir()
     (tmp_path / "mapper.py").write_text(SLOW_WORKER_MAPPER)
     inputs = []
@@ -234,25 +238,31 @@ def test_a_cancelled_attempt_of_a_straggler_takes_its_command_with_it(tmp_path):
         inputs.append(tmp_path / f"in{i:02d}.txt")
         inputs[-1].write_text(f"w{i % 5} common\n" * 200)
     args = [*inputs_of([str(p) for p in inputs]), "--mapper", f"{sys.executable} mapper.py"]
-    args += ["--reducer", "uniq -c", "--reduce", "2", "--file", str(tmp_path / "mapper.py")]
+    args += ["--reducer", HELD_REDUCER, "--reduce", "2", "--file", str(tmp_path / "mapper.py")]
     streaming(*args, "--output", str(tmp_path / "seq"), "--sequential")
     out, events, endpoint = tmp_path / "out", tmp_path / "events.jsonl", free_endpoint()
     serve = ["streaming", *args, "--output", str(out), "--bind", endpoint, "--events", str(events), "--quiet"]
     coordinator = subprocess.Popen(mapreduce_command(*serve, *FAST, *TIMEOUT), stderr=subprocess.PIPE, text=True)
     worker = mapreduce_command("worker", "--connect", endpoint, "--scratch", str(tmp_path / "scratch"), *FAST)
-    env = {**os.environ, "PIDS": str(pids)}
-    started = [subprocess.Popen(worker, env={**env, "SLOW_WORKER": "1"}, stderr=subprocess.DEVNULL)]
+    env = {**os.environ, "PIDS": str(pids), "HOLD": str(hold)}
+    slow = subprocess.Popen(worker, env={**env, "SLOW_WORKER": "1"}, stderr=subprocess.DEVNULL)
+    started = [slow]
     try:
         wait_for_log(events, lambda log: of(log, "task_assigned", worker=1), "the slow worker's first map",
                      coordinator, coordinator.stderr.read)  # fmt: skip
         started += [subprocess.Popen(worker, env=env, stderr=subprocess.DEVNULL) for _ in range(2)]
-        wait_for_log(events, lambda log: of(log, "task_cancelled", worker=1), "a cancelled attempt of the slow worker",
-                     coordinator, coordinator.stderr.read)  # fmt: skip
-        hung = [int(p.name) for p in pids.iterdir()]
-        assert hung and gone(hung[0]), "the cancelled attempt's mapper is still running"
-        assert not of(event_log(events), "worker_left", worker=1), "killed by its worker's exit, not by the cancel"
+        cancelled = "a cancelled map attempt of the slow worker"
+        log = wait_for_log(events, lambda log: of(log, "task_cancelled", worker=1, phase="map"), cancelled,
+                           coordinator, coordinator.stderr.read)  # fmt: skip
+        task = of(log, "task_cancelled", worker=1, phase="map")[0]["task"]
+        (hung,) = [int(p.name.split("-")[1]) for p in pids.iterdir() if p.name.startswith(f"{task}-")]
+        assert gone(hung), "the cancelled attempt's mapper is still running"
+        # The reducers wait for the go-ahead: the job, and its slow worker, are not over yet.
+        assert slow.poll() is None and not of(event_log(events), "worker_left", worker=1)
+        hold.touch()
         assert coordinator.wait(timeout=120) == 0, coordinator.stderr.read()
     finally:
+        hold.touch()
         kill_all([coordinator, *started])
     assert_same_output(tmp_path / "seq", out)
-    assert all(gone(int(p.name)) for p in pids.iterdir())
+    assert all(gone(int(p.name.split("-")[1])) for p in pids.iterdir())
