@@ -418,7 +418,17 @@ class Worker:
 
     def _remove_temps(self) -> None:
         """Delete reduce outputs this worker wrote that were never committed.
-        (A committed one was renamed, so its temporary name no longer exists.)"""
+        (A committed one was renamed, so its temporary name no longer exists.) That includes
+        one an attempt finished after the loop stopped (a backup cancelled as the job ended):
+        its result was never sent, so the coordinator cannot have committed it."""
+        while True:
+            try:
+                _, message, _ = self._results.get_nowait()
+            except queue.Empty:
+                break
+            unsent = self._reduce_output(message)
+            if unsent is not None:
+                self._temps.add(unsent)
         for temp in self._temps:
             temp.unlink(missing_ok=True)
         self._temps.clear()

@@ -453,3 +453,30 @@ def test_a_worker_that_stays_waits_for_its_first_job_however_long_then_gives_up_
     assert d.message(1000.0, welcome()) == [JoinJob(welcome())]  # the next coordinator came
     exits = [i for _, instructions in d.ticks_until(1100.0) for i in instructions if isinstance(i, Exit)]
     assert [e.code for e in exits] == [ExitCode.COORDINATOR_LOST]  # its job's coordinator went silent
+
+
+def test_a_reduce_output_finished_after_the_loop_stopped_is_removed_at_exit(tmp_path):
+    """A backup cancelled as the job ended may finish its file after the control loop stopped:
+    its TaskDone was never sent (so never committed), and its temporary file must not stay."""
+    import queue
+
+    from mapreduce.job import load_app
+    from mapreduce.output import attempt_temp_name
+    from mapreduce.worker.loop import Worker
+    from mapreduce.worker.tasks import JobContext
+
+    out, workdir = tmp_path / "out", tmp_path / "scratch" / "job-j" / "w-1"
+    out.mkdir()
+    workdir.mkdir(parents=True)
+    sent, unsent = out / attempt_temp_name(0, "j", 7), out / attempt_temp_name(1, "j", 8)
+    kept = out / "part-00000"
+    for path in (sent, unsent, kept):
+        path.write_text("x\n")
+    worker = Worker.__new__(Worker)  # only the exit's clean-up is under test: no sockets
+    worker.job = JobContext(load_app("wordcount"), "j", 1, 2, "host", workdir, out, True, "")
+    worker._temps = {sent}
+    worker._results = queue.Queue()
+    worker._results.put((3, p.TaskDone(0, 8, [], unsent.name, 1), True))
+    worker._results.put((4, p.Cancelled(0, 9), True))
+    worker._remove_temps()
+    assert sorted(path.name for path in out.iterdir()) == ["part-00000"]
