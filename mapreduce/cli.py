@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -525,28 +527,7 @@ def _placement_options(f):
     "--reduce", "-r", "n_reduce", type=int, default=None, help=f"Number of reduce tasks [default: {defaults.N_REDUCE}]."
 )
 @_placement_options
-def streaming(
-    inputs,
-    output,
-    mapper,
-    reducer,
-    combiner,
-    defines,
-    n_reduce,
-    files,
-    split_size,
-    overwrite,
-    workers,
-    bind,
-    sequential,
-    key_dir,
-    insecure,
-    events,
-    quiet,
-    status_bind,
-    status_port,
-    **cluster,
-):
+def streaming(inputs, output, mapper, reducer, combiner, defines, n_reduce, files, split_size, overwrite, **rest):
     """Run a Hadoop Streaming job: executables as mapper and reducer.
 
     The mapper reads its split's lines on stdin and writes records, key before the first tab;
@@ -555,43 +536,61 @@ def streaming(
     from mapreduce import runner
 
     job = _guard(lambda: _streaming_app(mapper, reducer, combiner, defines, files, n_reduce))
-    options = runner.JobOptions(n_reduce, split_size, overwrite, {}, files=tuple(files), **cluster)
-    status = (status_bind, status_port)
-    _run_app(job, inputs, output, options, (workers, bind, sequential), (key_dir, insecure), events, quiet, status)
+    where = _Placement.take(rest)
+    where.run(job, inputs, output, runner.JobOptions(n_reduce, split_size, overwrite, {}, files=tuple(files), **rest))
 
 
-def _run_app(job, inputs, output, options, placement, security, events, quiet, status=("127.0.0.1", None)) -> None:
-    """Run an app built here (a streaming or mrjob job): ``placement`` (workers, bind,
-    sequential) says where: local workers, workers that connect to ``bind``, or this one
-    process; ``security`` is (key_dir, insecure), ``status`` the status page's (bind, port).
-    Its counters go to stderr unless quiet."""
-    from mapreduce import runner
+@dataclass(frozen=True)
+class _Placement:
+    """Where an app built here (a streaming or mrjob job) runs, from _placement_options: in this
+    one process, served to workers that connect to ``bind``, or on local workers."""
 
-    workers, bind, sequential = placement
-    if sequential:
-        counts = _guard(lambda: runner.run_seq(job, inputs, output, options))
-    else:
+    workers: int
+    bind: str | None
+    sequential: bool
+    key_dir: Path | None
+    insecure: bool
+    events: Path | None
+    quiet: bool
+    status_bind: str
+    status_port: int | None
 
-        def run(observe):
-            if bind:
-                keys, insecure = _keys(security[0], "coordinator"), security[1]
-                announce = None if quiet else (lambda address: click.echo(f"{job.name} served on {address}", err=True))
-                return _with_progress(
-                    quiet,
-                    lambda progress: runner.serve(
-                        job, inputs, output, bind, options, progress, announce, events, keys, insecure, observe
-                    ),
-                )
+    @classmethod
+    def take(cls, params: dict) -> _Placement:
+        """Its fields, taken out of a command's parameters (the rest are the job's options)."""
+        return cls(**{f.name: params.pop(f.name) for f in dataclasses.fields(cls)})
+
+    def run(self, job, inputs, output, options) -> None:
+        """Run the job; its counters on stderr unless quiet."""
+        from mapreduce import runner
+
+        if self.sequential:
+            counts = _guard(lambda: runner.run_seq(job, inputs, output, options))
+        else:
+            counts = _with_status(
+                self.status_bind, self.status_port, lambda observe: self._run(job, inputs, output, options, observe)
+            ).tally.counters
+        if not self.quiet:
+            _echo_counters(counts)
+
+    def _run(self, job, inputs, output, options, observe):
+        from mapreduce import runner
+
+        if not self.bind:
             return _with_progress(
-                quiet,
+                self.quiet,
                 lambda progress: runner.run_local(
-                    job, inputs, output, workers, options, progress, False, events, observe
+                    job, inputs, output, self.workers, options, progress, False, self.events, observe
                 ),
             )
-
-        counts = _with_status(*status, run).tally.counters
-    if not quiet:
-        _echo_counters(counts)
+        keys = _keys(self.key_dir, "coordinator")
+        announce = None if self.quiet else (lambda address: click.echo(f"{job.name} served on {address}", err=True))
+        return _with_progress(
+            self.quiet,
+            lambda progress: runner.serve(
+                job, inputs, output, self.bind, options, progress, announce, self.events, keys, self.insecure, observe
+            ),
+        )
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -613,25 +612,7 @@ def _run_app(job, inputs, output, options, placement, security, events, quiet, s
 @_placement_options
 @click.argument("script", metavar="JOB.py")
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED, metavar="[JOB_ARGS]...")
-def mrjob(
-    script,
-    job_args,
-    output,
-    n_reduce,
-    split_size,
-    overwrite,
-    workers,
-    bind,
-    sequential,
-    key_dir,
-    insecure,
-    events,
-    quiet,
-    status_bind,
-    status_port,
-    files,
-    **cluster,
-):
+def mrjob(script, job_args, output, n_reduce, split_size, overwrite, files, **rest):
     """Run an mrjob job, unmodified: JOB.py's MRJob class with JOB_ARGS, what one would give
     `python JOB.py` (its options and input paths). Each task runs the script as mrjob's runners
     run it (JOB.py --step-num=N --mapper ...). Our options come before JOB.py."""
@@ -642,13 +623,13 @@ def mrjob(
 
     run = _guard(lambda: mrjobs.load(script, job_args, n_reduce))
     output = output or run.output
-    options = runner.JobOptions(run.n_reduce, split_size, overwrite, {}, files=(*run.files, *files), **cluster)
-    how = ((workers, bind, sequential), (key_dir, insecure), events, quiet, (status_bind, status_port))
+    where = _Placement.take(rest)
+    options = runner.JobOptions(run.n_reduce, split_size, overwrite, {}, files=(*run.files, *files), **rest)
     if output:
-        _run_app(run.app, run.inputs, output, options, *how)
+        where.run(run.app, run.inputs, output, options)
         return
     with tempfile.TemporaryDirectory(prefix="mapreduce-mrjob-") as folder:  # mrjob's way: the output to stdout
-        _run_app(run.app, run.inputs, os.path.join(folder, "out"), options, *how)
+        where.run(run.app, run.inputs, os.path.join(folder, "out"), options)
         for part in sorted(Path(folder, "out").glob("part-*")):
             with open(part, "rb") as f:
                 shutil.copyfileobj(f, sys.stdout.buffer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -74,6 +75,19 @@ def crashtest_table(stdout: str) -> dict[str, dict[str, str]]:
         if line.split()[0] in ("base", "all") or line.split()[0].isdigit()
     ]
     return {row["round"]: row for row in rows}
+
+
+def _unshare_unavailable() -> str | None:
+    """Why a worker cannot be put in a mount namespace of its own here (another "host"), or None."""
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        return "cannot make a mount namespace here (needs root)"
+    return None
+
+
+_NO_UNSHARE = _unshare_unavailable()
+needs_unshare = pytest.mark.skipif(_NO_UNSHARE is not None, reason=str(_NO_UNSHARE))
 
 
 def event_log(path: Path) -> list[dict]:

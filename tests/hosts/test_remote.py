@@ -9,27 +9,14 @@ whose data server cannot be reached is refused with a clear message.
 
 from __future__ import annotations
 
-import shutil
 import signal
-import subprocess
 
-import pytest
 import zmq
 
-from helpers import SLEEPY, assert_same_output, free_endpoint, of, words_file
+from helpers import SLEEPY, assert_same_output, free_endpoint, needs_unshare, of, words_file
 from mapreduce.wire import messages as p
 
-
-def _can_unshare() -> str | None:
-    if shutil.which("unshare") is None:
-        return "unshare (util-linux) is not installed"
-    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
-        return "cannot make a mount namespace here (needs root)"
-    return None
-
-
 OTHER_HOST = ("unshare", "-m")
-needs_unshare = pytest.mark.skipif(_can_unshare() is not None, reason=str(_can_unshare()))
 
 
 @needs_unshare
