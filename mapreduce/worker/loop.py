@@ -165,6 +165,9 @@ class Worker:
                 return self._loop()
             signal.signal(signal.SIGTERM, self._ask_drain)
             with self._signals_wake_loop():
+                # A signal that came while exec_afresh replaced the process waited, blocked, for
+                # the handler above: delivered now.
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_ACROSS_EXEC)
                 return self._loop()
         finally:
             # The executor first: nothing may be deleted or closed under a running attempt.
@@ -482,6 +485,10 @@ RECONNECT_LINGER_MS = 200
 # The environment this process started with, before any job's code could change it.
 _STARTED_WITH = dict(os.environ)
 
+# Signals that must not find the fresh process before it has its handlers (SIGTERM's default
+# kills it, where a worker drains): the signal mask and pending signals survive exec.
+HELD_ACROSS_EXEC = frozenset({signal.SIGTERM, signal.SIGINT})
+
 
 def exec_afresh() -> None:
     """Replace this process with a new worker run with the same command line and the same
@@ -491,6 +498,7 @@ def exec_afresh() -> None:
     GUARDIAN.close()
     sys.stdout.flush()
     sys.stderr.flush()
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_ACROSS_EXEC)
     os.execve(sys.executable, [sys.executable, "-P", "-m", "mapreduce", *sys.argv[1:]], _STARTED_WITH)
 
 

@@ -102,3 +102,38 @@ def test_staying_workers_serve_job_after_job_each_afresh(tmp_path, oracle):
     finally:
         kill_all(started)
     assert not os.environ.get("LEFT_BEHIND")
+
+
+def test_a_sigterm_that_comes_while_the_worker_is_replaced_still_drains_it():
+    """exec_afresh holds SIGTERM blocked across exec (the mask and pending signals survive it),
+    so a SIGTERM that arrives before the fresh interpreter has its handler drains the worker
+    instead of killing it. Here the signal is pending before the worker's first line runs."""
+    held = lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # noqa: E731
+    worker = mapreduce_command("worker", "--connect", free_endpoint(), "--stay", *FAST)
+    process = subprocess.Popen(worker, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=held)
+    try:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, process.stderr.read()
+    finally:
+        kill_all([process])
+
+
+def test_exec_afresh_blocks_sigterm_and_sigint_before_replacing_the_process(monkeypatch):
+    from mapreduce.worker import loop
+
+    seen = {}
+
+    def execve(*args):
+        seen["mask"] = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        raise OSError("stopped before exec")
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    monkeypatch.setattr(loop.os, "execve", execve)
+    try:
+        try:
+            loop.exec_afresh()
+        except OSError:
+            pass
+        assert {signal.SIGTERM, signal.SIGINT} <= seen["mask"]
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
