@@ -284,10 +284,14 @@ class _Group(click.Group):
     """Commands for running jobs, plus tools imported only when used (workers start faster)."""
 
     lazy = {
+        "cancel": "mapreduce.service.commands:cancel",
+        "cluster": "mapreduce.service.commands:cluster",
         "gensort": "mapreduce.tools.gensort:gensort_command",
+        "jobs": "mapreduce.service.commands:jobs",
         "launch-workers": "mapreduce.tools.launch:launch",
         "report": "mapreduce.tools.report:report",
         "status": "mapreduce.tools.status:status",
+        "submit": "mapreduce.service.commands:submit",
         "valsort": "mapreduce.tools.gensort:valsort_command",
         "vnet": "mapreduce.tools.vnet:vnet",
     }

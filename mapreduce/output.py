@@ -256,6 +256,23 @@ def remove_temps(folder: Path) -> list[str]:
     return left
 
 
+def remove_output(folder: Path, created: bool) -> None:
+    """Undo a cancelled job's output: its parts, temporary files and success marker, and the
+    folder itself if the job ``created`` it and nothing else is in it."""
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        if _OURS.match(entry):
+            (folder / entry).unlink(missing_ok=True)
+    if created:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # something not ours is in it: it stays
+
+
 def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:

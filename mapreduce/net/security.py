@@ -173,18 +173,35 @@ def load(folder: str | Path, role: str, name: str | None = None) -> Keys:
     return _read(folder, role, needed, per_host, secret_file.name.removesuffix(".key_secret") if per_host else "")
 
 
+def load_client(folder: str | Path, name: str | None = None) -> Keys:
+    """A standing cluster's client's keys: ``clients/NAME.key_secret`` (``name``, or the one
+    client secret the folder holds) and the coordinator's public key."""
+    folder = Path(folder)
+    if not (folder / CLIENTS).is_dir():
+        raise UsageError(
+            f"key folder {str(folder)!r} has no {CLIENTS}/ folder of client keys "
+            "(make one with `mapreduce keygen DIR --client NAME` and admit it on the cluster)"
+        )
+    secret_file = folder / CLIENTS / f"{_own_name(folder, CLIENTS, name)}.key_secret"
+    return _read(folder, "client", [secret_file, folder / f"{COORDINATOR}.key"], True, secret_file.stem)
+
+
 def _worker_name(folder: Path, name: str | None) -> str:
+    return _own_name(folder, WORKERS, name)
+
+
+def _own_name(folder: Path, kind: str, name: str | None) -> str:
     if name is not None:
         return check_name(name)
-    names = sorted(p.name.removesuffix(".key_secret") for p in (folder / WORKERS).glob("*.key_secret"))
+    names = sorted(p.name.removesuffix(".key_secret") for p in (folder / kind).glob("*.key_secret"))
     if len(names) == 1:
         return names[0]
-    where = f"{folder / WORKERS}"
+    where = f"{folder / kind}"
     if not names:
-        raise UsageError(f"{where} holds no worker secret key (NAME.key_secret): give this host its own pair")
+        raise UsageError(f"{where} holds no {kind[:-1]} secret key (NAME.key_secret): give this host its own pair")
     raise UsageError(
-        f"{where} holds {len(names)} worker secret keys ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}): "
-        f"say which is this worker's with --key-name NAME (or ${KEY_NAME_ENV})"
+        f"{where} holds {len(names)} {kind[:-1]} secret keys ({', '.join(names[:5])}"
+        f"{', ...' if len(names) > 5 else ''}): say which is this {kind[:-1]}'s with --key-name NAME (or ${KEY_NAME_ENV})"
     )
 
 

@@ -26,8 +26,9 @@ import msgpack
 from mapreduce.errors import ProtocolError
 from mapreduce.output import Compression
 
-# 2: Welcome lost output_host_id; 3: counters, bad records, compression, pipelines; 4: MapOutput.server_key
-PROTOCOL_VERSION = 4
+# 2: Welcome lost output_host_id; 3: counters, bad records, compression, pipelines; 4: MapOutput.server_key;
+# 5: JobDone.leave, a standing cluster's client messages
+PROTOCOL_VERSION = 5
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # A data server's address as a worker advertises it (the socket's bound endpoint, always
@@ -281,6 +282,87 @@ class Refused:
 class JobDone:
     ok: bool
     message: str = ""
+    leave: bool = False  # the cluster is stopping: a worker that stays (--stay) leaves too
+
+
+# ---- a standing cluster's clients (submit, jobs, cancel, cluster stop) and its service ----
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def over(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+@dataclass(frozen=True)
+class SubmitJob:
+    """A job for the service's queue. Paths are paths on the service's host. The app travels
+    as Python source (never a pickle): run by the job's own coordinator process, not the service."""
+
+    app: str  # a built-in app's name, or the file name app_source had on the client
+    inputs: list[str]
+    output: str
+    app_source: str = ""  # "": app names a built-in app
+    n_reduce: int | None = None
+    params: list[str] = field(default_factory=list)  # NAME=VALUE
+    split_size: int = 0  # 0: the default
+    overwrite: bool = False
+    files: list[str] = field(default_factory=list)  # side files (--file)
+    compress: Compression = Compression.NONE
+    max_attempts: int = 0  # 0: the default
+    skip_bad_records: int = 0
+
+
+@dataclass(frozen=True)
+class ListJobs:
+    pass
+
+
+@dataclass(frozen=True)
+class WatchJob:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class CancelJob:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class StopCluster:
+    cancel_running: bool = False  # else the running job finishes first
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    state: JobState
+    app: str
+    output: str
+    submitted: float  # wall-clock seconds (time.time())
+    started: float = 0.0  # 0: not yet
+    finished: float = 0.0
+    message: str = ""
+    events: str = ""  # the job's event log on the service's host (mapreduce report)
+
+
+@dataclass(frozen=True)
+class JobList:
+    jobs: list[JobInfo]
+    stopping: bool = False
+
+
+@dataclass(frozen=True)
+class Declined:
+    """The service would not do what a client asked, and why."""
+
+    reason: str
 
 
 WORKER_MESSAGES: tuple[type, ...] = (
@@ -305,7 +387,11 @@ COORDINATOR_MESSAGES: tuple[type, ...] = (
     Refused,
     JobDone,
 )
-_BY_NAME: dict[str, type] = {cls.__name__: cls for cls in WORKER_MESSAGES + COORDINATOR_MESSAGES + (MapOutput,)}
+CLIENT_MESSAGES: tuple[type, ...] = (SubmitJob, ListJobs, WatchJob, CancelJob, StopCluster)
+SERVICE_MESSAGES: tuple[type, ...] = (JobInfo, JobList, Declined)
+_BY_NAME: dict[str, type] = {
+    cls.__name__: cls for cls in WORKER_MESSAGES + COORDINATOR_MESSAGES + CLIENT_MESSAGES + SERVICE_MESSAGES + (MapOutput,)
+}
 
 
 def encode(message: Any) -> bytes:

@@ -198,6 +198,7 @@ class Exit:
     code: ExitCode
     why: str
     job_over: bool = False  # the job finished: its files on this host may go
+    leave: bool = False  # the cluster is stopping: even a worker that stays leaves
 
 
 Instruction = Connect | Send | JoinJob | RunAttempt | CancelAttempt | DeliverOutputs | Report | Discard | Restart | Exit
@@ -314,6 +315,10 @@ class WorkerCore:
             self._exit(ExitCode.REFUSED, message.reason)
         elif isinstance(message, p.JobDone):
             self._goodbye()
+            if message.leave:
+                log.info("the cluster is stopping (%s): leaving", message.message)
+                self._stop(Exit(ExitCode.DONE, "the cluster stopped", job_over=True, leave=True))
+                return
             outcome = "succeeded" if message.ok else f"failed: {message.message}"
             log.info("job finished (%s): exiting", outcome)
             self._exit(ExitCode.DONE, f"the job {outcome}", job_over=True)

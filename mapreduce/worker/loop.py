@@ -409,7 +409,7 @@ class Worker:
         next job is served by a fresh process (exec_afresh), so nothing of this job's code,
         module state, threads or memory reaches it."""
         ended = self._exit is not None and (self._exit.job_over or self._exit.code is ExitCode.COORDINATOR_LOST)
-        return self.options.stay and ended
+        return self.options.stay and ended and not self._exit.leave
 
     def _restart(self, why: str) -> None:
         """Replace this process with a fresh one: the only way to stop a thread stuck in user code."""

@@ -1,0 +1,349 @@
+"""The standing cluster's service: takes jobs from clients, queues them, and runs each in a
+coordinator process of its own on the cluster's address, where the workers that stay
+(`mapreduce worker --stay`) serve one job after another.
+
+A job's coordinator is a child process (`mapreduce coordinator`, the same code as a one-job
+cluster): the job's code (its app module, a total order's sample) never runs in the service,
+so a job that crashes or hangs its coordinator harms only itself. The service reads no pickle:
+a client sends an app's Python source, which the job's coordinator loads. Each job has a
+folder in the state folder: its app, its coordinator's log and its event log
+(`mapreduce report`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from mapreduce import defaults, output
+from mapreduce.cluster import LocalCluster
+from mapreduce.errors import ProtocolError
+from mapreduce.net.security import CLIENTS, CurveGate, Keys, authenticator, load
+from mapreduce.service.addresses import clients_endpoint, private_endpoint
+from mapreduce.service.queue import Cancelling, JobQueue, QueuedJob
+from mapreduce.wire import messages as p
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 20  # how often a finished coordinator is noticed
+_APP_FILE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}\.py")
+_JOB_FOLDER = re.compile(r"job-([0-9]{5,})")
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    bind: str  # where workers connect
+    state_dir: Path
+    key_dir: Path | None = None
+    workers: int = 0  # local workers this service starts (and stops)
+    heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL
+    coordinator_args: tuple[str, ...] = ()  # more options for every job's coordinator
+
+
+class Service:
+    def __init__(self, options: ServiceOptions):
+        self.options = options
+        self.jobs_dir = options.state_dir / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(options.state_dir, 0o700)  # its socket takes clients without keys
+        self.queue = JobQueue(first_number=_next_number(self.jobs_dir))
+        self.keys: Keys | None = load(options.key_dir, "coordinator") if options.key_dir else None
+        self.context = zmq.Context()
+        self.sockets: list[zmq.Socket] = []
+        self.gate: CurveGate | None = None
+        private = self._listen(private_endpoint(options.state_dir))
+        self.addresses = [private.getsockopt_string(zmq.LAST_ENDPOINT)]
+        if self.keys is not None:
+            clients = options.key_dir / CLIENTS
+            self.gate = CurveGate(self.context, lambda: _client_keys(clients))
+            self.gate.start()
+            public = self._listen(clients_endpoint(options.bind), self.keys)
+            self.addresses.append(public.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.child: subprocess.Popen | None = None
+        self.child_job: QueuedJob | None = None
+        self.output_created = False
+        self.local: LocalCluster | None = None
+        self._stop_asked = False
+
+    def _listen(self, endpoint: str, keys: Keys | None = None) -> zmq.Socket:
+        sock = self.context.socket(zmq.ROUTER)
+        if keys is not None:
+            keys.serve(sock)
+        sock.setsockopt(zmq.LINGER, 500)
+        sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
+        sock.bind(endpoint)
+        self.sockets.append(sock)
+        return sock
+
+    # ---- the loop ----------------------------------------------------------------
+
+    def run(self) -> int:
+        previous = {s: signal.signal(s, self._ask_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            if self.options.workers:
+                self.local = LocalCluster(
+                    _connectable(self.options.bind), self.options.workers, self._worker_args()
+                ).start()
+            poller = zmq.Poller()
+            for sock in self.sockets:
+                poller.register(sock, zmq.POLLIN)
+            while True:
+                if self._stop_asked:
+                    self._stop_asked = False
+                    self._stop(cancel_running=False)
+                for sock in dict(poller.poll(POLL_MS)):
+                    self._answer(sock)
+                self._reap()
+                self._start_next()
+                if self.queue.stopping and self.child is None:
+                    break
+            dismiss_workers(self.options.bind, self.keys, self._dismissal_window(), self._local_left)
+            return 0
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if self.child is not None:  # the service itself failed: its job must not run on alone
+                self.child.kill()
+                self.child.wait()
+            if self.local is not None:
+                self.local.stop(grace=self.options.heartbeat_interval * 3)
+                self.local.cleanup()
+            for sock in self.sockets:
+                sock.close(500)
+            if self.gate is not None:
+                self.gate.stop()
+            self.context.term()
+
+    def _ask_stop(self, signum, frame) -> None:
+        self._stop_asked = True  # acted on by the loop (within one poll)
+
+    def _answer(self, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                continue
+            identity, frame = frames
+            try:
+                reply = self.handle(p.decode(frame, p.CLIENT_MESSAGES))
+            except ProtocolError as exc:
+                log.warning("rejected a client's message: %s", exc)
+                reply = p.Declined(f"malformed request: {exc}")
+            sock.send_multipart([identity, p.encode(reply)])
+
+    def handle(self, request) -> p.JobInfo | p.JobList | p.Declined:
+        now = time.time()
+        if isinstance(request, p.ListJobs):
+            return p.JobList(self.queue.all(), self.queue.stopping)
+        if isinstance(request, p.StopCluster):
+            self._stop(request.cancel_running)
+            return p.JobList(self.queue.all(), self.queue.stopping)
+        if isinstance(request, p.SubmitJob):
+            why = check_request(request)
+            if why is not None:
+                return p.Declined(why)
+            if self.queue.stopping:
+                return p.Declined("the cluster is stopping: it takes no new job")
+            info = self.queue.submit(now, request, lambda job_id: str(self.jobs_dir / job_id / "events.jsonl"))
+            folder = self.jobs_dir / info.job_id
+            folder.mkdir()
+            if request.app_source:
+                (folder / request.app).write_text(request.app_source)
+            log.info("%s queued: %s", info.job_id, request.app)
+            return info
+        if self.queue.get(request.job_id) is None:
+            return p.Declined(f"no job {request.job_id!r} on this cluster")
+        if isinstance(request, p.CancelJob):
+            if self.queue.cancel(now, request.job_id) is Cancelling.STOP_RUNNING:
+                self._interrupt()
+        return self.queue.get(request.job_id)
+
+    def _stop(self, cancel_running: bool) -> None:
+        log.info("stopping: %s", "cancelling every job" if cancel_running else "the running job finishes first")
+        if Cancelling.STOP_RUNNING in self.queue.stop(time.time(), cancel_running):
+            self._interrupt()
+
+    # ---- jobs' coordinators ------------------------------------------------------
+
+    def _start_next(self) -> None:
+        job = self.queue.start_next(time.time())
+        if job is None:
+            return
+        folder = self.jobs_dir / job.info.job_id
+        request = job.request
+        self.output_created = not os.path.exists(request.output)
+        with open(folder / "coordinator.log", "wb") as log_file:
+            self.child = subprocess.Popen(
+                self._coordinator_command(job, folder),
+                cwd=folder,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C at the service's terminal is the service's to handle
+            )
+        self.child_job = job
+        log.info("%s started (coordinator pid %d)", job.info.job_id, self.child.pid)
+
+    def _coordinator_command(self, job: QueuedJob, folder: Path) -> list[str]:
+        r = job.request
+        app = str(folder / r.app) if r.app_source else r.app
+        command = [sys.executable, "-P", "-m", "mapreduce", "coordinator", app, *r.inputs, "--output", r.output]
+        command += ["--bind", self.options.bind, "--events", job.info.events, "--quiet"]
+        command += ["--heartbeat-interval", str(self.options.heartbeat_interval)]
+        if self.options.key_dir is not None:
+            command += ["--key-dir", str(self.options.key_dir)]
+        if r.n_reduce is not None:
+            command += ["--reduce", str(r.n_reduce)]
+        for param in r.params:
+            command += ["--param", param]
+        for side_file in r.files:
+            command += ["--file", side_file]
+        if r.split_size:
+            command += ["--split-size", str(r.split_size)]
+        if r.max_attempts:
+            command += ["--max-attempts", str(r.max_attempts)]
+        if r.skip_bad_records:
+            command += ["--skip-bad-records", str(r.skip_bad_records)]
+        if r.overwrite:
+            command.append("--overwrite")
+        command += ["--compress", r.compress.value, *self.options.coordinator_args]
+        return command
+
+    def _interrupt(self) -> None:
+        """Stop the running job's coordinator: it tells the workers the job is over (they drop
+        its files) and removes its temporary output; the service then removes the rest."""
+        if self.child is not None:
+            log.info("%s: cancelling", self.child_job.info.job_id)
+            self.child.send_signal(signal.SIGINT)
+
+    def _reap(self) -> None:
+        if self.child is None or self.child.poll() is None:
+            return
+        job, code = self.child_job, self.child.returncode
+        self.child = self.child_job = None
+        folder = self.jobs_dir / job.info.job_id
+        ok = code == 0
+        message = f"output committed to {job.request.output}" if ok else _last_line(folder / "coordinator.log")
+        if not ok and job.cancel_asked:
+            output.remove_output(Path(job.request.output), self.output_created)
+            message = "cancelled"
+        elif not ok and not message:
+            message = f"its coordinator exited with status {code}"
+        info = self.queue.ended(time.time(), job.info.job_id, ok, message)
+        log.info("%s %s: %s", info.job_id, info.state.value, info.message)
+
+    # ---- workers -----------------------------------------------------------------
+
+    def _worker_args(self) -> list[str]:
+        args = ["--stay", "--heartbeat-interval", str(self.options.heartbeat_interval)]
+        if self.options.key_dir is not None:
+            args += ["--key-dir", str(self.options.key_dir)]
+        return args
+
+    def _dismissal_window(self) -> float:
+        """Long enough for every waiting worker to ask again (each asks every heartbeat) and
+        for one just replaced by a fresh process to start."""
+        return 3 * self.options.heartbeat_interval + 2.0
+
+    def _local_left(self) -> bool:
+        return self.local is not None and not self.local.active_workers()
+
+
+def check_request(r: p.SubmitJob) -> str | None:
+    """Why a submitted job cannot be queued, or None."""
+    if r.app_source and not _APP_FILE.fullmatch(r.app):
+        return f"app file name {r.app[:100]!r}: a Python file name (letters, digits, _) ending in .py"
+    if not r.app_source and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]{0,200}", r.app):
+        return f"app {r.app[:100]!r} is neither a built-in app's name nor a module's"
+    if not r.inputs:
+        return "no inputs"
+    for path in [*r.inputs, r.output, *r.files]:
+        if "\0" in path or not os.path.isabs(path.partition("#")[0]) or len(path) > 4096:
+            return f"path {path[:200]!r} is not an absolute path on the cluster's host"
+    for param in r.params:
+        if "=" not in param or "\0" in param:
+            return f"parameter {param[:100]!r} is not NAME=VALUE"
+    if r.n_reduce is not None and not 0 <= r.n_reduce <= 100_000:
+        return f"--reduce {r.n_reduce}: 0 to 100000"
+    if min(r.split_size, r.max_attempts, r.skip_bad_records) < 0:
+        return "split size, attempts and bad records to skip cannot be negative"
+    return None
+
+
+def dismiss_workers(bind: str, keys: Keys | None, window: float, all_gone=lambda: False) -> int:
+    """Answer every worker that asks, for ``window`` seconds, that the cluster is stopping:
+    workers that stay leave. Returns how many were told."""
+    context = zmq.Context()
+    gate = authenticator(context, keys)
+    sock = context.socket(zmq.ROUTER)
+    if keys is not None:
+        keys.serve(sock)
+    told: set[bytes] = set()
+    try:
+        sock.bind(bind)
+        farewell = p.encode(p.JobDone(True, "the cluster is stopping", leave=True))
+        deadline = time.monotonic() + window
+        while time.monotonic() < deadline and not all_gone():
+            if not sock.poll(50):
+                continue
+            frames = sock.recv_multipart()
+            if len(frames) != 2:
+                continue
+            try:
+                message = p.decode(frames[1], p.WORKER_MESSAGES)
+            except ProtocolError:
+                continue
+            if not isinstance(message, p.Goodbye):
+                sock.send_multipart([frames[0], farewell])
+                told.add(frames[0])
+    except zmq.ZMQError as exc:
+        log.warning("could not tell the workers to leave (%s): they leave after their coordinator timeout", exc)
+    finally:
+        sock.close(500)
+        if gate is not None:
+            gate.stop()
+        context.term()
+    return len(told)
+
+
+def _client_keys(folder: Path) -> set[bytes]:
+    import zmq.auth
+    from zmq.utils import z85
+
+    keys = set()
+    for path in sorted(folder.glob("*.key")):
+        try:
+            keys.add(z85.decode(zmq.auth.load_certificate(str(path))[0]))
+        except (OSError, ValueError) as exc:
+            log.warning("ignored client key file %s: %s", path, exc)
+    return keys
+
+
+def _connectable(bind: str) -> str:
+    """Where a worker on this host connects for ``bind`` (a wildcard address is not one)."""
+    return bind.replace("//0.0.0.0:", "//127.0.0.1:").replace("//*:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
+
+
+def _next_number(jobs_dir: Path) -> int:
+    """Job numbers go on from the last in the state folder: a job id is never reused."""
+    numbers = [int(m.group(1)) for m in map(_JOB_FOLDER.fullmatch, os.listdir(jobs_dir)) if m]
+    return max(numbers, default=0) + 1
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:500] if lines else ""
