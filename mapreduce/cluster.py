@@ -41,7 +41,7 @@ REPLACEMENTS_PER_WORKER = 8
 _NOT_CRASHES = frozenset({0, 3, 130, -signal.SIGINT, -signal.SIGTERM})
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
@@ -121,7 +121,7 @@ class LocalCluster:
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 )
             self.processes.append(process)

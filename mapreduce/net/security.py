@@ -201,7 +201,8 @@ def _own_name(folder: Path, kind: str, name: str | None) -> str:
         raise UsageError(f"{where} holds no {kind[:-1]} secret key (NAME.key_secret): give this host its own pair")
     raise UsageError(
         f"{where} holds {len(names)} {kind[:-1]} secret keys ({', '.join(names[:5])}"
-        f"{', ...' if len(names) > 5 else ''}): say which is this {kind[:-1]}'s with --key-name NAME (or ${KEY_NAME_ENV})"
+        f"{', ...' if len(names) > 5 else ''}): say which is this {kind[:-1]}'s with --key-name NAME "
+        f"(or ${KEY_NAME_ENV})"
     )
 
 

@@ -43,16 +43,23 @@ def _client_options(f):
             envvar="MAPREDUCE_STATE_DIR",
             help="The local cluster's state folder [default: ~/.local/state/mapreduce/cluster].",
         ),
+        click.option(
+            "--timeout",
+            type=float,
+            default=10.0,
+            show_default=True,
+            help="Seconds to wait for the cluster's answer to a request.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
-def _client(cluster, key_dir, key_name, state_dir):
+def _client(cluster, key_dir, key_name, state_dir, timeout):
     from mapreduce.service.client import ClusterClient
 
-    return _guarded(lambda: ClusterClient(cluster, key_dir, key_name, state_dir))
+    return _guarded(lambda: ClusterClient(cluster, key_dir, key_name, state_dir, timeout))
 
 
 @click.group()
@@ -96,12 +103,12 @@ def start(bind, key_dir, insecure, workers, state_dir, heartbeat_interval):
 @cluster.command()
 @_client_options
 @click.option("--cancel", "cancel_running", is_flag=True, help="Cancel the running job too, not only the queue.")
-def stop(cluster, key_dir, key_name, state_dir, cancel_running):
+def stop(cluster, key_dir, key_name, state_dir, timeout, cancel_running):
     """Stop the cluster: queued jobs are cancelled, the running one finishes (or is cancelled with
     --cancel), then the workers that stay are told to leave and the service exits."""
     from mapreduce.wire.messages import StopCluster
 
-    with _client(cluster, key_dir, key_name, state_dir) as client:
+    with _client(cluster, key_dir, key_name, state_dir, timeout) as client:
         listing = _guarded(lambda: client.ask(StopCluster(cancel_running)))
     running = [j.job_id for j in listing.jobs if not j.state.over]
     click.echo(f"stopping{': waiting for ' + ', '.join(running) if running else ''}", err=True)
@@ -121,7 +128,7 @@ def stop(cluster, key_dir, key_name, state_dir, cancel_running):
 @click.option("--skip-bad-records", type=int, default=0, help="Records a task may skip.")
 @click.option("--detach", "-d", is_flag=True, help="Print the job's id and return at once.")
 @_client_options
-def submit(app, inputs, output, detach, cluster, key_dir, key_name, state_dir, **options):
+def submit(app, inputs, output, detach, cluster, key_dir, key_name, state_dir, timeout, **options):
     """Submit a job to a standing cluster and follow it to its end (exit status: the job's), or
     --detach. Paths are paths on the cluster's host; relative ones are made absolute here. An app
     that is a file here is sent as its source."""
@@ -131,7 +138,7 @@ def submit(app, inputs, output, detach, cluster, key_dir, key_name, state_dir, *
     options["compress"] = Compression(options["compress"])
     options["params"] = list(options["params"])
     request = _guarded(lambda: submission(app, inputs, output, **options))
-    with _client(cluster, key_dir, key_name, state_dir) as client:
+    with _client(cluster, key_dir, key_name, state_dir, timeout) as client:
         info = _guarded(lambda: client.ask(request))
         if detach:
             click.echo(info.job_id)
@@ -142,7 +149,7 @@ def submit(app, inputs, output, detach, cluster, key_dir, key_name, state_dir, *
             while not info.state.over:
                 time.sleep(pause)
                 pause = min(pause * 2, 0.1)
-                info = _guarded(lambda: client.ask(WatchJob(info.job_id)))
+                info = _guarded(lambda watch=WatchJob(info.job_id): client.ask(watch))
                 if info.state is not shown and not info.state.over:
                     click.echo(f"{info.job_id} {info.state.value}", err=True)
                     shown = info.state
@@ -156,11 +163,11 @@ def submit(app, inputs, output, detach, cluster, key_dir, key_name, state_dir, *
 
 @click.command()
 @_client_options
-def jobs(cluster, key_dir, key_name, state_dir):
+def jobs(cluster, key_dir, key_name, state_dir, timeout):
     """The cluster's jobs: queued, running and finished, oldest first."""
     from mapreduce.wire.messages import ListJobs
 
-    with _client(cluster, key_dir, key_name, state_dir) as client:
+    with _client(cluster, key_dir, key_name, state_dir, timeout) as client:
         listing = _guarded(lambda: client.ask(ListJobs()))
     now = time.time()
     click.echo(f"{'JOB':<11} {'STATE':<10} {'SUBMITTED':<9} {'SECONDS':>8}  {'APP':<16} OUTPUT / MESSAGE")
@@ -176,12 +183,12 @@ def jobs(cluster, key_dir, key_name, state_dir):
 @click.command()
 @click.argument("job_id")
 @_client_options
-def cancel(job_id, cluster, key_dir, key_name, state_dir):
+def cancel(job_id, cluster, key_dir, key_name, state_dir, timeout):
     """Cancel a queued or running job: a running one's workers drop it, and its output folder
     is left as it was before (no part file)."""
     from mapreduce.wire.messages import CancelJob, JobState, WatchJob
 
-    with _client(cluster, key_dir, key_name, state_dir) as client:
+    with _client(cluster, key_dir, key_name, state_dir, timeout) as client:
         info = _guarded(lambda: client.ask(CancelJob(job_id)))
         while info.state is JobState.RUNNING:  # until its coordinator has cleaned up
             time.sleep(0.05)

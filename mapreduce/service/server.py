@@ -25,7 +25,7 @@ from pathlib import Path
 import zmq
 
 from mapreduce import defaults, output
-from mapreduce.cluster import LocalCluster
+from mapreduce.cluster import LocalCluster, die_with_parent
 from mapreduce.errors import ProtocolError
 from mapreduce.net.security import CLIENTS, CurveGate, Keys, authenticator, load
 from mapreduce.service.addresses import clients_endpoint, private_endpoint
@@ -164,9 +164,8 @@ class Service:
             return info
         if self.queue.get(request.job_id) is None:
             return p.Declined(f"no job {request.job_id!r} on this cluster")
-        if isinstance(request, p.CancelJob):
-            if self.queue.cancel(now, request.job_id) is Cancelling.STOP_RUNNING:
-                self._interrupt()
+        if isinstance(request, p.CancelJob) and self.queue.cancel(now, request.job_id) is Cancelling.STOP_RUNNING:
+            self._interrupt()
         return self.queue.get(request.job_id)
 
     def _stop(self, cancel_running: bool) -> None:
@@ -191,6 +190,7 @@ class Service:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C at the service's terminal is the service's to handle
+                preexec_fn=die_with_parent,  # a job never runs on without its service
             )
         self.child_job = job
         log.info("%s started (coordinator pid %d)", job.info.job_id, self.child.pid)

@@ -390,7 +390,8 @@ COORDINATOR_MESSAGES: tuple[type, ...] = (
 CLIENT_MESSAGES: tuple[type, ...] = (SubmitJob, ListJobs, WatchJob, CancelJob, StopCluster)
 SERVICE_MESSAGES: tuple[type, ...] = (JobInfo, JobList, Declined)
 _BY_NAME: dict[str, type] = {
-    cls.__name__: cls for cls in WORKER_MESSAGES + COORDINATOR_MESSAGES + CLIENT_MESSAGES + SERVICE_MESSAGES + (MapOutput,)
+    cls.__name__: cls
+    for cls in WORKER_MESSAGES + COORDINATOR_MESSAGES + CLIENT_MESSAGES + SERVICE_MESSAGES + (MapOutput,)
 }
 
 

@@ -9,62 +9,11 @@ import signal
 import subprocess
 import time
 
-from helpers import FAST, assert_same_output, coordinator_args, free_endpoint, kill_all, mapreduce_command, of
+from helpers import APPS, FAST, assert_same_output, coordinator_args, free_endpoint, kill_all, mapreduce_command, of
 from mapreduce.wire.events import read_records
-
-# Word count that leaves traces in its worker's interpreter: a module global set on a module of
-# the framework, an environment variable, a thread that never ends.
-LEAKY = """
-import os
-import threading
-import time
-
-import mapreduce.job
-
-
-def init(params):
-    mapreduce.job.LEFT_BEHIND = "by the leaky job"
-    os.environ["LEFT_BEHIND"] = "by the leaky job"
-    threading.Thread(target=time.sleep, args=(3600,), name="left-behind", daemon=True).start()
-
-
-def map(key, text):
-    for word in text.split():
-        yield word, 1
-
-
-def reduce(key, values):
-    return sum(values)
-"""
-
-# Word count that fails if it finds any of those traces.
-CHECKER = """
-import os
-import threading
-
-import mapreduce.job
-
-
-def map(key, text):
-    traces = [
-        getattr(mapreduce.job, "LEFT_BEHIND", None),
-        os.environ.get("LEFT_BEHIND"),
-        [t.name for t in threading.enumerate() if t.name == "left-behind"],
-    ]
-    if any(traces):
-        raise RuntimeError(f"the last job left traces here: {traces}")
-    for word in text.split():
-        yield word, 1
-
-
-def reduce(key, values):
-    return sum(values)
-"""
 
 
 def test_staying_workers_serve_job_after_job_each_afresh(tmp_path, oracle):
-    (tmp_path / "leaky.py").write_text(LEAKY)
-    (tmp_path / "checker.py").write_text(CHECKER)
     inputs = []
     for i in range(4):
         inputs.append(str(tmp_path / f"in{i}.txt"))
@@ -77,7 +26,7 @@ def test_staying_workers_serve_job_after_job_each_afresh(tmp_path, oracle):
         seen_pids = []
         for number, app in enumerate(["leaky.py", "checker.py", "leaky.py"]):
             out, events = tmp_path / f"out{number}", tmp_path / f"events{number}.jsonl"
-            args = coordinator_args(str(tmp_path / app), inputs, out, endpoint, events)
+            args = coordinator_args(str(APPS / app), inputs, out, endpoint, events)
             coordinator = subprocess.Popen(
                 mapreduce_command(*args, "--reduce", "2", "--min-workers", "2", *FAST),
                 stdout=subprocess.DEVNULL,
@@ -86,7 +35,7 @@ def test_staying_workers_serve_job_after_job_each_afresh(tmp_path, oracle):
             )
             started.append(coordinator)
             assert coordinator.wait(timeout=120) == 0, coordinator.stderr.read()
-            assert_same_output(oracle(str(tmp_path / app), inputs, "--reduce", "2"), out)
+            assert_same_output(oracle(str(APPS / app), inputs, "--reduce", "2"), out)
             log = list(read_records(events))
             seen_pids.append(sorted(e["pid"] for e in of(log, "worker_joined")))
             assert all(w.poll() is None for w in workers), "a worker that stays exited after a job"

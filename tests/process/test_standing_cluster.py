@@ -1,0 +1,265 @@
+"""A standing cluster (`mapreduce cluster start`): jobs submitted to it queue and run one after
+another on workers that stay, each exact, each alone: a failing, crashing or cancelled job
+harms neither the service nor the next job; clients need keys over the network; `cluster
+stop` drains the workers."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import APPS, FAST, GUTENBERG, assert_same_output, event_log, free_endpoint, kill_all, mapreduce_command
+from mapreduce.service.client import ClusterClient
+from mapreduce.wire.messages import JobState, WatchJob
+
+WAIT = 120  # generous bound on any one job
+
+
+class Cluster:
+    """A service started with `cluster start` and workers that stay, all real processes."""
+
+    def __init__(self, tmp_path: Path, workers: int = 2, local_workers: int = 0, key_dir: Path | None = None):
+        self.tmp = tmp_path
+        self.state = tmp_path / "state"
+        self.endpoint = free_endpoint()
+        self.scratch = tmp_path / "scratch"
+        keys = ["--key-dir", str(key_dir)] if key_dir else []
+        self.service = subprocess.Popen(
+            mapreduce_command(
+                "cluster", "start", "--bind", self.endpoint, "--state-dir", str(self.state), "--workers",
+                str(local_workers), *FAST, *keys,
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        worker_keys = [*keys, "--key-name", "w1"] if key_dir else []
+        self.workers = [
+            subprocess.Popen(
+                mapreduce_command(
+                    "worker", "--connect", self.endpoint, "--scratch", str(self.scratch), "--stay", *FAST, *worker_keys
+                ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(workers)
+        ]
+        deadline = time.monotonic() + 60
+        while not (self.state / "control").exists():
+            assert self.service.poll() is None, f"the service exited: {self.service.stderr.read()}"
+            assert time.monotonic() < deadline, "the service never listened"
+            time.sleep(0.02)
+
+    def cli(self, *args: str, timeout: float = WAIT) -> subprocess.CompletedProcess:
+        command = mapreduce_command(*args, "--state-dir", str(self.state))
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+    def submit(self, app: str, inputs: list[str], out: Path, *args: str) -> str:
+        result = self.cli("submit", "--detach", app, *inputs, "--output", str(out), *args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    def wait(self, job_id: str, until=lambda info: info.state.over):
+        with ClusterClient(state_dir=self.state) as client:
+            deadline = time.monotonic() + WAIT
+            while time.monotonic() < deadline:
+                assert self.service.poll() is None, f"the service exited: {self.service.stderr.read()}"
+                info = client.ask(WatchJob(job_id))
+                if until(info):
+                    return info
+                time.sleep(0.02)
+        raise AssertionError(f"{job_id} never got there: {info}")
+
+    def stop(self) -> None:
+        kill_all([self.service, *self.workers])
+
+
+@pytest.fixture
+def books():
+    return [str(p) for p in sorted(GUTENBERG.glob("*.txt"))[:3]]
+
+
+def test_jobs_submitted_together_run_in_order_one_at_a_time_each_exact_and_none_leaves_traces(tmp_path, oracle, books):
+    cluster = Cluster(tmp_path)
+    try:
+        # leaky.py leaves a module global, an environment variable and a thread in its worker;
+        # checker.py fails if it finds any of them.
+        apps = ["leaky.py", "checker.py", "leaky.py", "checker.py"]
+        jobs = [
+            cluster.submit(str(APPS / app), books, tmp_path / f"out{i}", "--reduce", "3") for i, app in enumerate(apps)
+        ]
+        assert jobs == [f"job-{n:05d}" for n in range(1, 5)]
+        infos = [cluster.wait(job) for job in jobs]
+        assert [i.state for i in infos] == [JobState.SUCCEEDED] * 4, [i.message for i in infos]
+        for before, after in zip(infos, infos[1:]):
+            assert before.finished <= after.started, "two jobs ran at once, or out of order"
+        for i, app in enumerate(apps):
+            assert_same_output(oracle(str(APPS / app), books, "--reduce", "3"), tmp_path / f"out{i}")
+        # Each job's event log is kept in the state folder, readable by `report`.
+        log = event_log(Path(infos[0].events))
+        assert [e["event"] for e in log if e["event"] == "job_finished"] == ["job_finished"]
+        report = subprocess.run(
+            mapreduce_command("report", infos[0].events, "--output", str(tmp_path / "report")),
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        assert report.returncode == 0 and (tmp_path / "report" / "index.html").exists(), report.stderr
+        listing = cluster.cli("jobs")
+        assert listing.returncode == 0
+        assert [line.split()[:2] for line in listing.stdout.splitlines()[1:]] == [[j, "succeeded"] for j in jobs]
+        assert all(w.poll() is None for w in cluster.workers), "a worker that stays left between jobs"
+    finally:
+        cluster.stop()
+
+
+def test_a_poisoned_job_and_a_job_that_kills_its_coordinator_fail_alone(tmp_path, oracle, books):
+    poisoned = tmp_path / "poisoned.txt"
+    poisoned.write_text("fine words\nPOISON here\n")
+    suicidal = tmp_path / "suicidal.py"
+    suicidal.write_text("import os\nos._exit(7)\n")
+    cluster = Cluster(tmp_path)
+    try:
+        first = cluster.submit(str(APPS / "failing.py"), [str(poisoned)], tmp_path / "out1", "--max-attempts", "2")
+        second = cluster.submit(str(suicidal), books, tmp_path / "out2")
+        third = cluster.submit("wordcount", books, tmp_path / "out3", "--reduce", "2")
+        failed, crashed, fine = (cluster.wait(job) for job in (first, second, third))
+        assert failed.state is JobState.FAILED and "poisoned line" in failed.message, failed
+        assert crashed.state is JobState.FAILED and "7" in crashed.message, crashed
+        assert fine.state is JobState.SUCCEEDED, fine
+        assert_same_output(oracle("wordcount", books, "--reduce", "2"), tmp_path / "out3")
+        assert cluster.service.poll() is None
+    finally:
+        cluster.stop()
+
+
+def test_submit_follows_the_job_and_exits_with_its_status(tmp_path, books):
+    cluster = Cluster(tmp_path, workers=0, local_workers=1)
+    try:
+        ok = cluster.cli("submit", "wordcount", *books, "--output", str(tmp_path / "out"))
+        assert ok.returncode == 0, ok.stderr
+        assert "succeeded" in ok.stderr.splitlines()[-1]
+        again = cluster.cli("submit", "wordcount", *books, "--output", str(tmp_path / "out"))
+        assert again.returncode == 1 and "already holds" in again.stderr, again.stderr
+        assert (tmp_path / "out" / "_SUCCESS").exists(), "a refused job touched the earlier output"
+        missing = cluster.cli("submit", "wordcount", str(tmp_path / "nothing-here"), "--output", str(tmp_path / "o2"))
+        assert missing.returncode == 1 and "nothing-here" in missing.stderr, missing.stderr
+    finally:
+        cluster.stop()
+
+
+def test_cancelling_a_running_job_leaves_no_output_and_no_scratch_and_the_next_job_runs(tmp_path, oracle, books):
+    gated = tmp_path / "gated.txt"
+    gated.write_text("held open words\n" * 50)
+    cluster = Cluster(tmp_path)
+    try:
+        held = cluster.submit(
+            str(APPS / "gate.py"), [*books, str(gated)], tmp_path / "held", "--param", f"gate={tmp_path / 'never'}"
+        )
+        after = cluster.submit("wordcount", books, tmp_path / "after", "--reduce", "2")
+        info = cluster.wait(held, until=lambda i: i.state is JobState.RUNNING)
+        # Some of its work is done and on the workers' disks: a map's output at least.
+        deadline = time.monotonic() + WAIT
+        while not any(e["event"] == "task_finished" and e["phase"] == "map" for e in event_log(Path(info.events))):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert list(cluster.scratch.glob("*/job-*")) or list(cluster.scratch.glob("job-*"))
+        cancelled = cluster.cli("cancel", held)
+        assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, cancelled.stderr
+        assert not (tmp_path / "held").exists(), "the cancelled job's output folder (which it made) is still there"
+        assert cluster.wait(after).state is JobState.SUCCEEDED
+        assert_same_output(oracle("wordcount", books, "--reduce", "2"), tmp_path / "after")
+        deadline = time.monotonic() + WAIT
+        while list(cluster.scratch.glob("*/job-*")) + list(cluster.scratch.glob("job-*")):
+            assert time.monotonic() < deadline, f"jobs' files left in scratch: {list(cluster.scratch.rglob('*'))}"
+            time.sleep(0.05)
+        too_late = cluster.cli("cancel", after)
+        assert too_late.returncode == 1 and "succeeded" in too_late.stdout
+    finally:
+        cluster.stop()
+
+
+def test_a_worker_killed_mid_job_costs_only_its_tasks_and_the_next_job_runs(tmp_path, oracle, books):
+    cluster = Cluster(tmp_path, workers=3)
+    try:
+        slow = cluster.submit(
+            str(APPS / "gate.py"), books, tmp_path / "slow", "--param", "map_seconds=0.5", "--split-size", "100000"
+        )
+        info = cluster.wait(slow, until=lambda i: i.state is JobState.RUNNING)
+        deadline = time.monotonic() + WAIT
+        while not any(e["event"] == "task_finished" and e["phase"] == "map" for e in event_log(Path(info.events))):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        cluster.workers[0].send_signal(signal.SIGKILL)
+        assert cluster.wait(slow).state is JobState.SUCCEEDED
+        assert_same_output(oracle(str(APPS / "gate.py"), books, "--split-size", "100000"), tmp_path / "slow")
+        nxt = cluster.submit("wordcount", books, tmp_path / "next")
+        assert cluster.wait(nxt).state is JobState.SUCCEEDED
+        assert all(w.poll() is None for w in cluster.workers[1:])
+    finally:
+        cluster.stop()
+
+
+def test_cluster_stop_cancels_the_queue_lets_the_running_job_finish_and_drains_every_worker(tmp_path, oracle, books):
+    gated = tmp_path / "gated.txt"
+    gated.write_text("held open words\n" * 50)
+    gate = tmp_path / "go"
+    cluster = Cluster(tmp_path, workers=1, local_workers=2)
+    try:
+        running = cluster.submit(
+            str(APPS / "gate.py"), [*books, str(gated)], tmp_path / "run", "--param", f"gate={gate}"
+        )
+        queued = cluster.submit("wordcount", books, tmp_path / "queued")
+        cluster.wait(running, until=lambda i: i.state is JobState.RUNNING)
+        stop = cluster.cli("cluster", "stop")
+        assert stop.returncode == 0, stop.stderr
+        assert cluster.wait(queued).state is JobState.CANCELLED
+        refused = cluster.cli("submit", "wordcount", *books, "--output", str(tmp_path / "late"))
+        assert refused.returncode == 2 and "stopping" in refused.stderr
+        gate.write_text("")  # the running job may finish now; then the service stops
+        assert cluster.service.wait(timeout=WAIT) == 0, cluster.service.stderr.read()
+        assert_same_output(oracle(str(APPS / "gate.py"), [*books, str(gated)]), tmp_path / "run")
+        assert cluster.workers[0].wait(timeout=WAIT) == 0, "a worker that stays was not told to leave"
+        assert not (tmp_path / "queued").exists()
+    finally:
+        cluster.stop()
+
+
+def test_clients_over_the_network_need_an_admitted_key(tmp_path, books):
+    keys = tmp_path / "keys"
+    made = subprocess.run(
+        mapreduce_command("keygen", str(keys), "--worker", "w1", "--client", "alice", "--client", "mallory"),
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    (keys / "clients" / "mallory.key").unlink()  # revoked: its public key is gone from the cluster's folder
+    cluster = Cluster(tmp_path, workers=1, key_dir=keys)
+    try:
+        remote = ["--cluster", cluster.endpoint, "--key-dir", str(keys)]
+        out = tmp_path / "out"
+        ok = subprocess.run(
+            mapreduce_command("submit", *remote, "--key-name", "alice", "wordcount", *books, "--output", str(out)),
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        assert ok.returncode == 0 and (out / "_SUCCESS").exists(), ok.stderr
+        no_key = subprocess.run(
+            mapreduce_command("jobs", "--cluster", cluster.endpoint), capture_output=True, text=True, timeout=WAIT
+        )
+        assert no_key.returncode == 2 and "needs a client key" in no_key.stderr
+        refused = subprocess.run(
+            mapreduce_command("jobs", *remote, "--key-name", "mallory", "--timeout", "2"),
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        assert refused.returncode == 2 and "no answer" in refused.stderr, refused.stderr
+    finally:
+        cluster.stop()
