@@ -705,7 +705,8 @@ def worker(
     from mapreduce.net.node import address_towards, default_scratch, endpoint_host
     from mapreduce.net.security import check_exposure
     from mapreduce.worker.core import ExitCode
-    from mapreduce.worker.loop import Worker, WorkerOptions, exec_afresh
+    from mapreduce.worker.loop import Worker, WorkerOptions
+    from mapreduce.worker.zygote import SERVE_AGAIN, job_after_job
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     keys = _keys(key_dir, "worker", key_name)
@@ -726,23 +727,27 @@ def worker(
         keys=keys,
         stay=stay,
     )
-    try:
-        node = Worker(options)
-    except Exception as exc:  # zmq.ZMQError: the advertised address is not this host's
-        click.echo(
-            f"error: cannot start the worker's data server on {advertise or 'the default address'}: {exc}", err=True
-        )
-        sys.exit(2)
-    code = node.run()
-    if node.serves_again:
-        exec_afresh()
-    if code == ExitCode.REFUSED:
-        click.echo(f"error: {node.refused}", err=True)
-    elif code == ExitCode.COORDINATOR_LOST:
-        click.echo(
-            f"error: coordinator at {connect} unreachable for {coordinator_timeout:.0f} s; worker exiting", err=True
-        )
-    sys.exit(code)
+
+    def serve() -> int:
+        try:
+            node = Worker(options)
+        except Exception as exc:  # zmq.ZMQError: the advertised address is not this host's
+            where = advertise or "the default address"
+            click.echo(f"error: cannot start the worker's data server on {where}: {exc}", err=True)
+            return 2
+        code = node.run()
+        if node.serves_again:
+            return SERVE_AGAIN
+        if code == ExitCode.REFUSED:
+            click.echo(f"error: {node.refused}", err=True)
+        elif code == ExitCode.COORDINATOR_LOST:
+            click.echo(
+                f"error: coordinator at {connect} unreachable for {coordinator_timeout:.0f} s; worker exiting",
+                err=True,
+            )
+        return code
+
+    sys.exit(job_after_job(serve, crash_pause=heartbeat_interval) if stay else serve())
 
 
 @cli.command()

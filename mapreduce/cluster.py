@@ -17,7 +17,6 @@ every worker has exited, ``all_exited`` reports it.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -30,22 +29,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from mapreduce.guardian import die_with_parent
 
-_PR_SET_PDEATHSIG = 1
+log = logging.getLogger(__name__)
 
 REPLACEMENTS_PER_WORKER = 8
 
 # Exit statuses that are not crashes: done (0), coordinator unreachable (3: a replacement
 # would fail the same way), interrupted or terminated on purpose.
 _NOT_CRASHES = frozenset({0, 3, 130, -signal.SIGINT, -signal.SIGTERM})
-
-
-def die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: workers still exit once the coordinator is unreachable
 
 
 def worker_command(connect: str, scratch: Path, name: str, extra: Sequence[str] = ()) -> list[str]:

@@ -29,6 +29,19 @@ import threading
 
 log = logging.getLogger(__name__)
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when the thread that started it ends (Linux); run
+    in a child between fork and exec, or at the start of a forked child."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: a worker still exits once its coordinator is unreachable
+
 
 class Guardian:
     """The parent's side: registers process groups with the guardian, which it starts before

@@ -25,8 +25,9 @@ from pathlib import Path
 import zmq
 
 from mapreduce import defaults, output
-from mapreduce.cluster import LocalCluster, die_with_parent
+from mapreduce.cluster import LocalCluster
 from mapreduce.errors import ProtocolError
+from mapreduce.guardian import die_with_parent
 from mapreduce.net.security import CLIENTS, CurveGate, Keys, authenticator, load
 from mapreduce.service.addresses import clients_endpoint, private_endpoint
 from mapreduce.service.queue import Cancelling, JobQueue, QueuedJob

@@ -75,6 +75,7 @@ from mapreduce.worker.tasks import (
     run_map,
     run_reduce,
 )
+from mapreduce.worker.zygote import RESTART
 
 log = logging.getLogger(__name__)
 
@@ -406,8 +407,8 @@ class Worker:
     @property
     def serves_again(self) -> bool:
         """A worker that stays (--stay) and whose job ended, or whose coordinator was lost: the
-        next job is served by a fresh process (exec_afresh), so nothing of this job's code,
-        module state, threads or memory reaches it."""
+        next job is served by a fresh process (forked by the zygote), so nothing of this job's
+        code, module state, threads or memory reaches it."""
         ended = self._exit is not None and (self._exit.job_over or self._exit.code is ExitCode.COORDINATOR_LOST)
         return self.options.stay and ended and not self._exit.leave
 
@@ -416,6 +417,8 @@ class Worker:
         log.error("%s: restarting this worker", why)
         if self.socket is not None:
             self.socket.close(0)
+        if self.options.stay:  # a process forked for this job: its zygote forks a fresh one
+            os._exit(RESTART)
         os.chdir(self._started_in)  # its command line's relative paths are relative to there
         exec_afresh()
 

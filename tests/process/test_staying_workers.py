@@ -1,6 +1,7 @@
 """Workers that stay (`mapreduce worker --stay`): started once, they serve one coordinator's
-job after another on the same endpoint, each job in a fresh process, so nothing of one job's
-code reaches the next, and each job's files go when it ends."""
+job after another on the same endpoint, each job in a fresh process forked for it, so nothing
+of one job's code reaches the next, a crash of that process costs only its own work, and each
+job's files go when it ends."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ import signal
 import subprocess
 import time
 
-from helpers import APPS, FAST, assert_same_output, coordinator_args, free_endpoint, kill_all, mapreduce_command, of
+from helpers import (
+    APPS,
+    FAST,
+    TIMEOUT,
+    assert_same_output,
+    coordinator_args,
+    free_endpoint,
+    kill_all,
+    mapreduce_command,
+    of,
+)
 from mapreduce.wire.events import read_records
 
 
@@ -39,8 +50,9 @@ def test_staying_workers_serve_job_after_job_each_afresh(tmp_path, oracle):
             log = list(read_records(events))
             seen_pids.append(sorted(e["pid"] for e in of(log, "worker_joined")))
             assert all(w.poll() is None for w in workers), "a worker that stays exited after a job"
-        # The same two processes (exec keeps the pid) served every job.
-        assert seen_pids == [sorted(w.pid for w in workers)] * 3
+        # Each job was served by two processes of its own, forked by the two that stay.
+        served_by = [pid for pids in seen_pids for pid in pids]
+        assert len(set(served_by)) == 6 and not {w.pid for w in workers} & set(served_by), seen_pids
         deadline = time.monotonic() + 30
         while list(scratch.glob("job-*")) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -86,3 +98,36 @@ def test_exec_afresh_blocks_sigterm_and_sigint_before_replacing_the_process(monk
         assert {signal.SIGTERM, signal.SIGINT} <= seen["mask"]
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def test_a_crash_of_a_jobs_worker_process_costs_its_work_only_and_a_fresh_one_takes_over(tmp_path, oracle):
+    inputs = []
+    for i in range(3):
+        inputs.append(str(tmp_path / f"in{i}.txt"))
+        (tmp_path / f"in{i}.txt").write_text(f"w{i} words to count\n" * 200)
+    endpoint, out, events = free_endpoint(), tmp_path / "out", tmp_path / "events.jsonl"
+    app = str(APPS / "segfault_once.py")
+    worker = subprocess.Popen(
+        mapreduce_command("worker", "--connect", endpoint, "--scratch", str(tmp_path / "scratch"), "--stay", *FAST),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    args = coordinator_args(app, inputs, out, endpoint, events)
+    coordinator = subprocess.Popen(
+        mapreduce_command(*args, "--reduce", "2", "--param", f"marker={tmp_path / 'crashed'}", *FAST, *TIMEOUT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert coordinator.wait(timeout=120) == 0, coordinator.stderr.read()
+        assert (tmp_path / "crashed").exists(), "no worker process crashed: the test proves nothing"
+        assert_same_output(oracle(app, inputs, "--reduce", "2"), out)
+        log = list(read_records(events))
+        joined = [e["pid"] for e in of(log, "worker_joined")]
+        assert len(set(joined)) == 2 and worker.pid not in joined, joined  # the crashed one, then a fresh one
+        assert of(log, "worker_dead") or of(log, "task_lost"), "the crash went unnoticed"
+        assert worker.poll() is None, "the worker that stays died with the process it forked"
+    finally:
+        kill_all([coordinator, worker])
