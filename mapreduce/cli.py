@@ -706,7 +706,7 @@ def worker(
     from mapreduce.net.security import check_exposure
     from mapreduce.worker.core import ExitCode
     from mapreduce.worker.loop import Worker, WorkerOptions
-    from mapreduce.worker.zygote import SERVE_AGAIN, job_after_job
+    from mapreduce.worker.zygote import RETRY_LATER, SERVE_AGAIN, job_after_job
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     keys = _keys(key_dir, "worker", key_name)
@@ -737,7 +737,7 @@ def worker(
             return 2
         code = node.run()
         if node.serves_again:
-            return SERVE_AGAIN
+            return RETRY_LATER if node.retries else SERVE_AGAIN
         if code == ExitCode.REFUSED:
             click.echo(f"error: {node.refused}", err=True)
         elif code == ExitCode.COORDINATOR_LOST:
@@ -1090,6 +1090,18 @@ class Progress:
 def _bar(done: int, total: int, width: int = 20) -> str:
     filled = width * done // total if total else width
     return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+@cli.command(hidden=True)
+def coordinators() -> None:
+    """Fork a job's coordinator for each order on stdin: a standing cluster's service starts
+    this once, so that no job waits for an interpreter to start (mapreduce/service/forkserver.py)."""
+    # The imports a cold start would do after the job came.
+    import mapreduce.coordinator.loop
+    import mapreduce.runner  # noqa: F401
+    from mapreduce.service.forkserver import serve_forks
+
+    sys.exit(serve_forks(lambda argv: cli.main(args=argv, prog_name="mapreduce")))
 
 
 def main() -> None:

@@ -16,8 +16,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +25,9 @@ import zmq
 from mapreduce import defaults, output
 from mapreduce.cluster import LocalCluster
 from mapreduce.errors import ProtocolError
-from mapreduce.guardian import die_with_parent
 from mapreduce.net.security import CLIENTS, CurveGate, Keys, authenticator, load
 from mapreduce.service.addresses import clients_endpoint, private_endpoint
+from mapreduce.service.forkserver import ForkServer
 from mapreduce.service.queue import Cancelling, JobQueue, QueuedJob
 from mapreduce.wire import messages as p
 
@@ -69,8 +67,9 @@ class Service:
             self.gate.start()
             public = self._listen(clients_endpoint(options.bind), self.keys)
             self.addresses.append(public.getsockopt_string(zmq.LAST_ENDPOINT))
-        self.child: subprocess.Popen | None = None
-        self.child_job: QueuedJob | None = None
+        self.forks: ForkServer | None = None  # forks each job's coordinator process
+        self.running: QueuedJob | None = None
+        self.running_pid: int | None = None  # its coordinator's process, once the fork server said
         self.output_created = False
         self.local: LocalCluster | None = None
         self._stop_asked = False
@@ -98,23 +97,27 @@ class Service:
             for sock in self.sockets:
                 poller.register(sock, zmq.POLLIN)
             while True:
+                if self.forks is None:
+                    self.forks = ForkServer()
+                    poller.register(self.forks.fd, zmq.POLLIN)
                 if self._stop_asked:
                     self._stop_asked = False
                     self._stop(cancel_running=False)
-                for sock in dict(poller.poll(POLL_MS)):
-                    self._answer(sock)
-                self._reap()
+                for ready in dict(poller.poll(POLL_MS)):
+                    if ready == self.forks.fd:
+                        self._heard_from_forks(poller)
+                    else:
+                        self._answer(ready)
                 self._start_next()
-                if self.queue.stopping and self.child is None:
+                if self.queue.stopping and self.running is None:
                     break
             dismiss_workers(self.options.bind, self.keys, self._dismissal_window(), self._local_left)
             return 0
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            if self.child is not None:  # the service itself failed: its job must not run on alone
-                self.child.kill()
-                self.child.wait()
+            if self.forks is not None:  # (a job still running means the service itself failed: it goes too)
+                self.forks.close(grace=0.0 if self.running is not None else 5.0)
             if self.local is not None:
                 self.local.stop(grace=self.options.heartbeat_interval * 3)
                 self.local.cleanup()
@@ -177,29 +180,22 @@ class Service:
     # ---- jobs' coordinators ------------------------------------------------------
 
     def _start_next(self) -> None:
+        if self.running is not None:
+            return
         job = self.queue.start_next(time.time())
         if job is None:
             return
         folder = self.jobs_dir / job.info.job_id
-        request = job.request
-        self.output_created = not os.path.exists(request.output)
-        with open(folder / "coordinator.log", "wb") as log_file:
-            self.child = subprocess.Popen(
-                self._coordinator_command(job, folder),
-                cwd=folder,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C at the service's terminal is the service's to handle
-                preexec_fn=die_with_parent,  # a job never runs on without its service
-            )
-        self.child_job = job
-        log.info("%s started (coordinator pid %d)", job.info.job_id, self.child.pid)
+        self.output_created = not os.path.exists(job.request.output)
+        self.running, self.running_pid = job, None
+        argv = self._coordinator_args(job, folder)
+        self.forks.order(job.info.job_id, argv, str(folder), str(folder / "coordinator.log"))
+        log.info("%s started", job.info.job_id)
 
-    def _coordinator_command(self, job: QueuedJob, folder: Path) -> list[str]:
+    def _coordinator_args(self, job: QueuedJob, folder: Path) -> list[str]:
         r = job.request
         app = str(folder / r.app) if r.app_source else r.app
-        command = [sys.executable, "-P", "-m", "mapreduce", "coordinator", app, *r.inputs, "--output", r.output]
+        command = ["coordinator", app, *r.inputs, "--output", r.output]
         command += ["--bind", self.options.bind, "--events", job.info.events, "--quiet"]
         command += ["--heartbeat-interval", str(self.options.heartbeat_interval)]
         if self.options.key_dir is not None:
@@ -224,15 +220,37 @@ class Service:
     def _interrupt(self) -> None:
         """Stop the running job's coordinator: it tells the workers the job is over (they drop
         its files) and removes its temporary output; the service then removes the rest."""
-        if self.child is not None:
-            log.info("%s: cancelling", self.child_job.info.job_id)
-            self.child.send_signal(signal.SIGINT)
+        if self.running is not None and self.running_pid is not None:
+            log.info("%s: cancelling", self.running.info.job_id)
+            try:
+                os.kill(self.running_pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass  # it has just ended: its exit is on its way
+        # (Without a pid yet, the cancel is sent when the fork server names the process.)
 
-    def _reap(self) -> None:
-        if self.child is None or self.child.poll() is None:
+    def _heard_from_forks(self, poller: zmq.Poller) -> None:
+        answers = self.forks.answers()
+        if answers is None:  # the fork server died, and with it any job's coordinator
+            log.error("the process that starts jobs' coordinators died: starting another")
+            poller.unregister(self.forks.fd)
+            self.forks.close(grace=0.0)
+            self.forks = None
+            if self.running is not None:
+                self._ended(self.running, None)
             return
-        job, code = self.child_job, self.child.returncode
-        self.child = self.child_job = None
+        for answer in answers:
+            if self.running is None or answer["job"] != self.running.info.job_id:
+                continue
+            if "pid" in answer:
+                self.running_pid = answer["pid"]
+                if self.running.cancel_asked:
+                    self._interrupt()
+            else:
+                self._ended(self.running, answer["exit"])
+
+    def _ended(self, job: QueuedJob, code: int | None) -> None:
+        """The job's coordinator exited with ``code`` (None: lost with the fork server)."""
+        self.running = self.running_pid = None
         folder = self.jobs_dir / job.info.job_id
         ok = code == 0
         message = f"output committed to {job.request.output}" if ok else _last_line(folder / "coordinator.log")
@@ -240,7 +258,7 @@ class Service:
             output.remove_output(Path(job.request.output), self.output_created)
             message = "cancelled"
         elif not ok and not message:
-            message = f"its coordinator exited with status {code}"
+            message = f"its coordinator exited with status {code}" if code is not None else "its coordinator was lost"
         info = self.queue.ended(time.time(), job.info.job_id, ok, message)
         log.info("%s %s: %s", info.job_id, info.state.value, info.message)
 

@@ -199,6 +199,7 @@ class Exit:
     why: str
     job_over: bool = False  # the job finished: its files on this host may go
     leave: bool = False  # the cluster is stopping: even a worker that stays leaves
+    retry: bool = False  # the handshake failed: wrong keys, or a coordinator closing just then
 
 
 Instruction = Connect | Send | JoinJob | RunAttempt | CancelAttempt | DeliverOutputs | Report | Discard | Restart | Exit
@@ -463,9 +464,8 @@ class WorkerCore:
             problem = "the coordinator requires keys and this worker has none"
         where = self.settings.coordinator
         log.error("cannot talk to the coordinator at %s: authentication failed: %s", where, problem)
-        self._exit(
-            ExitCode.REFUSED, f"authentication with the coordinator at {where} failed: {problem} (check --key-dir)"
-        )
+        why = f"authentication with the coordinator at {where} failed: {problem} (check --key-dir)"
+        self._stop(Exit(ExitCode.REFUSED, why, retry=True))
 
     def _cancel(self, run: int, now: float) -> None:
         self.stopping.setdefault(run, now)

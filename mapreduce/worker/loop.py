@@ -328,9 +328,10 @@ class Worker:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
         # A coordinator that is not up yet (a local cluster starts its workers first) is
-        # retried soon, then less and less often.
+        # retried soon, then less and less often; a worker that stays waits for a standing
+        # cluster's next job, which must not wait a second for it.
         self.socket.setsockopt(zmq.RECONNECT_IVL, 10)
-        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 100 if self.options.stay else 1000)
         if self.options.keys is not None:
             self.options.keys.connect_to(self.socket, self.options.keys.coordinator)
         self._monitor = self.socket.get_monitor_socket(
@@ -409,8 +410,16 @@ class Worker:
         """A worker that stays (--stay) and whose job ended, or whose coordinator was lost: the
         next job is served by a fresh process (forked by the zygote), so nothing of this job's
         code, module state, threads or memory reaches it."""
-        ended = self._exit is not None and (self._exit.job_over or self._exit.code is ExitCode.COORDINATOR_LOST)
-        return self.options.stay and ended and not self._exit.leave
+        if not self.options.stay or self._exit is None or self._exit.leave:
+            return False
+        return self._exit.job_over or self._exit.code is ExitCode.COORDINATOR_LOST or self._exit.retry
+
+    @property
+    def retries(self) -> bool:
+        """A worker that stays whose handshake failed: it tries again after a pause (a coordinator
+        that closed during the handshake, as one does between a standing cluster's jobs, looks
+        like one with other keys)."""
+        return self.serves_again and self._exit.retry
 
     def _restart(self, why: str) -> None:
         """Replace this process with a fresh one: the only way to stop a thread stuck in user code."""

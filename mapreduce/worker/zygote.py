@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SERVE_AGAIN = 75  # a job's worker is done with its job (or lost its coordinator): fork the next
 RESTART = 76  # a job's worker whose user code would not stop: fork a fresh one
+RETRY_LATER = 77  # a job's worker that could not reach its coordinator: fork another after a pause
 PASSED_ON = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -61,7 +62,9 @@ def job_after_job(serve_one: Callable[[], int], crash_pause: float) -> int:
         _, status = os.waitpid(pid, 0)
         child = 0
         code = os.waitstatus_to_exitcode(status)
-        if code in (SERVE_AGAIN, RESTART):
+        if code in (SERVE_AGAIN, RESTART, RETRY_LATER):
+            if code == RETRY_LATER:
+                time.sleep(max(0.0, crash_pause - (time.monotonic() - started)))
             code = 0
             continue
         if code >= 0:
