@@ -85,7 +85,14 @@ def cluster() -> None:
     help="Jobs' folders (app, coordinator log, event log) [default: ~/.local/state/mapreduce/cluster].",
 )
 @click.option("--heartbeat-interval", type=float, default=defaults.HEARTBEAT_INTERVAL, show_default=True)
-def start(bind, key_dir, insecure, workers, state_dir, heartbeat_interval):
+@click.option(
+    "--status-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Each job's coordinator serves its live status page on this port (the running job's page).",
+)
+@click.option("--status-bind", default="127.0.0.1", show_default=True, help="Address the status page listens on.")
+def start(bind, key_dir, insecure, workers, state_dir, heartbeat_interval, status_port, status_bind):
     """Run the cluster's service in the foreground until `cluster stop` or SIGTERM: jobs run one
     after another, first come first served, on the workers that connect to --bind with --stay."""
     from mapreduce.net.node import endpoint_host
@@ -94,7 +101,8 @@ def start(bind, key_dir, insecure, workers, state_dir, heartbeat_interval):
     from mapreduce.service.server import Service, ServiceOptions
 
     _guarded(lambda: check_exposure("the cluster's address", endpoint_host(bind), True if key_dir else None, insecure))
-    options = ServiceOptions(bind, state_dir or default_state_dir(), key_dir, workers, heartbeat_interval)
+    status = ("--status-port", str(status_port), "--status-bind", status_bind) if status_port else ()
+    options = ServiceOptions(bind, state_dir or default_state_dir(), key_dir, workers, heartbeat_interval, status)
     service = _guarded(lambda: Service(options))
     click.echo(f"cluster on {bind} (workers), clients at {', '.join(service.addresses)}", err=True)
     sys.exit(service.run())
@@ -144,15 +152,12 @@ def submit(app, inputs, output, detach, cluster, key_dir, key_name, state_dir, t
             click.echo(info.job_id)
             return
         click.echo(f"{info.job_id} {info.state.value}", err=True)
-        shown, pause = info.state, 0.005
         try:
-            while not info.state.over:
-                time.sleep(pause)
-                pause = min(pause * 2, 0.1)
-                info = _guarded(lambda watch=WatchJob(info.job_id): client.ask(watch))
-                if info.state is not shown and not info.state.over:
+            while not info.state.over:  # each answer comes when the state changes (or every 5 s)
+                known = info.state
+                info = _guarded(lambda watch=WatchJob(info.job_id, known, 5.0): client.ask(watch))
+                if info.state is not known and not info.state.over:
                     click.echo(f"{info.job_id} {info.state.value}", err=True)
-                    shown = info.state
         except KeyboardInterrupt:
             click.echo(f"{info.job_id} goes on; cancel it with `mapreduce cancel {info.job_id}`", err=True)
             sys.exit(130)
@@ -191,7 +196,6 @@ def cancel(job_id, cluster, key_dir, key_name, state_dir, timeout):
     with _client(cluster, key_dir, key_name, state_dir, timeout) as client:
         info = _guarded(lambda: client.ask(CancelJob(job_id)))
         while info.state is JobState.RUNNING:  # until its coordinator has cleaned up
-            time.sleep(0.05)
-            info = _guarded(lambda: client.ask(WatchJob(job_id)))
+            info = _guarded(lambda: client.ask(WatchJob(job_id, JobState.RUNNING, 5.0)))
     click.echo(f"{info.job_id} {info.state.value}{': ' + info.message if info.message else ''}")
     sys.exit(0 if info.state is JobState.CANCELLED else 1)

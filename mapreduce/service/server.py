@@ -39,6 +39,14 @@ _JOB_FOLDER = re.compile(r"job-([0-9]{5,})")
 
 
 @dataclass(frozen=True)
+class Watch:
+    sock: zmq.Socket
+    identity: bytes
+    request: p.WatchJob
+    deadline: float  # monotonic
+
+
+@dataclass(frozen=True)
 class ServiceOptions:
     bind: str  # where workers connect
     state_dir: Path
@@ -72,6 +80,7 @@ class Service:
         self.running_pid: int | None = None  # its coordinator's process, once the fork server said
         self.output_created = False
         self.local: LocalCluster | None = None
+        self.watching: list[Watch] = []  # clients waiting for a job to change state
         self._stop_asked = False
 
     def _listen(self, endpoint: str, keys: Keys | None = None) -> zmq.Socket:
@@ -109,6 +118,7 @@ class Service:
                     else:
                         self._answer(ready)
                 self._start_next()
+                self._answer_watches()
                 if self.queue.stopping and self.running is None:
                     break
             dismiss_workers(self.options.bind, self.keys, self._dismissal_window(), self._local_left)
@@ -140,11 +150,30 @@ class Service:
                 continue
             identity, frame = frames
             try:
-                reply = self.handle(p.decode(frame, p.CLIENT_MESSAGES))
+                request = p.decode(frame, p.CLIENT_MESSAGES)
             except ProtocolError as exc:
                 log.warning("rejected a client's message: %s", exc)
-                reply = p.Declined(f"malformed request: {exc}")
-            sock.send_multipart([identity, p.encode(reply)])
+                sock.send_multipart([identity, p.encode(p.Declined(f"malformed request: {exc}"))])
+                continue
+            if isinstance(request, p.WatchJob) and request.wait > 0 and self._unchanged(request):
+                wait = min(request.wait, p.MAX_WATCH)
+                self.watching.append(Watch(sock, identity, request, time.monotonic() + wait))
+                continue
+            sock.send_multipart([identity, p.encode(self.handle(request))])
+
+    def _unchanged(self, watch: p.WatchJob) -> bool:
+        info = self.queue.get(watch.job_id)
+        return info is not None and info.state is watch.known
+
+    def _answer_watches(self) -> None:
+        """Answer the watches whose job changed state, or whose time is up."""
+        now, held = time.monotonic(), []
+        for watch in self.watching:
+            if now < watch.deadline and self._unchanged(watch.request):
+                held.append(watch)
+            else:
+                watch.sock.send_multipart([watch.identity, p.encode(self.handle(watch.request))])
+        self.watching = held
 
     def handle(self, request) -> p.JobInfo | p.JobList | p.Declined:
         now = time.time()

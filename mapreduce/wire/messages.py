@@ -324,9 +324,17 @@ class ListJobs:
     pass
 
 
+MAX_WATCH = 10.0  # seconds a watch may be held
+
+
 @dataclass(frozen=True)
 class WatchJob:
+    """The job's info; with ``wait``, not before its state differs from ``known`` or ``wait``
+    seconds have passed (at most MAX_WATCH): a follower hears of the end at once."""
+
     job_id: str
+    known: JobState | None = None
+    wait: float = 0.0
 
 
 @dataclass(frozen=True)
