@@ -24,7 +24,7 @@ import zmq
 
 from mapreduce import defaults, output
 from mapreduce.cluster import LocalCluster
-from mapreduce.errors import ProtocolError
+from mapreduce.errors import ProtocolError, UsageError
 from mapreduce.net.security import CLIENTS, CurveGate, Keys, authenticator, load
 from mapreduce.service.addresses import clients_endpoint, private_endpoint
 from mapreduce.service.forkserver import ForkServer
@@ -62,6 +62,7 @@ class Service:
         self.jobs_dir = options.state_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(options.state_dir, 0o700)  # its socket takes clients without keys
+        self._lock = _lock(options.state_dir)
         self.queue = JobQueue(first_number=_next_number(self.jobs_dir))
         self.keys: Keys | None = load(options.key_dir, "coordinator") if options.key_dir else None
         self.context = zmq.Context()
@@ -89,8 +90,12 @@ class Service:
             keys.serve(sock)
         sock.setsockopt(zmq.LINGER, 500)
         sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
-        sock.bind(endpoint)
         self.sockets.append(sock)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self._close()
+            raise UsageError(f"cannot listen for clients on {endpoint}: {exc}") from None
         return sock
 
     # ---- the loop ----------------------------------------------------------------
@@ -131,11 +136,15 @@ class Service:
             if self.local is not None:
                 self.local.stop(grace=self.options.heartbeat_interval * 3)
                 self.local.cleanup()
-            for sock in self.sockets:
-                sock.close(500)
-            if self.gate is not None:
-                self.gate.stop()
-            self.context.term()
+            self._close()
+
+    def _close(self) -> None:
+        for sock in self.sockets:
+            sock.close(500)
+        if self.gate is not None:
+            self.gate.stop()
+        self.context.term()
+        self._lock.close()
 
     def _ask_stop(self, signum, frame) -> None:
         self._stop_asked = True  # acted on by the loop (within one poll)
@@ -363,6 +372,23 @@ def dismiss_workers(bind: str, keys: Keys | None, window: float, all_gone=lambda
             gate.stop()
         context.term()
     return len(told)
+
+
+def _lock(state_dir: Path):
+    """Hold the state folder for this service's life: a second service on it would take its
+    clients' socket."""
+    import fcntl
+
+    held = open(state_dir / "lock", "w")  # open for the service's life
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held.close()
+        raise UsageError(
+            f"a cluster already runs with state folder {str(state_dir)!r}: stop it (mapreduce cluster stop "
+            "--state-dir ...) or give this one another --state-dir"
+        ) from None
+    return held
 
 
 def _client_keys(folder: Path) -> set[bytes]:

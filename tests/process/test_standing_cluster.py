@@ -12,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers import APPS, FAST, GUTENBERG, assert_same_output, event_log, free_endpoint, kill_all, mapreduce_command
+from helpers import (
+    APPS,
+    FAST,
+    GUTENBERG,
+    assert_same_output,
+    event_log,
+    free_endpoint,
+    gone,
+    kill_all,
+    mapreduce_command,
+)
 from mapreduce.service.client import ClusterClient
 from mapreduce.wire.messages import JobState, WatchJob
 
@@ -261,5 +271,55 @@ def test_clients_over_the_network_need_an_admitted_key(tmp_path, books):
             timeout=WAIT,
         )
         assert refused.returncode == 2 and "no answer" in refused.stderr, refused.stderr
+    finally:
+        cluster.stop()
+
+
+def test_a_second_service_on_the_same_state_folder_is_refused_and_a_killed_one_takes_its_jobs_processes_along(
+    tmp_path, books
+):
+    gated = tmp_path / "gated.txt"
+    gated.write_text("held open words\n" * 50)
+    cluster = Cluster(tmp_path, workers=1)
+    try:
+        second = subprocess.run(
+            mapreduce_command("cluster", "start", "--bind", free_endpoint(), "--state-dir", str(cluster.state)),
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        assert second.returncode == 2 and "already runs" in second.stderr, second.stderr
+        held = cluster.submit(
+            str(APPS / "gate.py"), [*books, str(gated)], tmp_path / "held", "--param", f"gate={tmp_path / 'never'}"
+        )
+        cluster.wait(held, until=lambda i: i.state is JobState.RUNNING)
+        children = subprocess.run(["pgrep", "-P", str(cluster.service.pid)], capture_output=True, text=True)
+        forks = [int(pid) for pid in children.stdout.split()]
+        jobs_coordinators = [
+            int(pid)
+            for fork in forks
+            for pid in subprocess.run(["pgrep", "-P", str(fork)], capture_output=True, text=True).stdout.split()
+        ]
+        assert jobs_coordinators, "the running job's coordinator process was not found"
+        cluster.service.send_signal(signal.SIGKILL)
+        cluster.service.wait(timeout=WAIT)
+        for pid in forks + jobs_coordinators:
+            assert gone(pid, within=30), f"process {pid} outlived its service"
+        # A new service on the same folder: the state folder is free again, job numbers go on.
+        cluster.service = subprocess.Popen(
+            mapreduce_command("cluster", "start", "--bind", cluster.endpoint, "--state-dir", str(cluster.state), *FAST),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + WAIT
+        while True:
+            listing = cluster.cli("jobs", "--timeout", "1")
+            if listing.returncode == 0:
+                break
+            assert time.monotonic() < deadline and cluster.service.poll() is None, listing.stderr
+        after = cluster.submit("wordcount", books, tmp_path / "after")
+        assert after == "job-00002"
+        assert cluster.wait(after).state is JobState.SUCCEEDED
     finally:
         cluster.stop()
