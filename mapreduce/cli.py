@@ -512,6 +512,23 @@ def _placement_options(f):
         click.option(
             "--sequential", is_flag=True, help="Run in this one process, as `mapreduce seq` does (the oracle)."
         ),
+        click.option(
+            "--cluster",
+            default=None,
+            metavar="ENDPOINT",
+            help="Submit the job to the standing cluster at ENDPOINT (with this client's keys in --key-dir).",
+        ),
+        click.option(
+            "--submit", is_flag=True, help="Submit the job to the standing cluster on this host (see --state-dir)."
+        ),
+        click.option(
+            "--state-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            envvar="MAPREDUCE_STATE_DIR",
+            help="The standing cluster on this host, by its state folder (with --submit).",
+        ),
+        click.option("--key-name", envvar="MAPREDUCE_KEY_NAME", help="Which client key pair (with --cluster)."),
+        click.option("--detach", is_flag=True, help="Submitted: print the job's id and return."),
         _security_options,
         _cluster_options,
         _status_options,
@@ -541,6 +558,15 @@ def streaming(inputs, output, mapper, reducer, combiner, defines, n_reduce, file
 
     job = _guard(lambda: _streaming_app(mapper, reducer, combiner, defines, files, n_reduce))
     where = _Placement.take(rest)
+    if where.submits:
+        from mapreduce.service.client import streaming_submission
+
+        where.send(
+            lambda: streaming_submission(
+                inputs, output, mapper, reducer, combiner, defines, files, n_reduce=n_reduce, split_size=split_size,
+                overwrite=overwrite, max_attempts=rest["max_attempts"],
+            )
+        )  # fmt: skip
     where.run(job, inputs, output, runner.JobOptions(n_reduce, split_size, overwrite, {}, files=tuple(files), **rest))
 
 
@@ -552,6 +578,11 @@ class _Placement:
     workers: int
     bind: str | None
     sequential: bool
+    cluster: str | None  # submitted to a standing cluster (or, with submit, the one on this host)
+    submit: bool
+    state_dir: Path | None
+    key_name: str | None
+    detach: bool
     key_dir: Path | None
     insecure: bool
     events: Path | None
@@ -563,6 +594,21 @@ class _Placement:
     def take(cls, params: dict) -> _Placement:
         """Its fields, taken out of a command's parameters (the rest are the job's options)."""
         return cls(**{f.name: params.pop(f.name) for f in dataclasses.fields(cls)})
+
+    @property
+    def submits(self) -> bool:
+        return self.submit or self.cluster is not None
+
+    def send(self, request) -> None:
+        """Submit ``request()`` (a SubmitJob) to the standing cluster and follow it; exit with
+        its status. The cluster's own settings (heartbeats, timeouts) apply to it."""
+        from mapreduce.service.commands import send
+
+        if self.bind or self.sequential:
+            _guard(
+                lambda: _usage("--cluster and --submit send the job to a standing cluster: no --bind or --sequential")
+            )
+        sys.exit(send(request, self.detach, self.cluster, self.key_dir, self.key_name, self.state_dir, 10.0))
 
     def run(self, job, inputs, output, options) -> None:
         """Run the job; its counters on stderr unless quiet."""
@@ -628,6 +674,19 @@ def mrjob(script, job_args, output, n_reduce, split_size, overwrite, files, **re
     run = _guard(lambda: mrjobs.load(script, job_args, n_reduce))
     output = output or run.output
     where = _Placement.take(rest)
+    if where.submits:
+        from mapreduce.service.client import mrjob_submission
+
+        if not output:
+            _guard(
+                lambda: _usage("a job submitted to a standing cluster needs --output (a folder on the cluster's host)")
+            )
+        where.send(
+            lambda: mrjob_submission(
+                script, job_args, run.inputs, output, files, n_reduce=n_reduce, split_size=split_size,
+                overwrite=overwrite, max_attempts=rest["max_attempts"],
+            )
+        )  # fmt: skip
     options = runner.JobOptions(run.n_reduce, split_size, overwrite, {}, files=(*run.files, *files), **rest)
     if output:
         where.run(run.app, run.inputs, output, options)

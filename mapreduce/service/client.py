@@ -79,16 +79,63 @@ class ClusterClient:
 
 
 def submission(app: str, inputs, output: str, files=(), **options) -> p.SubmitJob:
-    """A SubmitJob for paths as this client names them: relative ones made absolute (they are
-    paths on the cluster's host, so this is right for a client on that host); an app that is a
-    file here travels as its source."""
+    """A SubmitJob for an app and paths as this client names them: relative ones made absolute
+    (they are paths on the cluster's host, so this is right for a client on that host); an app
+    that is a file here travels as its source."""
     source = ""
     if app.endswith(".py") or os.sep in app:
-        try:
-            source = Path(app).read_text()
-        except OSError as exc:
-            raise UsageError(f"cannot read app {app!r}: {exc.strerror}") from None
-        app = Path(app).name
-    absolute = [os.path.abspath(i) for i in inputs]
-    side = [os.path.abspath(f.partition("#")[0]) + ("#" + f.partition("#")[2] if "#" in f else "") for f in files]
-    return p.SubmitJob(app, absolute, os.path.abspath(output), source, files=side, **options)
+        source, app = _source(app), Path(app).name
+    return p.SubmitJob(app, _absolute(inputs), os.path.abspath(output), source, files=_side(files), **options)
+
+
+def streaming_submission(inputs, output: str, mapper: str, reducer, combiner, defines, files=(), **options):
+    """A SubmitJob for a streaming job (its commands run on the workers as given)."""
+    return p.SubmitJob(
+        "",
+        _absolute(inputs),
+        os.path.abspath(output),
+        kind=p.JobKind.STREAMING,
+        mapper=mapper,
+        reducer=reducer or "",
+        combiner=combiner or "",
+        defines=list(defines),
+        files=_side(files),
+        **options,
+    )
+
+
+def mrjob_submission(script: str, job_args, inputs, output: str, files=(), **options) -> p.SubmitJob:
+    """A SubmitJob for an mrjob job: its script travels as its source; its arguments as given,
+    but for its input paths (``inputs``, as the job read them), made absolute."""
+    given = set(inputs)
+    args = [os.path.abspath(a) if a in given else a for a in job_args]
+    return p.SubmitJob(
+        Path(script).name,
+        [],
+        os.path.abspath(output),
+        _source(script),
+        kind=p.JobKind.MRJOB,
+        job_args=args,
+        files=_side(files),
+        **options,
+    )
+
+
+def _source(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path!r}: {exc.strerror}") from None
+
+
+def _absolute(paths) -> list[str]:
+    return [os.path.abspath(path) for path in paths]
+
+
+def _side(files) -> list[str]:
+    """Side files (PATH[#NAME]) with PATH made absolute."""
+    side = []
+    for spec in files:
+        path, hash_sign, name = spec.partition("#")
+        side.append(os.path.abspath(path) + hash_sign + name)
+    return side

@@ -139,18 +139,28 @@ def stop(cluster, key_dir, key_name, state_dir, timeout, cancel_running):
 def submit(app, inputs, output, detach, cluster, key_dir, key_name, state_dir, timeout, **options):
     """Submit a job to a standing cluster and follow it to its end (exit status: the job's), or
     --detach. Paths are paths on the cluster's host; relative ones are made absolute here. An app
-    that is a file here is sent as its source."""
+    that is a file here is sent as its source. (`streaming` and `mrjob` submit with --cluster or
+    --submit.)"""
     from mapreduce.service.client import submission
-    from mapreduce.wire.messages import JobState, WatchJob
 
     options["compress"] = Compression(options["compress"])
     options["params"] = list(options["params"])
-    request = _guarded(lambda: submission(app, inputs, output, **options))
+    sys.exit(
+        send(lambda: submission(app, inputs, output, **options), detach, cluster, key_dir, key_name, state_dir, timeout)
+    )
+
+
+def send(request, detach: bool, cluster, key_dir, key_name, state_dir, timeout) -> int:
+    """Submit ``request()`` (a SubmitJob) and follow the job to its end, printing its states;
+    return the exit status: 0 succeeded, 1 failed or cancelled (2 if refused: exits at once)."""
+    from mapreduce.wire.messages import JobState, WatchJob
+
+    submitted = _guarded(request)
     with _client(cluster, key_dir, key_name, state_dir, timeout) as client:
-        info = _guarded(lambda: client.ask(request))
+        info = _guarded(lambda: client.ask(submitted))
         if detach:
             click.echo(info.job_id)
-            return
+            return 0
         click.echo(f"{info.job_id} {info.state.value}", err=True)
         try:
             while not info.state.over:  # each answer comes when the state changes (or every 5 s)
@@ -160,10 +170,10 @@ def submit(app, inputs, output, detach, cluster, key_dir, key_name, state_dir, t
                     click.echo(f"{info.job_id} {info.state.value}", err=True)
         except KeyboardInterrupt:
             click.echo(f"{info.job_id} goes on; cancel it with `mapreduce cancel {info.job_id}`", err=True)
-            sys.exit(130)
+            return 130
     took = f" in {info.finished - info.started:.2f} s" if info.started else ""
     click.echo(f"{info.job_id} {info.state.value}{took}: {info.message}", err=True)
-    sys.exit(0 if info.state is JobState.SUCCEEDED else 1)
+    return 0 if info.state is JobState.SUCCEEDED else 1
 
 
 @click.command()

@@ -26,6 +26,7 @@ from mapreduce import defaults, output
 from mapreduce.cluster import LocalCluster
 from mapreduce.errors import ProtocolError, UsageError
 from mapreduce.net.security import CLIENTS, CurveGate, Keys, authenticator, load
+from mapreduce.output import Compression
 from mapreduce.service.addresses import clients_endpoint, private_endpoint
 from mapreduce.service.forkserver import ForkServer
 from mapreduce.service.queue import Cancelling, JobQueue, QueuedJob
@@ -231,29 +232,42 @@ class Service:
         log.info("%s started", job.info.job_id)
 
     def _coordinator_args(self, job: QueuedJob, folder: Path) -> list[str]:
+        """The command line of the job's coordinator: `coordinator`, `streaming` or `mrjob`
+        serving the job on the cluster's address, built from the request's checked fields."""
         r = job.request
-        app = str(folder / r.app) if r.app_source else r.app
-        command = ["coordinator", app, *r.inputs, "--output", r.output]
-        command += ["--bind", self.options.bind, "--events", job.info.events, "--quiet"]
-        command += ["--heartbeat-interval", str(self.options.heartbeat_interval)]
+        served = ["--bind", self.options.bind, "--events", job.info.events, "--quiet"]
+        served += ["--heartbeat-interval", str(self.options.heartbeat_interval)]
         if self.options.key_dir is not None:
-            command += ["--key-dir", str(self.options.key_dir)]
-        if r.n_reduce is not None:
-            command += ["--reduce", str(r.n_reduce)]
+            served += ["--key-dir", str(self.options.key_dir)]
+        for flag, value in (
+            ("--reduce", r.n_reduce),
+            ("--split-size", r.split_size),
+            ("--max-attempts", r.max_attempts),
+        ):
+            if value:
+                served += [flag, str(value)]
+        for side_file in r.files:
+            served += ["--file", side_file]
+        if r.overwrite:
+            served.append("--overwrite")
+        served += self.options.coordinator_args
+        if r.kind is p.JobKind.STREAMING:
+            command = ["streaming", *(a for i in r.inputs for a in ("--input", i)), "--output", r.output]
+            for flag, value in (("--mapper", r.mapper), ("--reducer", r.reducer), ("--combiner", r.combiner)):
+                if value:
+                    command += [flag, value]
+            for define in r.defines:
+                command += ["-D", define]
+            return command + served
+        if r.kind is p.JobKind.MRJOB:  # its own arguments last, after JOB.py
+            return ["mrjob", "--output", r.output, *served, str(folder / r.app), *r.job_args]
+        app = str(folder / r.app) if r.app_source else r.app
+        command = ["coordinator", app, *r.inputs, "--output", r.output, *served]
         for param in r.params:
             command += ["--param", param]
-        for side_file in r.files:
-            command += ["--file", side_file]
-        if r.split_size:
-            command += ["--split-size", str(r.split_size)]
-        if r.max_attempts:
-            command += ["--max-attempts", str(r.max_attempts)]
         if r.skip_bad_records:
             command += ["--skip-bad-records", str(r.skip_bad_records)]
-        if r.overwrite:
-            command.append("--overwrite")
-        command += ["--compress", r.compress.value, *self.options.coordinator_args]
-        return command
+        return command + ["--compress", r.compress.value]
 
     def _interrupt(self) -> None:
         """Stop the running job's coordinator: it tells the workers the job is over (they drop
@@ -319,18 +333,31 @@ class Service:
 
 def check_request(r: p.SubmitJob) -> str | None:
     """Why a submitted job cannot be queued, or None."""
-    if r.app_source and not _APP_FILE.fullmatch(r.app):
+    if r.kind is p.JobKind.STREAMING:
+        if not r.mapper or r.app or r.app_source or r.params or r.job_args:
+            return "a streaming job has a mapper and no app, parameters or job arguments"
+    elif r.kind is p.JobKind.MRJOB:
+        if not r.app_source or not _APP_FILE.fullmatch(r.app):
+            return f"an mrjob job travels as its script's source, with a Python file name (got {r.app[:100]!r})"
+    elif r.app_source and not _APP_FILE.fullmatch(r.app):
         return f"app file name {r.app[:100]!r}: a Python file name (letters, digits, _) ending in .py"
-    if not r.app_source and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]{0,200}", r.app):
+    elif not r.app_source and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]{0,200}", r.app):
         return f"app {r.app[:100]!r} is neither a built-in app's name nor a module's"
-    if not r.inputs:
+    if r.kind is not p.JobKind.STREAMING and (r.mapper or r.reducer or r.combiner or r.defines):
+        return "mapper, reducer, combiner and -D are a streaming job's"
+    if r.kind is not p.JobKind.APP and (r.params or r.skip_bad_records or r.compress is not Compression.NONE):
+        return "parameters, bad records to skip and compression are an app's options"
+    if not r.inputs and r.kind is not p.JobKind.MRJOB:
         return "no inputs"
     for path in [*r.inputs, r.output, *r.files]:
-        if "\0" in path or not os.path.isabs(path.partition("#")[0]) or len(path) > 4096:
+        if not os.path.isabs(path.partition("#")[0]) or len(path) > 4096:
             return f"path {path[:200]!r} is not an absolute path on the cluster's host"
-    for param in r.params:
-        if "=" not in param or "\0" in param:
-            return f"parameter {param[:100]!r} is not NAME=VALUE"
+    for text in [*r.inputs, r.output, *r.files, *r.params, *r.defines, *r.job_args, r.mapper, r.reducer, r.combiner]:
+        if "\0" in text:
+            return "a NUL character in the request"
+    for setting in [*r.params, *r.defines]:
+        if "=" not in setting:
+            return f"setting {setting[:100]!r} is not NAME=VALUE"
     if r.n_reduce is not None and not 0 <= r.n_reduce <= 100_000:
         return f"--reduce {r.n_reduce}: 0 to 100000"
     if min(r.split_size, r.max_attempts, r.skip_bad_records) < 0:

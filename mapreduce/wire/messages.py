@@ -300,15 +300,27 @@ class JobState(enum.StrEnum):
         return self not in (JobState.QUEUED, JobState.RUNNING)
 
 
+class JobKind(enum.StrEnum):
+    APP = "app"  # an app (mapreduce run's): by name, or its source
+    STREAMING = "streaming"  # commands as mapper, reducer, combiner (mapreduce streaming's)
+    MRJOB = "mrjob"  # an mrjob job: its script's source and its arguments (mapreduce mrjob's)
+
+
 @dataclass(frozen=True)
 class SubmitJob:
     """A job for the service's queue. Paths are paths on the service's host. The app travels
     as Python source (never a pickle): run by the job's own coordinator process, not the service."""
 
-    app: str  # a built-in app's name, or the file name app_source had on the client
+    app: str  # a built-in app's name, or the file name app_source had on the client ("" streaming)
     inputs: list[str]
     output: str
     app_source: str = ""  # "": app names a built-in app
+    kind: JobKind = JobKind.APP
+    mapper: str = ""  # streaming: the commands
+    reducer: str = ""
+    combiner: str = ""
+    defines: list[str] = field(default_factory=list)  # streaming: -D NAME=VALUE
+    job_args: list[str] = field(default_factory=list)  # mrjob: the job's own arguments (inputs among them)
     n_reduce: int | None = None
     params: list[str] = field(default_factory=list)  # NAME=VALUE
     split_size: int = 0  # 0: the default

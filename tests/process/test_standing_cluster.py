@@ -323,3 +323,41 @@ def test_a_second_service_on_the_same_state_folder_is_refused_and_a_killed_one_t
         assert cluster.wait(after).state is JobState.SUCCEEDED
     finally:
         cluster.stop()
+
+
+def test_streaming_and_mrjob_jobs_are_submitted_too_and_match_the_sequential_run(tmp_path, books):
+    cluster = Cluster(tmp_path)
+    try:
+        streaming = ["streaming", "--input", books[0], "--mapper", "tr -s ' ' '\\n'", "--reducer", "uniq -c"]
+        submitted = cluster.cli(*streaming, "--output", str(tmp_path / "streamed"), "--reduce", "3", "--submit")
+        assert submitted.returncode == 0 and "succeeded" in submitted.stderr, submitted.stderr
+        alone = subprocess.run(
+            mapreduce_command(*streaming, "--output", str(tmp_path / "alone"), "--reduce", "3", "--sequential"),
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        assert alone.returncode == 0, alone.stderr
+        assert_same_output(tmp_path / "alone", tmp_path / "streamed")
+
+        import mrjob.examples
+
+        script = str(Path(mrjob.examples.__file__).parent / "mr_word_freq_count.py")
+        mrjob = ["mrjob", "--output", str(tmp_path / "counted"), "--submit", "--state-dir", str(cluster.state)]
+        counted = subprocess.run(
+            mapreduce_command(*mrjob, script, books[0]), capture_output=True, text=True, timeout=WAIT
+        )
+        assert counted.returncode == 0 and "succeeded" in counted.stderr, counted.stderr
+        reference = subprocess.run(
+            mapreduce_command("mrjob", "--output", str(tmp_path / "reference"), "--sequential", script, books[0]),
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        assert reference.returncode == 0, reference.stderr
+        assert_same_output(tmp_path / "reference", tmp_path / "counted")
+        # A bad combination is refused before anything is sent.
+        both = cluster.cli(*streaming, "--output", str(tmp_path / "x"), "--submit", "--sequential")
+        assert both.returncode == 2 and "standing cluster" in both.stderr
+    finally:
+        cluster.stop()
