@@ -16,6 +16,7 @@ import click
 
 from mapreduce import defaults
 from mapreduce.errors import JobFailed, MapReduceError, UsageError
+from mapreduce.service.commands import KEY_NAME_OPTION, STATE_DIR_OPTION
 
 if TYPE_CHECKING:
     from mapreduce.coordinator.view import JobView
@@ -521,13 +522,8 @@ def _placement_options(f):
         click.option(
             "--submit", is_flag=True, help="Submit the job to the standing cluster on this host (see --state-dir)."
         ),
-        click.option(
-            "--state-dir",
-            type=click.Path(file_okay=False, path_type=Path),
-            envvar="MAPREDUCE_STATE_DIR",
-            help="The standing cluster on this host, by its state folder (with --submit).",
-        ),
-        click.option("--key-name", envvar="MAPREDUCE_KEY_NAME", help="Which client key pair (with --cluster)."),
+        STATE_DIR_OPTION,
+        KEY_NAME_OPTION,
         click.option("--detach", is_flag=True, help="Submitted: print the job's id and return."),
         _security_options,
         _cluster_options,

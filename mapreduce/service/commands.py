@@ -22,6 +22,18 @@ def _guarded(action):
         sys.exit(2)
 
 
+# Shared with `streaming` and `mrjob`, which submit with --cluster or --submit.
+STATE_DIR_OPTION = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="MAPREDUCE_STATE_DIR",
+    help="The standing cluster on this host, by its state folder [default: ~/.local/state/mapreduce/cluster].",
+)
+KEY_NAME_OPTION = click.option(
+    "--key-name", envvar="MAPREDUCE_KEY_NAME", help="Which client key pair in --key-dir (if several)."
+)
+
+
 def _client_options(f):
     options = [
         click.option(
@@ -36,13 +48,8 @@ def _client_options(f):
             envvar="MAPREDUCE_KEY_DIR",
             help="Folder with this client's key pair (clients/NAME.key_secret) and the cluster's public key.",
         ),
-        click.option("--key-name", envvar="MAPREDUCE_KEY_NAME", help="Which client key pair (if several)."),
-        click.option(
-            "--state-dir",
-            type=click.Path(file_okay=False, path_type=Path),
-            envvar="MAPREDUCE_STATE_DIR",
-            help="The local cluster's state folder [default: ~/.local/state/mapreduce/cluster].",
-        ),
+        KEY_NAME_OPTION,
+        STATE_DIR_OPTION,
         click.option(
             "--timeout",
             type=float,
