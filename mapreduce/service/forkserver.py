@@ -36,13 +36,14 @@ def serve_forks(run: Callable[[list[str]], int], orders=sys.stdin.buffer, answer
         answers.write(json.dumps(message).encode() + b"\n")
         answers.flush()
 
+    partial = b""
     while open_input or running:
         ready, _, _ = select.select([source] if open_input else [], [], [], REAP_EVERY)
-        if ready:
-            line = orders.readline()
-            if not line:
-                open_input = False
-            else:
+        if ready:  # read the fd itself: a buffered reader could hold an order select() cannot see
+            data = os.read(source, 1 << 16)
+            open_input = bool(data)
+            *lines, partial = (partial + data).split(b"\n")
+            for line in filter(None, lines):
                 order = json.loads(line)
                 pid = os.fork()
                 if pid == 0:
@@ -70,9 +71,9 @@ def _run_order(run: Callable[[list[str]], int], order: dict) -> None:
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.chdir(order["cwd"])
-        code = run(order["argv"])
+        code = _status(run(order["argv"]))
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        code = _status(exc.code)
     except BaseException:
         traceback.print_exc()
     finally:
@@ -81,6 +82,13 @@ def _run_order(run: Callable[[list[str]], int], order: dict) -> None:
             sys.stderr.flush()
         finally:
             os._exit(code)
+
+
+def _status(value) -> int:
+    """An exit status as sys.exit reads one: None is 0, an int itself, anything else 1."""
+    if value is None:
+        return 0
+    return value if isinstance(value, int) and 0 <= value <= 255 else 1
 
 
 class ForkServer:

@@ -20,6 +20,7 @@ KEEP_FINISHED = 1000  # finished jobs remembered for `mapreduce jobs` (their fol
 class Cancelling(enum.Enum):
     DEQUEUED = "dequeued"  # it was queued: cancelled at once
     STOP_RUNNING = "stop running"  # the service must interrupt its coordinator
+    UNDER_WAY = "under way"  # asked before: its coordinator is cleaning up (a second signal would cut that short)
     ALREADY_OVER = "already over"
 
 
@@ -81,6 +82,8 @@ class JobQueue:
             job.info = replace(job.info, state=JobState.CANCELLED, finished=now, message="cancelled before it ran")
             return Cancelling.DEQUEUED
         if job.info.state is JobState.RUNNING:
+            if job.cancel_asked:
+                return Cancelling.UNDER_WAY
             job.cancel_asked = True
             return Cancelling.STOP_RUNNING
         return Cancelling.ALREADY_OVER
