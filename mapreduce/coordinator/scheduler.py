@@ -430,6 +430,12 @@ class Scheduler:
         actions: list = []
         if old is not None and old.state in LIVE:
             actions += self._declare_dead(now, old, "it registered again")
+        # The same process (its host, pid and data server) on a new connection: its old registration
+        # is over, and must not hold tasks until its silence is noticed.
+        same_process = (hello.host_id, hello.pid, hello.data_address)
+        for earlier in [w for w in self.workers.values() if w.state in LIVE and w.identity != identity]:
+            if (earlier.info.host_id, earlier.info.pid, earlier.info.data_address) == same_process:
+                actions += self._declare_dead(now, earlier, "it registered again on a new connection")
         worker = RegisteredWorker(self._next_worker, identity, hello, now, now, now, server_key=server_key)
         self._next_worker += 1
         self.workers[worker.id] = worker

@@ -183,7 +183,9 @@ class Worker:
                 self.job.close()
                 os.chdir(self._started_in)
                 shutil.rmtree(self.job.workdir.parent, ignore_errors=True)
-            self._close_socket(linger=500)
+            # A goodbye may still be on its way; but a registration a worker that will try again
+            # left unsent must not reach the next coordinator after this process is gone.
+            self._close_socket(linger=0 if self.retries else 500)
             self.data_server.stop()
             self.fetcher.close()
             self.input_fetcher.close()

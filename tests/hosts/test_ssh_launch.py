@@ -185,8 +185,9 @@ def test_launch_workers_over_ssh_to_three_hosts_runs_a_job_to_the_end(ssh_hosts,
         cluster.stop_all()
     assert launcher.returncode == 0, err
     assert "started 3 of 3 worker(s) on 3 host(s)" in err
-    for name in names(ssh_hosts.accepting):
-        assert f"{name} exited with status 0" in err
+    for name in names(ssh_hosts.accepting):  # (a worker whose job ended within the launcher's settle time
+        # is reported as already finished: the same exit status)
+        assert f"{name} exited with status 0" in err or f"{name} already finished (exit status 0)" in err, err
     assert not (cluster.logs / STATE_FILE).exists()
     assert_same_output(expected, cluster.out)
 

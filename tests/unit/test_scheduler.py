@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from helpers import commits, events, join, kinds, make, map_done, msgs, one, reduce_done, report_unreadable, welcome
+from helpers import (
+    commits,
+    events,
+    hello,
+    join,
+    kinds,
+    make,
+    map_done,
+    msgs,
+    one,
+    reduce_done,
+    report_unreadable,
+    welcome,
+)
 from mapreduce import output
 from mapreduce.coordinator.scheduler import Commit, Discard, Send, TaskState, WorkerState
 from mapreduce.wire import messages as p
@@ -869,3 +884,18 @@ def test_a_running_attempts_status_line_is_in_the_view_and_a_strangers_is_ignore
     assert [v.status for v in running] == ["half way"]
     worker = next(w for w in s.view(1.5).workers if w.id == a)
     assert worker.attempt is not None and worker.attempt.status == "half way"
+
+
+def test_a_process_registering_on_a_new_connection_ends_its_old_registration_at_once():
+    s = make(n_maps=2, n_reduce=1)
+    old, actions = join(s, b"A", now=0.0)
+    held = one(actions, b"A", p.AssignMap)
+    again = hello(b"A")  # the same process (host and pid), reconnected: a new socket identity
+    actions = s.register(1.0, b"A-again", again, welcome)
+    assert s.workers[old].state is WorkerState.DEAD
+    assert s.attempts[held.attempt].state is AttemptState.LOST  # handed out again, not held till a timeout
+    assert {m.task for m in msgs(actions, b"A-again", p.AssignMap)} == {held.task}
+    # Another process on the same host (another data server) is another worker.
+    other = dataclasses.replace(hello(b"B"), host_id=again.host_id, pid=again.pid)
+    s.register(2.0, b"B", other, welcome)
+    assert sum(w.state in (WorkerState.IDLE, WorkerState.BUSY) for w in s.workers.values()) == 2
