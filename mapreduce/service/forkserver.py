@@ -12,6 +12,7 @@ for a signal) once it has ended. End of input: the server exits once its process
 
 from __future__ import annotations
 
+import ctypes  # noqa: F401  (loaded before any fork: a job's process sets its parent-death signal at once)
 import json
 import os
 import select
@@ -29,6 +30,7 @@ REAP_EVERY = 0.01  # seconds between checks for ended processes while orders may
 def serve_forks(run: Callable[[list[str]], int], orders=sys.stdin.buffer, answers=sys.stdout.buffer) -> int:
     """Fork a process per order running ``run(argv)``; report its pid and exit status."""
     running: dict[int, str] = {}  # pid -> job id
+    server = os.getpid()
     source = orders.fileno()
     open_input = True
 
@@ -47,7 +49,7 @@ def serve_forks(run: Callable[[list[str]], int], orders=sys.stdin.buffer, answer
                 order = json.loads(line)
                 pid = os.fork()
                 if pid == 0:
-                    _run_order(run, order)
+                    _run_order(run, order, server)
                 running[pid] = order["job"]
                 tell({"job": order["job"], "pid": pid})
         while running:
@@ -58,11 +60,13 @@ def serve_forks(run: Callable[[list[str]], int], orders=sys.stdin.buffer, answer
     return 0
 
 
-def _run_order(run: Callable[[list[str]], int], order: dict) -> None:
+def _run_order(run: Callable[[list[str]], int], order: dict, server: int) -> None:
     """In the forked process: never returns."""
     code = 1
     try:
         die_with_parent()
+        if os.getppid() != server:  # the server died before the signal was set: no job runs on alone
+            os._exit(1)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a cancel: the coordinator's cleanup
         log_fd = os.open(order["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(log_fd, 1)

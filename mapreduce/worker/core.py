@@ -226,6 +226,7 @@ class WorkerCore:
         self._next_reconnect = 0.0
         self._backoff = settings.heartbeat_interval
         self._connected_at: float | None = None  # a connection not yet through its handshake
+        self._handshakes = 0  # completed on this socket
         self._drain_deadline: float | None = None
         self._out: list[Instruction] = []
 
@@ -284,6 +285,11 @@ class WorkerCore:
             self._connected_at = now if self._connected_at is None else self._connected_at
         elif isinstance(event, HandshakeSucceeded):
             self._connected_at = None
+            self._handshakes += 1
+            if self._handshakes > 1 and self.state is WorkerState.REGISTERING:
+                # The socket connected again (the peer it registered with closed: a standing
+                # cluster's last job ending as this worker started): that registration is lost.
+                self._emit(Send(self.register))
         elif isinstance(event, HandshakeFailed):
             self._handshake_failed(event.problem)
         elif isinstance(event, AttemptReported):
@@ -441,6 +447,7 @@ class WorkerCore:
     def _connect(self) -> None:
         # _connected_at is kept: it dates the first connection not yet authenticated.
         self.incarnation = None
+        self._handshakes = 0
         self.state = WorkerState.REGISTERING
         self._emit(Connect())
         self._emit(Send(self.register))

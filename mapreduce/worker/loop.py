@@ -333,7 +333,7 @@ class Worker:
         # retried soon, then less and less often; a worker that stays waits for a standing
         # cluster's next job, which must not wait a second for it.
         self.socket.setsockopt(zmq.RECONNECT_IVL, 10)
-        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 20 if self.options.stay else 1000)
+        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 50 if self.options.stay else 1000)
         if self.options.keys is not None:
             self.options.keys.connect_to(self.socket, self.options.keys.coordinator)
         self._monitor = self.socket.get_monitor_socket(

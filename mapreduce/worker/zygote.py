@@ -13,6 +13,7 @@ leaves with it; a zygote killed outright takes its worker with it (the parent-de
 
 from __future__ import annotations
 
+import ctypes  # noqa: F401  (loaded before any fork: a forked worker sets its parent-death signal at once)
 import logging
 import os
 import signal
@@ -29,6 +30,7 @@ SERVE_AGAIN = 75  # a job's worker is done with its job (or lost its coordinator
 RESTART = 76  # a job's worker whose user code would not stop: fork a fresh one
 RETRY_LATER = 77  # a job's worker that could not reach its coordinator: fork another after a pause
 PASSED_ON = (signal.SIGTERM, signal.SIGINT)
+FIRST_RETRY = 0.05  # seconds before a worker whose handshake failed tries again, doubling up to crash_pause
 
 
 def job_after_job(serve_one: Callable[[], int], crash_pause: float) -> int:
@@ -49,6 +51,8 @@ def job_after_job(serve_one: Callable[[], int], crash_pause: float) -> int:
                 pass
 
     previous = {signum: signal.signal(signum, pass_on) for signum in PASSED_ON}
+    zygote = os.getpid()
+    retry_pause = FIRST_RETRY
     code = 0
     while not leaving:
         # Held until the child has its handlers: a SIGTERM in between waits, then drains it.
@@ -56,15 +60,18 @@ def job_after_job(serve_one: Callable[[], int], crash_pause: float) -> int:
         started = time.monotonic()
         pid = os.fork()
         if pid == 0:
-            _serve_in_child(serve_one, previous)
+            _serve_in_child(serve_one, previous, zygote)
         child = pid
         signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)  # a signal held meanwhile reaches the child
         _, status = os.waitpid(pid, 0)
         child = 0
         code = os.waitstatus_to_exitcode(status)
         if code in (SERVE_AGAIN, RESTART, RETRY_LATER):
-            if code == RETRY_LATER:
-                time.sleep(max(0.0, crash_pause - (time.monotonic() - started)))
+            if code == RETRY_LATER:  # soon (a coordinator that was closing), then less often (wrong keys)
+                time.sleep(max(0.0, retry_pause - (time.monotonic() - started)))
+                retry_pause = min(2 * retry_pause, crash_pause)
+            else:
+                retry_pause = FIRST_RETRY
             code = 0
             continue
         if code >= 0:
@@ -77,11 +84,13 @@ def job_after_job(serve_one: Callable[[], int], crash_pause: float) -> int:
     return code if code >= 0 else 0
 
 
-def _serve_in_child(serve_one: Callable[[], int], handlers: dict) -> None:
+def _serve_in_child(serve_one: Callable[[], int], handlers: dict, zygote: int) -> None:
     """The forked worker: never returns into the zygote's loop."""
     code = 1
     try:
         die_with_parent()
+        if os.getppid() != zygote:  # the zygote died before the signal was set: nothing would end this one
+            os._exit(1)
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
         code = serve_one()

@@ -480,3 +480,13 @@ def test_a_reduce_output_finished_after_the_loop_stopped_is_removed_at_exit(tmp_
     worker._results.put((4, p.Cancelled(0, 9), True))
     worker._remove_temps()
     assert sorted(path.name for path in out.iterdir()) == ["part-00000"]
+
+
+def test_a_registration_lost_with_a_closing_peer_is_sent_again_on_the_next_connection():
+    d = Driver()
+    assert d.at(0.0, Started()) == [Connect(), Send(REGISTER)]
+    assert d.at(0.1, HandshakeSucceeded()) == []  # the queued registration goes out on this connection
+    # That peer closed without a word (a coordinator ending); the socket connects again, elsewhere:
+    assert d.at(0.2, HandshakeSucceeded()) == [Send(REGISTER)]
+    d.message(0.3, welcome())
+    assert d.at(0.4, HandshakeSucceeded()) == []  # registered: nothing to send again
