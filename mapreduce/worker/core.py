@@ -56,6 +56,7 @@ class Settings:
     has_keys: bool  # CURVE keys configured (a plain worker failing a handshake lacks keys)
     coordinator: str  # the coordinator's endpoint, for messages
     stay: bool = False  # serves job after job: before its first job, no silence is too long
+    register_retry: float = 0.2  # no welcome this long after a handshake: the registration is sent again
 
 
 # ---- events --------------------------------------------------------------------
@@ -96,6 +97,9 @@ class HandshakeSucceeded:
 @dataclass(frozen=True)
 class HandshakeFailed:
     problem: str
+    # False: the connection ended mid-handshake (a coordinator closing, or a wrong server key):
+    # it fails only if no handshake succeeds within the handshake timeout.
+    definite: bool = True
 
 
 @dataclass(frozen=True)
@@ -226,7 +230,8 @@ class WorkerCore:
         self._next_reconnect = 0.0
         self._backoff = settings.heartbeat_interval
         self._connected_at: float | None = None  # a connection not yet through its handshake
-        self._handshakes = 0  # completed on this socket
+        self._handshake_problem: str | None = None  # why the last one ended, if it did not succeed
+        self._resend_register_at: float | None = None
         self._drain_deadline: float | None = None
         self._out: list[Instruction] = []
 
@@ -258,6 +263,8 @@ class WorkerCore:
         deadlines = [self._next_heartbeat, self._next_reconnect]
         if self._connected_at is not None:
             deadlines.append(self._connected_at + s.handshake_timeout)
+        if self._resend_register_at is not None:
+            deadlines.append(self._resend_register_at)
         if self.stopping:
             deadlines.append(min(self.stopping.values()) + s.cancel_grace)
         if self._drain_deadline is not None and self.current is not None and self.current.run not in self.stopping:
@@ -284,14 +291,16 @@ class WorkerCore:
         elif isinstance(event, Connected):
             self._connected_at = now if self._connected_at is None else self._connected_at
         elif isinstance(event, HandshakeSucceeded):
-            self._connected_at = None
-            self._handshakes += 1
-            if self._handshakes > 1 and self.state is WorkerState.REGISTERING:
-                # The socket connected again (the peer it registered with closed: a standing
-                # cluster's last job ending as this worker started): that registration is lost.
-                self._emit(Send(self.register))
-        elif isinstance(event, HandshakeFailed):
+            self._connected_at = self._handshake_problem = None
+            if self.state is WorkerState.REGISTERING:
+                # A registration may go to a peer that closes without answering (a standing
+                # cluster's last job ending just as this worker connected): sent again soon.
+                self._resend_register_at = now + self.settings.register_retry
+        elif isinstance(event, HandshakeFailed) and event.definite:
             self._handshake_failed(event.problem)
+        elif isinstance(event, HandshakeFailed):
+            self._handshake_problem = event.problem
+            self._connected_at = now if self._connected_at is None else self._connected_at
         elif isinstance(event, AttemptReported):
             if self._expects(event.run):
                 self._emit(Report(self._stamped(event.message)))
@@ -365,9 +374,14 @@ class WorkerCore:
         if self._connected_at is not None and now - self._connected_at >= s.handshake_timeout:
             within = f"{s.handshake_timeout:.0f} s"
             self._handshake_failed(
-                f"connected, but no secure handshake within {within} (is coordinator.key the coordinator's?)"
+                self._handshake_problem
+                or f"connected, but no secure handshake within {within} (is coordinator.key the coordinator's?)"
             )
             return
+        if self._resend_register_at is not None and now >= self._resend_register_at:
+            self._resend_register_at = None
+            if self.state is WorkerState.REGISTERING:
+                self._emit(Send(self.register))
         if self.state is WorkerState.DRAINING:
             self._drain_step(now)
         elif self._stuck(now):
@@ -447,7 +461,6 @@ class WorkerCore:
     def _connect(self) -> None:
         # _connected_at is kept: it dates the first connection not yet authenticated.
         self.incarnation = None
-        self._handshakes = 0
         self.state = WorkerState.REGISTERING
         self._emit(Connect())
         self._emit(Send(self.register))

@@ -256,7 +256,8 @@ class Worker:
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 events.append(core.HandshakeSucceeded())
             elif event in HANDSHAKE_FAILURES:
-                events.append(core.HandshakeFailed(HANDSHAKE_FAILURES[event]))
+                definite = event != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL  # (else the connection just ended)
+                events.append(core.HandshakeFailed(HANDSHAKE_FAILURES[event], definite))
         return events
 
     def _attempt_events(self) -> list[core.Event]:

@@ -482,11 +482,29 @@ def test_a_reduce_output_finished_after_the_loop_stopped_is_removed_at_exit(tmp_
     assert sorted(path.name for path in out.iterdir()) == ["part-00000"]
 
 
-def test_a_registration_lost_with_a_closing_peer_is_sent_again_on_the_next_connection():
+def test_a_registration_not_welcomed_soon_after_a_handshake_is_sent_again_once():
     d = Driver()
     assert d.at(0.0, Started()) == [Connect(), Send(REGISTER)]
     assert d.at(0.1, HandshakeSucceeded()) == []  # the queued registration goes out on this connection
-    # That peer closed without a word (a coordinator ending); the socket connects again, elsewhere:
-    assert d.at(0.2, HandshakeSucceeded()) == [Send(REGISTER)]
-    d.message(0.3, welcome())
-    assert d.at(0.4, HandshakeSucceeded()) == []  # registered: nothing to send again
+    assert abs(d.core.next_deadline() - 0.3) < 1e-9  # (0.1 + 0.2)
+    # That peer closed without a word (a coordinator ending): the registration is sent again.
+    assert d.at(0.31) == [Send(REGISTER)]
+    assert d.at(0.6) == []  # once per handshake
+    assert d.at(0.7, HandshakeSucceeded()) == []
+    d.message(0.75, welcome())
+    assert Send(REGISTER) not in d.at(1.0)  # welcomed: nothing more to send again
+
+
+def test_a_connection_ended_mid_handshake_fails_only_if_none_succeeds_within_the_timeout():
+    d = Driver(PATIENT)
+    d.at(0.0, Started())
+    d.at(0.5, Connected())
+    assert d.at(0.6, HandshakeFailed("the handshake failed", definite=False)) == []
+    d.at(0.7, Connected())
+    d.at(0.8, HandshakeSucceeded())  # another connection made it: nothing failed
+    d.message(0.9, welcome())
+    assert notable(d.at(6.0)) == []
+    d.at(7.0, Connected())
+    d.at(7.1, HandshakeFailed("the handshake failed (is the coordinator's public key the right one?)", False))
+    (exit_,) = notable(d.at(12.0))
+    assert exit_.code is ExitCode.REFUSED and "public key the right one" in exit_.why
