@@ -128,8 +128,14 @@ def bench_latency(work: Path, cluster: Cluster, books: list[str], rounds: int) -
     from mapreduce.wire.messages import ListJobs
 
     expected = oracle(work, books, "books")
+    small = small_inputs(work)
     submit_seconds, commit_seconds, run_seconds, pool_seconds = [], [], [], []
+    small_submit, small_commit = [], []
     for i in range(rounds):
+        out = work / f"latency-small-{i}"
+        command = mapreduce("submit", "wordcount", *small, "--output", str(out), "--state-dir", str(cluster.state))
+        small_submit.append(timed(command))
+        small_commit.append(commit_delay(cluster.client.ask(ListJobs()).jobs[-1]))
         out = work / f"latency-{i}"
         command = mapreduce("submit", "wordcount", *books, "--output", str(out), "--state-dir", str(cluster.state))
         submit_seconds.append(timed(command))
@@ -142,14 +148,16 @@ def bench_latency(work: Path, cluster: Cluster, books: list[str], rounds: int) -
         pool_seconds.append(timed([sys.executable, "-c", POOL_WORDCOUNT, str(work / f"pool-{i}"), *books]))
     pool = statistics.median(pool_seconds)
     print(f"\nlatency: word count over {len(books)} books, {rounds} rounds (seconds; ratio: median / Pool's)")
-    print(f"{'':44} {'median':>8} {'min':>8} {'max':>8} {'ratio':>6}")
+    print(f"{'':46} {'median':>8} {'min':>8} {'max':>8} {'ratio':>6}")
     for name, values in (
+        ("small job (64 KB): submit to last commit", small_commit),
+        ("small job (64 KB): `mapreduce submit` process", small_submit),
         ("submit to last commit (event log)", commit_seconds),
         ("`mapreduce submit` process, warm cluster", submit_seconds),
         ("`mapreduce run -w 2` process (cold)", run_seconds),
         ("multiprocessing.Pool(2) script", pool_seconds),
     ):
-        print(f"{name:44} {stats(values)} {statistics.median(values) / pool:>6.2f}")
+        print(f"{name:46} {stats(values)} {statistics.median(values) / pool:>6.2f}")
 
 
 def small_inputs(work: Path) -> list[str]:

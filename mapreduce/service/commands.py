@@ -94,9 +94,9 @@ def cluster() -> None:
 @click.option("--heartbeat-interval", type=float, default=defaults.HEARTBEAT_INTERVAL, show_default=True)
 @click.option(
     "--status-port",
-    type=click.IntRange(1, 65535),
+    type=click.IntRange(1, 65534),
     default=None,
-    help="Each job's coordinator serves its live status page on this port (the running job's page).",
+    help="Serve the cluster's page (its jobs) on this port, and the running job's live page on the next.",
 )
 @click.option("--status-bind", default="127.0.0.1", show_default=True, help="Address the status page listens on.")
 def start(bind, key_dir, insecure, workers, state_dir, heartbeat_interval, status_port, status_bind):
@@ -108,10 +108,14 @@ def start(bind, key_dir, insecure, workers, state_dir, heartbeat_interval, statu
     from mapreduce.service.server import Service, ServiceOptions
 
     _guarded(lambda: check_exposure("the cluster's address", endpoint_host(bind), True if key_dir else None, insecure))
-    status = ("--status-port", str(status_port), "--status-bind", status_bind) if status_port else ()
-    options = ServiceOptions(bind, state_dir or default_state_dir(), key_dir, workers, heartbeat_interval, status)
+    status = (status_bind, status_port) if status_port else None
+    options = ServiceOptions(bind, state_dir or default_state_dir(), key_dir, workers, heartbeat_interval, (), status)
     service = _guarded(lambda: Service(options))
     click.echo(f"cluster on {bind} (workers), clients at {', '.join(service.addresses)}", err=True)
+    if status_port:
+        click.echo(
+            f"cluster page: http://{status_bind}:{status_port}/ (the running job's: port {status_port + 1})", err=True
+        )
     sys.exit(service.run())
 
 

@@ -29,6 +29,7 @@ from mapreduce.net.security import CLIENTS, CurveGate, Keys, authenticator, load
 from mapreduce.output import Compression
 from mapreduce.service.addresses import clients_endpoint, private_endpoint
 from mapreduce.service.forkserver import ForkServer
+from mapreduce.service.page import ClusterPage
 from mapreduce.service.queue import Cancelling, JobQueue, QueuedJob
 from mapreduce.wire import messages as p
 
@@ -55,6 +56,7 @@ class ServiceOptions:
     workers: int = 0  # local workers this service starts (and stops)
     heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL
     coordinator_args: tuple[str, ...] = ()  # more options for every job's coordinator
+    status: tuple[str, int] | None = None  # (address, port): the cluster's page; each job's on port + 1
 
 
 class Service:
@@ -83,6 +85,14 @@ class Service:
         self.output_created = False
         self.local: LocalCluster | None = None
         self.watching: list[Watch] = []  # clients waiting for a job to change state
+        self.page: ClusterPage | None = None
+        if options.status is not None:
+            host, port = options.status
+            try:
+                self.page = ClusterPage(host, port, port + 1)
+            except OSError as exc:
+                self._close()
+                raise UsageError(f"cannot serve the cluster's page on {host}:{port}: {exc}") from None
         self._stop_asked = False
 
     def _listen(self, endpoint: str, keys: Keys | None = None) -> zmq.Socket:
@@ -125,6 +135,8 @@ class Service:
                         self._answer(ready)
                 self._start_next()
                 self._answer_watches()
+                if self.page is not None:
+                    self.page.publish(self.queue.all(), self.queue.stopping)
                 if self.queue.stopping and self.running is None:
                     break
             dismiss_workers(self.options.bind, self.keys, self._dismissal_window(), self._local_left)
@@ -132,6 +144,8 @@ class Service:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            if self.page is not None:
+                self.page.close()
             if self.forks is not None:  # (a job still running means the service itself failed: it goes too)
                 self.forks.close(grace=0.0 if self.running is not None else 5.0)
             if self.local is not None:
@@ -251,6 +265,8 @@ class Service:
         if r.overwrite:
             served.append("--overwrite")
         served += self.options.coordinator_args
+        if self.options.status is not None:  # each job's live page, beside the cluster's
+            served += ["--status-bind", self.options.status[0], "--status-port", str(self.options.status[1] + 1)]
         if r.kind is p.JobKind.STREAMING:
             command = ["streaming", *(a for i in r.inputs for a in ("--input", i)), "--output", r.output]
             for flag, value in (("--mapper", r.mapper), ("--reducer", r.reducer), ("--combiner", r.combiner)):

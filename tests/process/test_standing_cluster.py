@@ -5,9 +5,11 @@ stop` drains the workers."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,9 @@ WAIT = 120  # generous bound on any one job
 class Cluster:
     """A service started with `cluster start` and workers that stay, all real processes."""
 
-    def __init__(self, tmp_path: Path, workers: int = 2, local_workers: int = 0, key_dir: Path | None = None):
+    def __init__(
+        self, tmp_path: Path, workers: int = 2, local_workers: int = 0, key_dir: Path | None = None, *extra: str
+    ):
         self.tmp = tmp_path
         self.state = tmp_path / "state"
         self.endpoint = free_endpoint()
@@ -41,7 +45,7 @@ class Cluster:
         self.service = subprocess.Popen(
             mapreduce_command(
                 "cluster", "start", "--bind", self.endpoint, "--state-dir", str(self.state), "--workers",
-                str(local_workers), *FAST, *keys,
+                str(local_workers), *FAST, *keys, *extra,
             ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -359,5 +363,43 @@ def test_streaming_and_mrjob_jobs_are_submitted_too_and_match_the_sequential_run
         # A bad combination is refused before anything is sent.
         both = cluster.cli(*streaming, "--output", str(tmp_path / "x"), "--submit", "--sequential")
         assert both.returncode == 2 and "standing cluster" in both.stderr
+    finally:
+        cluster.stop()
+
+
+def test_the_cluster_page_lists_the_jobs_and_the_running_jobs_live_page_is_on_the_next_port(tmp_path, books):
+    port = int(free_endpoint().rsplit(":", 1)[1])
+    gated = tmp_path / "gated.txt"
+    gated.write_text("held open words\n" * 50)
+    gate = tmp_path / "go"
+    cluster = Cluster(tmp_path, 1, 0, None, "--status-port", str(port))
+    try:
+
+        def fetch(port: int, path: str) -> bytes:
+            deadline = time.monotonic() + WAIT
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+                        return answer.read()
+                except OSError:
+                    assert time.monotonic() < deadline, f"nothing answered on port {port}"
+                    time.sleep(0.05)
+
+        done = cluster.submit("wordcount", books, tmp_path / "done")
+        assert cluster.wait(done).state is JobState.SUCCEEDED
+        held = cluster.submit(str(APPS / "gate.py"), [str(gated)], tmp_path / "held", "--param", f"gate={gate}")
+        cluster.wait(held, until=lambda i: i.state is JobState.RUNNING)
+        deadline = time.monotonic() + WAIT
+        while True:
+            listed = {j["job_id"]: j["state"] for j in json.loads(fetch(port, "/cluster.json"))["jobs"]}
+            if listed == {done: "succeeded", held: "running"}:
+                break
+            assert time.monotonic() < deadline, listed
+            time.sleep(0.05)
+        assert held.encode() in fetch(port, "/")
+        live = json.loads(fetch(port + 1, "/status.json"))  # the running job's own page
+        assert live["job"]["app"].endswith(f"{held}/gate.py"), live
+        gate.write_text("")
+        assert cluster.wait(held).state is JobState.SUCCEEDED
     finally:
         cluster.stop()
