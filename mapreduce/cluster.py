@@ -69,6 +69,7 @@ class LocalCluster:
         keep_logs: bool = False,
         max_replacements: int | None = None,
         supervise_every: float = 0.1,
+        own_session: bool = False,
     ):
         self.connect = connect
         self.count = workers
@@ -82,6 +83,7 @@ class LocalCluster:
         self.max_replacements = REPLACEMENTS_PER_WORKER * workers if max_replacements is None else max_replacements
         self.replacements = 0  # crashed workers replaced, counted against max_replacements
         self.supervise_every = supervise_every
+        self.own_session = own_session  # workers a Ctrl-C at this process's terminal does not reach
         # Children are started by whichever thread calls add_worker; on Linux a child's
         # parent-death signal fires when that *thread* ends, so the supervisor thread
         # outlives every process it started (it ends only after they are reaped).
@@ -115,6 +117,7 @@ class LocalCluster:
                     stderr=subprocess.STDOUT,
                     preexec_fn=die_with_parent,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    start_new_session=self.own_session,
                 )
             self.processes.append(process)
             return process

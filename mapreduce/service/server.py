@@ -115,8 +115,10 @@ class Service:
         previous = {s: signal.signal(s, self._ask_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             if self.options.workers:
+                # In sessions of their own: a Ctrl-C stops the service, which lets the running job
+                # finish on them before telling them to leave.
                 self.local = LocalCluster(
-                    _connectable(self.options.bind), self.options.workers, self._worker_args()
+                    _connectable(self.options.bind), self.options.workers, self._worker_args(), own_session=True
                 ).start()
             poller = zmq.Poller()
             for sock in self.sockets:
@@ -125,9 +127,9 @@ class Service:
                 if self.forks is None:
                     self.forks = ForkServer()
                     poller.register(self.forks.fd, zmq.POLLIN)
-                if self._stop_asked:
+                if self._stop_asked:  # (SIGTERM or Ctrl-C; a second one cancels the running job too)
                     self._stop_asked = False
-                    self._stop(cancel_running=False)
+                    self._stop(cancel_running=self.queue.stopping)
                 for ready in dict(poller.poll(POLL_MS)):
                     if ready == self.forks.fd:
                         self._heard_from_forks(poller)
