@@ -93,7 +93,7 @@ class Service:
             except OSError as exc:
                 self._close()
                 raise UsageError(f"cannot serve the cluster's page on {host}:{port}: {exc}") from None
-        self._stop_asked = False
+        self._stops_asked = 0
 
     def _listen(self, endpoint: str, keys: Keys | None = None) -> zmq.Socket:
         sock = self.context.socket(zmq.ROUTER)
@@ -127,9 +127,10 @@ class Service:
                 if self.forks is None:
                     self.forks = ForkServer()
                     poller.register(self.forks.fd, zmq.POLLIN)
-                if self._stop_asked:  # (SIGTERM or Ctrl-C; a second one cancels the running job too)
-                    self._stop_asked = False
-                    self._stop(cancel_running=self.queue.stopping)
+                if self._stops_asked:  # (SIGTERM or Ctrl-C; a second one cancels the running job too)
+                    cancel = self._stops_asked > 1 or self.queue.stopping
+                    self._stops_asked = 0
+                    self._stop(cancel_running=cancel)
                 for ready in dict(poller.poll(POLL_MS)):
                     if ready == self.forks.fd:
                         self._heard_from_forks(poller)
@@ -164,7 +165,7 @@ class Service:
         self._lock.close()
 
     def _ask_stop(self, signum, frame) -> None:
-        self._stop_asked = True  # acted on by the loop (within one poll)
+        self._stops_asked += 1  # acted on by the loop (within one poll)
 
     def _answer(self, sock: zmq.Socket) -> None:
         while True:

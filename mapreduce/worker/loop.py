@@ -362,6 +362,8 @@ class Worker:
         """Set up the job a Welcome names: its app, this worker's folder, what the data server serves."""
         app = App.from_bytes(welcome.app)
         app.start()
+        if self.options.stay:
+            remove_dead_workers_files(self.scratch, keep_job=welcome.job_id)
         workdir = self.scratch / f"job-{welcome.job_id}" / f"w-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         workdir.mkdir(parents=True)
         self.data_server.root = workdir.parent.resolve()  # this job's files only (its workers' folders)
@@ -495,6 +497,26 @@ class Worker:
 
 
 RECONNECT_LINGER_MS = 200
+
+
+def remove_dead_workers_files(scratch: Path, keep_job: str) -> None:
+    """Remove what worker processes that died (SIGKILL, a segfault) left in ``scratch`` for jobs
+    other than ``keep_job`` (whose orphaned map output may still be served): a worker that stays
+    on a host must not let such leftovers pile up job after job. Folders of live processes stay."""
+    for job in scratch.glob("job-*"):
+        if job.name == f"job-{keep_job}":
+            continue
+        for folder in job.glob("w-*"):
+            try:
+                os.kill(int(folder.name.split("-")[1]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(folder, ignore_errors=True)
+            except (ValueError, IndexError, PermissionError):
+                pass  # not ours, or another user's live process
+        try:
+            job.rmdir()  # only if nothing is left in it
+        except OSError:
+            pass
 
 
 # The environment this process started with, before any job's code could change it.

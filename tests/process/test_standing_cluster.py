@@ -6,6 +6,7 @@ stop` drains the workers."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -403,3 +404,55 @@ def test_the_cluster_page_lists_the_jobs_and_the_running_jobs_live_page_is_on_th
         assert cluster.wait(held).state is JobState.SUCCEEDED
     finally:
         cluster.stop()
+
+
+def test_ctrl_c_at_the_services_terminal_lets_the_running_job_finish_and_a_second_cancels_it(tmp_path, oracle, books):
+    gated = tmp_path / "gated.txt"
+    gated.write_text("held open words\n" * 50)
+    state, endpoint = tmp_path / "state", free_endpoint()
+    service = subprocess.Popen(  # its own process group, as a terminal gives a foreground job
+        mapreduce_command("cluster", "start", "--bind", endpoint, "--state-dir", str(state), "--workers", "2", *FAST),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    cluster = Cluster.__new__(Cluster)
+    cluster.service, cluster.workers, cluster.state = service, [], state
+    try:
+        deadline = time.monotonic() + WAIT
+        while not (state / "control").exists():
+            assert service.poll() is None and time.monotonic() < deadline, service.stderr.read()
+            time.sleep(0.02)
+        held = cluster.submit(
+            str(APPS / "gate.py"), [*books, str(gated)], tmp_path / "held", "--param", f"gate={tmp_path / 'go'}"
+        )
+        cluster.wait(held, until=lambda i: i.state is JobState.RUNNING)
+        os.killpg(service.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
+        (tmp_path / "go").write_text("")
+        assert service.wait(timeout=WAIT) == 0, service.stderr.read()
+        assert_same_output(oracle(str(APPS / "gate.py"), [*books, str(gated)]), tmp_path / "held")
+
+        service = cluster.service = subprocess.Popen(
+            mapreduce_command("cluster", "start", "--bind", endpoint, "--state-dir", str(state), "--workers", "1"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + WAIT
+        while cluster.cli("jobs", "--timeout", "1").returncode != 0:
+            assert service.poll() is None and time.monotonic() < deadline, service.stderr.read()
+        never = cluster.submit(
+            str(APPS / "gate.py"), [str(gated)], tmp_path / "never", "--param", f"gate={tmp_path / 'no-go'}"
+        )
+        cluster.wait(never, until=lambda i: i.state is JobState.RUNNING)
+        os.killpg(service.pid, signal.SIGINT)  # Ctrl-C; once the service is stopping (two signals sent
+        deadline = time.monotonic() + WAIT  # at once are one to the kernel), Ctrl-C again
+        while "stopping" not in cluster.cli("jobs").stderr:
+            assert time.monotonic() < deadline
+        os.killpg(service.pid, signal.SIGINT)
+        assert service.wait(timeout=WAIT) == 0, service.stderr.read()
+        assert not (tmp_path / "never").exists(), "the cancelled job left its output folder"
+    finally:
+        kill_all([service])

@@ -131,3 +131,20 @@ def test_a_crash_of_a_jobs_worker_process_costs_its_work_only_and_a_fresh_one_ta
         assert worker.poll() is None, "the worker that stays died with the process it forked"
     finally:
         kill_all([coordinator, worker])
+
+
+def test_files_a_crashed_worker_process_left_for_an_ended_job_go_when_the_next_job_is_joined(tmp_path):
+    from mapreduce.worker.loop import remove_dead_workers_files
+
+    scratch = tmp_path / "scratch"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = scratch / "job-old" / f"w-{dead.pid}-abcd1234"  # a process that is gone
+    live = scratch / "job-old2" / f"w-{os.getpid()}-abcd1234"  # this one: alive
+    running = scratch / "job-now" / f"w-{dead.pid}-ffff0000"  # the joined job's orphans may be served
+    for folder in (left, live, running):
+        folder.mkdir(parents=True)
+        (folder / "m1.run").write_bytes(b"x")
+    remove_dead_workers_files(scratch, keep_job="now")
+    assert not (scratch / "job-old").exists()
+    assert (live / "m1.run").exists() and (running / "m1.run").exists()
