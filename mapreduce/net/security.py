@@ -228,7 +228,17 @@ def authenticator(context: zmq.Context, keys: Keys | None) -> CurveGate | None:
     or None without keys. It reads the allow-list again at every handshake."""
     if keys is None:
         return None
-    gate = CurveGate(context, lambda: {z85.decode(key) for key in keys.allowed()})
+    return _gate(context, keys.allowed)
+
+
+def clients_authenticator(context: zmq.Context, keys: Keys) -> CurveGate:
+    """As ``authenticator``, for a standing cluster's clients: the public keys in ``clients/``."""
+    folder = keys.folder / CLIENTS
+    return _gate(context, lambda: {key for key in map(_public_key, sorted(folder.glob("*.key"))) if key is not None})
+
+
+def _gate(context: zmq.Context, allowed: Callable[[], set[bytes]]) -> CurveGate:
+    gate = CurveGate(context, lambda: {z85.decode(key) for key in allowed()})
     gate.start()
     return gate
 

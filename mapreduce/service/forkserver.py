@@ -44,9 +44,8 @@ def serve_forks(run: Callable[[list[str]], int], orders=sys.stdin.buffer, answer
         if ready:  # read the fd itself: a buffered reader could hold an order select() cannot see
             data = os.read(source, 1 << 16)
             open_input = bool(data)
-            *lines, partial = (partial + data).split(b"\n")
-            for line in filter(None, lines):
-                order = json.loads(line)
+            orders_read, partial = _json_lines(partial, data)
+            for order in orders_read:
                 pid = os.fork()
                 if pid == 0:
                     _run_order(run, order, server)
@@ -88,6 +87,12 @@ def _run_order(run: Callable[[list[str]], int], order: dict, server: int) -> Non
             os._exit(code)
 
 
+def _json_lines(partial: bytes, data: bytes) -> tuple[list[dict], bytes]:
+    """The whole JSON lines in what was left over plus ``data``, and what is left over now."""
+    *lines, rest = (partial + data).split(b"\n")
+    return [json.loads(line) for line in lines if line], rest
+
+
 def _status(value) -> int:
     """An exit status as sys.exit reads one: None is 0, an int itself, anything else 1."""
     if value is None:
@@ -122,9 +127,8 @@ class ForkServer:
             return []
         if not data:
             return None
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        return [json.loads(line) for line in lines if line]
+        answers, self._partial = _json_lines(self._partial, data)
+        return answers
 
     def close(self, grace: float) -> None:
         """End of orders: it exits once its processes have; killed (with them) after ``grace``."""

@@ -2,51 +2,37 @@
 
 Routes: ``/`` (the page; it reloads itself every second) and ``/cluster.json``. The running
 job's own live page (its workers, attempts, counters) is served by its coordinator on the next
-port. The service's loop publishes; the server threads only read what was published last.
+port. The service's loop publishes; the server's threads only read what was published last.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import threading
 import time
 from dataclasses import asdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from mapreduce.net.pages import PageServer, Reply
 from mapreduce.wire.messages import JobInfo
 
 PUBLISH_EVERY = 0.25  # seconds: the page reloads every second
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
 
 class ClusterPage:
     def __init__(self, host: str, port: int, job_page_port: int):
-        self._lock = threading.Lock()
-        self._page, self._json = b"", b"{}"
-        self._published = 0.0
         self.job_page_port = job_page_port
-        page = self
+        self._page, self._json = b"", b"{}"
+        self._published = float("-inf")
+        self._pages = PageServer(host, port, self._route, name="cluster-page")
+        self.url = self._pages.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                with page._lock:
-                    routes = {"/": (page._page, "text/html"), "/cluster.json": (page._json, "application/json")}
-                body, kind = routes.get(self.path.split("?")[0], (b"not found\n", "text/plain"))
-                self.send_response(200 if self.path.split("?")[0] in routes else 404)
-                self.send_header("Content-Type", f"{kind}; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args) -> None:  # quiet
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://{host}:{self._server.server_address[1]}/"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="cluster-page", daemon=True)
-        self._thread.start()
+    def _route(self, path: str) -> Reply:
+        if path == "/":
+            return Reply(200, "text/html; charset=utf-8", self._page, {"Content-Security-Policy": _CSP})
+        if path == "/cluster.json":
+            return Reply(200, "application/json", self._json)
+        return Reply(404, "text/plain; charset=utf-8", b"not found: try / or /cluster.json\n")
 
     def publish(self, jobs: list[JobInfo], stopping: bool, force: bool = False) -> None:
         now = time.monotonic()
@@ -54,13 +40,11 @@ class ClusterPage:
             return
         self._published = now
         data = {"stopping": stopping, "jobs": [asdict(job) | {"state": job.state.value} for job in jobs]}
-        page = _render(jobs, stopping, self.job_page_port).encode()
-        with self._lock:
-            self._page, self._json = page, json.dumps(data).encode()
+        self._page = _render(jobs, stopping, self.job_page_port).encode()  # (each one assignment: a reader
+        self._json = json.dumps(data).encode()  # sees an old or a new page, never half of one)
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._pages.close()
 
 
 def _render(jobs: list[JobInfo], stopping: bool, job_page_port: int) -> str:

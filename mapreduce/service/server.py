@@ -25,7 +25,7 @@ import zmq
 from mapreduce import defaults, output
 from mapreduce.cluster import LocalCluster
 from mapreduce.errors import ProtocolError, UsageError
-from mapreduce.net.security import CLIENTS, CurveGate, Keys, authenticator, load
+from mapreduce.net.security import CurveGate, Keys, authenticator, clients_authenticator, load
 from mapreduce.output import Compression
 from mapreduce.service.addresses import clients_endpoint, private_endpoint
 from mapreduce.service.forkserver import ForkServer
@@ -74,9 +74,7 @@ class Service:
         private = self._listen(private_endpoint(options.state_dir))
         self.addresses = [private.getsockopt_string(zmq.LAST_ENDPOINT)]
         if self.keys is not None:
-            clients = options.key_dir / CLIENTS
-            self.gate = CurveGate(self.context, lambda: _client_keys(clients))
-            self.gate.start()
+            self.gate = clients_authenticator(self.context, self.keys)
             public = self._listen(clients_endpoint(options.bind), self.keys)
             self.addresses.append(public.getsockopt_string(zmq.LAST_ENDPOINT))
         self.forks: ForkServer | None = None  # forks each job's coordinator process
@@ -435,19 +433,6 @@ def _lock(state_dir: Path):
             "--state-dir ...) or give this one another --state-dir"
         ) from None
     return held
-
-
-def _client_keys(folder: Path) -> set[bytes]:
-    import zmq.auth
-    from zmq.utils import z85
-
-    keys = set()
-    for path in sorted(folder.glob("*.key")):
-        try:
-            keys.add(z85.decode(zmq.auth.load_certificate(str(path))[0]))
-        except (OSError, ValueError) as exc:
-            log.warning("ignored client key file %s: %s", path, exc)
-    return keys
 
 
 def _connectable(bind: str) -> str:

@@ -23,19 +23,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import click
 
 from mapreduce.coordinator.view import AttemptView, JobView, WorkerView
+from mapreduce.net.pages import PageServer, Reply
 from mapreduce.wire.events import AttemptState, Event, JobFinished
 
 log = logging.getLogger(__name__)
@@ -350,86 +349,27 @@ def render_page(s: Mapping[str, Any] | None) -> str:
 # ---- the server -----------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
-    server_version = "mapreduce-status"
-    sys_version = ""
-
-    def do_GET(self) -> None:
-        self._serve(body=True)
-
-    def do_HEAD(self) -> None:
-        self._serve(body=False)
-
-    def __getattr__(self, name: str):
-        if name.startswith("do_"):  # any other method: read-only, so 405 (not 501)
-            return self._not_allowed
-        raise AttributeError(name)
-
-    def _not_allowed(self) -> None:
-        self._reply(
-            405, "text/plain; charset=utf-8", b"method not allowed: this server is read-only\n", {"Allow": "GET, HEAD"}
-        )
-
-    def _serve(self, body: bool) -> None:
-        path = self.path.split("?", 1)[0].split("#", 1)[0]
-        snap, encoded = self.server.status.current()
-        self.server.status.last_request = time.monotonic()
-        if path == "/status.json":
-            if encoded is None:
-                self._reply(503, "application/json", b'{"error": "no status yet"}\n', body=body)
-            else:
-                self._reply(200, "application/json", encoded, body=body)
-        elif path == "/":
-            page = render_page(snap).encode("utf-8")
-            self._reply(200, "text/html; charset=utf-8", page, {"Content-Security-Policy": _CSP}, body=body)
-        elif path == "/fragment":
-            fragment = render_main(snap).encode("utf-8")
-            headers = {"Content-Security-Policy": _FRAGMENT_CSP}
-            self._reply(200, "text/html; charset=utf-8", fragment, headers, body=body)
-        else:
-            self._reply(404, "text/plain; charset=utf-8", b"not found: try /, /fragment or /status.json\n", body=body)
-
-    def _reply(
-        self, code: int, kind: str, data: bytes, headers: Mapping[str, str] | None = None, body: bool = True
-    ) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    status: StatusServer
-
-
 class StatusServer:
     """The status page and JSON on ``host:port`` (0: any free port), served by a daemon thread.
     ``publish`` swaps in a new snapshot; the server only ever reads the one last published."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self._httpd = _HTTPServer((host, port), _Handler)
-        self._httpd.status = self
         self._current: tuple[dict | None, bytes | None] = (None, None)
-        self.last_request = float("-inf")  # monotonic time of the last page or JSON served
-        bound_host, bound_port = self._httpd.server_address[:2]
-        shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
-        self.port: int = bound_port
-        self.url = f"http://{shown}:{bound_port}/"
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="status-server", daemon=True
-        )
-        self._thread.start()
+        self._pages = PageServer(host, port, self._route, name="status-server")
+        self.port, self.url = self._pages.port, self._pages.url
+
+    def _route(self, path: str) -> Reply:
+        snap, encoded = self.current()
+        if path == "/status.json":
+            if encoded is None:
+                return Reply(503, "application/json", b'{"error": "no status yet"}\n')
+            return Reply(200, "application/json", encoded)
+        if path == "/":
+            return Reply(200, "text/html; charset=utf-8", render_page(snap).encode(), {"Content-Security-Policy": _CSP})
+        if path == "/fragment":
+            fragment = render_main(snap).encode("utf-8")
+            return Reply(200, "text/html; charset=utf-8", fragment, {"Content-Security-Policy": _FRAGMENT_CSP})
+        return Reply(404, "text/plain; charset=utf-8", b"not found: try /, /fragment or /status.json\n")
 
     def publish(self, snap: dict) -> None:
         encoded = (json.dumps(snap, default=str, separators=(",", ":")) + "\n").encode("utf-8")
@@ -442,11 +382,9 @@ class StatusServer:
         """Stop serving. With ``linger``, first serve up to that many seconds more while clients
         still poll (one asked in the last 1.5 s), so a watcher sees the final snapshot."""
         deadline = time.monotonic() + linger
-        while time.monotonic() < deadline and time.monotonic() - self.last_request < 1.5:
+        while time.monotonic() < deadline and time.monotonic() - self._pages.last_request < 1.5:
             time.sleep(0.05)
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(5)
+        self._pages.close()
 
     def __enter__(self) -> StatusServer:
         return self
