@@ -508,3 +508,20 @@ def test_a_connection_ended_mid_handshake_fails_only_if_none_succeeds_within_the
     d.at(7.1, HandshakeFailed("the handshake failed (is the coordinator's public key the right one?)", False))
     (exit_,) = notable(d.at(12.0))
     assert exit_.code is ExitCode.REFUSED and "public key the right one" in exit_.why
+
+
+# ---- a restarted coordinator (epochs) --------------------------------------------
+
+
+def test_a_restarted_coordinator_of_the_same_job_is_rejoined_and_an_older_one_ignored():
+    d = Driver(PATIENT)
+    d.welcomed()
+    d.message(1.0, p.Unknown("restarted", INCARNATION))
+    newer = dataclasses.replace(welcome(worker=1_000_001), epoch=2)
+    assert d.message(1.1, newer) == [JoinJob(newer, again=True)]  # folder kept, new data server taken
+    assert d.core.incarnation == 1_000_001
+    d.message(1.2, p.Unknown("lost", 1_000_001))
+    older = dataclasses.replace(welcome(worker=5), epoch=1)
+    assert d.message(1.3, older) == []  # a superseded coordinator: not registered with it
+    assert d.core.state is WorkerState.REGISTERING and d.core.incarnation is None
+    assert d.message(1.4, p.AssignMap(12, 0, "in.txt", "/data/in.txt", 0, 100)) == []  # and no work from it
