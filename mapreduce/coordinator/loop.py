@@ -44,6 +44,7 @@ Progress = Callable[[JobView], None]  # called every tick (a progress bar)
 Observer = Callable[[JobView, Sequence[Event]], None]
 MAX_PROBES = 64  # data-server checks queued at once: a flood of registrations cannot stall real ones
 REVOCATION_CHECK = 1.0  # seconds between reads of the key folder for registered workers' keys
+EPOCH_CHECK = 1.0  # seconds between checks that no newer coordinator took over the state folder
 # For the coordinator's crash test: SIGKILL this process at a point no outside timing hits
 # reliably: "after-map:N" (the Nth finished map journalled), "after-commit:N", "before-success".
 CRASH_POINT = "MAPREDUCE_CRASH_COORDINATOR"
@@ -94,6 +95,7 @@ class Coordinator:
         self.keys = keys
         self.auth = authenticator(self.context, keys)  # with keys: only allowed clients get through
         self._next_revocation_check = 0.0
+        self._next_epoch_check = 0.0
         self.socket = self.context.socket(zmq.ROUTER)
         if keys is not None:
             keys.serve(self.socket)
@@ -284,6 +286,7 @@ class Coordinator:
             if ticked:
                 self._carry_out(scheduler, scheduler.tick(now))
                 self._check_revocations(scheduler, now)
+                self._check_epoch(now)
                 for pid, code in self.exited() if self.exited is not None else ():
                     self._carry_out(scheduler, scheduler.process_exited(now, self._host_id, pid, code))
                 next_tick = now + tick_every
@@ -353,6 +356,13 @@ class Coordinator:
                 self.transfers.submit(Probe(identity, message, server_key=key))
             return []
         return scheduler.receive(now, identity, message)
+
+    def _check_epoch(self, now: float) -> None:
+        """Leave soon once superseded, even with nothing to do (a paused coordinator woken
+        with no worker left to it would otherwise wait for workers for ever)."""
+        if self.state is not None and now >= self._next_epoch_check:
+            self._next_epoch_check = now + EPOCH_CHECK
+            self.state.act(lambda: None)  # Superseded if a newer coordinator took over
 
     def _check_revocations(self, scheduler: Scheduler, now: float) -> None:
         """Cut off registered workers whose public key was deleted from the key folder."""
