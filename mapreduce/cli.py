@@ -174,6 +174,12 @@ def _streaming_app(
     return made
 
 
+JOB_STATE_HELP = (
+    "Journal the job in this folder (made if absent): started again with the same command after "
+    "a crash, the coordinator resumes it, keeping committed partitions and finished map output."
+)
+
+
 def _cluster_options(f):
     options = [
         click.option(
@@ -325,6 +331,12 @@ def cli(verbose: int) -> None:
 @_cluster_options
 @_status_options
 @click.option("--keep-logs", is_flag=True, help="Keep the workers' log files and print where they are.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=JOB_STATE_HELP,
+)
 def run(
     app,
     inputs,
@@ -337,6 +349,7 @@ def run(
     events,
     quiet,
     keep_logs,
+    state_dir,
     status_bind,
     status_port,
     **cluster,
@@ -352,7 +365,7 @@ def run(
         lambda observe: _with_progress(
             quiet,
             lambda progress: runner.run_local(
-                app, inputs, output, workers, options, progress, keep_logs, events, observe
+                app, inputs, output, workers, options, progress, keep_logs, events, observe, state_dir
             ),
         ),
     )
@@ -432,12 +445,6 @@ def _keys(key_dir: Path | None, role: str, name: str | None = None):
 
 def _usage(message: str):
     raise UsageError(message)
-
-
-JOB_STATE_HELP = (
-    "Journal the job in this folder (made if absent): started again with the same command after "
-    "a crash, the coordinator resumes it, keeping committed partitions and finished map output."
-)
 
 
 @cli.command()

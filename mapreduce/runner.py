@@ -242,18 +242,27 @@ def run_local(
     keep_logs: bool = False,
     events: Path | None = None,
     observe: Observer | None = None,
+    state_dir: Path | None = None,
 ) -> JobResult:
-    """Run a job on a coordinator in this process and ``workers`` local worker processes."""
+    """Run a job on a coordinator in this process and ``workers`` local worker processes
+    (``state_dir``: see serve)."""
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
-    job = prepare(app_ref, inputs, output_dir, options)
+    job = prepare(app_ref, inputs, output_dir, options, state_dir)
+    if job.state is not None and job.state.recovered.finished is not None:
+        job.state.close()
+        return already_finished(job)
     logs = Path(tempfile.mkdtemp(prefix="mapreduce-logs-")) if keep_logs else None
     # The workers start first and boot while this process loads the coordinator.
     with local_cluster(workers, options.heartbeat_interval, keep_logs=logs) as local:
         coordinator = job.coordinator(
             options, local.address, progress=progress, events=events, keys=local.keys, observe=observe
         )
-        result = local.serve(coordinator)
+        try:
+            result = local.serve(coordinator)
+        finally:
+            if job.state is not None:
+                job.state.close()
         if not result.ok and logs is None:
             tail = local.cluster.log_tail()
             if tail:

@@ -187,3 +187,22 @@ def test_a_state_folder_of_another_job_or_damaged_is_refused_and_nothing_changes
     )
     assert damaged.returncode == 2 and "is damaged at line 2" in damaged.stderr
     assert (state / "journal").read_bytes() == b"\n".join(lines)
+
+
+def test_the_embedded_cluster_resumes_from_its_state_folder_too(corpus, oracle, tmp_path):
+    expected = oracle("wordcount", corpus, "--reduce", "4")
+    out, state = tmp_path / "out", tmp_path / "state"
+    command = ["run", "wordcount", *corpus, "--reduce", "4", "-w", "2", "--output", str(out), "--state-dir", str(state)]
+    crashed = subprocess.run(
+        mapreduce_command(*command),
+        env={**os.environ, "MAPREDUCE_CRASH_COORDINATOR": "after-commit:2"},
+        capture_output=True,
+        timeout=120,
+    )
+    assert crashed.returncode == -signal.SIGKILL
+    committed = {r["partition"] for r in journal.read_records(state / journal.JOURNAL)[0] if r.get("r") == "committed"}
+    assert len(committed) == 2
+    stamps = {n: (out / f"part-{n:05d}").stat().st_mtime_ns for n in committed}
+    run_cli(*command)
+    assert_same_output(expected, out)
+    assert {n: (out / f"part-{n:05d}").stat().st_mtime_ns for n in committed} == stamps
