@@ -132,61 +132,21 @@ def test_a_crash_after_a_commit_keeps_that_partition(corpus, oracle, tmp_path):
 
 
 def test_a_state_folder_of_another_job_or_damaged_is_refused_and_nothing_changes(corpus, tmp_path):
-    out, state = tmp_path / "out", tmp_path / "state"
-    endpoint = f"ipc://{tmp_path}/c"
-    first = subprocess.Popen(
-        mapreduce_command(
-            "coordinator",
-            "wordcount",
-            *corpus,
-            "--output",
-            str(out),
-            "--bind",
-            endpoint,
-            "--state-dir",
-            str(state),
-            "--quiet",
-        ),
-        env={**os.environ, "MAPREDUCE_CRASH_COORDINATOR": "after-map:1"},
-        stderr=subprocess.DEVNULL,
-    )
-    worker = subprocess.Popen(mapreduce_command("worker", "--connect", endpoint), stderr=subprocess.DEVNULL)
+    job = Job(tmp_path, "wordcount", corpus)
     try:
-        assert first.wait(timeout=60) == -signal.SIGKILL
+        assert job.start({"MAPREDUCE_CRASH_COORDINATOR": "after-map:1"}).wait(timeout=60) == -signal.SIGKILL
     finally:
-        worker.kill()
-        worker.wait()
-    before = (state / "journal").read_bytes()
-    other = run_cli(
-        "coordinator",
-        "wordcount",
-        corpus[0],
-        "--output",
-        str(out),
-        "--bind",
-        endpoint,
-        "--state-dir",
-        str(state),
-        check=False,
-    )
+        job.close()
+    journal_file = job.state / journal.JOURNAL
+    before = journal_file.read_bytes()
+    other = run_cli("coordinator", "wordcount", corpus[0], *job.args[len(corpus) + 1 :], check=False)
     assert other.returncode == 2 and "holds the state of another job" in other.stderr
     lines = before.split(b"\n")
     lines[1] = lines[1][:-3] + b"xx}"  # damage before the last record
-    (state / "journal").write_bytes(b"\n".join(lines))
-    damaged = run_cli(
-        "coordinator",
-        "wordcount",
-        *corpus,
-        "--output",
-        str(out),
-        "--bind",
-        endpoint,
-        "--state-dir",
-        str(state),
-        check=False,
-    )
+    journal_file.write_bytes(b"\n".join(lines))
+    damaged = run_cli("coordinator", *job.args, check=False)
     assert damaged.returncode == 2 and "is damaged at line 2" in damaged.stderr
-    assert (state / "journal").read_bytes() == b"\n".join(lines)
+    assert journal_file.read_bytes() == b"\n".join(lines)
 
 
 def test_the_embedded_cluster_resumes_from_its_state_folder_too(corpus, oracle, tmp_path):
