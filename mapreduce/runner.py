@@ -3,6 +3,7 @@ coordinator serving external workers, or a coordinator with its own local cluste
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -148,8 +149,7 @@ def prepare(
 
     resolved = Path(output_dir).resolve()
     stages = [n_reduce, *later_steps] if n_reduce else []
-    placing = f"{options.compress.value} {app.partition!r}" if app.total_order else options.compress.value
-    identity = recovery.job_identity(app.name, splits, stages, resolved, placing)
+    identity = recovery.job_identity(app.name, splits, stages, resolved, _what_places_data(app, options))
     resuming = recovery.has_journal(state_dir)
     if not resuming:
         output.prepare_output(output_dir, options.overwrite)  # refused before the folder is marked
@@ -160,6 +160,18 @@ def prepare(
     if resuming and state.recovered.finished is None:
         output.prepare_output(output_dir, overwrite=True)  # its own parts: kept, replaced as they commit
     return PreparedJob(app, splits, resolved, split_size, n_reduce, side_files, later_steps, state)
+
+
+def _what_places_data(app: App, options: JobOptions) -> str:
+    """What, beside splits and reduce counts, decides which records land in which file: a
+    resumed job must have the same (the code of a Python app is not compared; a streaming
+    job's commands are)."""
+    parts = [options.compress.value, repr(sorted((app.params or {}).items()))]
+    if app.total_order:
+        parts.append(repr(app.partition))
+    for step in (app, *app.steps[1:]):
+        parts += [repr(f) for f in (step.map, step.combine, step.reduce) if dataclasses.is_dataclass(f)]
+    return " ".join(parts)
 
 
 def run_seq(

@@ -151,3 +151,17 @@ def test_a_journalled_output_of_another_shape_runs_again(tmp_path):
     s = make(n_maps=1, n_reduce=2)
     s.restore(recovered(tmp_path, wrong.to_record()), 0.0)
     assert s.maps[0].state is TaskState.PENDING
+
+
+def test_a_job_is_named_by_what_places_its_data_so_a_changed_command_is_another_job():
+    from mapreduce import runner
+    from mapreduce.streaming import streaming_app
+
+    options = runner.JobOptions()
+    counted, plain = streaming_app("cat", "uniq -c"), streaming_app("cat", "uniq")
+    assert runner._what_places_data(counted, options) == runner._what_places_data(
+        streaming_app("cat", "uniq -c"), options
+    )
+    assert runner._what_places_data(counted, options) != runner._what_places_data(plain, options)
+    gzip = runner.JobOptions(compress=runner.output.Compression.GZIP)
+    assert runner._what_places_data(counted, options) != runner._what_places_data(counted, gzip)
