@@ -35,10 +35,12 @@ Rules worth knowing:
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 import itertools
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,6 +253,8 @@ class Scheduler:
         self._done_at: list[float | None] = [None if tasks else now for tasks in self.stages]  # all done
         self._now = now
         self._started_work = False  # becomes True once min_workers have joined
+        self._epoch_start = 1  # the first attempt id of this coordinator's epoch (see restore)
+        self._lost_outputs: set[tuple[int, int, int]] = set()  # (stage, task, attempt): never taken back
 
     def restore(self, recovered: Recovered, now: float) -> None:
         """Take up a job a coordinator before this one left (see coordinator.recovery): its
@@ -258,7 +262,7 @@ class Scheduler:
         a worker with their folder registers (they wait in it; a reducer on their host reads
         them directly; one that cannot fetch them says so, and the map runs again). Ids go on
         from where no earlier epoch's can be, so no attempt's files are mistaken for another's."""
-        self._next_worker = self._next_attempt = (recovered.epoch - 1) * EPOCH_IDS + 1
+        self._next_worker = self._next_attempt = self._epoch_start = (recovered.epoch - 1) * EPOCH_IDS + 1
         for (stage, index), out in recovered.outputs.items():
             if stage >= self.last or index >= len(self.stages[stage]):
                 continue
@@ -273,6 +277,68 @@ class Scheduler:
             if partition < len(self.outputs):
                 self._set_state(self.outputs[partition], TaskState.DONE)
                 self.tally.task_counters[self._counted(self.outputs[partition])] = counters
+
+    def _take_held(self, now: float, worker: RegisteredWorker, held: list[p.HeldOutput]) -> list:
+        """Outputs a worker holds from attempts of an earlier epoch (it told us after a restart):
+        each that checks out serves its task, journalled first, instead of a run again."""
+        actions: list = []
+        for out in held:
+            problem = self._check_held(worker, out)
+            if problem:
+                log.warning("ignored an output %s says it holds: %s", worker.describe(), problem)
+                continue
+            task = self.stages[out.stage][out.task]
+            r = task.result
+            if task.state is TaskState.DONE:
+                if r is not None and r.orphaned and (r.attempt, r.path) == (out.attempt, out.path):
+                    r.worker, r.orphaned = worker, False
+                    self.record(ev.MapOutputMoved(t=now, task=task.index, worker=worker.id, **self._where(task)))
+                    actions += self._announce(task)
+                continue
+            if task.state is not TaskState.PENDING:
+                continue  # running again already: that attempt decides
+            offsets, total = [], out.offset
+            for length in out.partition_lengths:
+                offsets.append(total)
+                total += length
+            task.result = MapResult(out.attempt, worker, out.path, list(out.partition_lengths), offsets)
+            self._set_state(task, TaskState.DONE)
+            counters = [[c.group, c.counter, c.value] for c in out.counters]
+            self.tally.task_counters[self._counted(task)] = counters
+            self.record(
+                ev.OutputRecovered(t=now, task=task.index, worker=worker.id, attempt=out.attempt, **self._where(task))
+            )
+            kept = FinishedOutput(
+                out.stage,
+                out.task,
+                out.attempt,
+                worker.info,
+                worker.server_key,
+                out.path,
+                task.result.lengths,
+                offsets,
+                counters,
+            )
+            actions += [Remember(kept), *self._announce(task)]
+        return actions
+
+    def _check_held(self, worker: RegisteredWorker, out: p.HeldOutput) -> str:
+        """Why a held output cannot be taken ("" if it can)."""
+        if not 0 <= out.stage < self.last or not 0 <= out.task < len(self.stages[out.stage]):
+            return f"no task {out.task} of stage {out.stage} in this job"
+        if not 0 < out.attempt < self._epoch_start:
+            return f"attempt {out.attempt} is not of an earlier coordinator of this job"
+        if (out.stage, out.task, out.attempt) in self._lost_outputs:
+            return f"attempt {out.attempt}'s output could not be read: it runs again"
+        lengths = out.partition_lengths
+        if len(lengths) != len(self.stages[out.stage + 1]) or min(lengths) < 0 or out.offset < 0:
+            return f"its index does not fit the job ({len(lengths)} partitions)"
+        if out.offset + sum(lengths) > MAX_OFFSET:
+            return "its index runs past any file"
+        scratch = os.path.normpath(worker.info.scratch)
+        if not os.path.isabs(out.path) or not os.path.normpath(out.path).startswith(scratch + os.sep):
+            return f"{out.path!r} is not in its scratch folder {scratch}"
+        return ""
 
     @staticmethod
     def _counted(task: Task) -> tuple:
@@ -477,6 +543,7 @@ class Scheduler:
         for earlier in [w for w in self.workers.values() if w.state in LIVE and w.identity != identity]:
             if (earlier.info.host_id, earlier.info.pid, earlier.info.data_address) == same_process:
                 actions += self._declare_dead(now, earlier, "it registered again on a new connection")
+        held, hello = hello.held, dataclasses.replace(hello, held=[])  # (kept: who it is, not what it held)
         worker = RegisteredWorker(self._next_worker, identity, hello, now, now, now, server_key=server_key)
         self._next_worker += 1
         self.workers[worker.id] = worker
@@ -484,6 +551,8 @@ class Scheduler:
         log.info("%s joined", worker.describe())
         self.record(ev.WorkerJoined(t=now, worker=worker.id, name=hello.name, pid=hello.pid, host=hello.host))
         actions.append(Send(identity, welcome(worker.id)))
+        if held and hello.job_id == self.job_id:  # it ran this job for an earlier coordinator
+            actions += self._take_held(now, worker, held)
         for map_task in self._producers():  # outputs left in this worker's folder by a dead one: it serves them
             r = map_task.result
             if r is not None and r.orphaned and _same_folder(r.worker.info, hello):
@@ -1033,6 +1102,7 @@ class Scheduler:
 
     def _lose_map_output(self, now: float, map_task: Task) -> None:
         self.record(ev.MapRerun(t=now, task=map_task.index, **self._where(map_task)))
+        self._lost_outputs.add((map_task.stage, map_task.index, map_task.result.attempt))
         map_task.result = None
         self._set_state(map_task, TaskState.PENDING)
 

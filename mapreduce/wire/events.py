@@ -58,6 +58,7 @@ class EventKind(enum.Enum):
     MAP_OUTPUT_MOVED = "map_output_moved"
     MAP_OUTPUT_ORPHANED = "map_output_orphaned"
     MAP_RERUN = "map_rerun"
+    OUTPUT_RECOVERED = "output_recovered"
     FETCH_FAILED = "fetch_failed"
     COMMIT_FAILED = "commit_failed"
     OUTPUT_COMMITTED = "output_committed"
@@ -248,6 +249,19 @@ class MapOutputMoved(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class OutputRecovered(Event):
+    """A restarted coordinator took a finished output a worker held (its attempt ran under an
+    earlier coordinator) instead of running the task again."""
+
+    kind = EventKind.OUTPUT_RECOVERED
+    task: int
+    phase: TaskKind = TaskKind.MAP
+    step: int = 1
+    worker: int
+    attempt: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class MapOutputOrphaned(Event):
     """A finished map's output has no live server for now (reducers on its host may still read it)."""
 
@@ -314,7 +328,7 @@ EVENT_TYPES: dict[EventKind, type[Event]] = {
     cls.kind: cls for cls in [
         WorkerJoined, WorkerSuspect, WorkerDead, WorkerDraining, WorkerLeft, MessageFenced,
         TaskAssigned, BackupLaunched, TaskFinished, TaskFailed, TaskLost, TaskCancelled, ResultDiscarded,
-        FetchFailed, MapOutputMoved, MapOutputOrphaned, MapRerun, CommitFailed, OutputCommitted,
+        FetchFailed, MapOutputMoved, OutputRecovered, MapOutputOrphaned, MapRerun, CommitFailed, OutputCommitted,
         RecordSkipped, JobStarted, JobFailing, JobFinished,
     ]
 }  # fmt: skip

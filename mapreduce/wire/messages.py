@@ -93,6 +93,10 @@ class Register:
     host_id: str  # equal host_ids see the same files (same boot and mount namespace)
     data_address: Endpoint  # where this worker's data server answers
     scratch: str  # the folder its data server serves; workers sharing it can serve each other's output
+    # Registering again with a job's restarted coordinator: the job, and the finished outputs this
+    # worker holds for it, which the coordinator checks and takes instead of running them again.
+    job_id: str = ""
+    held: list[HeldOutput] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,21 @@ class CounterValue:
     group: str
     counter: str
     value: int
+
+
+@dataclass(frozen=True)
+class HeldOutput:
+    """A finished task's output that a worker still holds (a map's, or a pipeline's earlier
+    step's reduce's): what it tells a restarted coordinator of its job when registering."""
+
+    stage: int  # 0: a map; k: a reduce of step k, whose output feeds step k + 1
+    task: int
+    attempt: int
+    path: str
+    partition_lengths: list[int]
+    offset: int = 0
+    records: int = 0
+    counters: list[CounterValue] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -415,7 +434,7 @@ CLIENT_MESSAGES: tuple[type, ...] = (SubmitJob, ListJobs, WatchJob, CancelJob, S
 SERVICE_MESSAGES: tuple[type, ...] = (JobInfo, JobList, Declined)
 _BY_NAME: dict[str, type] = {
     cls.__name__: cls
-    for cls in WORKER_MESSAGES + COORDINATOR_MESSAGES + CLIENT_MESSAGES + SERVICE_MESSAGES + (MapOutput,)
+    for cls in WORKER_MESSAGES + COORDINATOR_MESSAGES + CLIENT_MESSAGES + SERVICE_MESSAGES + (MapOutput, HeldOutput)
 }
 
 

@@ -29,6 +29,9 @@ from mapreduce.wire import messages as p
 log = logging.getLogger(__name__)
 
 
+MAX_HELD = 10_000  # finished outputs a registration tells of (the newest): well under the message limit
+
+
 class ExitCode(enum.IntEnum):
     DONE = 0  # the job finished, or the worker drained and left
     FATAL = 1
@@ -216,6 +219,8 @@ Instruction = Connect | Send | JoinJob | RunAttempt | CancelAttempt | DeliverOut
 class _Current:
     run: int
     attempt: int
+    stage: int = 0  # of its task: 0 a map, k a reduce of step k
+    task: int = 0
 
 
 class WorkerCore:
@@ -226,6 +231,7 @@ class WorkerCore:
         self.incarnation: int | None = None
         self.job_id: str | None = None
         self.epoch = 0  # the newest epoch of this job's coordinator heard of
+        self.held: list[p.HeldOutput] = []  # this job's finished outputs that feed a next stage
         self.current: _Current | None = None  # the attempt the coordinator expects a result for
         self.stopping: dict[int, float] = {}  # runs told to stop, not yet returned: since when
         self._runs = 0
@@ -357,7 +363,7 @@ class WorkerCore:
         if self.state is WorkerState.REGISTERING:
             self.state = WorkerState.REGISTERED
         if welcome.job_id != self.job_id:
-            self.job_id, self.epoch = welcome.job_id, welcome.epoch
+            self.job_id, self.epoch, self.held = welcome.job_id, welcome.epoch, []
             self._emit(JoinJob(welcome))
         elif welcome.epoch > self.epoch:
             log.info(
@@ -377,7 +383,8 @@ class WorkerCore:
             return
         self._drop_current(now)  # only after a lost registration: the old attempt is gone for the coordinator
         self._runs += 1
-        self.current = _Current(self._runs, assign.attempt)
+        stage = assign.step + 1 if isinstance(assign, p.AssignReduce) else 0
+        self.current = _Current(self._runs, assign.attempt, stage, assign.task)
         self._emit(RunAttempt(self._runs, assign))
 
     def _finished(self, run: int, result: Any) -> None:
@@ -385,6 +392,20 @@ class WorkerCore:
         if not self._expects(run):
             self._emit(Discard(result))
             return
+        if isinstance(result, p.TaskDone) and result.partition_lengths:
+            c = self.current
+            self.held.append(
+                p.HeldOutput(
+                    c.stage,
+                    c.task,
+                    c.attempt,
+                    result.path,
+                    result.partition_lengths,
+                    result.offset,
+                    result.records,
+                    result.counters,
+                )
+            )
         self.current = None
         self._emit(Report(self._stamped(result)))
 
@@ -402,7 +423,7 @@ class WorkerCore:
         if self._resend_register_at is not None and now >= self._resend_register_at:
             self._resend_register_at = None
             if self.state is WorkerState.REGISTERING:
-                self._emit(Send(self.register))
+                self._emit(Send(self._registration()))
         if self.state is WorkerState.DRAINING:
             self._drain_step(now)
         elif self._stuck(now):
@@ -484,7 +505,7 @@ class WorkerCore:
         self.incarnation = None
         self.state = WorkerState.REGISTERING
         self._emit(Connect())
-        self._emit(Send(self.register))
+        self._emit(Send(self._registration()))
 
     def _lost_registration(self, now: float) -> None:
         if self.state is WorkerState.DRAINING:
@@ -493,7 +514,13 @@ class WorkerCore:
         self._drop_current(now)
         self.incarnation = None
         self.state = WorkerState.REGISTERING
-        self._emit(Send(self.register))
+        self._emit(Send(self._registration()))
+
+    def _registration(self) -> p.Register:
+        """Register, telling a coordinator that may be this job's restarted one what it holds."""
+        if self.job_id is None:
+            return self.register
+        return dataclasses.replace(self.register, job_id=self.job_id, held=self.held[-MAX_HELD:])
 
     def _heard(self, now: float) -> None:
         self._last_heard = now

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 
 from helpers import APPS, assert_no_temp_files, assert_same_output, mapreduce_command, of, run_cli, wait_for_log
 from mapreduce import journal
@@ -17,12 +18,14 @@ SLEEPY = str(APPS / "sleepy.py")
 class Job:
     """One job's command (the same at every start), its separately started workers, and its runs."""
 
-    def __init__(self, tmp_path, app: str, inputs: list[str], *args: str):
+    def __init__(self, tmp_path, app: str, inputs: list[str], *args: str, workers: int = 2):
         self.tmp = tmp_path
         self.out, self.state = tmp_path / "out", tmp_path / "state"
         self.endpoint = f"ipc://{tmp_path}/coordinator"
         self.args = [app, *inputs, "--output", str(self.out), "--bind", self.endpoint, "--state-dir", str(self.state)]
-        self.args += [*args, "--quiet"]
+        self.args += [
+            *args,
+        ]
         self.runs = 0
         self.workers = [
             subprocess.Popen(
@@ -36,9 +39,9 @@ class Job:
                     str(tmp_path / "scratch"),
                 ),
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=open(tmp_path / f"worker-{n}.log", "w"),
             )
-            for _ in range(2)
+            for n in range(workers)
         ]
 
     def start(self, env: dict | None = None) -> subprocess.Popen:
@@ -90,7 +93,8 @@ def test_a_coordinator_killed_mid_map_resumes_and_runs_only_what_was_unfinished(
     lost = {e["task"] for e in of(again, "map_rerun")}
     assert rerun <= lost, f"maps journalled as finished ran again without losing their output: {rerun - lost}"
     (started,) = of(again, "job_started")
-    assert done_maps | finished(again, "map") == set(range(started["maps"]))  # the rest ran, once resumed
+    recovered = {e["task"] for e in of(again, "output_recovered")}  # finished unjournalled, held by its worker
+    assert done_maps | recovered | finished(again, "map") == set(range(started["maps"]))  # the rest ran again
     assert len(finished(again, "map")) < started["maps"]
 
 
@@ -166,3 +170,40 @@ def test_the_embedded_cluster_resumes_from_its_state_folder_too(corpus, oracle, 
     run_cli(*command)
     assert_same_output(expected, out)
     assert {n: (out / f"part-{n:05d}").stat().st_mtime_ns for n in committed} == stamps
+
+
+def files_in(folder) -> dict:
+    """Every file under ``folder`` and its size (a worker appends each map's output to one file)."""
+    return {p: p.stat().st_size for p in folder.rglob("*") if p.is_file()} if folder.exists() else {}
+
+
+def test_a_map_that_finished_while_no_coordinator_heard_is_taken_from_its_worker_not_rerun(corpus, oracle, tmp_path):
+    gated = tmp_path / "gated.txt"
+    gated.write_text("words held through a restart\n" * 20)
+    inputs, gate = [*corpus[:3], str(gated)], tmp_path / "gate"
+    expected = oracle(str(APPS / "gate.py"), inputs, "--reduce", "2")
+    job = Job(tmp_path, str(APPS / "gate.py"), inputs, "--reduce", "2", "--param", f"gate={gate}", workers=1)
+    scratch = tmp_path / "scratch"
+    try:
+        first = job.start()
+        wait_for_log(
+            job.events(1), lambda log: len(finished(log, "map")) == 3, "the 3 ungated maps", first, first.stderr.read
+        )
+        before = files_in(scratch)
+        first.send_signal(signal.SIGSTOP)  # it hears nothing more
+        gate.touch()
+        deadline = time.monotonic() + 30
+        while files_in(scratch) == before and time.monotonic() < deadline:  # the gated map's output
+            time.sleep(0.02)
+        assert files_in(scratch) != before
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        assert job.journalled()[0] == {0, 1, 2}  # the gated map (3) was never journalled
+        second = job.start()
+        assert second.wait(timeout=60) == 0, second.stderr.read()
+    finally:
+        job.close()
+    assert_same_output(expected, job.out)
+    again = list(read_records(job.events(2)))
+    assert [e["task"] for e in of(again, "output_recovered")] == [3], second.stderr.read()
+    assert finished(again, "map") == set()  # no map ran again

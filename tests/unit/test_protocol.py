@@ -30,6 +30,16 @@ WORKER_SAMPLES = [
     p.Goodbye(5),
     p.Draining(5),
     p.TaskStatus(5, 9, "parsed 1,000 records"),
+    p.Register(
+        "w",
+        9,
+        "box",
+        "boot-1",
+        "tcp://10.0.0.2:6000",
+        "/scratch",
+        "job1",
+        [p.HeldOutput(0, 2, 3, "/scratch/m3", [4, 0], 16, 2, [p.CounterValue("g", "c", 1)])],
+    ),
 ]
 
 COORDINATOR_SAMPLES = [

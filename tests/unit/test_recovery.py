@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 
-from helpers import commits, hello, join, make, map_done, msgs, one, reduce_done
+from helpers import commits, hello, join, make, map_done, msgs, one, reduce_done, welcome
 from mapreduce import journal
 from mapreduce.coordinator.recovery import FinishedOutput, JobState
 from mapreduce.coordinator.scheduler import EPOCH_IDS, Remember, TaskState
 from mapreduce.wire import messages as p
-from mapreduce.wire.events import MapOutputMoved
+from mapreduce.wire.events import MapOutputMoved, OutputRecovered
 
 ID = "wordcount -> /out [abc]"
 
@@ -165,3 +165,47 @@ def test_a_job_is_named_by_what_places_its_data_so_a_changed_command_is_another_
     assert runner._what_places_data(counted, options) != runner._what_places_data(plain, options)
     gzip = runner.JobOptions(compress=runner.output.Compression.GZIP)
     assert runner._what_places_data(counted, options) != runner._what_places_data(counted, gzip)
+
+
+def held(task: int, attempt: int = 5, path: str = "/scratch/a/m5", lengths=(5, 0), stage: int = 0) -> p.HeldOutput:
+    return p.HeldOutput(stage, task, attempt, path, list(lengths), 0, 3, [p.CounterValue("g", "c", 1)])
+
+
+def test_outputs_a_worker_held_through_the_restart_are_checked_and_taken_instead_of_rerun(tmp_path):
+    s = make(n_maps=4, n_reduce=2)
+    s.restore(recovered(tmp_path), 0.0)
+    bad = [
+        held(9),  # no such map
+        held(1, attempt=EPOCH_IDS + 5),  # an attempt of this epoch: not one it can hold from before
+        held(1, path="/etc/passwd"),  # not in its scratch folder
+        held(1, path="/scratch/a/../b/m5"),
+        held(1, lengths=(5,)),  # not this job's partitions
+        held(0, stage=1),  # the last stage's output is committed, never held
+    ]
+    again = dataclasses.replace(hello(b"A"), job_id=s.job_id, held=[*bad, held(2)])  # its scratch: /scratch/a
+    actions = s.register(1.0, b"A", again, welcome)
+    a = one(actions, b"A", p.Welcome).worker
+    assert [t.state for t in s.maps].count(TaskState.DONE) == 1 and s.maps[2].state is TaskState.DONE
+    remembered = [x.output for x in actions if isinstance(x, Remember)]
+    assert [(o.stage, o.task, o.attempt) for o in remembered] == [(0, 2, 5)]
+    first_assign = next(i for i, x in enumerate(actions) if msgs([x], b"A", p.AssignMap))
+    assert actions.index(next(x for x in actions if isinstance(x, Remember))) < first_assign  # journalled first
+    assert s.workers[a].info.held == []  # what it held is not kept with who it is
+    assert [e.task for e in s.events if isinstance(e, OutputRecovered)] == [2]
+    assert s.tally.counters.get(("g", "c")) == 1
+    assert s.maps[2].result.worker.id == a and s.maps[2].result.path == "/scratch/a/m5"
+
+
+def test_a_held_output_already_journalled_or_of_another_job_is_not_taken_twice(tmp_path):
+    journalled = dataclasses.replace(output_of(0, 0, attempt=4), path="/scratch/a/m4", lengths=[5], offsets=[0])
+    s = make(n_maps=2, n_reduce=1, job_id="job1")
+    s.restore(recovered(tmp_path, journalled.to_record()), 0.0)
+    again = dataclasses.replace(hello(b"A"), job_id="job1", held=[held(0, 4, "/scratch/a/m4", (5,))])
+    actions = s.register(1.0, b"A", again, welcome)
+    assert not [x for x in actions if isinstance(x, Remember)] and not s.maps[0].result.orphaned  # adopted
+    assert [m.task for m in msgs(actions, b"A", p.AssignMap)] == [1]
+    other_job = dataclasses.replace(
+        hello(b"B", scratch="/scratch/b"), job_id="job0", held=[held(1, 3, "/scratch/b/m3", (5,))]
+    )
+    actions = s.register(2.0, b"B", other_job, welcome)
+    assert s.maps[1].result is None and not [x for x in actions if isinstance(x, Remember)]

@@ -48,6 +48,7 @@ SETTINGS = Settings(
 PATIENT = dataclasses.replace(SETTINGS, liveness=1000, coordinator_timeout=10_000.0)
 REGISTER = p.Register("w", 42, "host", "host-id", "tcp://10.0.0.2:6000", "/scratch")
 INCARNATION = 7
+AGAIN = dataclasses.replace(REGISTER, job_id="job1")  # registering again, in job1
 
 
 def welcome(worker: int = INCARNATION, job_id: str = "job1") -> p.Welcome:
@@ -130,7 +131,7 @@ def test_the_same_job_is_joined_once_and_a_new_job_again():
     d.welcomed()
     d.message(1.0, p.Unknown("restarted", INCARNATION))
     assert d.message(1.1, welcome(worker=8)) == []  # same job: already set up
-    assert d.message(1.2, p.Unknown("restarted", 8)) == [Send(REGISTER)]
+    assert d.message(1.2, p.Unknown("restarted", 8)) == [Send(AGAIN)]
     assert d.message(1.3, welcome(worker=9, job_id="job2")) == [JoinJob(welcome(9, "job2"))]
 
 
@@ -153,7 +154,7 @@ def test_reconnect_registers_again_on_the_new_connection_and_drops_the_running_a
     d.welcomed(0.0)
     run = d.run(0.5, assign_map())
     assert notable(d.at(3.49)) == []
-    assert notable(d.at(3.5)) == [CancelAttempt(run), Connect(), Send(REGISTER)]
+    assert notable(d.at(3.5)) == [CancelAttempt(run), Connect(), Send(AGAIN)]
     assert d.core.state is WorkerState.REGISTERING and d.core.incarnation is None
     # The dropped attempt's result is no one's any more: its output is thrown away.
     assert d.at(3.6, AttemptFinished(run, done(11))) == [Discard(done(11))]
@@ -249,7 +250,7 @@ def test_unknown_for_this_incarnation_registers_again_and_an_older_one_is_ignore
     run = d.run(0.5, assign_map())
     assert d.message(0.6, p.Unknown("no such worker", INCARNATION - 1)) == []  # answers an older incarnation
     assert d.core.state is WorkerState.REGISTERED
-    assert d.message(0.7, p.Unknown("no such worker", INCARNATION)) == [CancelAttempt(run), Send(REGISTER)]
+    assert d.message(0.7, p.Unknown("no such worker", INCARNATION)) == [CancelAttempt(run), Send(AGAIN)]
     assert d.core.state is WorkerState.REGISTERING
     assert d.at(1.0) == []  # no incarnation to heartbeat for
     assert d.message(1.5, p.Unknown("no such worker", INCARNATION)) == []  # already registering again
@@ -518,10 +519,31 @@ def test_a_restarted_coordinator_of_the_same_job_is_rejoined_and_an_older_one_ig
     d.welcomed()
     d.message(1.0, p.Unknown("restarted", INCARNATION))
     newer = dataclasses.replace(welcome(worker=1_000_001), epoch=2)
-    assert d.message(1.1, newer) == [JoinJob(newer, again=True)]  # folder kept, new data server taken
+    assert d.message(1.1, newer) == [JoinJob(newer, again=True)]  # folder kept, new data server taken (nothing held)
     assert d.core.incarnation == 1_000_001
     d.message(1.2, p.Unknown("lost", 1_000_001))
     older = dataclasses.replace(welcome(worker=5), epoch=1)
     assert d.message(1.3, older) == []  # a superseded coordinator: not registered with it
     assert d.core.state is WorkerState.REGISTERING and d.core.incarnation is None
     assert d.message(1.4, p.AssignMap(12, 0, "in.txt", "/data/in.txt", 0, 100)) == []  # and no work from it
+
+
+def test_registering_again_tells_the_outputs_this_worker_holds_even_one_finished_meanwhile():
+    d = Driver(PATIENT)
+    d.welcomed()
+    first = d.run(1.0, assign_map(attempt=11, task=3))
+    d.at(2.0, AttemptFinished(first, done(11)))
+    reduce_run = d.run(3.0, assign_reduce(attempt=21))
+    d.at(4.0, AttemptFinished(reduce_run, p.TaskDone(0, 21, [], ".part-00000.tmp", 2)))  # committed: not held
+    second = d.run(5.0, assign_map(attempt=12, task=4))
+    d.at(6.0, AttemptFinished(second, done(12)))  # reported to a coordinator that has just died
+    held = [
+        p.HeldOutput(0, 3, 11, "/scratch/map-output.log", [3, 4], 0, 7),
+        p.HeldOutput(0, 4, 12, "/scratch/map-output.log", [3, 4], 0, 7),
+    ]
+    # Registering again, it tells whoever answers what it holds: a restarted coordinator takes it.
+    assert d.message(7.0, p.Unknown("restarted", INCARNATION)) == [Send(dataclasses.replace(AGAIN, held=held))]
+    newer = dataclasses.replace(welcome(worker=1_000_001), epoch=2)
+    assert d.message(7.1, newer) == [JoinJob(newer, again=True)]
+    assert d.message(7.2, welcome(worker=9, job_id="job2"))[0] == JoinJob(welcome(9, "job2"))
+    assert d.core.held == []  # a new job: nothing of the old one counts
