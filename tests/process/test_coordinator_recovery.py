@@ -51,6 +51,16 @@ class Job:
             command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
         )
 
+    def crash_at(self, point: str) -> None:
+        """A run that kills itself at ``point`` (see MAPREDUCE_CRASH_COORDINATOR)."""
+        run = self.start({"MAPREDUCE_CRASH_COORDINATOR": point})
+        assert run.wait(timeout=120) == -signal.SIGKILL, run.stderr.read()
+
+    def resume(self) -> None:
+        """The same command again, which must finish the job."""
+        run = self.start()
+        assert run.wait(timeout=60) == 0, run.stderr.read()
+
     def events(self, run: int):
         return self.tmp / f"events-{run}.jsonl"
 
@@ -102,11 +112,9 @@ def test_a_crash_between_the_last_commit_and_success_finishes_without_running_an
     expected = oracle("wordcount", corpus, "--reduce", "3")
     job = Job(tmp_path, "wordcount", corpus, "--reduce", "3")
     try:
-        first = job.start({"MAPREDUCE_CRASH_COORDINATOR": "before-success"})
-        assert first.wait(timeout=120) == -signal.SIGKILL, first.stderr.read()
+        job.crash_at("before-success")
         assert job.journalled()[1] == {0, 1, 2} and not (job.out / "_SUCCESS").exists()
-        second = job.start()
-        assert second.wait(timeout=60) == 0, second.stderr.read()
+        job.resume()
     finally:
         job.close()
     assert_same_output(expected, job.out)
@@ -122,12 +130,10 @@ def test_a_crash_after_a_commit_keeps_that_partition(corpus, oracle, tmp_path):
     expected = oracle("wordcount", corpus, "--reduce", "4")
     job = Job(tmp_path, "wordcount", corpus, "--reduce", "4")
     try:
-        first = job.start({"MAPREDUCE_CRASH_COORDINATOR": "after-commit:1"})
-        assert first.wait(timeout=120) == -signal.SIGKILL, first.stderr.read()
+        job.crash_at("after-commit:1")
         (committed,) = job.journalled()[1]
         stamp = (job.out / f"part-{committed:05d}").stat().st_mtime_ns
-        second = job.start()
-        assert second.wait(timeout=60) == 0, second.stderr.read()
+        job.resume()
     finally:
         job.close()
     assert_same_output(expected, job.out)
@@ -138,7 +144,7 @@ def test_a_crash_after_a_commit_keeps_that_partition(corpus, oracle, tmp_path):
 def test_a_state_folder_of_another_job_or_damaged_is_refused_and_nothing_changes(corpus, tmp_path):
     job = Job(tmp_path, "wordcount", corpus)
     try:
-        assert job.start({"MAPREDUCE_CRASH_COORDINATOR": "after-map:1"}).wait(timeout=60) == -signal.SIGKILL
+        job.crash_at("after-map:1")
     finally:
         job.close()
     journal_file = job.state / journal.JOURNAL
