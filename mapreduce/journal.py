@@ -16,8 +16,11 @@ state folder takes the next epoch (``take_over``); before every act another coor
 could contradict (a commit, a deletion, a journal write) it holds the folder's lock and
 checks that the epoch is still its own (``fenced``): one paused (SIGSTOP) or cut off while
 a newer one took over raises Superseded there, having changed nothing. The lock is held
-only for the act, never while the coordinator waits, so a paused coordinator cannot keep
-a new one out.
+only for the act, never while the coordinator waits, so a paused coordinator does not keep
+a new one out; one paused in the middle of an act (a commit, an fsync) does hold the lock,
+and the new one fences it the way clusters fence a node that stopped answering: it
+SIGKILLs that stopped process (found in /proc/locks), whose act then ends as a crash would
+end it (a rename done or not, a journal line cut), which recovery is built for.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import signal
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +39,11 @@ from typing import Any
 
 from mapreduce.errors import MapReduceError
 
+log = logging.getLogger(__name__)
+
 FORMAT = "mapreduce-journal"
+STOPPED_GRACE = 1.0  # seconds a stopped holder of the lock is given (a SIGCONT) before it is killed
+LOCK_PATIENCE = 60.0  # seconds to wait for a running holder's act to end
 VERSION = 1
 JOURNAL = "journal"
 EPOCH = "epoch"
@@ -175,15 +185,61 @@ class Epochs:
             raise JournalError(f"the state folder's {EPOCH} file holds {text[:20]!r}, not an epoch")
         return int(text)
 
-    def take_over(self) -> int:
-        """Become the folder's coordinator: the next epoch, made durable."""
-        with self._locked():
+    def take_over(self, stopped_grace: float = STOPPED_GRACE, patience: float = LOCK_PATIENCE) -> int:
+        """Become the folder's coordinator: the next epoch, made durable. A coordinator holding
+        the lock while stopped (SIGSTOP) is killed after ``stopped_grace``; a running one is
+        waited for up to ``patience`` (JournalError after that)."""
+        self._acquire(stopped_grace, patience)
+        try:
             self.epoch = self._read() + 1
             data = b"%d\n" % self.epoch
             os.pwrite(self._fd, data, 0)
             os.ftruncate(self._fd, len(data))
             os.fsync(self._fd)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         return self.epoch
+
+    def _acquire(self, stopped_grace: float, patience: float) -> None:
+        start = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            waited = time.monotonic() - start
+            holder = self._holder()
+            if holder is not None and _stopped(holder) and waited >= stopped_grace:
+                log.warning(
+                    "coordinator pid %d holds this state folder while stopped (SIGSTOP) in the middle of an "
+                    "act: killing it, so that it can do nothing more (fencing)",
+                    holder,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(holder, signal.SIGKILL)
+            elif waited >= patience:
+                who = f"pid {holder}" if holder is not None else "another process"
+                raise JournalError(
+                    f"{who} has held the state folder's lock for {waited:.0f} s: is another coordinator of this "
+                    "job stuck? Stop it, then start this one again"
+                )
+            time.sleep(0.02)
+
+    def _holder(self) -> int | None:
+        """The pid holding a lock on the epoch file (from /proc/locks), if it can be told."""
+        inode = os.fstat(self._fd).st_ino
+        try:
+            with open("/proc/locks") as f:
+                for line in f:
+                    fields = line.split()
+                    # "1: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE START END" ("->" marks a waiter)
+                    ours = len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode)
+                    if ours and fields[4].isdigit() and int(fields[4]) != os.getpid():
+                        return int(fields[4])
+        except OSError:
+            pass
+        return None
 
     @contextlib.contextmanager
     def fenced(self) -> Iterator[None]:
@@ -206,6 +262,14 @@ class Epochs:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[-1][:1] in ("T", "t")
+    except OSError:
+        return False
 
 
 def record(kind: str, **fields: Any) -> dict:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -111,3 +114,37 @@ def test_a_damaged_epoch_file_is_refused(tmp_path):
     (tmp_path / journal.EPOCH).write_text("hello")
     with pytest.raises(JournalError, match="not an epoch"):
         Epochs(tmp_path).take_over()
+
+
+HOLD_AND_STOP = """
+import os, signal, sys, time
+from pathlib import Path
+from mapreduce.journal import Epochs
+epochs = Epochs(Path(sys.argv[1]))
+epochs.take_over()
+with epochs.fenced():
+    print("in the act", flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)  # paused in the middle of a commit
+    time.sleep(60)
+"""
+
+
+def test_a_coordinator_stopped_in_the_middle_of_an_act_is_fenced_off_by_killing_it(tmp_path):
+    old = subprocess.Popen([sys.executable, "-c", HOLD_AND_STOP, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert old.stdout.readline() == "in the act\n"
+        new = Epochs(tmp_path)
+        assert new.take_over(stopped_grace=0.1, patience=60) == 2
+        assert old.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if old.poll() is None:
+            old.kill()
+            old.wait()
+
+
+def test_a_running_holder_is_waited_for_then_named(tmp_path):
+    holder = Epochs(tmp_path)
+    holder.take_over()
+    # (Held by this process: waited for, never killed.)
+    with holder.fenced(), pytest.raises(JournalError, match="has held the state folder's lock for"):
+        Epochs(tmp_path).take_over(stopped_grace=0.0, patience=0.2)
