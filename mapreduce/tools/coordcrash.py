@@ -10,7 +10,7 @@ it exits 0. The kill points rotate round by round (``--kill-points`` picks them)
 
   mid-map         once a seeded random number of maps (1 to maps-1) has finished
   mid-reduce      once the first reduce is assigned and a seeded random number of
-                  partitions (0 to reduces-1) is committed
+                  partitions (0 to reduces-2) is committed
   after-commit:N  the coordinator kills itself after the N-th partition's commit is
                   journalled (MAPREDUCE_CRASH_COORDINATOR, given to the round's first run only)
   before-success  it kills itself after the last commit is journalled, before _SUCCESS
@@ -59,6 +59,7 @@ from mapreduce.tools.crashtest import CORPUS_FILES, EventTail, Workspace, compar
 from mapreduce.tools.faults import Fault, FaultKind, faults_beside, write_faults
 from mapreduce.wire.events import (
     Event,
+    JobFinished,
     JobStarted,
     MapRerun,
     OutputCommitted,
@@ -176,8 +177,9 @@ def mid_map_target(draw: float, maps: int) -> int:
 
 
 def mid_reduce_target(draw: float, reduces: int) -> int:
-    """How many partitions must be committed before a mid-reduce kill: 0 to reduces - 1."""
-    return min(int(draw * max(1, reduces)), max(0, reduces - 1))
+    """How many partitions must be committed before a mid-reduce kill: 0 to reduces - 2 (0
+    for one reduce), so that a reduce is still to commit when the kill lands."""
+    return min(int(draw * max(1, reduces - 1)), max(0, reduces - 2))
 
 
 class Trigger:
@@ -515,7 +517,14 @@ class RoundFiles:
         return self.logs / f"events-{run}.jsonl"
 
     def address(self, name: str = "coordinator") -> str:
-        return f"ipc://{self.folder / name}.ipc"
+        """A private IPC endpoint in the round's folder; where that path is longer than a
+        socket path may be, an abstract socket (Linux) named after the workspace and round."""
+        path = f"{self.folder / name}.ipc"
+        return (
+            f"ipc://{path}"
+            if len(path.encode()) <= 100
+            else f"ipc://@{self.folder.parent.name}-{self.folder.name}-{name}"
+        )
 
 
 class RoundFailed(Exception):
@@ -621,6 +630,8 @@ class CoordinatorCrashTest:
             runs.append(run_events(r.files.events(run)))
             if code == -signal.SIGKILL:
                 r.kills += 1
+                if not self.options.journal and any(isinstance(e, JobFinished) and e.ok for e in runs[-1]):
+                    break  # killed in its goodbyes: without a journal, a new run would start the done job over
                 states.append(JournalState.read(r.files.state) if self.options.journal else JournalState())
                 continue
             if code != 0:
@@ -757,6 +768,13 @@ class CoordinatorCrashTest:
                     r.faults.append((run, Fault(FaultKind.KILL, coordinator.pid, sent)))
                     log.info("round: killed coordinator pid %d %s", coordinator.pid, trigger.describe())
                 trigger = None
+            workers = [p for p in r.processes.started if p is not coordinator and p not in r.coordinators.values()]
+            if workers and all(p.poll() is not None for p in workers) and coordinator.poll() is None:
+                kill(coordinator)
+                coordinator.wait()
+                raise RoundFailed(
+                    "FAIL", f"every worker exited while run {run} of the coordinator ran: {r.worker_tail()}"
+                )
             if time.monotonic() > deadline:
                 kill(coordinator)
                 coordinator.wait()
@@ -777,6 +795,14 @@ class RoundRun:
     restarts: list[Reruns] = field(default_factory=list)
     coordinators: dict[int, subprocess.Popen] = field(default_factory=dict)
     ended: float | None = None
+
+    def worker_tail(self) -> str:
+        """The last line of each worker's log."""
+        tails = []
+        for path in sorted(self.files.logs.glob("worker-*.log")):
+            lines = path.read_text(errors="replace").strip().splitlines()
+            tails.append(f"{path.stem}: {lines[-1] if lines else '(nothing)'}")
+        return "; ".join(tails)
 
     def tail(self, run: int, lines: int = 3) -> str:
         """The last lines a run of the coordinator wrote (its log)."""
