@@ -16,7 +16,7 @@ import click
 
 from mapreduce import defaults
 from mapreduce.errors import JobFailed, MapReduceError, UsageError
-from mapreduce.service.commands import KEY_NAME_OPTION, STATE_DIR_OPTION
+from mapreduce.service.commands import KEY_NAME_OPTION
 
 if TYPE_CHECKING:
     from mapreduce.coordinator.view import JobView
@@ -434,9 +434,16 @@ def _usage(message: str):
     raise UsageError(message)
 
 
+JOB_STATE_HELP = (
+    "Journal the job in this folder (made if absent): started again with the same command after "
+    "a crash, the coordinator resumes it, keeping committed partitions and finished map output."
+)
+
+
 @cli.command()
 @_job_options
 @click.option("--bind", default="tcp://127.0.0.1:5555", show_default=True, help="ZeroMQ endpoint workers connect to.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=JOB_STATE_HELP)
 @_security_options
 @_cluster_options
 @_status_options
@@ -449,6 +456,7 @@ def coordinator(
     split_size,
     overwrite,
     bind,
+    state_dir,
     key_dir,
     insecure,
     events,
@@ -472,7 +480,7 @@ def coordinator(
         lambda observe: _with_progress(
             quiet,
             lambda progress: runner.serve(
-                app, inputs, output, bind, options, progress, announce, events, keys, insecure, observe
+                app, inputs, output, bind, options, progress, announce, events, keys, insecure, observe, state_dir
             ),
         ),
     )
@@ -522,7 +530,17 @@ def _placement_options(f):
         click.option(
             "--submit", is_flag=True, help="Submit the job to the standing cluster on this host (see --state-dir)."
         ),
-        STATE_DIR_OPTION,
+        click.option(
+            "--state-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            envvar="MAPREDUCE_STATE_DIR",
+            help=(
+                "With --submit: the standing cluster on this host, by its state folder [default: "
+                "~/.local/state/mapreduce/cluster]. With --bind, given here (not by $MAPREDUCE_STATE_DIR): "
+                + JOB_STATE_HELP[0].lower()
+                + JOB_STATE_HELP[1:]
+            ),
+        ),
         KEY_NAME_OPTION,
         click.option("--detach", is_flag=True, help="Submitted: print the job's id and return."),
         _security_options,
@@ -631,10 +649,23 @@ class _Placement:
             )
         keys = _keys(self.key_dir, "coordinator")
         announce = None if self.quiet else (lambda address: click.echo(f"{job.name} served on {address}", err=True))
+        source = click.get_current_context().get_parameter_source("state_dir")
+        state_dir = self.state_dir if source is click.core.ParameterSource.COMMANDLINE else None
         return _with_progress(
             self.quiet,
             lambda progress: runner.serve(
-                job, inputs, output, self.bind, options, progress, announce, self.events, keys, self.insecure, observe
+                job,
+                inputs,
+                output,
+                self.bind,
+                options,
+                progress,
+                announce,
+                self.events,
+                keys,
+                self.insecure,
+                observe,
+                state_dir,
             ),
         )
 

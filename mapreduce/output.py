@@ -104,9 +104,10 @@ def prepare_output(folder: str | Path, overwrite: bool) -> Path:
     return path
 
 
-def show_visibility(folder: Path, job_id: str) -> str:
-    """Write a file only processes that see this folder can read; return its token."""
-    token = secrets.token_hex(16)
+def show_visibility(folder: Path, job_id: str, token: str | None = None) -> str:
+    """Write a file only processes that see this folder can read; return its token (new
+    unless given: a restarted coordinator keeps its job's)."""
+    token = token or secrets.token_hex(16)
     (folder / visibility_name(job_id)).write_text(token)
     return token
 

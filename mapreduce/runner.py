@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from mapreduce import defaults, output
 from mapreduce.cluster import LocalCluster
 from mapreduce.counters import Counters
-from mapreduce.errors import JobFailed, UsageError
+from mapreduce.errors import JobFailed, MapReduceError, UsageError
 from mapreduce.inputs import Split, check_side_files, fingerprint, make_splits
 from mapreduce.job import App, load_app
 from mapreduce.net.node import endpoint_host
@@ -27,6 +27,7 @@ from mapreduce.wire import messages as p
 
 if TYPE_CHECKING:
     from mapreduce.coordinator.loop import Coordinator, JobResult, Observer, Progress
+    from mapreduce.coordinator.recovery import JobState
     from mapreduce.coordinator.scheduler import Settings
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class PreparedJob:
     n_reduce: int  # 0: a map-only job
     side_files: list[p.SideFile] = field(default_factory=list)  # --file
     later_steps: tuple[int, ...] = ()  # a pipeline: the reduce count of each step after the first
+    state: JobState | None = None  # its state folder (--state-dir), taken over by this run
 
     def coordinator(self, options: JobOptions, bind: str, **loop: Any) -> Coordinator:
         """The coordinator of this job, bound to ``bind`` (``loop``: the loop's other settings)."""
@@ -90,13 +92,22 @@ class PreparedJob:
             bind,
             compression=options.compress,
             side_files=self.side_files,
+            state=self.state,
             **loop,
         )
 
 
-def prepare(app_ref: str | App, inputs: Sequence[str], output_dir: str | Path, options: JobOptions) -> PreparedJob:
+def prepare(
+    app_ref: str | App,
+    inputs: Sequence[str],
+    output_dir: str | Path,
+    options: JobOptions,
+    state_dir: Path | None = None,
+) -> PreparedJob:
     """Check everything a job needs, in the order a user would fix it; change nothing
-    on disk except creating an empty output folder (and dropping a stale _SUCCESS)."""
+    on disk except creating an empty output folder (and dropping a stale _SUCCESS).
+    With ``state_dir`` (a coordinator's --state-dir): its journal, which must be this job's;
+    one that already holds the job takes its output folder as it stands (the job resumes)."""
     if options.n_reduce is not None and options.n_reduce < 0:
         raise UsageError(f"the number of reduce tasks must be 0 (a map-only job) or more, got {options.n_reduce}")
     if options.skip_bad_records < 0:
@@ -130,8 +141,25 @@ def prepare(app_ref: str | App, inputs: Sequence[str], output_dir: str | Path, o
     if app.total_order and n_reduce:
         with side_files_here(side_files):  # the sample runs the map, which may open them
             app = with_total_order(app, splits, n_reduce)
-    folder = output.prepare_output(output_dir, options.overwrite)
-    return PreparedJob(app, splits, folder.resolve(), split_size, n_reduce, side_files, later_steps)
+    if state_dir is None:
+        folder = output.prepare_output(output_dir, options.overwrite)
+        return PreparedJob(app, splits, folder.resolve(), split_size, n_reduce, side_files, later_steps)
+    from mapreduce.coordinator import recovery
+
+    resolved = Path(output_dir).resolve()
+    stages = [n_reduce, *later_steps] if n_reduce else []
+    placing = f"{options.compress.value} {app.partition!r}" if app.total_order else options.compress.value
+    identity = recovery.job_identity(app.name, splits, stages, resolved, placing)
+    resuming = recovery.has_journal(state_dir)
+    if not resuming:
+        output.prepare_output(output_dir, options.overwrite)  # refused before the folder is marked
+    try:
+        state = recovery.JobState(state_dir, identity)
+    except MapReduceError as exc:
+        raise UsageError(str(exc)) from None
+    if resuming and state.recovered.finished is None:
+        output.prepare_output(output_dir, overwrite=True)  # its own parts: kept, replaced as they commit
+    return PreparedJob(app, splits, resolved, split_size, n_reduce, side_files, later_steps, state)
 
 
 def run_seq(
@@ -181,17 +209,27 @@ def serve(
     keys: Keys | None = None,
     insecure: bool = False,
     observe: Observer | None = None,
+    state_dir: Path | None = None,
 ) -> JobResult:
-    """Serve one job to workers that connect to ``bind``; raise JobFailed if it fails."""
+    """Serve one job to workers that connect to ``bind``; raise JobFailed if it fails. With
+    ``state_dir``: journalled there, and resumed from there if a coordinator before this one
+    did not finish it."""
     check_exposure("the coordinator's address", endpoint_host(bind), keys, insecure)  # ipc:// counts as loopback
-    job = prepare(app_ref, inputs, output_dir, options)
+    job = prepare(app_ref, inputs, output_dir, options, state_dir)
+    if job.state is not None and job.state.recovered.finished is not None:
+        job.state.close()
+        return already_finished(job)
     try:
-        coordinator = job.coordinator(options, bind, progress=progress, events=events, keys=keys, observe=observe)
-    except Exception as exc:  # zmq.ZMQError for a bad or busy address
-        raise UsageError(f"cannot bind {bind}: {exc}") from exc
-    if on_ready is not None:
-        on_ready(coordinator.address)
-    return _finished(coordinator.run())
+        try:
+            coordinator = job.coordinator(options, bind, progress=progress, events=events, keys=keys, observe=observe)
+        except Exception as exc:  # zmq.ZMQError for a bad or busy address
+            raise UsageError(f"cannot bind {bind}: {exc}") from exc
+        if on_ready is not None:
+            on_ready(coordinator.address)
+        return _finished(coordinator.run())
+    finally:
+        if job.state is not None:
+            job.state.close()
 
 
 def run_local(
@@ -280,6 +318,16 @@ def private_endpoint(folder: str) -> str:
     longer than a socket path may be, an abstract socket (Linux), which the run's keys guard."""
     path = os.path.join(folder, "coordinator")
     return f"ipc://{path}" if len(path.encode()) <= 100 else f"ipc://@{os.path.basename(folder)}"
+
+
+def already_finished(job: PreparedJob) -> JobResult:
+    """The result of a job whose state folder says it succeeded already (nothing runs)."""
+    from mapreduce.coordinator.loop import JobResult
+    from mapreduce.wire.events import Tally
+
+    message = f"already finished: {job.state.recovered.finished}"
+    log.warning("the job in %s %s", job.state.folder, message)
+    return JobResult(True, message, Tally(), 0.0, len(job.splits), job.n_reduce)
 
 
 def _finished(result: JobResult) -> JobResult:

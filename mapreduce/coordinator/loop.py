@@ -11,6 +11,8 @@ servers, so no transfer ever stalls the loop.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -20,12 +22,14 @@ from pathlib import Path
 import zmq
 
 from mapreduce import output
-from mapreduce.coordinator.scheduler import Commit, Discard, Scheduler, Send, Settings
+from mapreduce.coordinator.recovery import JobState
+from mapreduce.coordinator.scheduler import Commit, Discard, Remember, Scheduler, Send, Settings
 from mapreduce.coordinator.transfers import Probe, Pull, Transfers
 from mapreduce.coordinator.view import JobView
 from mapreduce.errors import ProtocolError
 from mapreduce.inputs import Split
 from mapreduce.job import App
+from mapreduce.journal import Superseded, record
 from mapreduce.net.dataserver import DataServer
 from mapreduce.net.node import endpoint_host, host_id
 from mapreduce.net.security import Keys, authenticator
@@ -40,6 +44,9 @@ Progress = Callable[[JobView], None]  # called every tick (a progress bar)
 Observer = Callable[[JobView, Sequence[Event]], None]
 MAX_PROBES = 64  # data-server checks queued at once: a flood of registrations cannot stall real ones
 REVOCATION_CHECK = 1.0  # seconds between reads of the key folder for registered workers' keys
+# For the coordinator's crash test: SIGKILL this process at a point no outside timing hits
+# reliably: "after-map:N" (the Nth finished map journalled), "after-commit:N", "before-success".
+CRASH_POINT = "MAPREDUCE_CRASH_COORDINATOR"
 
 
 @dataclass(frozen=True)
@@ -69,15 +76,20 @@ class Coordinator:
         observe: Observer | None = None,
         compression: output.Compression = output.Compression.NONE,
         side_files: Sequence[p.SideFile] = (),
+        state: JobState | None = None,
     ):
         self.side_files = list(side_files)
+        self.state = state  # the job's state folder (--state-dir): journal and epoch fence
+        self._crash_point = os.environ.get(CRASH_POINT, "")
+        self._journalled = {"map": 0, "commit": 0}
         self.observe = observe
         self.compression = compression  # of the part files: the workers write them, this commits them
         self._unobserved: list[Event] = []  # events recorded since the observer last saw the job
         self.app, self.splits, self.output_dir, self.settings = app, splits, output_dir, settings
         self.progress = progress
         self.goodbye_grace = goodbye_grace
-        self.job_id = uuid.uuid4().hex[:12]
+        self.job_id = state.recovered.job_id if state is not None else uuid.uuid4().hex[:12]
+        self.epoch = state.recovered.epoch if state is not None else 0
         self.context = zmq.Context()
         self.keys = keys
         self.auth = authenticator(self.context, keys)  # with keys: only allowed clients get through
@@ -129,7 +141,21 @@ class Coordinator:
             self._output_token,
             self.compression,
             self.side_files,
+            self.epoch,
         )
+
+    def _fenced(self, act) -> None:
+        """Do ``act`` (a change another coordinator could contradict) under the state
+        folder's epoch fence: not at all once a newer coordinator took over (Superseded)."""
+        if self.state is None:
+            act()
+        else:
+            self.state.act(act)
+
+    def _crash_at(self, point: str) -> None:
+        if self._crash_point == point:
+            log.warning("%s=%s: killing this coordinator", CRASH_POINT, point)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def run(self) -> JobResult:
         started = time.monotonic()
@@ -139,14 +165,27 @@ class Coordinator:
         scheduler.job_started(started)
         stopped = None  # why the job ended otherwise than by succeeding or failing
         self.data_server.start()
-        self._output_token = output.show_visibility(self.output_dir, self.job_id)
+        token = self.state.recovered.output_token if self.state is not None else None
         try:
+            if self.state is not None:
+                scheduler.restore(self.state.recovered, started)
+            self._fenced(
+                lambda: setattr(self, "_output_token", output.show_visibility(self.output_dir, self.job_id, token))
+            )
             self._serve(scheduler)
             if scheduler.succeeded and scheduler.failure is None:  # (a commit may fail after the last reduce)
-                output.finish(self.output_dir, len(scheduler.outputs), self.compression)
-                ok, message = True, f"output committed to {self.output_dir}"
+                self._crash_at("before-success")
+                message = f"output committed to {self.output_dir}"
+                self._fenced(lambda: output.finish(self.output_dir, len(scheduler.outputs), self.compression))
+                if self.state is not None:
+                    self.state.remember(record("finished", ok=True, message=message))
+                ok = True
             else:
                 ok, message = False, scheduler.failure or "stopped"
+        except Superseded as exc:
+            self._superseded_by = str(exc)
+            ok, message = False, ""
+            stopped = f"superseded: {exc}"
         except KeyboardInterrupt:
             ok, message = False, "the coordinator was interrupted"
             scheduler.job_finished(time.monotonic(), self.rejected_messages, stopped=message)
@@ -161,17 +200,15 @@ class Coordinator:
             stopped = message
             log.exception("coordinator failure")
         finally:
-            stays = output.remove_visibility(self.output_dir, self.job_id)
-            if stays:
-                log.warning("%s", stays)
-            self.transfers.close()  # no pull may write into the output folder after this
-            if not scheduler.succeeded:
-                left = output.remove_temps(self.output_dir)
-                if left:
-                    log.warning(
-                        "could not remove %d temporary file(s) from %s, e.g. %s", len(left), self.output_dir, left[0]
-                    )
+            if not self._superseded_by:
+                self.transfers.close()  # no pull may write into the output folder after this
+                try:
+                    self._fenced(lambda: self._tidy(scheduler))
+                except Superseded as exc:
+                    self._superseded_by = str(exc)
             scheduler.job_finished(time.monotonic(), self.rejected_messages, stopped)
+        if self._superseded_by:
+            return self._superseded(scheduler, started)
         self._farewell(scheduler, ok, message, self.goodbye_grace)
         self._flush_events(scheduler)
         self._notify(scheduler, time.monotonic())
@@ -179,6 +216,33 @@ class Coordinator:
         self._close()
         return JobResult(
             ok, message, scheduler.tally.copy(), time.monotonic() - started, len(self.splits), self.settings.n_reduce
+        )
+
+    _superseded_by = ""
+
+    def _tidy(self, scheduler: Scheduler) -> None:
+        """What the job's end removes from the output folder."""
+        stays = output.remove_visibility(self.output_dir, self.job_id)
+        if stays:
+            log.warning("%s", stays)
+        if not scheduler.succeeded:
+            left = output.remove_temps(self.output_dir)
+            if left:
+                log.warning(
+                    "could not remove %d temporary file(s) from %s, e.g. %s", len(left), self.output_dir, left[0]
+                )
+
+    def _superseded(self, scheduler: Scheduler, started: float) -> JobResult:
+        """A newer coordinator took the job over: leave without a word to any worker and
+        without touching the output folder or the journal."""
+        message = f"this coordinator was superseded: {self._superseded_by}; it changed nothing after that"
+        log.error("%s", message)
+        scheduler.job_finished(time.monotonic(), self.rejected_messages, stopped=message)
+        self._flush_events(scheduler)
+        self.events.close()
+        self._close()
+        return JobResult(
+            False, message, scheduler.tally.copy(), time.monotonic() - started, len(self.splits), self.settings.n_reduce
         )
 
     def _close(self) -> None:
@@ -346,8 +410,13 @@ class Coordinator:
                 else:  # written in the reducer's scratch: pull it here first, then commit
                     name = output.attempt_temp_name(action.partition, self.job_id, action.attempt)
                     self.transfers.submit(Pull(action, self.output_dir / name))
+            elif isinstance(action, Remember):
+                if self.state is not None:
+                    self.state.remember(action.output.to_record())
+                    self._journalled["map"] += 1
+                    self._crash_at(f"after-map:{self._journalled['map']}")
             elif isinstance(action, Discard) and output.is_temp_name(action.temp):
-                (self.output_dir / action.temp).unlink(missing_ok=True)
+                self._fenced(lambda temp=action.temp: (self.output_dir / temp).unlink(missing_ok=True))
 
     def _commit(self, scheduler: Scheduler, partition: int, temp: str, pulled: int = 0) -> None:
         """Publish a partition's temporary output; ``pulled``: bytes pulled from its reducer first."""
@@ -355,13 +424,23 @@ class Coordinator:
         try:
             if not output.is_temp_name(temp):
                 raise FileNotFoundError(f"{temp!r} is not a temporary output name")
-            output.commit(self.output_dir, temp, partition, self.compression)
+            if self.state is None:
+                output.commit(self.output_dir, temp, partition, self.compression)
+            else:
+                self.state.act(
+                    lambda: output.commit(self.output_dir, temp, partition, self.compression),
+                    record(
+                        "committed", partition=partition, counters=scheduler.counters_of(scheduler.outputs[partition])
+                    ),
+                )
         except FileNotFoundError as exc:  # the attempt's file vanished: run it again
             self._carry_out(scheduler, scheduler.commit_failed(now, partition, str(exc)))
         except OSError as exc:
             scheduler.fail(now, f"could not commit partition {partition} to {self.output_dir}: {exc}")
         else:
             scheduler.committed(now, partition, pulled)
+            self._journalled["commit"] += 1
+            self._crash_at(f"after-commit:{self._journalled['commit']}")
 
     def _farewell(self, scheduler: Scheduler, ok: bool, message: str, grace: float) -> None:
         """Tell every worker the job is over, and wait a little for their goodbyes."""

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mapreduce import defaults, output
+from mapreduce.coordinator.recovery import FinishedOutput, Recovered
 from mapreduce.coordinator.view import (
     LIVE,
     AttemptView,
@@ -65,6 +66,7 @@ TAKES_WORK = (WorkerState.IDLE, WorkerState.BUSY)  # live and not leaving
 MAX_OFFSET = 2**63 - 1  # file offsets must fit the wire's int64
 KEEP_ATTEMPTS = 30  # recent attempts in a view
 KEEP_DEPARTED = 50  # dead or left workers in a view, besides every live one
+EPOCH_IDS = 1_000_000  # worker and attempt ids of one epoch (a coordinator's run on a state folder)
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,14 @@ class Commit:
 
 
 @dataclass(frozen=True)
+class Remember:
+    """Make a finished task's output durable in the job's journal before anything that
+    follows (reducers told where it is) is carried out."""
+
+    output: FinishedOutput
+
+
+@dataclass(frozen=True)
 class Discard:
     """Remove a losing attempt's temporary output."""
 
@@ -241,6 +251,37 @@ class Scheduler:
         self._done_at: list[float | None] = [None if tasks else now for tasks in self.stages]  # all done
         self._now = now
         self._started_work = False  # becomes True once min_workers have joined
+
+    def restore(self, recovered: Recovered, now: float) -> None:
+        """Take up a job a coordinator before this one left (see coordinator.recovery): its
+        committed partitions are done; its finished map outputs are done too, orphaned until
+        a worker with their folder registers (they wait in it; a reducer on their host reads
+        them directly; one that cannot fetch them says so, and the map runs again). Ids go on
+        from where no earlier epoch's can be, so no attempt's files are mistaken for another's."""
+        self._next_worker = self._next_attempt = (recovered.epoch - 1) * EPOCH_IDS + 1
+        for (stage, index), out in recovered.outputs.items():
+            if stage >= self.last or index >= len(self.stages[stage]):
+                continue
+            task = self.stages[stage][index]
+            if len(out.lengths) != len(self.stages[stage + 1]):
+                continue  # not this job's shape: run it again
+            ghost = RegisteredWorker(0, b"", out.worker, now, now, now, WorkerState.DEAD, server_key=out.server_key)
+            task.result = MapResult(out.attempt, ghost, out.path, list(out.lengths), list(out.offsets), orphaned=True)
+            self._set_state(task, TaskState.DONE)
+            self.tally.task_counters[self._counted(task)] = out.counters
+        for partition, counters in recovered.committed.items():
+            if partition < len(self.outputs):
+                self._set_state(self.outputs[partition], TaskState.DONE)
+                self.tally.task_counters[self._counted(self.outputs[partition])] = counters
+
+    @staticmethod
+    def _counted(task: Task) -> tuple:
+        """The key of a task's counters in the tally (as its TaskFinished events give it)."""
+        return (max(task.stage, 1), task.kind, task.index)
+
+    def counters_of(self, task: Task) -> list:
+        """The counters of the attempt that finished ``task`` ([] if none did)."""
+        return self.tally.task_counters.get(self._counted(task), [])
 
     def record(self, event: ev.Event) -> None:
         self.events.append(event)
@@ -739,7 +780,19 @@ class Scheduler:
             offsets.append(total)
             total += length
         task.result = MapResult(attempt.id, attempt.worker, done.path, list(done.partition_lengths), offsets)
-        return actions + self._announce(task)
+        w = attempt.worker
+        kept = FinishedOutput(
+            task.stage,
+            task.index,
+            attempt.id,
+            w.info,
+            w.server_key,
+            done.path,
+            task.result.lengths,
+            offsets,
+            self.counters_of(task),
+        )
+        return [*actions, Remember(kept), *self._announce(task)]
 
     def _commits(self, task: Task) -> bool:
         """Whether a finished attempt of ``task`` wrote output to commit (a task of the last

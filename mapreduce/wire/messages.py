@@ -28,7 +28,7 @@ from mapreduce.output import Compression
 
 # 2: Welcome lost output_host_id; 3: counters, bad records, compression, pipelines; 4: MapOutput.server_key;
 # 5: JobDone.leave, a standing cluster's client messages
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # A data server's address as a worker advertises it (the socket's bound endpoint, always
@@ -207,6 +207,10 @@ class Welcome:
     output_token: str = ""  # in the output folder's visibility file: a worker that reads it writes there directly
     compression: Compression = Compression.NONE  # how output tasks write their part files
     files: list[SideFile] = field(default_factory=list)  # --file: shipped to each worker's task folder
+    # The coordinator's epoch (its run on a state folder, 0 without one): a worker answers only
+    # the newest epoch of its job it has seen, so a coordinator superseded by a restarted one
+    # cannot give it work.
+    epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -417,6 +421,16 @@ _BY_NAME: dict[str, type] = {
 
 def encode(message: Any) -> bytes:
     return msgpack.packb([PROTOCOL_VERSION, type(message).__name__, _to_plain(message)], use_bin_type=True)
+
+
+def to_plain(message: Any) -> dict:
+    """A message's fields as plain data (JSON-able where its fields are): for journals."""
+    return _to_plain(message)
+
+
+def from_plain(cls: type, fields: Any) -> Any:
+    """A message of ``cls`` from plain data, validated as a decoded frame is."""
+    return _build(cls, fields, cls.__name__)
 
 
 def _to_plain(message: Any) -> dict:

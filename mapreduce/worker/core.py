@@ -152,9 +152,12 @@ class Send:
 
 @dataclass(frozen=True)
 class JoinJob:
-    """Set up the job this Welcome names (app, folder, data server root)."""
+    """Set up the job this Welcome names (app, folder, data server root); ``again``: the job
+    this worker already serves, from its restarted coordinator (a newer epoch): keep the
+    folder and its map output, take the new coordinator's data server."""
 
     welcome: p.Welcome
+    again: bool = False
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,7 @@ class WorkerCore:
         self.state = WorkerState.NEW
         self.incarnation: int | None = None
         self.job_id: str | None = None
+        self.epoch = 0  # the newest epoch of this job's coordinator heard of
         self.current: _Current | None = None  # the attempt the coordinator expects a result for
         self.stopping: dict[int, float] = {}  # runs told to stop, not yet returned: since when
         self._runs = 0
@@ -340,12 +344,29 @@ class WorkerCore:
             self._exit(ExitCode.DONE, f"the job {outcome}", job_over=True)
 
     def _welcome(self, welcome: p.Welcome) -> None:
+        if welcome.job_id == self.job_id and welcome.epoch < self.epoch:
+            # A coordinator superseded by a restarted one (paused, or cut off, meanwhile): not ours.
+            log.warning(
+                "ignored a welcome from an older coordinator of job %s (epoch %d, now %d)",
+                welcome.job_id,
+                welcome.epoch,
+                self.epoch,
+            )
+            return
         self.incarnation = welcome.worker
         if self.state is WorkerState.REGISTERING:
             self.state = WorkerState.REGISTERED
         if welcome.job_id != self.job_id:
-            self.job_id = welcome.job_id
+            self.job_id, self.epoch = welcome.job_id, welcome.epoch
             self._emit(JoinJob(welcome))
+        elif welcome.epoch > self.epoch:
+            log.info(
+                "job %s: its coordinator restarted (epoch %d): keeping this worker's output",
+                welcome.job_id,
+                welcome.epoch,
+            )
+            self.epoch = welcome.epoch
+            self._emit(JoinJob(welcome, again=True))
         log.info("registered as worker %d for job %s", welcome.worker, welcome.job_id)
 
     def _assign(self, assign: p.AssignMap | p.AssignReduce, now: float) -> None:

@@ -39,6 +39,7 @@ assignment) when a job begins, before any task of that job runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -288,6 +289,8 @@ class Worker:
                 self._send(message)
             case core.Connect():
                 self._connect()
+            case core.JoinJob(welcome, again=True):
+                self._rejoin(welcome)
             case core.JoinJob(welcome):
                 self._join(welcome)
             case core.RunAttempt(run, assign):
@@ -384,6 +387,14 @@ class Worker:
         )
         self._place_side_files(welcome.files, workdir, input_address)
         os.chdir(workdir)  # tasks open side files by name, as in Hadoop (one job at a time per worker)
+
+    def _rejoin(self, welcome: p.Welcome) -> None:
+        """The job's restarted coordinator: its data server and output token are new."""
+        self.job = dataclasses.replace(
+            self.job,
+            input_address=f"tcp://{endpoint_host(self.options.connect)}:{welcome.data_port}",
+            sees_output=output.sees_folder(Path(welcome.output_dir), welcome.job_id, welcome.output_token),
+        )
 
     def _place_side_files(self, files: list[p.SideFile], workdir: Path, input_address: str) -> None:
         """Each side file in the job's task folder: linked where this worker sees the very file

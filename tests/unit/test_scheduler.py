@@ -840,7 +840,7 @@ def test_a_pipeline_runs_its_stages_in_order_and_commits_only_the_last_steps_out
     assert (r0.step, r0.partitions, r0.sources) == (0, 1, 2) and s.view(2.0).step == 1
     assert [o.map_task for o in r0.outputs] == [0, 1]
     actions = map_done(s, 3.0, b"A", a, r0, [6])  # step 1's reduce wrote map output for step 2
-    assert commits(actions) == ["Send"]  # nothing committed: the next task goes out
+    assert commits(actions) == ["Remember", "Send"]  # journalled, nothing committed: the next task goes out
     r1 = one(actions, b"A", p.AssignReduce)
     assert (r1.task, r1.step, [o.map_task for o in r1.outputs], r1.empty) == (1, 0, [0], [1])  # map 1: nothing
     final = one(map_done(s, 4.0, b"A", a, r1, [0]), b"A", p.AssignReduce)
