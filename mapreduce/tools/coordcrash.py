@@ -43,9 +43,11 @@ import logging
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +82,8 @@ SECOND_KILL_TASKS = (1, 3)  # a second kill comes once this many (uniform) tasks
 WORKER_PATIENCE = 60.0  # the workers' --coordinator-timeout: they outlive every restart of a round
 ZOMBIE_EXIT_WAIT = 60.0  # how long a SIGCONTed superseded coordinator may take to notice and exit
 POLL = 0.02
+STARTUP_WAIT = 30.0  # a new coordinator has started its job (job_started) within this, or it is kept out
+ORPHAN_GRACE = 15.0  # a coordinator still running this long after every worker exited has none left to finish with
 
 
 def is_hook(point: str) -> bool:
@@ -504,6 +508,7 @@ def kill(process: subprocess.Popen) -> float | None:
 class RoundFiles:
     folder: Path  # the round's work folder (output, state, scratch)
     logs: Path  # its event logs and process logs (kept with --events-dir)
+    sockets: Path | None = None  # a short folder for IPC sockets, if the round's is too deep
 
     @property
     def out(self) -> Path:
@@ -517,14 +522,18 @@ class RoundFiles:
         return self.logs / f"events-{run}.jsonl"
 
     def address(self, name: str = "coordinator") -> str:
-        """A private IPC endpoint in the round's folder; where that path is longer than a
-        socket path may be, an abstract socket (Linux) named after the workspace and round."""
+        """A private IPC endpoint: in the round's folder, or where that path is longer than a
+        socket path may be, in a short private folder of /tmp (an abstract socket would need keys)."""
         path = f"{self.folder / name}.ipc"
-        return (
-            f"ipc://{path}"
-            if len(path.encode()) <= 100
-            else f"ipc://@{self.folder.parent.name}-{self.folder.name}-{name}"
-        )
+        if len(path.encode()) > 100:
+            if self.sockets is None:
+                self.sockets = Path(tempfile.mkdtemp(prefix="mapreduce-cc-", dir="/tmp"))
+            path = f"{self.sockets / name}.ipc"
+        return f"ipc://{path}"
+
+    def remove_sockets(self) -> None:
+        if self.sockets is not None:
+            shutil.rmtree(self.sockets, ignore_errors=True)
 
 
 class RoundFailed(Exception):
@@ -592,6 +601,7 @@ class CoordinatorCrashTest:
             problem, verdict = failed.problem, failed.verdict
         finally:
             processes.stop_all()
+            files.remove_sockets()
         seconds = (round_run.ended or time.monotonic()) - started
         for run in sorted({run for run, _ in round_run.faults}):  # beside each run's event log: `report` reads them
             write_faults(faults_beside(files.events(run)), [f for n, f in round_run.faults if n == run])
@@ -661,6 +671,7 @@ class CoordinatorCrashTest:
         state = JournalState.read(r.files.state) if self.options.journal else JournalState()
         new = self._start_coordinator(inputs, r, 2, new_address)
         self._start_workers(r, new_address, "w2-")
+        self._wait_for_start(new, r, 2)
         code = self._watch(new, r, 2, None)
         r.ended = time.monotonic()
         if code != 0:
@@ -689,6 +700,28 @@ class CoordinatorCrashTest:
             raise RoundFailed("ZOMBIE", f"the superseded coordinator exited 0: {said}")
         if "supersede" not in said.lower():
             raise RoundFailed("ZOMBIE", f"the superseded coordinator exited {code} without saying so: {said}")
+
+    def _wait_for_start(self, coordinator: subprocess.Popen, r: RoundRun, run: int) -> None:
+        """Fail at once, saying where it waits, if a coordinator has not started its job (its
+        job_started event) within STARTUP_WAIT while it runs: in a zombie round, a paused
+        coordinator must not keep the new one out."""
+        deadline = time.monotonic() + STARTUP_WAIT
+        tail = EventTail(r.files.events(run))
+        while coordinator.poll() is None and time.monotonic() < deadline:
+            if any(isinstance(e, JobStarted) for e in tail.read()):
+                return
+            time.sleep(POLL)
+        if coordinator.poll() is None:
+            try:
+                where = Path(f"/proc/{coordinator.pid}/wchan").read_text().strip() or "?"
+            except OSError:
+                where = "?"
+            raise RoundFailed(
+                "ZOMBIE",
+                f"the new coordinator had not started the job {STARTUP_WAIT:.0f} s after its start while the old one "
+                f"was paused (it waits in the kernel at {where}; locks_lock_inode_wait: the paused coordinator holds "
+                "the state folder's lock)",
+            )
 
     # -- processes
 
@@ -751,6 +784,7 @@ class CoordinatorCrashTest:
         the trigger says so. Its exit status; None once it is stopped."""
         tail = EventTail(r.files.events(run))
         deadline = time.monotonic() + self.options.run_timeout
+        orphaned: float | None = None  # since when every worker has exited
         while True:
             code = coordinator.poll()
             if code is not None:
@@ -768,8 +802,12 @@ class CoordinatorCrashTest:
                     r.faults.append((run, Fault(FaultKind.KILL, coordinator.pid, sent)))
                     log.info("round: killed coordinator pid %d %s", coordinator.pid, trigger.describe())
                 trigger = None
-            workers = [p for p in r.processes.started if p is not coordinator and p not in r.coordinators.values()]
-            if workers and all(p.poll() is not None for p in workers) and coordinator.poll() is None:
+            workers = [p for p in r.processes.started if p not in r.coordinators.values()]
+            if not workers or any(p.poll() is None for p in workers):
+                orphaned = None
+            elif orphaned is None:
+                orphaned = time.monotonic()  # a coordinator that finds the job done exits without them
+            elif time.monotonic() - orphaned > ORPHAN_GRACE:
                 kill(coordinator)
                 coordinator.wait()
                 raise RoundFailed(

@@ -100,7 +100,7 @@ def test_a_paused_coordinator_superseded_by_a_new_one_changes_nothing_when_it_wa
     result = crashtest(tmp_path, "--kill-points", "zombie", "--seed", "3", "--events-dir", str(events), *SMALL)
     rows = assert_every_round_ok(result, 1)
     assert rows["1"][1:3] == ["zombie", "0+1p"]
-    assert int(rows["1"][5]) >= 1  # the paused one's workers held finished maps the new one could not reach
+    assert int(rows["1"][5]) + int(rows["1"][7]) >= 1  # maps journalled before the pause: kept or run again
     said = (events / "round-01" / "coordinator-1.log").read_text()
     assert "supersede" in said.lower(), said
     assert (events / "round-01" / "events-1.faults.jsonl").exists()  # the pause and the resume, for `report`
