@@ -177,15 +177,15 @@ def corpus(work: Path, name: str, size: str) -> list[str]:
 
 
 def books_copies(work: Path, books: list[str], copies: int) -> list[str]:
-    """The books concatenated ``copies`` times, in 4 files."""
+    """The books concatenated ``copies`` times, in up to 4 files."""
     folder = work / "large"
     folder.mkdir()
     text = b"".join(Path(b).read_bytes() for b in books)
     paths = []
-    for i in range(4):
+    for i in range(min(4, max(1, copies))):
         path = folder / f"books-{i}.txt"
         with open(path, "wb") as f:
-            for _ in range(max(1, copies // 4) + (1 if i < copies % 4 else 0)):
+            for _ in range(max(1, copies // 4 + (1 if i < copies % 4 else 0))):
                 f.write(text)
         paths.append(str(path))
     return paths
@@ -202,7 +202,7 @@ def oracle(work: Path, inputs: list[str], name: str, split: str) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--books", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/gutenberg")
-    parser.add_argument("--copies", type=int, default=2, help="the large job: the books this many times (10: ~33 MB)")
+    parser.add_argument("--copies", type=int, default=2, help="the large job: the books this many times (10: 33 MB)")
     parser.add_argument("--split-size", default="1M", help="the large job's map input size")
     parser.add_argument("--runs", type=int, default=3, help="runs of each row, interleaved")
     parser.add_argument("--only", choices=["journal", "restart"])
