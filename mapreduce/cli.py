@@ -906,7 +906,12 @@ def list_apps() -> None:
 @click.option(
     "--workers", "-w", default=4, show_default=True, help="Local worker processes; killed and paused ones are replaced."
 )
-@click.option("--rounds", default=3, show_default=True, help="Runs of the job under injected faults.")
+@click.option(
+    "--rounds",
+    type=int,
+    default=None,
+    help="Runs of the job under injected faults [default: 3; with --kill-coordinator, one per kill point].",
+)
 @click.option(
     "--kill-every", default=1.0, show_default=True, help="Mean seconds between faults (each gap is 0.5x to 1.5x this)."
 )
@@ -948,6 +953,19 @@ def list_apps() -> None:
     default=None,
     help="Keep each run's event log and worker logs here.",
 )
+@click.option(
+    "--kill-coordinator",
+    is_flag=True,
+    help="Kill the coordinator instead of workers: a coordinator with --state-dir and workers started apart, "
+    "the coordinator SIGKILLed each round (or paused and superseded) and started again until the job is done.",
+)
+@click.option(
+    "--kill-points",
+    default="mid-map,mid-reduce,after-commit:1,before-success,zombie",
+    show_default=True,
+    help="With --kill-coordinator: where rounds kill it, in turn (mid-map, mid-reduce, after-map:N, "
+    "after-commit:N, before-success, zombie).",
+)
 def crashtest(
     app,
     inputs,
@@ -970,14 +988,44 @@ def crashtest(
     heartbeat_interval,
     corpus_size,
     events_dir,
+    kill_coordinator,
+    kill_points,
 ):
     """Run APP (default wordcount) round after round while workers are killed and paused,
     and check every round's output against `mapreduce seq`. With no INPUTS, a corpus is
     generated. With --mapper, the job is a Hadoop Streaming job instead, over its --inputs
     (options as `mapreduce streaming` takes them); with --mrjob, an mrjob job over the inputs
-    its arguments name. Exits 0 only if every round matched."""
+    its arguments name. With --kill-coordinator, the coordinator is killed instead (a Python
+    APP; INPUTS or --input). Exits 0 only if every round matched."""
     from mapreduce.tools import crashtest as ct
 
+    if kill_coordinator:
+        given = {
+            "--mrjob": mrjob_job,
+            "--mapper": mapper,
+            "--reducer": reducer,
+            "--combiner": combiner,
+            "-D": defines,
+        }  # fmt: skip
+        _crashtest_coordinator(
+            app or "wordcount",
+            (*inputs, *stream_inputs),
+            [name for name, value in given.items() if value],
+            files=tuple(files),
+            workers=workers,
+            rounds=rounds,
+            seed=seed,
+            n_reduce=n_reduce,
+            split_size=split_size,
+            params=params,
+            worker_timeout=worker_timeout,
+            heartbeat_interval=heartbeat_interval,
+            corpus_size=corpus_size,
+            events_dir=events_dir,
+            kill_points=kill_points,
+        )
+        return
+    rounds = 3 if rounds is None else rounds
     if mrjob_job is not None:
         job, job_inputs, shipped, n_reduce = _guard(
             lambda: _crashtest_mrjob(
@@ -1039,6 +1087,48 @@ def crashtest(
     click.echo(ct.format_totals(report))
     click.echo(ct.format_overhead(report))
     click.echo(ct.format_latency(report, worker_timeout))
+    problem = report.first_problem()
+    if problem is not None:
+        click.echo(f"crashtest failed: {problem}", err=True)
+        sys.exit(1)
+
+
+def _crashtest_coordinator(app: str, inputs: tuple[str, ...], others: list[str], kill_points: str, **given) -> None:
+    """`crashtest --kill-coordinator`: the rounds, their table, the totals; exit 1 if one went wrong."""
+    from mapreduce.tools import coordcrash as cc
+
+    if others:
+        _guard(
+            lambda: _usage(
+                f"--kill-coordinator runs a Python APP as `mapreduce coordinator` does: it takes no {', '.join(others)}"
+            )
+        )
+    points = _guard(lambda: cc.parse_kill_points(kill_points))
+    if given["rounds"] is None:
+        given["rounds"] = len(points)
+    options = cc.CoordCrashOptions(
+        app=app,
+        inputs=inputs,
+        kill_points=points,
+        params=_params(given.pop("params")),
+        **given,
+    )
+    rows = 0
+
+    def show(result: cc.CoordRound) -> None:
+        nonlocal rows
+        if rows == 0:
+            click.echo(cc.format_header())
+        click.echo(cc.format_row(result))
+        rows += 1
+
+    report = _guard(
+        lambda: cc.CoordinatorCrashTest(options).run(show, lambda stage: click.echo(stage, err=True)),
+        interrupted="every process stopped, scratch data removed",
+        failed="crashtest failed",
+    )
+    click.echo(cc.format_totals(report))
+    click.echo(cc.format_needless(report))
     problem = report.first_problem()
     if problem is not None:
         click.echo(f"crashtest failed: {problem}", err=True)
