@@ -19,6 +19,8 @@ it exits 0. The kill points rotate round by round (``--kill-points`` picks them)
                   folder with fresh workers on another socket and finishes the job; then the
                   old one is SIGCONTed: it must exit non-zero, saying it was superseded, and
                   leave the output folder (names, sizes, mtimes) and the journal as they were
+                  (paused in the middle of a commit or journal write, it holds the folder's
+                  lock: the new one then SIGKILLs it, the fencing of journal.Epochs)
 
 A round with a second kill (seeded: one or two kills) kills the second run once a seeded
 number (1 to 3) of its tasks has finished, if it has not finished by then.
@@ -681,6 +683,8 @@ class CoordinatorCrashTest:
         problem = check_output(workspace.oracle, r.files.out)
         if problem is not None:
             raise RoundFailed("DIFF", problem)
+        if old.poll() == -signal.SIGKILL:
+            return  # paused in the middle of a commit or journal write: the new one fenced it off by killing it
         before = folder_snapshot(r.files.out), _bytes(r.files.state / journal.JOURNAL)
         os.kill(old.pid, signal.SIGCONT)
         r.faults.append((1, Fault(FaultKind.RESUME, old.pid, time.monotonic())))
