@@ -8,6 +8,11 @@ so a job that crashes or hangs its coordinator harms only itself. The service re
 a client sends an app's Python source, which the job's coordinator loads. Each job has a
 folder in the state folder: its app, its coordinator's log and its event log
 (`mapreduce report`).
+
+The queue survives the service: each change is journaled (STATE/journal) before the service
+acts on it or answers, and a service started on the folder replays it. A job that was running
+when the service died runs again, first, in the same folder, its coordinator given that folder
+(--state-dir) to resume from once coordinators take it (COORDINATORS_RESUME).
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ import zmq
 from mapreduce import defaults, output
 from mapreduce.cluster import LocalCluster
 from mapreduce.errors import ProtocolError, UsageError
+from mapreduce.journal import Journal, JournalError
 from mapreduce.net.security import CurveGate, Keys, authenticator, clients_authenticator, load
 from mapreduce.output import Compression
+from mapreduce.service import queue as jobqueue
 from mapreduce.service.addresses import clients_endpoint, private_endpoint
 from mapreduce.service.forkserver import ForkServer
 from mapreduce.service.page import ClusterPage
@@ -36,6 +43,10 @@ from mapreduce.wire import messages as p
 log = logging.getLogger(__name__)
 
 POLL_MS = 20  # how often a finished coordinator is noticed
+# Whether jobs' coordinators (`mapreduce coordinator|streaming|mrjob`) take --state-dir, the
+# job's folder, to resume a job a killed service left unfinished. Until they do, a rerun starts
+# the job afresh, once what the last run left in its output folder is removed.
+COORDINATORS_RESUME = False
 _APP_FILE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}\.py")
 _JOB_FOLDER = re.compile(r"job-([0-9]{5,})")
 
@@ -66,7 +77,9 @@ class Service:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(options.state_dir, 0o700)  # its socket takes clients without keys
         self._lock = _lock(options.state_dir)
-        self.queue = JobQueue(first_number=_next_number(self.jobs_dir))
+        self.journal, self.queue = self._recover()
+        self._compact()
+        self._finish_cancels()
         self.keys: Keys | None = load(options.key_dir, "coordinator") if options.key_dir else None
         self.context = zmq.Context()
         self.sockets: list[zmq.Socket] = []
@@ -80,7 +93,6 @@ class Service:
         self.forks: ForkServer | None = None  # forks each job's coordinator process
         self.running: QueuedJob | None = None
         self.running_pid: int | None = None  # its coordinator's process, once the fork server said
-        self.output_created = False
         self.local: LocalCluster | None = None
         self.watching: list[Watch] = []  # clients waiting for a job to change state
         self.page: ClusterPage | None = None
@@ -92,6 +104,38 @@ class Service:
                 self._close()
                 raise UsageError(f"cannot serve the cluster's page on {host}:{port}: {exc}") from None
         self._stops_asked = 0
+
+    def _recover(self) -> tuple[Journal, JobQueue]:
+        """The queue as the journal left it; a journal this service cannot take (damaged, of
+        another version or another cluster) stops it: it never starts empty over a queue."""
+        journal = None
+        try:
+            journal = Journal.open(self.options.state_dir, "cluster", self.options.bind)
+            return journal, JobQueue.restore(journal.records, first_number=_next_number(self.jobs_dir))
+        except (JournalError, jobqueue.BadRecord) as exc:
+            if journal is not None:
+                journal.close()
+            self._lock.close()
+            raise UsageError(f"cannot start the cluster: {exc}") from None
+
+    def _finish_cancels(self) -> None:
+        """Cancel the restored jobs whose cancel the last service had begun when it died."""
+        for job_id in self.queue.cancels_left_undone():
+            self.queue.cancel(time.time(), job_id)
+            self._dequeued(self.queue.job(job_id))
+
+    def _journal(self, *records: dict) -> None:
+        """Make the change durable before acting on it; compact when the journal has grown."""
+        self.journal.append(*records)
+        self._journal_length += len(records)
+        if self._journal_length > self._compact_at:
+            self._compact()
+
+    def _compact(self) -> None:
+        records = self.queue.compacted()
+        self.journal.rewrite(records)
+        self._journal_length = len(records)
+        self._compact_at = 2 * len(records) + 3 * jobqueue.KEEP_FINISHED
 
     def _listen(self, endpoint: str, keys: Keys | None = None) -> zmq.Socket:
         sock = self.context.socket(zmq.ROUTER)
@@ -160,6 +204,7 @@ class Service:
         if self.gate is not None:
             self.gate.stop()
         self.context.term()
+        self.journal.close()
         self._lock.close()
 
     def _ask_stop(self, signum, frame) -> None:
@@ -218,18 +263,37 @@ class Service:
             folder.mkdir()
             if request.app_source:
                 (folder / request.app).write_text(request.app_source)
+            self._journal(jobqueue.submitted(self.queue.job(info.job_id)))
             log.info("%s queued: %s", info.job_id, request.app)
             return info
         if self.queue.get(request.job_id) is None:
             return p.Declined(f"no job {request.job_id!r} on this cluster")
-        if isinstance(request, p.CancelJob) and self.queue.cancel(now, request.job_id) is Cancelling.STOP_RUNNING:
-            self._interrupt()
+        if isinstance(request, p.CancelJob):
+            self._cancel(now, request.job_id)
         return self.queue.get(request.job_id)
+
+    def _cancel(self, now: float, job_id: str) -> None:
+        outcome = self.queue.cancel(now, job_id)
+        if outcome is Cancelling.DEQUEUED:
+            self._dequeued(self.queue.job(job_id))
+        elif outcome is Cancelling.STOP_RUNNING:
+            self._journal(jobqueue.cancel_asked(self.queue.job(job_id)))
+            self._interrupt()
+
+    def _dequeued(self, job: QueuedJob) -> None:
+        """A queued job was cancelled. One that ran before the service died may have left
+        part files: removed as a cancelled running job's are."""
+        self._journal(jobqueue.ended(job))
+        if job.runs:
+            output.remove_output(Path(job.request.output), job.output_created)
 
     def _stop(self, cancel_running: bool) -> None:
         log.info("stopping: %s", "cancelling every job" if cancel_running else "the running job finishes first")
-        if Cancelling.STOP_RUNNING in self.queue.stop(time.time(), cancel_running):
-            self._interrupt()
+        now = time.time()
+        for info in self.queue.all():
+            if info.state is p.JobState.QUEUED or (cancel_running and info.state is p.JobState.RUNNING):
+                self._cancel(now, info.job_id)
+        self.queue.stop(now, cancel_running)
 
     # ---- jobs' coordinators ------------------------------------------------------
 
@@ -240,17 +304,21 @@ class Service:
         if job is None:
             return
         folder = self.jobs_dir / job.info.job_id
-        self.output_created = not os.path.exists(job.request.output)
+        if job.runs == 1:  # (a rerun keeps what the first run found)
+            job.output_created = not os.path.exists(job.request.output)
+        self._journal(jobqueue.started(job))
+        if job.runs > 1 and not COORDINATORS_RESUME:  # it starts afresh: what the last run left goes
+            output.remove_output(Path(job.request.output), created=False)
         self.running, self.running_pid = job, None
         argv = self._coordinator_args(job, folder)
-        self.forks.order(job.info.job_id, argv, str(folder), str(folder / "coordinator.log"))
-        log.info("%s started", job.info.job_id)
+        self.forks.order(job.info.job_id, argv, str(folder), str(_coordinator_log(job, folder)))
+        log.info("%s started%s", job.info.job_id, f" again (run {job.runs})" if job.runs > 1 else "")
 
     def _coordinator_args(self, job: QueuedJob, folder: Path) -> list[str]:
         """The command line of the job's coordinator: `coordinator`, `streaming` or `mrjob`
         serving the job on the cluster's address, built from the request's checked fields."""
         r = job.request
-        served = ["--bind", self.options.bind, "--events", job.info.events, "--quiet"]
+        served = ["--bind", self.options.bind, *_resume_from(folder), "--events", job.info.events, "--quiet"]
         served += ["--heartbeat-interval", str(self.options.heartbeat_interval)]
         if self.options.key_dir is not None:
             served += ["--key-dir", str(self.options.key_dir)]
@@ -322,13 +390,15 @@ class Service:
         self.running = self.running_pid = None
         folder = self.jobs_dir / job.info.job_id
         ok = code == 0
-        message = f"output committed to {job.request.output}" if ok else _last_line(folder / "coordinator.log")
+        message = f"output committed to {job.request.output}" if ok else _last_line(_coordinator_log(job, folder))
         if not ok and job.cancel_asked:
-            output.remove_output(Path(job.request.output), self.output_created)
             message = "cancelled"
         elif not ok and not message:
             message = f"its coordinator exited with status {code}" if code is not None else "its coordinator was lost"
         info = self.queue.ended(time.time(), job.info.job_id, ok, message)
+        self._journal(jobqueue.ended(job))
+        if info.state is p.JobState.CANCELLED:
+            output.remove_output(Path(job.request.output), job.output_created)
         log.info("%s %s: %s", info.job_id, info.state.value, info.message)
 
     # ---- workers -----------------------------------------------------------------
@@ -444,6 +514,16 @@ def _next_number(jobs_dir: Path) -> int:
     """Job numbers go on from the last in the state folder: a job id is never reused."""
     numbers = [int(m.group(1)) for m in map(_JOB_FOLDER.fullmatch, os.listdir(jobs_dir)) if m]
     return max(numbers, default=0) + 1
+
+
+def _resume_from(folder: Path) -> list[str]:
+    """The job's folder, where its coordinator keeps (and after a killed service finds) its
+    journal."""
+    return ["--state-dir", str(folder)] if COORDINATORS_RESUME else []
+
+
+def _coordinator_log(job: QueuedJob, folder: Path) -> Path:
+    return Path(jobqueue.rerun_file(str(folder / "coordinator.log"), job.runs))
 
 
 def _last_line(path: Path) -> str:

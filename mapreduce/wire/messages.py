@@ -14,6 +14,7 @@ import dataclasses
 import enum
 import functools
 import ipaddress
+import json
 import re
 import types
 import typing
@@ -458,6 +459,17 @@ def _to_plain(message: Any) -> dict:
     for name in spec.nested:  # lists of dataclasses (MapOutput)
         plain[name] = [_to_plain(item) for item in plain[name]]
     return plain
+
+
+def to_plain(message: Any) -> dict:
+    """A message as plain data (str, int, float, bool, None, lists, maps): what JSON holds."""
+    return json.loads(json.dumps(_to_plain(message)))
+
+
+def from_plain(cls: type, fields: Any) -> Any:
+    """A message of ``cls`` back from ``to_plain``'s data, validated as a decoded one is
+    (ProtocolError says what is wrong)."""
+    return _build(cls, fields, cls.__name__)
 
 
 def decode(frame: bytes, allowed: tuple[type, ...]) -> Any:

@@ -8,7 +8,10 @@ import dataclasses
 import json
 import os
 import select
+import shutil
 import signal
+import tempfile
+import zlib
 from pathlib import Path
 
 import msgpack
@@ -16,7 +19,7 @@ import pytest
 
 from mapreduce.errors import ProtocolError, UsageError
 from mapreduce.output import Compression
-from mapreduce.service import addresses, forkserver, queue
+from mapreduce.service import addresses, forkserver, queue, server
 from mapreduce.service.forkserver import serve_forks
 from mapreduce.service.queue import Cancelling, JobQueue
 from mapreduce.service.server import check_request
@@ -916,3 +919,398 @@ def test_orders_that_arrive_together_all_start_without_waiting_for_more_input(tm
         end_orders()
     assert {"job": "b", "exit": 0} in notes
     assert notes[-1] == "orders closed"  # both jobs ran before the orders ended
+
+
+def test_client_and_service_messages_survive_as_plain_data():
+    for message in CLIENT_SAMPLES + SERVICE_SAMPLES:
+        plain = json.loads(json.dumps(p.to_plain(message)))
+        assert p.from_plain(type(message), plain) == message
+    with pytest.raises(ProtocolError, match="SubmitJob.inputs"):
+        p.from_plain(p.SubmitJob, {"app": "wordcount", "inputs": "/data/a.txt", "output": "/o"})
+
+
+# ---- the queue rebuilt from its journal's records ------------------------------------
+
+
+class Journaled:
+    """A queue driven as the service drives it, keeping the records the service journals."""
+
+    def __init__(self, q: JobQueue | None = None):
+        self.q = q or JobQueue()
+        self.records: list[dict] = []
+
+    def submit(self, n: int, **changes) -> str:
+        info = self.q.submit(float(n), request(n, **changes), events_for)
+        self.records.append(queue.submitted(self.q.job(info.job_id)))
+        return info.job_id
+
+    def start(self, now: float, output_created: bool = True) -> str:
+        job = self.q.start_next(now)
+        job.output_created = job.output_created if job.runs > 1 else output_created
+        self.records.append(queue.started(job))
+        return job.info.job_id
+
+    def end(self, now: float, job_id: str, ok: bool = True) -> None:
+        self.q.ended(now, job_id, ok, "done" if ok else "broke")
+        self.records.append(queue.ended(self.q.job(job_id)))
+
+    def cancel(self, now: float, job_id: str) -> Cancelling:
+        outcome = self.q.cancel(now, job_id)
+        job = self.q.job(job_id)
+        self.records.append(queue.ended(job) if outcome is Cancelling.DEQUEUED else queue.cancel_asked(job))
+        return outcome
+
+
+def killed_with_one_running() -> tuple[Journaled, list[str]]:
+    """Four jobs: the first succeeded, the second ran when the service died, the fourth was
+    cancelled while queued, the third waits."""
+    j = Journaled()
+    ids = [j.submit(n) for n in range(4)]
+    j.end(11.0, j.start(10.0))
+    j.start(12.0, output_created=False)
+    assert j.cancel(13.0, ids[3]) is Cancelling.DEQUEUED
+    return j, ids
+
+
+def test_a_restored_queue_keeps_its_jobs_and_runs_the_interrupted_one_first_in_its_own_folder():
+    j, (a, b, c, d) = killed_with_one_running()
+    q = JobQueue.restore(j.records)
+    assert [info.job_id for info in q.all()] == [a, b, c, d]
+    assert states(q) == {a: JobState.SUCCEEDED, b: JobState.QUEUED, c: JobState.QUEUED, d: JobState.CANCELLED}
+    assert q.get(a) == j.q.get(a) and q.get(d) == j.q.get(d)  # finished: as they were
+    rerun = q.start_next(20.0)
+    assert rerun.info.job_id == b and rerun.runs == 2 and rerun.request == request(1)
+    assert not rerun.output_created  # what its first run found, not what the rerun finds
+    assert rerun.info.events == "/state/jobs/job-00002/events-2.jsonl"  # the first run's log stays
+    assert rerun.info.submitted == 1.0 and rerun.info.started == 20.0
+    q.ended(21.0, b, ok=True, message="")
+    assert q.start_next(22.0).info.job_id == c
+    assert q.submit(23.0, request(), events_for).job_id == "job-00005"
+
+
+def test_a_queue_restored_from_its_compacted_records_is_the_same():
+    j, ids = killed_with_one_running()
+    restored = JobQueue.restore(j.records)
+    again = JobQueue.restore(restored.compacted())
+    assert again.all() == restored.all()
+    waiting = [i for i in ids if not restored.get(i).state.over]  # (a finished job's runs matter no more)
+    assert [(again.job(i).runs, again.job(i).output_created) for i in waiting] == [
+        (restored.job(i).runs, restored.job(i).output_created) for i in waiting
+    ]
+    assert again.submit(1.0, request(), events_for).job_id == "job-00005"
+    # A job run a third time after two deaths, the journal compacted or not.
+    j.records.append(queue.started(restored.start_next(30.0)))
+    for records in (j.records, JobQueue.restore(j.records).compacted()):
+        third = JobQueue.restore(records).start_next(40.0)
+        assert third.info.job_id == ids[1] and third.runs == 3
+        assert third.info.events.endswith("/events-3.jsonl")
+
+
+def test_restoring_forgets_all_but_the_last_finished_and_numbering_goes_on_after_compaction(monkeypatch):
+    monkeypatch.setattr(queue, "KEEP_FINISHED", 2)
+    j = Journaled()
+    ids = [j.submit(n) for n in range(6)]
+    for t in range(5):
+        j.end(t + 0.5, j.start(float(t)), ok=t != 3)
+    q = JobQueue.restore(j.records)
+    assert states(q) == {ids[3]: JobState.FAILED, ids[4]: JobState.SUCCEEDED, ids[5]: JobState.QUEUED}
+    compacted = q.compacted()
+    assert [r["r"] for r in compacted] == ["next", "finished", "finished", "submitted"]
+    assert q.submit(9.0, request(), events_for).job_id == "job-00007"
+    # Only the compacted records, and no job folder to count from: still no id reused.
+    assert JobQueue.restore(compacted).submit(9.0, request(), events_for).job_id == "job-00007"
+    assert JobQueue.restore([queue.record("next", number=41)]).submit(0.0, request(), events_for).job_id == "job-00041"
+    assert JobQueue.restore([], first_number=8).submit(0.0, request(), events_for).job_id == "job-00008"
+
+
+def test_a_finished_job_is_compacted_without_its_apps_source():
+    j = Journaled()
+    job_id = j.submit(0, app="mine.py", app_source=SOURCE)
+    assert j.records[0]["request"]["app_source"] == SOURCE  # queued: it still has to run
+    j.end(1.0, j.start(0.5))
+    (finished,) = [r for r in j.q.compacted() if r["r"] == "finished"]
+    assert finished["request"]["app_source"] == ""
+    assert JobQueue.restore([finished]).get(job_id) == j.q.get(job_id)
+
+
+def test_a_cancel_begun_when_the_service_died_is_left_to_finish():
+    j = Journaled()
+    a, b = j.submit(0), j.submit(1)
+    j.start(1.0)
+    assert j.cancel(2.0, a) is Cancelling.STOP_RUNNING
+    q = JobQueue.restore(j.records)
+    assert q.cancels_left_undone() == [a]
+    assert JobQueue.restore(q.compacted()).cancels_left_undone() == [a]
+    assert q.cancel(3.0, a) is Cancelling.DEQUEUED
+    assert q.get(a).state is JobState.CANCELLED and q.get(a).message == "cancelled"  # it had run
+    assert q.cancels_left_undone() == []
+    assert q.start_next(4.0).info.job_id == b
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"r": "reshuffled", "job": "job-00001"},
+        {"r": "started", "job": "job-00009", "at": 1.0, "run": 1, "events": "", "output_created": True},
+        {"r": "ended", "job": "job-00001", "at": 1.0, "state": "running", "message": ""},
+        {"r": "submitted", "job": "job-00002", "at": 1.0, "events": "", "request": {"app": 7}},
+        {"r": "submitted", "job": "../etc", "at": 1.0, "events": "", "request": p.to_plain(request())},
+        {"r": "submitted", "job": "job-00001", "at": 1.0, "events": "", "request": p.to_plain(request())},
+        {"r": "next"},
+        {
+            "r": "finished",
+            "info": p.to_plain(dataclasses.replace(INFO_QUEUED, job_id="job-00002", state=JobState.RUNNING)),
+            "request": p.to_plain(request()),
+        },
+    ],
+    ids=[
+        "unknown kind",
+        "unknown job",
+        "ended running",
+        "bad request",
+        "bad id",
+        "id twice",
+        "no number",
+        "finished running",
+    ],
+)
+def test_a_record_that_does_not_fit_the_queue_is_refused(bad):
+    j = Journaled()
+    j.submit(0)
+    with pytest.raises(queue.BadRecord, match="record"):
+        JobQueue.restore([*j.records, bad])
+
+
+@pytest.mark.parametrize(
+    "path, run, named",
+    [
+        ("/s/jobs/job-00001/events.jsonl", 1, "/s/jobs/job-00001/events.jsonl"),
+        ("/s/jobs/job-00001/events.jsonl", 2, "/s/jobs/job-00001/events-2.jsonl"),
+        ("/s/jobs/job-00001/events-2.jsonl", 3, "/s/jobs/job-00001/events-3.jsonl"),
+        ("/s/jobs/job-00001/coordinator.log", 12, "/s/jobs/job-00001/coordinator-12.log"),
+    ],
+)
+def test_each_run_of_a_job_has_files_of_its_own(path, run, named):
+    assert queue.rerun_file(path, run) == named
+
+
+# ---- the service's journal, on disk ----------------------------------------------------
+
+
+@pytest.fixture
+def state():
+    """A state folder short enough for the service's socket path."""
+    folder = Path(tempfile.mkdtemp(prefix="svc-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+BIND = "tcp://127.0.0.1:5555"
+
+
+class Forks:
+    """Stands for the fork server: notes the orders, starts nothing."""
+
+    def __init__(self):
+        self.orders: list[tuple[str, list[str], str, str]] = []
+
+    def order(self, job: str, argv: list[str], cwd: str, log: str) -> None:
+        self.orders.append((job, argv, cwd, log))
+
+
+def service_on(state: Path, bind: str = BIND) -> server.Service:
+    service = server.Service(server.ServiceOptions(bind, state))
+    service.forks = Forks()
+    return service
+
+
+def died(service: server.Service) -> None:
+    """The service is gone without a word (what it wrote is all there is)."""
+    service._close()
+
+
+def submit_to(service: server.Service, n: int, out: Path | None = None, **changes) -> str:
+    answer = service.handle(request(n, **changes) if out is None else request(n, output=str(out), **changes))
+    assert isinstance(answer, p.JobInfo), answer
+    return answer.job_id
+
+
+def test_a_new_service_takes_up_the_queue_a_killed_one_journaled(state):
+    first = service_on(state)
+    a, b, c = (submit_to(first, n) for n in range(3))
+    assert first.handle(p.CancelJob(b)).state is JobState.CANCELLED
+    before = first.queue.all()
+    died(first)
+    second = service_on(state)
+    try:
+        assert second.queue.all() == before
+        assert submit_to(second, 3) == "job-00004"
+        second._start_next()
+        assert [order[0] for order in second.forks.orders] == [a]
+    finally:
+        died(second)
+
+
+def test_the_running_job_runs_again_first_in_its_folder_with_its_own_logs(state, monkeypatch):
+    monkeypatch.setattr(server, "COORDINATORS_RESUME", True)
+    first = service_on(state)
+    a, b = submit_to(first, 0), submit_to(first, 1)
+    first._start_next()
+    died(first)
+    second = service_on(state)
+    try:
+        assert states(second.queue) == {a: JobState.QUEUED, b: JobState.QUEUED}
+        second._start_next()
+        ((job, argv, cwd, log),) = second.forks.orders
+        folder = state / "jobs" / a
+        assert job == a and cwd == str(folder) and log == str(folder / "coordinator-2.log")
+        assert argv[argv.index("--state-dir") + 1] == str(folder)
+        assert argv[argv.index("--events") + 1] == str(folder / "events-2.jsonl")
+        assert second.queue.get(a).events == str(folder / "events-2.jsonl")
+    finally:
+        died(second)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"app": "mine.py", "app_source": SOURCE},
+        {"kind": p.JobKind.STREAMING, "app": "", "mapper": "cat"},
+        {"kind": p.JobKind.MRJOB, "app": "job.py", "app_source": SOURCE, "inputs": [], "job_args": ["/d/in"]},
+    ],
+    ids=["app", "app source", "streaming", "mrjob"],
+)
+def test_every_jobs_coordinator_is_given_its_folder_to_resume_from(state, monkeypatch, changes):
+    monkeypatch.setattr(server, "COORDINATORS_RESUME", True)
+    service = service_on(state)
+    try:
+        job_id = submit_to(service, 0, **changes)
+        service._start_next()
+        ((_, argv, _, _),) = service.forks.orders
+        assert argv[argv.index("--state-dir") + 1] == str(state / "jobs" / job_id)
+        assert argv.index("--state-dir") < argv.index("--quiet")  # the service's options, not the job's
+    finally:
+        died(service)
+
+
+def test_cancelling_a_job_that_ran_when_the_service_died_removes_what_it_wrote(state, tmp_path):
+    out = tmp_path / "out"
+    first = service_on(state)
+    job_id = submit_to(first, 0, out)
+    first._start_next()
+    out.mkdir()  # its first run's coordinator made the folder and committed a partition
+    (out / "part-00000").write_text("half\n")
+    died(first)
+    second = service_on(state)
+    try:
+        info = second.handle(p.CancelJob(job_id))
+        assert info.state is JobState.CANCELLED and info.message == "cancelled"
+        assert not out.exists()
+    finally:
+        died(second)
+    third = service_on(state)  # the cancel was journaled: nothing runs again
+    try:
+        assert third.queue.get(job_id) == info and third.queue.idle
+    finally:
+        died(third)
+
+
+def test_a_cancel_under_way_when_the_service_died_is_finished_on_start(state, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's\n")
+    first = service_on(state)
+    job_id = submit_to(first, 0, out)
+    first._start_next()
+    (out / "part-00000").write_text("half\n")
+    first.handle(p.CancelJob(job_id))  # (its coordinator had no pid yet: nothing to signal)
+    died(first)
+    second = service_on(state)
+    try:
+        assert second.queue.get(job_id).state is JobState.CANCELLED
+        assert sorted(os.listdir(out)) == ["notes.txt"]  # the folder was not the job's: it stays
+    finally:
+        died(second)
+
+
+def test_the_journal_stays_small_over_many_jobs_and_numbering_goes_on(state, monkeypatch):
+    monkeypatch.setattr(queue, "KEEP_FINISHED", 3)
+    service = service_on(state)
+    try:
+        for n in range(40):
+            job_id = submit_to(service, n, app="mine.py", app_source=SOURCE)
+            service._start_next()
+            service._ended(service.running, 0)
+            assert len((state / "journal").read_bytes().splitlines()) <= 30
+        assert len(service.queue.all()) == 3
+    finally:
+        died(service)
+    again = service_on(state)
+    try:
+        assert [info.job_id for info in again.queue.all()] == ["job-00038", "job-00039", job_id]
+        assert len((state / "journal").read_bytes().splitlines()) == 5  # header, next id, three finished
+    finally:
+        died(again)
+    shutil.rmtree(state / "jobs")  # numbering comes from the journal, not from the folders
+    last = service_on(state)
+    try:
+        assert submit_to(last, 0) == "job-00041"
+    finally:
+        died(last)
+
+
+def test_a_state_folder_of_another_cluster_is_refused_and_left_as_it_is(state):
+    died(service_on(state, "tcp://127.0.0.1:6000"))
+    journal = (state / "journal").read_bytes()
+    with pytest.raises(UsageError, match=r"another cluster \(tcp://127.0.0.1:6000, this is tcp://127.0.0.1:5555\)"):
+        service_on(state)
+    assert (state / "journal").read_bytes() == journal
+    died(service_on(state, "tcp://127.0.0.1:6000"))  # the lock was let go
+
+
+def test_a_damaged_journal_is_refused_and_left_as_it_is(state):
+    first = service_on(state)
+    for n in range(3):
+        submit_to(first, n)
+    died(first)
+    lines = (state / "journal").read_bytes().splitlines(keepends=True)
+    assert len(lines) == 5 and b"in-1" in lines[3]  # header, next id, three jobs
+    lines[3] = lines[3].replace(b"in-1", b"in-X")  # a middle record's CRC no longer matches
+    (state / "journal").write_bytes(b"".join(lines))
+    with pytest.raises(UsageError, match="damaged at line 4 of 5"):
+        service_on(state)
+    assert (state / "journal").read_bytes() == b"".join(lines)
+
+
+def test_a_journal_of_another_version_is_refused(state):
+    died(service_on(state))
+    header = json.dumps({"format": "mapreduce-journal", "version": 99, "kind": "cluster", "identity": BIND})
+    body = header.replace(" ", "").encode()
+    (state / "journal").write_bytes(b"%08x %s\n" % (zlib.crc32(body), body))
+    with pytest.raises(UsageError, match="another version of mapreduce"):
+        service_on(state)
+
+
+def test_a_torn_last_record_is_cut_and_the_rest_taken_up(state):
+    first = service_on(state)
+    a = submit_to(first, 0)
+    died(first)
+    with open(state / "journal", "ab") as f:
+        f.write(b'0badc0de {"r":"submitted","job":"job-0')  # a write a crash cut short
+    second = service_on(state)
+    try:
+        assert [info.job_id for info in second.queue.all()] == [a]
+        assert b"0badc0de" not in (state / "journal").read_bytes()
+    finally:
+        died(second)
+
+
+def test_a_state_folder_of_the_previous_version_starts_and_numbering_goes_on(state):
+    (state / "jobs" / "job-00007").mkdir(parents=True)
+    service = service_on(state)
+    try:
+        assert service.queue.all() == []
+        assert submit_to(service, 0) == "job-00008"
+    finally:
+        died(service)
