@@ -12,7 +12,7 @@ folder in the state folder: its app, its coordinator's log and its event log
 The queue survives the service: each change is journaled (STATE/journal) before the service
 acts on it or answers, and a service started on the folder replays it. A job that was running
 when the service died runs again, first, in the same folder, its coordinator given that folder
-(--state-dir) to resume from once coordinators take it (COORDINATORS_RESUME).
+(--state-dir) to resume from: what the job had committed and journalled is not redone.
 """
 
 from __future__ import annotations
@@ -43,10 +43,6 @@ from mapreduce.wire import messages as p
 log = logging.getLogger(__name__)
 
 POLL_MS = 20  # how often a finished coordinator is noticed
-# Whether jobs' coordinators (`mapreduce coordinator|streaming|mrjob`) take --state-dir, the
-# job's folder, to resume a job a killed service left unfinished. Until they do, a rerun starts
-# the job afresh, once what the last run left in its output folder is removed.
-COORDINATORS_RESUME = False
 _APP_FILE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}\.py")
 _JOB_FOLDER = re.compile(r"job-([0-9]{5,})")
 
@@ -307,8 +303,6 @@ class Service:
         if job.runs == 1:  # (a rerun keeps what the first run found)
             job.output_created = not os.path.exists(job.request.output)
         self._journal(jobqueue.started(job))
-        if job.runs > 1 and not COORDINATORS_RESUME:  # it starts afresh: what the last run left goes
-            output.remove_output(Path(job.request.output), created=False)
         self.running, self.running_pid = job, None
         argv = self._coordinator_args(job, folder)
         self.forks.order(job.info.job_id, argv, str(folder), str(_coordinator_log(job, folder)))
@@ -519,7 +513,7 @@ def _next_number(jobs_dir: Path) -> int:
 def _resume_from(folder: Path) -> list[str]:
     """The job's folder, where its coordinator keeps (and after a killed service finds) its
     journal."""
-    return ["--state-dir", str(folder)] if COORDINATORS_RESUME else []
+    return ["--state-dir", str(folder)]
 
 
 def _coordinator_log(job: QueuedJob, folder: Path) -> Path:

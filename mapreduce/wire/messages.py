@@ -443,16 +443,6 @@ def encode(message: Any) -> bytes:
     return msgpack.packb([PROTOCOL_VERSION, type(message).__name__, _to_plain(message)], use_bin_type=True)
 
 
-def to_plain(message: Any) -> dict:
-    """A message's fields as plain data (JSON-able where its fields are): for journals."""
-    return _to_plain(message)
-
-
-def from_plain(cls: type, fields: Any) -> Any:
-    """A message of ``cls`` from plain data, validated as a decoded frame is."""
-    return _build(cls, fields, cls.__name__)
-
-
 def _to_plain(message: Any) -> dict:
     spec = _spec(type(message))
     plain = {name: getattr(message, name) for name in spec.names}

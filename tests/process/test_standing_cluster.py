@@ -547,7 +547,6 @@ def test_the_job_a_killed_service_was_running_runs_again_and_commits_the_exact_o
     assert [e["event"] for e in second if e["event"] == "job_finished"] == ["job_finished"]
 
 
-@pytest.mark.skip(reason="needs coordinator --state-dir")
 def test_the_job_a_killed_service_was_running_resumes_without_redoing_its_finished_maps(tmp_path, oracle, books):
     first, second = killed_mid_job(tmp_path, oracle, books)
 

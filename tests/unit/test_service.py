@@ -1152,7 +1152,6 @@ def test_a_new_service_takes_up_the_queue_a_killed_one_journaled(state):
 
 
 def test_the_running_job_runs_again_first_in_its_folder_with_its_own_logs(state, monkeypatch):
-    monkeypatch.setattr(server, "COORDINATORS_RESUME", True)
     first = service_on(state)
     a, b = submit_to(first, 0), submit_to(first, 1)
     first._start_next()
@@ -1182,7 +1181,6 @@ def test_the_running_job_runs_again_first_in_its_folder_with_its_own_logs(state,
     ids=["app", "app source", "streaming", "mrjob"],
 )
 def test_every_jobs_coordinator_is_given_its_folder_to_resume_from(state, monkeypatch, changes):
-    monkeypatch.setattr(server, "COORDINATORS_RESUME", True)
     service = service_on(state)
     try:
         job_id = submit_to(service, 0, **changes)
