@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -160,6 +161,22 @@ class Coordinator:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def run(self) -> JobResult:
+        # SIGINT (a Ctrl-C, a standing cluster's cancel) stops the job at the loop's next turn,
+        # never in the middle of a lock held by a thread or a file half written; a second one
+        # while the coordinator cleans up is not allowed to cut that short.
+        self._interrupted = False
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._on_interrupt) if in_main else None
+        try:
+            return self._run()
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+
+    def _on_interrupt(self, signum, frame) -> None:
+        self._interrupted = True
+
+    def _run(self) -> JobResult:
         started = time.monotonic()
         scheduler = Scheduler(
             self.splits, self.settings, started, self.job_id, app=self.app.name, output=str(self.output_dir)
@@ -267,6 +284,8 @@ class Coordinator:
         poller.register(self.transfers.wakeup, zmq.POLLIN)
         while not self._over(scheduler):
             ready = dict(poller.poll(max(0.0, next_tick - time.monotonic()) * 1000))
+            if self._interrupted:
+                raise KeyboardInterrupt
             if self.transfers.wakeup in ready:
                 for finished in self.transfers.collect():
                     self._transferred(scheduler, finished)

@@ -180,7 +180,9 @@ class Service:
                     self.page.publish(self.queue.all(), self.queue.stopping)
                 if self.queue.stopping and self.running is None:
                     break
-            dismiss_workers(self.options.bind, self.keys, self._dismissal_window(), self._local_left)
+            # The whole window even once the local workers have left: workers started elsewhere
+            # may still be on their way back (a fresh process per job) and are not known here.
+            dismiss_workers(self.options.bind, self.keys, self._dismissal_window())
             return 0
         finally:
             for signum, handler in previous.items():
@@ -408,9 +410,6 @@ class Service:
         for one just replaced by a fresh process to start."""
         return 3 * self.options.heartbeat_interval + 2.0
 
-    def _local_left(self) -> bool:
-        return self.local is not None and not self.local.active_workers()
-
 
 def check_request(r: p.SubmitJob) -> str | None:
     """Why a submitted job cannot be queued, or None."""
@@ -446,7 +445,7 @@ def check_request(r: p.SubmitJob) -> str | None:
     return None
 
 
-def dismiss_workers(bind: str, keys: Keys | None, window: float, all_gone=lambda: False) -> int:
+def dismiss_workers(bind: str, keys: Keys | None, window: float) -> int:
     """Answer every worker that asks, for ``window`` seconds, that the cluster is stopping:
     workers that stay leave. Returns how many were told."""
     context = zmq.Context()
@@ -459,7 +458,7 @@ def dismiss_workers(bind: str, keys: Keys | None, window: float, all_gone=lambda
         sock.bind(bind)
         farewell = p.encode(p.JobDone(True, "the cluster is stopping", leave=True))
         deadline = time.monotonic() + window
-        while time.monotonic() < deadline and not all_gone():
+        while time.monotonic() < deadline:
             if not sock.poll(50):
                 continue
             frames = sock.recv_multipart()
