@@ -1070,23 +1070,32 @@ def crashtest(
         logging.getLogger("mapreduce.coordinator.scheduler").setLevel(
             logging.ERROR
         )  # dead workers are the point here: -v shows them
-    rows = 0
-
-    def show(result: ct.RoundResult) -> None:
-        nonlocal rows
-        if rows == 0:
-            click.echo(ct.format_header())
-        click.echo(ct.format_row(result))
-        rows += 1
-
-    report = _guard(
-        lambda: ct.CrashTest(options).run(show, lambda stage: click.echo(stage, err=True)),
-        interrupted="every process stopped, scratch data removed",
-        failed="crashtest failed",
-    )
+    report = _crash_rounds(lambda: ct.CrashTest(options), ct.format_header, ct.format_row)
     click.echo(ct.format_totals(report))
     click.echo(ct.format_overhead(report))
     click.echo(ct.format_latency(report, worker_timeout))
+    _crashtest_verdict(report)
+
+
+def _crash_rounds(make_test, header, row):
+    """Make a crash test (its checks of the options first) and run its rounds, printing the
+    table as they end (the header first)."""
+    shown = []
+
+    def show(result) -> None:
+        if not shown:
+            click.echo(header())
+        click.echo(row(result))
+        shown.append(result)
+
+    return _guard(
+        lambda: make_test().run(show, lambda stage: click.echo(stage, err=True)),
+        interrupted="every process stopped, scratch data removed",
+        failed="crashtest failed",
+    )
+
+
+def _crashtest_verdict(report) -> None:
     problem = report.first_problem()
     if problem is not None:
         click.echo(f"crashtest failed: {problem}", err=True)
@@ -1113,26 +1122,10 @@ def _crashtest_coordinator(app: str, inputs: tuple[str, ...], others: list[str],
         params=_params(given.pop("params")),
         **given,
     )
-    rows = 0
-
-    def show(result: cc.CoordRound) -> None:
-        nonlocal rows
-        if rows == 0:
-            click.echo(cc.format_header())
-        click.echo(cc.format_row(result))
-        rows += 1
-
-    report = _guard(
-        lambda: cc.CoordinatorCrashTest(options).run(show, lambda stage: click.echo(stage, err=True)),
-        interrupted="every process stopped, scratch data removed",
-        failed="crashtest failed",
-    )
+    report = _crash_rounds(lambda: cc.CoordinatorCrashTest(options), cc.format_header, cc.format_row)
     click.echo(cc.format_totals(report))
     click.echo(cc.format_needless(report))
-    problem = report.first_problem()
-    if problem is not None:
-        click.echo(f"crashtest failed: {problem}", err=True)
-        sys.exit(1)
+    _crashtest_verdict(report)
 
 
 def _crashtest_job(

@@ -58,8 +58,13 @@ from pathlib import Path
 from mapreduce import journal, runner
 from mapreduce.errors import UsageError
 from mapreduce.output import SUCCESS, is_temp_name
-from mapreduce.tools.corpus import write_corpus
-from mapreduce.tools.crashtest import CORPUS_FILES, EventTail, Workspace, compare_outputs
+from mapreduce.tools.crashtest import (
+    EventTail,
+    Workspace,
+    check_timing_and_corpus,
+    compare_outputs,
+    inputs_and_oracle,
+)
 from mapreduce.tools.faults import Fault, FaultKind, faults_beside, write_faults
 from mapreduce.wire.events import (
     Event,
@@ -139,13 +144,7 @@ class CoordCrashOptions:
             raise UsageError(f"--rounds must be at least 1, got {self.rounds}")
         if self.max_kills < 1:
             raise UsageError(f"a round kills its coordinator at least once, got at most {self.max_kills}")
-        if self.worker_timeout <= self.heartbeat_interval:
-            raise UsageError(
-                f"--worker-timeout ({self.worker_timeout} s) must exceed --heartbeat-interval "
-                f"({self.heartbeat_interval} s)"
-            )
-        if not self.inputs and self.corpus_size < 1:
-            raise UsageError(f"--corpus-size must be at least 1 byte, got {self.corpus_size}")
+        check_timing_and_corpus(self)
         for point in self.kill_points:
             parse_kill_points(point)
 
@@ -562,11 +561,7 @@ class CoordinatorCrashTest:
     ) -> CoordCrashReport:
         workspace = Workspace.create(self.options.events_dir)
         try:
-            inputs = self._inputs(workspace, on_stage)
-            on_stage(f"oracle: mapreduce seq {self.options.app} over {len(inputs)} input(s)")
-            started = time.monotonic()
-            runner.run_seq(self.options.app, inputs, workspace.oracle, self.options.job_options())
-            on_stage(f"oracle done in {time.monotonic() - started:.2f} s")
+            inputs = inputs_and_oracle(self.options, self.options.app, workspace, on_stage)
             rounds = []
             for number in range(1, self.options.rounds + 1):
                 rounds.append(self._round(number, inputs, workspace))
@@ -574,13 +569,6 @@ class CoordinatorCrashTest:
             return CoordCrashReport(tuple(rounds))
         finally:
             workspace.remove()
-
-    def _inputs(self, workspace: Workspace, on_stage: Callable[[str], None]) -> list[str]:
-        if self.options.inputs:
-            return [str(Path(i).resolve()) for i in self.options.inputs]
-        size = self.options.corpus_size
-        on_stage(f"generating a {size / 2**20:.1f} MiB corpus")
-        return [str(p) for p in write_corpus(workspace.root / "corpus", size, CORPUS_FILES, seed=self.options.seed)]
 
     # -- one round
 

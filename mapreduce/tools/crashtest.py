@@ -96,13 +96,7 @@ class CrashTestOptions:
             raise UsageError(f"--kill-every must be more than 0 seconds, got {self.kill_every}")
         if not 0 <= self.pause_probability <= 1:
             raise UsageError(f"--pause-probability must be from 0 to 1, got {self.pause_probability}")
-        if self.worker_timeout <= self.heartbeat_interval:
-            raise UsageError(
-                f"--worker-timeout ({self.worker_timeout} s) must exceed --heartbeat-interval "
-                f"({self.heartbeat_interval} s)"
-            )
-        if not self.inputs and self.corpus_size < 1:
-            raise UsageError(f"--corpus-size must be at least 1 byte, got {self.corpus_size}")
+        check_timing_and_corpus(self)
 
     def job_options(self) -> runner.JobOptions:
         return runner.JobOptions(
@@ -480,6 +474,33 @@ class Workspace:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def check_timing_and_corpus(options) -> None:
+    """The checks every crash test makes of its options' timeouts and generated corpus."""
+    if options.worker_timeout <= options.heartbeat_interval:
+        raise UsageError(
+            f"--worker-timeout ({options.worker_timeout} s) must exceed --heartbeat-interval "
+            f"({options.heartbeat_interval} s)"
+        )
+    if not options.inputs and options.corpus_size < 1:
+        raise UsageError(f"--corpus-size must be at least 1 byte, got {options.corpus_size}")
+
+
+def inputs_and_oracle(options, name: str, workspace: Workspace, on_stage: Callable[[str], None]) -> list[str]:
+    """A crash test's inputs (given, or a corpus generated in the workspace), and the sequential
+    oracle's output of them in ``workspace.oracle``."""
+    if options.inputs:
+        inputs = [str(Path(i).resolve()) for i in options.inputs]
+    else:
+        size = options.corpus_size
+        on_stage(f"generating a {size / 2**20:.1f} MiB corpus")
+        inputs = [str(p) for p in write_corpus(workspace.root / "corpus", size, CORPUS_FILES, seed=options.seed)]
+    on_stage(f"oracle: mapreduce seq {name} over {len(inputs)} input(s)")
+    started = time.monotonic()
+    runner.run_seq(options.app, inputs, workspace.oracle, options.job_options())
+    on_stage(f"oracle done in {time.monotonic() - started:.2f} s")
+    return inputs
+
+
 class CrashTest:
     def __init__(self, options: CrashTestOptions):
         options.check()
@@ -495,11 +516,8 @@ class CrashTest:
         """Oracle, baseline, then every round; ``on_result`` hears of each run as it ends."""
         workspace = Workspace.create(self.options.events_dir)
         try:
-            inputs = self._inputs(workspace, on_stage)
-            on_stage(f"oracle: mapreduce seq {self.options.job_name} over {len(inputs)} input(s)")
-            started = time.monotonic()
-            runner.run_seq(self.options.app, inputs, workspace.oracle, self.options.job_options())
-            on_stage(f"oracle done in {time.monotonic() - started:.2f} s; baseline run without injected faults")
+            inputs = inputs_and_oracle(self.options, self.options.job_name, workspace, on_stage)
+            on_stage("baseline run without injected faults")
             baseline = self._round(0, inputs, workspace, chaos=False)
             on_result(baseline)
             if not baseline.ok:
@@ -511,13 +529,6 @@ class CrashTest:
             return CrashTestReport(baseline, tuple(rounds))
         finally:
             workspace.remove()
-
-    def _inputs(self, workspace: Workspace, on_stage: Callable[[str], None]) -> list[str]:
-        if self.options.inputs:
-            return list(self.options.inputs)
-        size = self.options.corpus_size
-        on_stage(f"generating a {size / 2**20:.1f} MiB corpus")
-        return [str(p) for p in write_corpus(workspace.root / "corpus", size, CORPUS_FILES, seed=self.options.seed)]
 
     def _round(
         self,
