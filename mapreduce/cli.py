@@ -961,10 +961,10 @@ def list_apps() -> None:
 )
 @click.option(
     "--kill-points",
-    default="mid-map,mid-reduce,after-commit:1,before-success,zombie",
+    default="mid-map,mid-reduce,after-commit:1,before-success,zombie,queued",
     show_default=True,
     help="With --kill-coordinator: where rounds kill it, in turn (mid-map, mid-reduce, after-map:N, "
-    "after-commit:N, before-success, zombie).",
+    "after-commit:N, before-success, zombie; queued: a standing cluster's service, jobs in its queue).",
 )
 def crashtest(
     app,

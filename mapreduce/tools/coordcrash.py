@@ -82,8 +82,8 @@ from mapreduce.wire.events import (
 log = logging.getLogger(__name__)
 
 CRASH_ENV = "MAPREDUCE_CRASH_COORDINATOR"
-MID_MAP, MID_REDUCE, ZOMBIE = "mid-map", "mid-reduce", "zombie"
-KILL_POINTS = (MID_MAP, MID_REDUCE, "after-commit:1", "before-success", ZOMBIE)  # the default rotation
+MID_MAP, MID_REDUCE, ZOMBIE, QUEUED = "mid-map", "mid-reduce", "zombie", "queued"
+KILL_POINTS = (MID_MAP, MID_REDUCE, "after-commit:1", "before-success", ZOMBIE, QUEUED)  # the default rotation
 _HOOK = re.compile(r"^(after-map:[1-9]\d*|after-commit:[1-9]\d*|before-success)$")
 SECOND_KILL_TASKS = (1, 3)  # a second kill comes once this many (uniform) tasks of the new run finished
 WORKER_PATIENCE = 60.0  # the workers' --coordinator-timeout: they outlive every restart of a round
@@ -104,10 +104,10 @@ def parse_kill_points(text: str) -> tuple[str, ...]:
     if not points:
         raise UsageError("--kill-points names no kill point")
     for point in points:
-        if point not in (MID_MAP, MID_REDUCE, ZOMBIE) and not is_hook(point):
+        if point not in (MID_MAP, MID_REDUCE, ZOMBIE, QUEUED) and not is_hook(point):
             raise UsageError(
                 f"unknown kill point {point!r}: give {MID_MAP}, {MID_REDUCE}, after-map:N, after-commit:N, "
-                f"before-success or {ZOMBIE}"
+                f"before-success, {ZOMBIE} or {QUEUED}"
             )
     return points
 
@@ -384,7 +384,8 @@ class CoordRound:
     restarts: tuple[Reruns, ...]  # one for each run after a kill or pause
     problem: str | None
     verdict: str  # OK, DIFF (output), FAIL (a run failed), MISS (the kill point was not reached),
-    # REDONE (a committed partition ran again), ZOMBIE (the superseded coordinator misbehaved)
+    # REDONE (a committed partition ran again), ZOMBIE (the superseded coordinator misbehaved),
+    # TWICE (a queued job of a standing cluster ran more often than the kills allow)
 
     @property
     def ok(self) -> bool:
@@ -509,7 +510,7 @@ def kill(process: subprocess.Popen) -> float | None:
 class RoundFiles:
     folder: Path  # the round's work folder (output, state, scratch)
     logs: Path  # its event logs and process logs (kept with --events-dir)
-    sockets: Path | None = None  # a short folder for IPC sockets, if the round's is too deep
+    sockets: Path | None = None  # a short folder for IPC sockets (and a cluster's state), if the round's is too deep
 
     @property
     def out(self) -> Path:
@@ -525,12 +526,17 @@ class RoundFiles:
     def address(self, name: str = "coordinator") -> str:
         """A private IPC endpoint: in the round's folder, or where that path is longer than a
         socket path may be, in a short private folder of /tmp (an abstract socket would need keys)."""
-        path = f"{self.folder / name}.ipc"
-        if len(path.encode()) > 100:
+        return f"ipc://{self.short(name + '.ipc')}"
+
+    def short(self, name: str, room: int = 0) -> Path:
+        """``name`` in the round's folder, or in the short folder of its sockets if a socket
+        path there (``room`` bytes longer, for a socket inside) would be too long."""
+        path = self.folder / name
+        if len(str(path).encode()) + room > 100:
             if self.sockets is None:
                 self.sockets = Path(tempfile.mkdtemp(prefix="mapreduce-cc-", dir="/tmp"))
-            path = f"{self.sockets / name}.ipc"
-        return f"ipc://{path}"
+            path = self.sockets / name
+        return path
 
     def remove_sockets(self) -> None:
         if self.sockets is not None:
@@ -584,6 +590,10 @@ class CoordinatorCrashTest:
         try:
             if plan.point == ZOMBIE:
                 self._zombie(inputs, workspace, round_run)
+            elif plan.point == QUEUED:
+                from mapreduce.tools.clustercrash import QueuedRound  # (it builds on this module)
+
+                QueuedRound(self.options, inputs, workspace.oracle, round_run).run()
             else:
                 self._kills(inputs, workspace, round_run)
             problem, verdict = None, "OK"

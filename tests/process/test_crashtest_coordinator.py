@@ -152,3 +152,20 @@ def test_the_harness_on_a_coordinator_without_journal_restarts_the_job_and_leave
     total = report.reruns
     assert total.unfinished > 0 and total.lost == total.needless == total.reused == 0
     assert list(scratch.iterdir()) == []
+
+
+@needs_state_dir
+def test_a_killed_standing_cluster_runs_each_queued_job_once_and_the_interrupted_one_exactly(tmp_path):
+    events = tmp_path / "kept"
+    result = crashtest(
+        tmp_path, "--kill-points", "queued", "--rounds", "2", "--seed", "4", "--events-dir", str(events), *SMALL
+    )
+    rows = assert_every_round_ok(result, 2)
+    assert all(rows[n][1] == "queued" and int(rows[n][2]) >= 1 for n in ("1", "2"))  # the service was killed
+    assert int(rows["all"][7]) >= 1  # maps the interrupted job had journalled were kept, not run again
+    for n in ("01", "02"):
+        kept = events / f"round-{n}"
+        assert (kept / "job-00001" / "events-2.jsonl").exists()  # killed mid-map, it ran again in its folder
+        assert sorted(p.name for p in kept.glob("job-*")) == ["job-00001", "job-00002", "job-00003"]
+        assert (kept / "service-2.log").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []  # state, outputs, scratch: all removed

@@ -56,6 +56,7 @@ HEADER = {"format": journal.FORMAT, "version": journal.VERSION, "kind": "job", "
 def test_kill_points_parse_in_order_and_unknown_ones_are_refused():
     assert cc.parse_kill_points("mid-map, zombie,after-commit:2") == ("mid-map", "zombie", "after-commit:2")
     assert cc.parse_kill_points("after-map:3,before-success") == ("after-map:3", "before-success")
+    assert cc.parse_kill_points("queued") == ("queued",)
     for bad in ("", "mid-sort", "after-commit:0", "after-commit:x", "before-success:1"):
         with pytest.raises(UsageError):
             cc.parse_kill_points(bad)
@@ -69,15 +70,15 @@ def test_the_cli_default_rotation_is_the_modules():
 
 
 def test_hooks_are_the_points_the_coordinator_reaches_itself():
-    assert [cc.is_hook(p) for p in cc.KILL_POINTS] == [False, False, True, True, False]
+    assert [cc.is_hook(p) for p in cc.KILL_POINTS] == [False, False, True, True, False, False]
     assert cc.is_hook("after-map:4")
 
 
 def test_rounds_rotate_through_the_kill_points_and_a_seed_gives_the_same_plans():
     points = cc.KILL_POINTS
-    plans = [cc.plan_round(n, points, random.Random(f"7:{n}")) for n in range(1, 11)]
+    plans = [cc.plan_round(n, points, random.Random(f"7:{n}")) for n in range(1, 2 * len(points) + 1)]
     assert [p.point for p in plans] == [*points, *points]
-    assert plans == [cc.plan_round(n, points, random.Random(f"7:{n}")) for n in range(1, 11)]
+    assert plans == [cc.plan_round(n, points, random.Random(f"7:{n}")) for n in range(1, 2 * len(points) + 1)]
     for plan in plans:
         assert plan.kills == (0 if plan.point == cc.ZOMBIE else plan.kills)
         assert plan.point == cc.ZOMBIE or 1 <= plan.kills <= 2
