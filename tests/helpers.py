@@ -20,6 +20,7 @@ from mapreduce.coordinator.scheduler import Commit, Scheduler, Send, Settings
 from mapreduce.inputs import Split
 from mapreduce.output import attempt_temp_name
 from mapreduce.shuffle import iter_run
+from mapreduce.tools import clustercrash
 from mapreduce.tools.crashtest import COLUMNS
 from mapreduce.wire import messages as p
 from mapreduce.wire.events import Event, parse, read_records, to_record
@@ -53,16 +54,7 @@ def run_cli(*args: str, timeout: float = 120, check: bool = True) -> subprocess.
 
 def gone(pid: int, within: float = 10.0) -> bool:
     """Whether the process exits within the time (polled; a zombie is gone but for its parent's wait)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(") ", 1)[-1].startswith("Z"):
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
+    return clustercrash.gone(pid, within)
 
 
 def crashtest_table(stdout: str) -> dict[str, dict[str, str]]:

@@ -284,13 +284,7 @@ class QueuedRound:
     def _submit(self, n: int) -> str:
         opts = self.options
         args = ["submit", "--detach", "--state-dir", str(self.state), opts.app, *self.inputs]
-        args += ["--output", str(self._out(n)), "--split-size", str(opts.split_size)]
-        if opts.n_reduce is not None:
-            args += ["--reduce", str(opts.n_reduce)]
-        for name, value in opts.params.items():
-            args += ["--param", f"{name}={value}"]
-        for path in opts.files:
-            args += ["--file", str(Path(path).resolve())]
+        args += ["--output", str(self._out(n)), "--split-size", str(opts.split_size), *opts.job_args()]
         result = subprocess.run(mapreduce_command(*args), capture_output=True, text=True)
         if result.returncode != 0:
             raise RoundFailed("FAIL", f"submitting job {n} failed: {result.stderr.strip()}")

@@ -148,6 +148,15 @@ class CoordCrashOptions:
         for point in self.kill_points:
             parse_kill_points(point)
 
+    def job_args(self) -> list[str]:
+        """The job's own options on a command line (`coordinator` or `submit`)."""
+        args = [] if self.n_reduce is None else ["--reduce", str(self.n_reduce)]
+        for name, value in self.params.items():
+            args += ["--param", f"{name}={value}"]
+        for path in self.files:
+            args += ["--file", str(Path(path).resolve())]
+        return args
+
     def job_options(self) -> runner.JobOptions:
         return runner.JobOptions(n_reduce=self.n_reduce, split_size=self.split_size, params=dict(self.params))
 
@@ -748,14 +757,9 @@ class CoordinatorCrashTest:
             str(opts.heartbeat_interval),
             "--worker-timeout",
             str(opts.worker_timeout),
+            *opts.job_args(),
         ]
         args += ["--state-dir", str(r.files.state)] if opts.journal else ["--overwrite"]
-        if opts.n_reduce is not None:
-            args += ["--reduce", str(opts.n_reduce)]
-        for name, value in opts.params.items():
-            args += ["--param", f"{name}={value}"]
-        for path in opts.files:
-            args += ["--file", str(Path(path).resolve())]
         process = r.processes.start(mapreduce_command(*args), r.files.logs / f"coordinator-{run}.log", env)
         r.coordinators[run] = process
         return process
